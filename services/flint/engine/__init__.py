@@ -1,0 +1,1 @@
+"""Engine core: model, KV cache, scheduler. Plain Python + PyTorch, no Ray."""
