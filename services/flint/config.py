@@ -1,0 +1,171 @@
+"""Configs of the serving components: `flint serve`, front-end workers, engine replicas.
+
+One frozen dataclass per component, validated on construction, built from
+CLI flags and/or a config file (TOML or JSON) whose keys mirror the flags.
+Unknown keys are errors that list the allowed ones. The engine's own
+`EngineConfig` lives in `flint.engine.config`; `ServeConfig.engine` carries
+its extra keys through unchanged so the engine validates them itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from flint.errors import InvalidArgument
+
+T = TypeVar("T")
+
+DEFAULT_PORT = 50051
+_ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -> T:
+    """Build config dataclass `cls` from a mapping; dashes in keys read as underscores."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InvalidArgument(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**values)
+    except TypeError as exc:  # wrong value types surface as TypeError from comparisons
+        raise InvalidArgument(f"{where}: {exc}") from exc
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (`.toml`) or JSON (anything else) config file into a dict."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}")
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"config file {path} must hold a table/object of keys at the top level")
+    return data
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidArgument(message)
+
+
+def _check_port(name: str, port: int) -> None:
+    _check(isinstance(port, int) and 0 <= port <= 65535, f"{name} must be an integer in [0, 65535], got {port!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    _check(isinstance(value, (int, float)) and value > 0, f"{name} must be > 0, got {value!r}")
+
+
+def _check_id(name: str, value: str) -> None:
+    _check(bool(_ID.match(value)), f"{name} may only use [A-Za-z0-9._:-] (at most 128), got {value!r}")
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """One engine replica: its internal gRPC server and its entry in the Redis replica registry."""
+
+    redis_url: str
+    replica_id: str = ""               # "" = generated at start
+    host: str = "127.0.0.1"            # bind address of the internal gRPC server
+    advertise_host: str = ""           # address published in Redis; "" = host
+    port: int = 0                      # 0 = any free port
+    key_prefix: str = "flint"
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 5.0       # a replica that misses heartbeats this long drops out of routing
+    grace_period_s: float = 5.0        # running streams get this long to finish on shutdown
+
+    def __post_init__(self) -> None:
+        _check(bool(self.redis_url), "replica: redis_url is required")
+        _check_id("replica_id", self.replica_id)
+        _check_port("replica port", self.port)
+        _check_positive("heartbeat_interval_s", self.heartbeat_interval_s)
+        _check(
+            self.heartbeat_ttl_s > self.heartbeat_interval_s,
+            f"heartbeat_ttl_s ({self.heartbeat_ttl_s}) must exceed heartbeat_interval_s "
+            f"({self.heartbeat_interval_s}) or live replicas expire between heartbeats",
+        )
+        _check(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
+
+    @property
+    def published_host(self) -> str:
+        return self.advertise_host or self.host
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """One front-end worker process (stateless: everything shared lives in Redis)."""
+
+    redis_url: str
+    worker_id: str = ""                # "" = generated at start
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT           # 0 = any free port
+    reuse_port: bool = True            # several worker processes share one port (SO_REUSEPORT)
+    key_prefix: str = "flint"
+    routing: str = "affinity"          # "affinity" (session's replica, else least loaded) | "least_loaded"
+    session_ttl_s: float = 3600.0
+    request_ttl_s: float = 600.0       # how long a finished request stays known (interrupt -> NOT_FOUND after)
+    interrupt_timeout_s: float = 2.0   # wait for the owning worker's acknowledgement
+    flag_poll_interval_ms: float = 50.0  # backs up pub/sub: owners also poll interrupt flag keys
+    replica_wait_s: float = 5.0        # a request waits this long for a replica to appear in Redis
+    grace_period_s: float = 5.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        _check(bool(self.redis_url), "front-end: redis_url is required")
+        _check_id("worker_id", self.worker_id)
+        _check_port("port", self.port)
+        _check(self.routing in ("affinity", "least_loaded"),
+               f"routing must be 'affinity' or 'least_loaded', got {self.routing!r}")
+        for name in ("session_ttl_s", "request_ttl_s", "interrupt_timeout_s", "flag_poll_interval_ms",
+                     "replica_wait_s"):
+            _check_positive(name, getattr(self, name))
+        _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`flint serve`: what to start. Keys mirror the command-line flags."""
+
+    model: str = ""                    # HF checkpoint directory; "" = the demo checkpoint
+    redis_url: str = ""                # "" = start an embedded Valkey
+    ray_address: str = ""              # "" = start a local Ray instance
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    workers: int = 1                   # front-end worker processes
+    replicas: int = 1                  # engine replicas
+    replica_num_cpus: float = 1.0      # Ray CPU resource held by each replica actor
+    ray_num_cpus: int = 0              # CPUs of the local Ray instance; 0 = Ray's default
+    routing: str = "affinity"
+    startup_timeout_s: float = 300.0
+    engine: dict[str, Any] = field(default_factory=dict)  # extra EngineConfig keys
+
+    def __post_init__(self) -> None:
+        _check_port("port", self.port)
+        _check(isinstance(self.workers, int) and 1 <= self.workers <= 64,
+               f"workers must be an integer in [1, 64], got {self.workers!r}")
+        _check(isinstance(self.replicas, int) and 1 <= self.replicas <= 64,
+               f"replicas must be an integer in [1, 64], got {self.replicas!r}")
+        _check(self.replica_num_cpus >= 0, f"replica_num_cpus must be >= 0, got {self.replica_num_cpus}")
+        _check(isinstance(self.ray_num_cpus, int) and self.ray_num_cpus >= 0,
+               f"ray_num_cpus must be an integer >= 0, got {self.ray_num_cpus!r}")
+        _check(self.routing in ("affinity", "least_loaded"),
+               f"routing must be 'affinity' or 'least_loaded', got {self.routing!r}")
+        _check_positive("startup_timeout_s", self.startup_timeout_s)
+        _check(isinstance(self.engine, dict), "engine must be a table of EngineConfig keys")
+        if self.model:
+            _check(Path(self.model).expanduser().is_dir(),
+                   f"--model {self.model!r} is not a directory; pass an HF checkpoint directory "
+                   "(config.json, *.safetensors, tokenizer.json) or omit it for the demo model")

@@ -1,0 +1,166 @@
+"""Interrupts that reach the owning worker, whichever worker receives them.
+
+Pub/sub is at-most-once, so every interrupt is sent two ways: a message on
+the owner's channel (fast path) and a flag key the owner polls for all of
+its running requests with one MGET per interval (backup). The owner stops
+relaying, cancels the engine call, records the final state and last seq in
+the request registry, then acknowledges on the requester's ack channel;
+the requester also polls that record, so a lost acknowledgement only costs
+one poll interval. The subscriber uses its own Redis connection, as a
+connection in subscribe mode can run no other command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgpack
+
+from flint.errors import NotFound, Unavailable
+from flint.frontend.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InterruptResult:
+    request_id: str
+    was_running: bool
+    last_seq: int
+
+
+class Interruptible(Protocol):
+    async def interrupt(self) -> InterruptResult: ...
+
+
+class InterruptBus:
+    def __init__(self, redis_url: str, store: Store, worker_id: str, local: dict[str, Interruptible], *,
+                 poll_interval_s: float, ack_timeout_s: float):
+        self._redis_url = redis_url
+        self._store = store
+        self._worker_id = worker_id
+        self._local = local
+        self._poll_interval_s = poll_interval_s
+        self._ack_timeout_s = ack_timeout_s
+        self._acks: dict[str, asyncio.Future] = {}
+        self._sub_redis = None
+        self._pubsub = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def interrupt_channel(self, worker_id: str) -> str:
+        return f"{self._store.prefix}:worker:{worker_id}:interrupt"
+
+    def ack_channel(self, worker_id: str) -> str:
+        return f"{self._store.prefix}:worker:{worker_id}:acks"
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+
+        self._sub_redis = aioredis.Redis.from_url(self._redis_url)
+        self._pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.interrupt_channel(self._worker_id), self.ack_channel(self._worker_id))
+        self._spawn(self._listen(), "interrupt listener")
+        self._spawn(self._poll_flags(), "interrupt flag poller")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._sub_redis is not None:
+            await self._sub_redis.aclose()
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- requester side
+    async def interrupt(self, request_id: str) -> InterruptResult:
+        """Stop `request_id` wherever it runs; returns once its owner has stopped relaying."""
+        local = self._local.get(request_id)
+        if local is not None:
+            return await local.interrupt()
+        record = await self._store.get_request(request_id)
+        if record is None:
+            raise NotFound(f"no request with id {request_id!r} (it never existed here or expired); "
+                           "check the id from the Accepted message")
+        if not record.running:
+            return InterruptResult(request_id, False, record.last_seq)
+
+        nonce = secrets.token_hex(8)
+        ack = asyncio.get_running_loop().create_future()
+        self._acks[nonce] = ack
+        try:
+            await self._store.set_interrupt_flag(request_id)
+            message = {"request_id": request_id, "reply_to": self._worker_id, "nonce": nonce}
+            await self._store.redis.publish(self.interrupt_channel(record.owner), msgpack.packb(message))
+            deadline = time.monotonic() + self._ack_timeout_s
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(ack), self._poll_interval_s)
+                record = await self._store.get_request(request_id)  # ack lost? the record tells
+                if record is not None and not record.running:
+                    return InterruptResult(request_id, record.state == "interrupted", record.last_seq)
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"front-end worker {record.owner if record else '?'} owning request {request_id!r} "
+                        f"did not acknowledge the interrupt within {self._ack_timeout_s:g} s; "
+                        "it stops the request when it next sees the interrupt flag. Retry to confirm.")
+        finally:
+            self._acks.pop(nonce, None)
+
+    # ---------------------------------------------------------------- owner side
+    async def _listen(self) -> None:
+        ack_channel = self.ack_channel(self._worker_id).encode()
+        async for message in self._pubsub.listen():
+            if message.get("type") != "message":
+                continue
+            try:
+                payload = msgpack.unpackb(message["data"])
+                if message["channel"] == ack_channel:
+                    future = self._acks.get(payload["nonce"])
+                    if future is not None and not future.done():
+                        future.set_result(InterruptResult(payload["request_id"], payload["was_running"],
+                                                          payload["last_seq"]))
+                else:
+                    self._spawn(self._serve_interrupt(payload), "interrupt")
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring malformed pub/sub message on %s: %s", message["channel"], exc)
+
+    async def _serve_interrupt(self, payload: dict) -> None:
+        request_id = payload["request_id"]
+        local = self._local.get(request_id)
+        if local is not None:
+            result = await local.interrupt()
+        else:  # already finished (or never ours): report what the registry knows
+            record = await self._store.get_request(request_id)
+            result = InterruptResult(request_id, False, record.last_seq if record else 0)
+        reply = {"request_id": request_id, "nonce": payload["nonce"], "was_running": result.was_running,
+                 "last_seq": result.last_seq}
+        await self._store.redis.publish(self.ack_channel(payload["reply_to"]), msgpack.packb(reply))
+
+    async def _poll_flags(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            if not self._local:
+                continue
+            try:
+                flagged = await self._store.interrupt_flags(list(self._local))
+            except Exception as exc:  # noqa: BLE001 - keep polling through Redis blips
+                log.warning("interrupt flag poll failed: %s", exc)
+                continue
+            for request_id in flagged:
+                local = self._local.get(request_id)
+                if local is not None:
+                    self._spawn(local.interrupt(), "flagged interrupt")

@@ -1,0 +1,144 @@
+"""One request's stream from an engine replica to a client, and how it stops.
+
+The relay task reads the internal Generate stream and emits public
+messages with no await between receiving an event and emitting it, so
+`last_seq` is always the seq of the last delta handed to the client. To
+interrupt, the task is cancelled (which cancels the engine call, so the
+engine frees the slot at its next step); the relay then emits a Final with
+FINISH_REASON_INTERRUPTED and records the final state in Redis *before*
+`interrupt()` returns, so the acknowledgement that follows can promise that
+no delta with a higher seq will come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+import grpc
+
+from flint.errors import FlintError
+from flint.frontend.interrupts import InterruptResult
+from flint.frontend.store import RequestRecord, Store
+from flint.grpc_status import from_rpc_error
+from flint.internal.v1 import engine_pb2 as ipb
+from flint.internal.v1 import engine_pb2_grpc
+from flint.v1 import flint_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class RequestRelay:
+    def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest,
+                 stub: engine_pb2_grpc.EngineStub, replica_address: str, store: Store,
+                 emit: Callable[[pb.ServerMessage], None], fail: Callable[[FlintError], None],
+                 on_done: Callable[["RequestRelay"], None]):
+        self.record = record
+        self.request_id = record.request_id
+        self.last_seq = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self._engine_request = engine_request
+        self._stub = stub
+        self._replica_address = replica_address
+        self._store = store
+        self._emit = emit
+        self._fail = fail
+        self._on_done = on_done
+        self._ended = False          # a Final or an error has been emitted
+        self._interrupting = False
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"relay {self.request_id}")
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
+    async def interrupt(self) -> InterruptResult:
+        """Stop relaying, cancel the engine call, record the state; then the caller may acknowledge."""
+        if self._ended or self._task is None:
+            await self.wait()
+            return InterruptResult(self.request_id, False, self.last_seq)
+        self._interrupting = True
+        self._task.cancel()
+        await asyncio.wait({self._task})
+        return InterruptResult(self.request_id, True, self.last_seq)
+
+    async def cancel(self) -> None:
+        """The client went away: cancel the engine call without emitting anything."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task})
+
+    async def _run(self) -> None:
+        state = "failed"
+        call = self._stub.Generate(self._engine_request)
+        try:
+            async for event in call:
+                self._relay(event)
+            state = "finished" if self._ended else "failed"
+            if not self._ended:
+                self._end_with_error(FlintError("engine stream ended without a final message"))
+        except asyncio.CancelledError:
+            call.cancel()
+            state = "interrupted"
+            if not self._interrupting:
+                raise
+            self._emit(self._final_interrupted())
+            self._ended = True
+        except grpc.aio.AioRpcError as err:
+            self._end_with_error(from_rpc_error(err, peer=f"engine replica {self._replica_address}"))
+        finally:
+            call.cancel()
+            try:  # record first: an interrupt racing with the end then still finds this relay
+                self.record = await self._store.finish_request(self.record, state, self.last_seq)
+            except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
+                log.warning("could not record the end of request %s: %s", self.request_id, exc)
+            finally:
+                self._on_done(self)
+
+    def _relay(self, event: ipb.GenerateEvent) -> None:
+        kind = event.WhichOneof("kind")
+        if kind == "delta":
+            d = event.delta
+            self.last_seq = d.seq
+            self.completion_tokens += d.token_count
+            self._emit(pb.ServerMessage(delta=pb.Delta(request_id=self.request_id, seq=d.seq, text=d.text,
+                                                       token_count=d.token_count)))
+        elif kind == "started":
+            self.prompt_tokens = event.started.prompt_tokens
+            self._emit(pb.ServerMessage(accepted=pb.Accepted(request_id=self.request_id,
+                                                             prompt_tokens=event.started.prompt_tokens)))
+        elif kind == "final":
+            self._ended = True
+            self._emit(self._final(event.final))
+
+    def _end_with_error(self, error: FlintError) -> None:
+        self._ended = True
+        self._fail(error)
+
+    def _total_ms(self) -> float:
+        return (time.time() - self._engine_request.arrival_unix_s) * 1000.0
+
+    def _final(self, f: ipb.Final) -> pb.ServerMessage:
+        timings = pb.Timings(queue_ms=f.queue_ms, prefill_ms=f.prefill_ms, first_token_ms=f.first_token_ms,
+                             decode_ms=f.decode_ms, total_ms=self._total_ms())
+        return pb.ServerMessage(final=pb.Final(
+            request_id=self.request_id, seq=f.seq, finish_reason=f.finish_reason, prompt_tokens=f.prompt_tokens,
+            completion_tokens=f.completion_tokens, cached_prompt_tokens=f.cached_prompt_tokens, timings=timings,
+            draft_tokens=f.draft_tokens, accepted_draft_tokens=f.accepted_draft_tokens,
+            replica_id=self.record.replica_id))
+
+    def _final_interrupted(self) -> pb.ServerMessage:
+        return pb.ServerMessage(final=pb.Final(
+            request_id=self.request_id, seq=self.last_seq + 1, finish_reason=pb.FINISH_REASON_INTERRUPTED,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            timings=pb.Timings(total_ms=self._total_ms()), replica_id=self.record.replica_id))

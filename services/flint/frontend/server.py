@@ -1,0 +1,107 @@
+"""Builds and runs one front-end worker: the public gRPC server and its Redis-backed parts.
+
+`FrontendWorker(config)` binds `config.host:config.port` (port 0 in tests)
+on `start()` and drains on `stop()`. Several workers may share one port
+with SO_REUSEPORT (`reuse_port`): the kernel spreads incoming connections
+across the processes, clients need one address, and any worker can serve
+any request because the state they share is in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flint.config import FrontendConfig
+from flint.frontend.codec import SERVICE, flint_handler
+from flint.frontend.interrupts import InterruptBus
+from flint.frontend.replicas import ReplicaPool
+from flint.frontend.routing import make_policy
+from flint.frontend.servicer import FlintServicer
+from flint.frontend.store import Store
+from flint.grpc_status import ErrorInterceptor
+from flint.replica.registry import ReplicaRegistry
+
+log = logging.getLogger(__name__)
+
+
+class FrontendWorker:
+    def __init__(self, config: FrontendConfig):
+        self.config = config
+        self.worker_id = config.worker_id or f"worker-{secrets.token_hex(4)}"
+        self.port = 0
+        self._redis = None
+        self._bus: InterruptBus | None = None
+        self._pool: ReplicaPool | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> int:
+        """Connect to Redis (clear error naming the URL if unreachable), bind and serve; returns the port."""
+        import redis.asyncio as aioredis
+
+        from flint.valkey import check_redis_async
+
+        cfg = self.config
+        self._redis = aioredis.Redis.from_url(cfg.redis_url)
+        try:
+            await check_redis_async(self._redis, cfg.redis_url)
+            store = Store(self._redis, cfg.key_prefix, session_ttl_s=cfg.session_ttl_s,
+                          request_ttl_s=cfg.request_ttl_s)
+            local: dict = {}
+            self._bus = InterruptBus(cfg.redis_url, store, self.worker_id, local,
+                                     poll_interval_s=cfg.flag_poll_interval_ms / 1000.0,
+                                     ack_timeout_s=cfg.interrupt_timeout_s)
+            await self._bus.start()
+            self._pool = ReplicaPool(ReplicaRegistry(self._redis, cfg.key_prefix), make_policy(cfg.routing),
+                                     redis_url=cfg.redis_url, wait_s=cfg.replica_wait_s)
+            servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
+                                     local=local)
+            self._server = self._build_server(servicer)
+            self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            await self._server.start()
+        except BaseException:
+            await self.stop(0)
+            raise
+        for service in ("", SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("front-end worker %s listening on %s", self.worker_id, self.address)
+        return self.port
+
+    def _build_server(self, servicer: FlintServicer) -> grpc.aio.Server:
+        cfg = self.config
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=[
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ])
+        server.add_generic_rpc_handlers((flint_handler(servicer),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        return server
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, give running streams `grace_s` to finish, then release Redis."""
+        grace_s = self.config.grace_period_s if grace_s is None else grace_s
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(grace_s)
+            self._server = None
+        if self._bus is not None:
+            await self._bus.stop()
+            self._bus = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None

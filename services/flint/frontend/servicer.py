@@ -1,0 +1,115 @@
+"""flint.v1.Flint handlers of one front-end worker.
+
+Everything shared lives in Redis (`Store`), the replica registry
+(`ReplicaPool`) and the interrupt bus; the only process-local state is the
+set of relays this worker is streaming right now (`local`), which the bus
+reaches when an interrupt arrives from another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import grpc
+
+from flint.errors import FlintError, InvalidArgument
+from flint.frontend.codec import check_decoded
+from flint.frontend.interrupts import InterruptBus
+from flint.frontend.relay import RequestRelay
+from flint.frontend.replicas import ReplicaPool
+from flint.frontend.session import SessionStream
+from flint.frontend.store import RequestRecord, SessionRecord, Store
+from flint.frontend.validate import check_request_id, request_id_of, to_engine_request
+from flint.v1 import flint_pb2 as pb
+
+RESUME_UNIMPLEMENTED = ("Resume is not implemented in this version of flint: send the request again "
+                        "(delta journaling for resume is planned)")
+
+
+class FlintServicer:
+    def __init__(self, *, worker_id: str, store: Store, pool: ReplicaPool, bus: InterruptBus,
+                 local: dict[str, RequestRelay]):
+        self.worker_id = worker_id
+        self.store = store
+        self.pool = pool
+        self.bus = bus
+        self.local = local
+
+    # ------------------------------------------------------------ shared by all RPCs
+    async def start_request(self, msg: pb.CompleteRequest | pb.EditRequest, *, request_id: str,
+                            session: SessionRecord | None, emit, fail,
+                            arrival_unix_s: float) -> tuple[RequestRelay, SessionRecord | None]:
+        """Validate, route, register in Redis and start relaying; returns the relay and the updated session."""
+        model = msg.model or (session.model if session else "")
+        replica = await self.pool.pick(model=model, affinity=session.replica_id if session else "")
+        engine_request = to_engine_request(
+            msg, request_id=request_id, session_id=session.session_id if session else "",
+            max_context_tokens=replica.max_context_tokens, arrival_unix_s=arrival_unix_s)
+        record = RequestRecord(request_id=request_id, owner=self.worker_id,
+                               session_id=engine_request.session_id, replica_id=replica.replica_id)
+        await self.store.claim_request(record)
+        if session is not None and session.replica_id != replica.replica_id:
+            session = replace(session, replica_id=replica.replica_id)
+            await self.store.put_session(session)
+        relay = RequestRelay(record=record, engine_request=engine_request, stub=self.pool.stub(replica),
+                             replica_address=replica.address, store=self.store, emit=emit, fail=fail,
+                             on_done=self._forget)
+        self.local[request_id] = relay
+        relay.start()
+        return relay, session
+
+    def _forget(self, relay: RequestRelay) -> None:
+        if self.local.get(relay.request_id) is relay:
+            del self.local[relay.request_id]
+
+    async def opened(self, session: SessionRecord) -> pb.Opened:
+        default = await self.pool.default_model()
+        return pb.Opened(session_id=session.session_id, model=session.model or (default.model if default else ""),
+                         max_context_tokens=default.max_context_tokens if default else 0,
+                         worker_id=self.worker_id)
+
+    # ------------------------------------------------------------ RPCs
+    async def Session(self, request_iterator, context):
+        stream = SessionStream(self)
+        async for message in stream.run(request_iterator):
+            yield message
+
+    async def Complete(self, request, context):
+        async for message in self._single(request):
+            yield message
+
+    async def Edit(self, request, context):
+        async for message in self._single(request):
+            yield message
+
+    async def Interrupt(self, request, context):
+        request = check_decoded(request)
+        if not request.request_id:
+            raise InvalidArgument("request_id is empty: pass the id from the Accepted message")
+        result = await self.bus.interrupt(check_request_id(request.request_id))
+        return pb.InterruptResponse(request_id=result.request_id, was_running=result.was_running,
+                                    last_seq=result.last_seq)
+
+    async def Resume(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, RESUME_UNIMPLEMENTED)
+        yield pb.ServerMessage()  # unreachable: abort raises; makes this an async generator
+
+    async def _single(self, request):
+        """One request per call: accepted, deltas, final; an error ends the call with its status."""
+        arrival = time.time()
+        request = check_decoded(request)
+        out: asyncio.Queue = asyncio.Queue()
+        relay, _ = await self.start_request(request, request_id=request_id_of(request), session=None,
+                                            emit=out.put_nowait, fail=out.put_nowait, arrival_unix_s=arrival)
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, FlintError):
+                    raise item
+                yield item
+                if item.WhichOneof("kind") == "final":
+                    return
+        finally:
+            await relay.cancel()  # the client went away mid-stream: free the engine slot now

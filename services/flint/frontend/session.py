@@ -1,0 +1,159 @@
+"""One bidirectional Session stream: read client messages, interleave server messages.
+
+A reader task handles client messages in order (open, complete, edit,
+interrupt, redirect) while the handler yields from one outgoing queue fed by
+the reader and by every relay of the stream. A failed request becomes a
+RequestError; the stream stays open. When the client half-closes, running
+requests finish before the stream ends; when it disconnects, they are
+cancelled so the engine frees their slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import grpc
+
+from flint.errors import FlintError, InvalidArgument, NotFound
+from flint.frontend.codec import Undecodable
+from flint.frontend.store import SessionRecord
+from flint.frontend.validate import check_request_id, new_id, request_id_of
+from flint.grpc_status import as_flint_error, code_number, status_code
+from flint.v1 import flint_pb2 as pb
+
+_END = object()
+
+
+def request_error(request_id: str, exc: BaseException) -> pb.ServerMessage:
+    error = as_flint_error(exc)
+    return pb.ServerMessage(error=pb.RequestError(
+        request_id=request_id, code=code_number(status_code(error)), message=error.message,
+        retryable=error.retryable, retry_after_ms=error.retry_after_ms))
+
+
+class SessionStream:
+    def __init__(self, servicer):
+        self._servicer = servicer
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._session: SessionRecord | None = None
+        self._relays = {}
+
+    async def run(self, request_iterator):
+        reader = asyncio.create_task(self._read(request_iterator), name="session reader")
+        try:
+            while True:
+                message = await self._out.get()
+                if message is _END:
+                    return
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            for relay in list(self._relays.values()):
+                await relay.cancel()
+
+    def _emit(self, message: pb.ServerMessage) -> None:
+        self._out.put_nowait(message)
+
+    async def _read(self, request_iterator) -> None:
+        try:
+            async for message in request_iterator:
+                await self._handle(message)
+            for relay in list(self._relays.values()):  # half-closed: let running requests finish
+                await relay.wait()
+        finally:
+            self._out.put_nowait(_END)
+
+    async def _handle(self, message) -> None:
+        arrival = time.time()
+        if isinstance(message, Undecodable):
+            self._emit(request_error("", message.error()))
+            return
+        kind = message.WhichOneof("kind")
+        request_id = ""
+        try:
+            if kind == "open":
+                await self._open(message.open)
+            elif kind in ("complete", "edit"):
+                request = getattr(message, kind)
+                request_id = request.request_id
+                request_id = request_id_of(request)
+                await self._start(request, request_id, arrival)
+            elif kind == "interrupt":
+                request_id = message.interrupt.request_id
+                await self._interrupt(request_id)
+            elif kind == "redirect":
+                await self._redirect(message.redirect, arrival)
+            elif kind == "resume":
+                request_id = message.resume.request_id
+                from flint.frontend.servicer import RESUME_UNIMPLEMENTED
+
+                self._emit(pb.ServerMessage(error=pb.RequestError(
+                    request_id=request_id, code=grpc.StatusCode.UNIMPLEMENTED.value[0],
+                    message=RESUME_UNIMPLEMENTED)))
+            else:
+                raise InvalidArgument("empty ClientMessage: set one of open, complete, edit, interrupt, redirect")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed request never ends the stream
+            self._emit(request_error(request_id, exc))
+
+    async def _open(self, open_msg: pb.Open) -> None:
+        store = self._servicer.store
+        if open_msg.session_id:
+            check_request_id(open_msg.session_id, field="session_id")
+            session = await store.get_session(open_msg.session_id)
+            if session is None:
+                raise NotFound(f"session {open_msg.session_id!r} is unknown or expired; send Open with an empty "
+                               "session_id to start a new one")
+            if open_msg.model and open_msg.model != session.model:
+                session = SessionRecord(**{**session.__dict__, "model": open_msg.model})
+        else:
+            session = SessionRecord(session_id=new_id("s"), model=open_msg.model, client=open_msg.client[:256],
+                                    created_unix_s=time.time())
+        if session.model:
+            await self._servicer.pool.pick(model=session.model)  # unknown model -> NOT_FOUND now
+        await store.put_session(session)
+        self._session = session
+        self._emit(pb.ServerMessage(opened=await self._servicer.opened(session)))
+
+    async def _start(self, request, request_id: str, arrival: float) -> None:
+        if self._session is None:  # implicit anonymous session
+            self._session = SessionRecord(session_id=new_id("s"), created_unix_s=time.time())
+            await self._servicer.store.put_session(self._session)
+
+        def fail(error: FlintError) -> None:
+            self._emit(request_error(request_id, error))
+
+        relay, self._session = await self._servicer.start_request(
+            request, request_id=request_id, session=self._session, emit=self._emit, fail=fail,
+            arrival_unix_s=arrival)
+        # Keep only live relays (the stream cancels them if the client disconnects).
+        self._relays = {rid: r for rid, r in self._relays.items() if not r.done}
+        self._relays[request_id] = relay
+
+    async def _interrupt(self, request_id: str) -> None:
+        if not request_id:
+            raise InvalidArgument("interrupt.request_id is empty: pass the id from the Accepted message")
+        result = await self._servicer.bus.interrupt(check_request_id(request_id))
+        self._emit(pb.ServerMessage(interrupted=pb.InterruptResponse(
+            request_id=result.request_id, was_running=result.was_running, last_seq=result.last_seq)))
+
+    async def _redirect(self, redirect: pb.Redirect, arrival: float) -> None:
+        which = redirect.WhichOneof("request")
+        if which is None:
+            raise InvalidArgument("redirect has no new request: set redirect.complete or redirect.edit")
+        try:
+            await self._interrupt(redirect.interrupt_request_id)
+        except FlintError as exc:  # the old request is unknown or already gone: still start the new one
+            self._emit(request_error(redirect.interrupt_request_id, exc))
+        request = getattr(redirect, which)
+        request_id = request.request_id
+        try:
+            request_id = request_id_of(request)
+            await self._start(request, request_id, arrival)
+        except FlintError as exc:
+            self._emit(request_error(request_id, exc))

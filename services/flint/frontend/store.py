@@ -1,0 +1,133 @@
+"""Sessions and the request registry in Redis (msgpack payloads, namespaced keys with TTLs).
+
+Front-end workers keep nothing that matters only in memory: whichever
+worker receives an Interrupt finds the owner of a request here, and a
+session's replica affinity survives the worker that opened it.
+
+Keys (prefix `flint` by default):
+  {p}:session:{session_id}       session record
+  {p}:req:{request_id}           request record: owner worker, state, last seq
+  {p}:req:{request_id}:interrupt flag set by an Interrupt, polled by the owner
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+
+import msgpack
+
+from flint.errors import InvalidArgument
+
+RUNNING = "running"
+TERMINAL_STATES = ("finished", "interrupted", "failed")
+
+
+def _unpack(cls, data: bytes | None):
+    if data is None:
+        return None
+    fields = msgpack.unpackb(data)
+    return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    request_id: str
+    owner: str                  # worker id that relays the stream
+    state: str = RUNNING        # running | finished | interrupted | failed
+    last_seq: int = 0           # seq of the last delta relayed (written at the end of the request)
+    session_id: str = ""
+    replica_id: str = ""
+    created_unix_s: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    model: str = ""
+    client: str = ""
+    replica_id: str = ""        # replica that holds the session's KV prefix (routing affinity)
+    created_unix_s: float = 0.0
+
+
+class Store:
+    def __init__(self, redis, key_prefix: str, *, session_ttl_s: float, request_ttl_s: float):
+        self.redis = redis
+        self.prefix = key_prefix
+        self._session_ttl_ms = int(session_ttl_s * 1000)
+        self._request_ttl_ms = int(request_ttl_s * 1000)
+
+    # ------------------------------------------------------------ keys
+    def session_key(self, session_id: str) -> str:
+        return f"{self.prefix}:session:{session_id}"
+
+    def request_key(self, request_id: str) -> str:
+        return f"{self.prefix}:req:{request_id}"
+
+    def flag_key(self, request_id: str) -> str:
+        return f"{self.prefix}:req:{request_id}:interrupt"
+
+    # ------------------------------------------------------------ sessions
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        return _unpack(SessionRecord, await self.redis.get(self.session_key(session_id)))
+
+    async def put_session(self, session: SessionRecord) -> None:
+        await self.redis.set(self.session_key(session.session_id), msgpack.packb(asdict(session)),
+                             px=self._session_ttl_ms)
+
+    # ------------------------------------------------------------ requests
+    async def claim_request(self, record: RequestRecord) -> None:
+        """Register a new request; a client-chosen id still running elsewhere is refused."""
+        record = replace(record, created_unix_s=record.created_unix_s or time.time())
+        key = self.request_key(record.request_id)
+        payload = msgpack.packb(asdict(record))
+        if await self.redis.set(key, payload, px=self._request_ttl_ms, nx=True):
+            await self.redis.delete(self.flag_key(record.request_id))
+            return
+        existing = await self.get_request(record.request_id)
+        if existing is not None and existing.running:
+            raise InvalidArgument(f"request id {record.request_id!r} is already in use by a running request; "
+                                  "choose another id or leave it empty for a server-generated one")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, payload, px=self._request_ttl_ms)
+            pipe.delete(self.flag_key(record.request_id))
+            await pipe.execute()
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        return _unpack(RequestRecord, await self.redis.get(self.request_key(request_id)))
+
+    async def finish_request(self, record: RequestRecord, state: str, last_seq: int) -> RequestRecord:
+        done = replace(record, state=state, last_seq=last_seq)
+        await self.redis.set(self.request_key(record.request_id), msgpack.packb(asdict(done)),
+                             px=self._request_ttl_ms)
+        return done
+
+    async def set_interrupt_flag(self, request_id: str) -> None:
+        await self.redis.set(self.flag_key(request_id), b"1", px=self._request_ttl_ms)
+
+    async def interrupt_flags(self, request_ids: list[str]) -> list[str]:
+        """Which of these requests have their interrupt flag set (one MGET)."""
+        if not request_ids:
+            return []
+        values = await self.redis.mget([self.flag_key(r) for r in request_ids])
+        return [r for r, v in zip(request_ids, values) if v is not None]
+
+    async def count_sessions(self) -> int:
+        count = 0
+        async for _ in self.redis.scan_iter(match=self.session_key("*"), count=1000):
+            count += 1
+        return count
+
+    async def running_requests(self) -> list[RequestRecord]:
+        records = []
+        async for key in self.redis.scan_iter(match=self.request_key("*"), count=1000):
+            if key.endswith(b":interrupt"):
+                continue
+            record = await self.get_request(key.decode().removeprefix(self.request_key("")))
+            if record is not None and record.running:
+                records.append(record)
+        return records

@@ -1,0 +1,53 @@
+"""Entry point of one front-end worker process: `python -m flint.frontend.worker --config JSON`.
+
+`flint serve` starts N of these. Each prints one JSON line
+`{"event": "listening", "worker_id": ..., "port": ...}` on stdout once it
+serves, then runs until SIGTERM/SIGINT, when it drains gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from flint.config import FrontendConfig, from_mapping
+from flint.errors import FlintError
+from flint.frontend.server import FrontendWorker
+
+
+async def serve(config: FrontendConfig) -> None:
+    worker = FrontendWorker(config)
+    await worker.start()
+    print(json.dumps({"event": "listening", "worker_id": worker.worker_id, "port": worker.port}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await worker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flint-frontend-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="FrontendConfig as a JSON object")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = from_mapping(FrontendConfig, json.loads(args.config), where="front-end config")
+        asyncio.run(serve(config))
+    except FlintError as exc:
+        print(json.dumps({"event": "error", "message": exc.message}), flush=True)
+        print(f"flint front-end worker: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

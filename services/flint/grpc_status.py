@@ -1,0 +1,140 @@
+"""flint exceptions <-> gRPC status codes, in one place.
+
+Servers raise `flint.errors` types; `ErrorInterceptor` turns them into a
+status (and the retry delay into trailing metadata) for every RPC of a
+`grpc.aio` server. Going the other way, `from_rpc_error` turns a status
+received from another flint server back into the same exception, so an
+engine replica's INVALID_ARGUMENT reaches the client unchanged through the
+front-end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+
+import grpc
+
+from flint import errors
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_KEY = "flint-retry-after-ms"
+
+_CODES: dict[type[errors.FlintError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+}
+_ERRORS = {code: cls for cls, code in _CODES.items()}
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status of an exception; anything not a flint error is INTERNAL."""
+    for cls in type(exc).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """google.rpc.Code value of a status (3 = INVALID_ARGUMENT, ...), as carried in RequestError."""
+    return code.value[0]
+
+
+def as_flint_error(exc: BaseException) -> errors.FlintError:
+    """Any exception as a flint error; unexpected ones become Internal naming what broke."""
+    if isinstance(exc, errors.FlintError):
+        return exc
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return from_rpc_error(exc)
+    if type(exc).__module__.startswith("redis."):  # redis-py's ConnectionError, TimeoutError, ...
+        return errors.Unavailable(f"Redis is unavailable: {exc}", retry_after_ms=1000)
+    return errors.Internal(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError, *, peer: str = "") -> errors.FlintError:
+    """The flint exception for a status received from another server."""
+    code = err.code()
+    message = err.details() or code.name
+    cls = _ERRORS.get(code)
+    if cls is None:  # CANCELLED, UNKNOWN, ...: the other side broke or went away
+        cls = errors.Unavailable if code == grpc.StatusCode.CANCELLED else errors.Internal
+        message = f"{code.name}{' from ' + peer if peer else ''}: {message}"
+    retry_after_ms = 0
+    for key, value in err.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            retry_after_ms = int(value)
+    return cls(message, retry_after_ms=retry_after_ms)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """End the RPC with the status of `exc` (raises, as `context.abort` does)."""
+    error = as_flint_error(exc)
+    if isinstance(error, errors.Internal) and not isinstance(exc, errors.Internal):
+        log.exception("unexpected error in an RPC handler", exc_info=exc)
+    if error.retry_after_ms:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(error.retry_after_ms)),))
+    await context.abort(status_code(error), error.message)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions escaping any handler to their gRPC status."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+
+
+async def _to_status(context, exc: Exception) -> None:
+    # CancelledError is a BaseException and never reaches here: cancellation (a client
+    # gone away) must propagate so engine work is freed. context.abort()'s own
+    # AbortError passes through untouched.
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    await abort_with(context, exc)
+
+
+def _wrap_unary(behavior):
+    async def wrapped(request, context):
+        try:
+            return await behavior(request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            await _to_status(context, exc)
+
+    return wrapped
+
+
+def _wrap_stream(behavior):
+    if not inspect.isasyncgenfunction(behavior):
+        return _wrap_unary(behavior)  # a coroutine that writes with context.write
+
+    async def wrapped(request, context):
+        try:
+            # aclosing: if the client goes away while we are suspended at `yield`, the
+            # handler's own cleanup (cancelling engine work) still runs now, not at GC.
+            async with contextlib.aclosing(behavior(request, context)) as items:
+                async for item in items:
+                    yield item
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            await _to_status(context, exc)
+
+    return wrapped

@@ -1,0 +1,59 @@
+"""Internal engine protobuf <-> engine dataclasses, at the replica's edge only."""
+
+from __future__ import annotations
+
+from flint.engine import types as t
+from flint.internal.v1 import engine_pb2 as pb
+
+_KINDS = {pb.GenerateRequest.COMPLETE: t.RequestKind.COMPLETE, pb.GenerateRequest.EDIT: t.RequestKind.EDIT}
+
+
+def request_from_proto(msg: pb.GenerateRequest) -> t.GenerateRequest:
+    s = msg.sampling
+    sampling = t.SamplingParams(
+        temperature=s.temperature,
+        top_p=s.top_p if s.top_p > 0 else 1.0,  # proto3 default 0 means "unset"
+        top_k=s.top_k,
+        seed=s.seed if s.has_seed else None,
+        max_tokens=s.max_tokens,
+        stop=tuple(s.stop),
+        max_time_ms=s.max_time_ms,
+    )
+    return t.GenerateRequest(
+        request_id=msg.request_id,
+        kind=_KINDS[msg.kind],
+        prefix=msg.prefix,
+        suffix=msg.suffix,
+        code=msg.code,
+        instruction=msg.instruction,
+        path=msg.path,
+        context=tuple(t.ContextFile(path=c.path, content=c.content) for c in msg.context),
+        sampling=sampling,
+        session_id=msg.session_id,
+        bulk=msg.bulk,
+        cache_namespace=msg.cache_namespace,
+        arrival_unix_s=msg.arrival_unix_s,
+        seq_offset=msg.seq_offset,
+    )
+
+
+def event_to_proto(event: t.Event) -> pb.GenerateEvent:
+    if isinstance(event, t.Delta):
+        return pb.GenerateEvent(delta=pb.Delta(seq=event.seq, text=event.text, token_count=event.token_count))
+    if isinstance(event, t.Started):
+        return pb.GenerateEvent(started=pb.Started(prompt_tokens=event.prompt_tokens))
+    tm = event.timings
+    return pb.GenerateEvent(final=pb.Final(
+        seq=event.seq,
+        finish_reason=int(event.finish_reason),
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        cached_prompt_tokens=event.cached_prompt_tokens,
+        queue_ms=tm.queue_ms,
+        prefill_ms=tm.prefill_ms,
+        first_token_ms=tm.first_token_ms,
+        decode_ms=tm.decode_ms,
+        total_ms=tm.total_ms,
+        draft_tokens=event.draft_tokens,
+        accepted_draft_tokens=event.accepted_draft_tokens,
+    ))

@@ -1,0 +1,85 @@
+"""The replica registry in Redis: where engine replicas are, and how loaded.
+
+Each replica writes one msgpack record under `{prefix}:replica:{id}` with a
+TTL and refreshes it every heartbeat; a replica that dies simply expires.
+The set `{prefix}:replicas` indexes the ids so readers need no SCAN; ids
+whose record expired are pruned by readers. Front-end workers read it to
+route; `flint status` reads it to report. No torch here: front-ends import it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import msgpack
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    replica_id: str
+    address: str                       # host:port of the replica's internal gRPC server
+    model: str
+    max_context_tokens: int
+    running: int = 0
+    waiting: int = 0
+    kv_used_fraction: float = 0.0
+    healthy: bool = True
+    draining: bool = False
+    updated_unix_s: float = 0.0
+
+    @property
+    def load(self) -> float:
+        """Requests in flight, with KV use breaking ties (lower is better)."""
+        return self.running + self.waiting + self.kv_used_fraction
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and not self.draining
+
+    def pack(self) -> bytes:
+        return msgpack.packb(asdict(self))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "ReplicaInfo":
+        fields = msgpack.unpackb(data)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+
+class ReplicaRegistry:
+    """Read and write replica records through a `redis.asyncio` client."""
+
+    def __init__(self, redis, key_prefix: str = "flint"):
+        self._redis = redis
+        self._prefix = key_prefix
+
+    @property
+    def index_key(self) -> str:
+        return f"{self._prefix}:replicas"
+
+    def record_key(self, replica_id: str) -> str:
+        return f"{self._prefix}:replica:{replica_id}"
+
+    async def publish(self, info: ReplicaInfo, ttl_s: float) -> None:
+        info = ReplicaInfo(**{**asdict(info), "updated_unix_s": time.time()})
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.record_key(info.replica_id), info.pack(), px=int(ttl_s * 1000))
+            pipe.sadd(self.index_key, info.replica_id)
+            await pipe.execute()
+
+    async def remove(self, replica_id: str) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.record_key(replica_id))
+            pipe.srem(self.index_key, replica_id)
+            await pipe.execute()
+
+    async def list(self) -> list[ReplicaInfo]:
+        ids = sorted(i.decode() if isinstance(i, bytes) else i for i in await self._redis.smembers(self.index_key))
+        if not ids:
+            return []
+        records = await self._redis.mget([self.record_key(i) for i in ids])
+        expired = [i for i, rec in zip(ids, records) if rec is None]
+        if expired:
+            await self._redis.srem(self.index_key, *expired)
+        return [ReplicaInfo.unpack(rec) for rec in records if rec is not None]

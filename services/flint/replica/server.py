@@ -1,0 +1,144 @@
+"""An engine replica's internal gRPC server and its heartbeat into the Redis registry.
+
+`ReplicaServer` wraps a started `AsyncEngine`: it serves
+flint.internal.v1.Engine (Generate / Abort / Load) on its own `grpc.aio`
+server, so tokens stream straight to front-end workers with no Ray call per
+token, and publishes its address, health and load to Redis every heartbeat.
+Built from an address (port 0 in tests); `stop()` drains gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from flint.config import ReplicaConfig
+from flint.grpc_status import ErrorInterceptor
+from flint.internal.v1 import engine_pb2 as pb
+from flint.internal.v1 import engine_pb2_grpc
+from flint.replica.convert import event_to_proto, request_from_proto
+from flint.replica.registry import ReplicaInfo, ReplicaRegistry
+
+log = logging.getLogger(__name__)
+
+ENGINE_SERVICE = "flint.internal.v1.Engine"
+
+
+class EngineServicer(engine_pb2_grpc.EngineServicer):
+    def __init__(self, engine, replica_id: str, draining: asyncio.Event):
+        self._engine = engine
+        self._replica_id = replica_id
+        self._draining = draining
+
+    async def Generate(self, request, context):
+        engine_request = request_from_proto(request)
+        # Leaving this block for any reason (client cancelled, error) closes the
+        # engine's iterator, which aborts the request and frees its KV slots.
+        async with contextlib.aclosing(self._engine.generate(engine_request)) as events:
+            async for event in events:
+                yield event_to_proto(event)
+
+    async def Abort(self, request, context):
+        return pb.AbortResponse(found=await self._engine.abort(request.request_id))
+
+    async def Load(self, request, context):
+        return self.load_report()
+
+    def load_report(self) -> pb.LoadReport:
+        load = self._engine.load()
+        return pb.LoadReport(
+            replica_id=self._replica_id,
+            model=self._engine.model_name,
+            running=load.running,
+            waiting=load.waiting,
+            kv_used_fraction=load.kv_used_fraction,
+            max_context_tokens=load.max_context_tokens,
+            healthy=True,
+            draining=self._draining.is_set(),
+        )
+
+
+class ReplicaServer:
+    """Internal gRPC server + registry heartbeat for one started engine."""
+
+    def __init__(self, engine, config: ReplicaConfig):
+        self.config = config
+        self.replica_id = config.replica_id or f"replica-{secrets.token_hex(4)}"
+        self.address = ""
+        self._engine = engine
+        self._draining = asyncio.Event()
+        self._servicer = EngineServicer(engine, self.replica_id, self._draining)
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._redis = None
+        self._registry: ReplicaRegistry | None = None
+        self._heartbeat: asyncio.Task | None = None
+
+    async def start(self) -> str:
+        """Bind, serve, check Redis and publish the first heartbeat; returns host:port."""
+        import redis.asyncio as aioredis
+
+        from flint.valkey import check_redis_async
+
+        self._redis = aioredis.Redis.from_url(self.config.redis_url)
+        await check_redis_async(self._redis, self.config.redis_url)
+        self._registry = ReplicaRegistry(self._redis, self.config.key_prefix)
+
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+                                 options=[("grpc.so_reuseport", 0)])
+        engine_pb2_grpc.add_EngineServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await server.start()
+        self._server = server
+        self.address = f"{self.config.published_host}:{port}"
+        await self._health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._publish()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.replica_id}")
+        log.info("engine replica %s serving %s at %s", self.replica_id, self._engine.model_name, self.address)
+        return self.address
+
+    def info(self) -> ReplicaInfo:
+        report = self._servicer.load_report()
+        return ReplicaInfo(
+            replica_id=self.replica_id, address=self.address, model=report.model,
+            max_context_tokens=report.max_context_tokens or self._engine.max_context_tokens,
+            running=report.running, waiting=report.waiting, kv_used_fraction=report.kv_used_fraction,
+            healthy=report.healthy, draining=report.draining,
+        )
+
+    async def _publish(self) -> None:
+        await self._registry.publish(self.info(), ttl_s=self.config.heartbeat_ttl_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            try:
+                await self._publish()
+            except Exception as exc:  # noqa: BLE001 - Redis blips must not kill the replica
+                log.warning("replica %s heartbeat failed: %s", self.replica_id, exc)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Leave the registry, stop accepting, let running streams finish within the grace period."""
+        grace_s = self.config.grace_period_s if grace_s is None else grace_s
+        self._draining.set()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._registry is not None:
+            with contextlib.suppress(Exception):
+                await self._registry.remove(self.replica_id)
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(grace_s)
+            self._server = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
