@@ -1,0 +1,163 @@
+"""The Llama-family decoder (Llama 2/3, Qwen2/2.5, Mistral) as flint runs it.
+
+Shapes: all sequences of one engine step are packed along one token axis T;
+positions come per token; the KV cache is the `AttentionBackend`'s business.
+
+    model = CausalLM(config, shard, dtype=..., device=..., all_reduce=...)
+    hidden = model(input_ids [T], positions [T], attn)      # [T, d]
+    logits = model.compute_logits(hidden[last_rows])         # float32 [N, vocab]
+
+The model is built with parameters on the meta device and filled by
+`flint.engine.loader` (or `load_state`), so a shard never allocates weights it
+does not hold. QKV and gate/up are fused Linears (one GEMM/GEMV each instead
+of three/two), which matters for decode where every op costs tens of µs.
+
+On a pipeline stage that is not the first, pass `hidden_states` [T, d] instead
+of `input_ids`; a stage that is not the last returns the residual stream
+before the final norm (feed it to the next stage); the last stage returns the
+final-normed hidden states that `compute_logits` projects.
+
+`attn` is called with the layer index LOCAL to this shard (0 for the shard's
+first layer), so a stage's KV cache is sized `model.num_local_layers`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flint.engine.model.attention import AttentionBackend
+from flint.engine.model.config import ModelConfig
+from flint.engine.model.rope import Rotary, apply_rotary
+from flint.engine.model.shard import AllReduce, ShardSpec
+from flint.errors import InvalidArgument
+
+_META = torch.device("meta")
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, shard: ShardSpec, dtype: torch.dtype):
+        super().__init__()
+        d, hd = config.hidden_size, config.head_dim
+        self.n_heads = shard.local_heads(config)[1]
+        self.n_kv = shard.local_kv_heads(config)[1]
+        self.head_dim = hd
+        self.eps = config.rms_norm_eps
+        inter = shard.local_intermediate(config)[1]
+        kw = dict(device=_META, dtype=dtype)
+        self.input_norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False)
+        self.qkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv) * hd, bias=config.qkv_bias, **kw)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False, **kw)
+        # Row-parallel bias is added once, after the all-reduce.
+        self.o_bias = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if config.o_bias else None
+        self.post_norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False)
+        self.gate_up = nn.Linear(d, 2 * inter, bias=False, **kw)
+        self.down = nn.Linear(inter, d, bias=False, **kw)
+
+    def forward(
+        self,
+        x: torch.Tensor,        # [T, d]
+        cos: torch.Tensor,      # [T, 1, D/2]
+        sin: torch.Tensor,
+        attn: AttentionBackend,
+        layer_idx: int,
+        all_reduce: AllReduce | None,
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        h, hd, kv = self.n_heads, self.head_dim, self.n_kv
+        y = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
+        qkv = self.qkv(y)                                       # [T, (H + 2KV) * D]
+        qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), cos, sin)  # [T, H + KV, D]
+        q, k = qk[:, :h], qk[:, h:]
+        v = qkv[:, (h + kv) * hd :].view(t, kv, hd)             # [T, KV, D]
+        o = attn(layer_idx, q, k, v)                            # [T, H, D]
+        o = self.o_proj(o.reshape(t, h * hd))                   # [T, d] (partial sum under TP)
+        if all_reduce is not None:
+            o = all_reduce(o)
+        if self.o_bias is not None:
+            o = o + self.o_bias
+        x = x + o
+        y = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps)
+        gate, up = self.gate_up(y).chunk(2, dim=-1)             # [T, I] each
+        m = self.down(F.silu(gate) * up)                        # [T, d] (partial sum under TP)
+        if all_reduce is not None:
+            m = all_reduce(m)
+        return x + m
+
+
+class CausalLM(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        shard: ShardSpec | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        all_reduce: AllReduce | None = None,
+    ):
+        super().__init__()
+        shard = (shard or ShardSpec()).resolve(config)
+        if shard.tp_size > 1 and all_reduce is None:
+            raise InvalidArgument(f"tp_size={shard.tp_size} needs an all_reduce callable")
+        self.config, self.shard, self.dtype = config, shard, dtype
+        self.device = torch.device(device)
+        self.all_reduce = all_reduce if shard.tp_size > 1 else None
+        self.is_first, self.is_last = shard.is_first(), shard.is_last(config)
+        kw = dict(device=_META, dtype=dtype)
+        d = config.hidden_size
+        self.embed = nn.Embedding(config.vocab_size, d, **kw) if self.is_first else None
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, shard, dtype) for _ in range(shard.layer_start, shard.layer_end)  # type: ignore[arg-type]
+        )
+        self.norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if self.is_last else None
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=False, **kw) if self.is_last else None
+        self.rotary = Rotary(config, self.device, dtype)
+        self.requires_grad_(False)
+
+    @property
+    def num_local_layers(self) -> int:
+        return len(self.layers)
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take ownership of flint-named tensors (see `flint.engine.loader.flint_names`)."""
+        missing = set(self.state_dict()) - set(tensors)
+        unexpected = set(tensors) - set(self.state_dict())
+        if missing or unexpected:
+            raise InvalidArgument(f"weights do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        self.load_state_dict(tensors, assign=True, strict=True)
+        if self.lm_head is not None and self.embed is not None and self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,         # [T] int64 (first stage)
+        positions: torch.Tensor,                # [T] int64
+        attn: AttentionBackend,
+        *,
+        hidden_states: torch.Tensor | None = None,  # [T, d] (later stages)
+    ) -> torch.Tensor:
+        if self.embed is not None:
+            if input_ids is None:
+                raise InvalidArgument("the first pipeline stage needs input_ids")
+            x = self.embed(input_ids)           # [T, d]
+        else:
+            if hidden_states is None:
+                raise InvalidArgument("a pipeline stage after the first needs hidden_states")
+            x = hidden_states
+        cos, sin = self.rotary.cos_sin(positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, attn, i, self.all_reduce)
+        if self.norm is not None:
+            x = F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
+        return x
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, d] (final-normed, from the last stage) -> float32 logits [N, vocab]."""
+        if self.lm_head is None:
+            raise InvalidArgument("compute_logits runs on the last pipeline stage only")
+        return self.lm_head(hidden).float()
