@@ -1,0 +1,143 @@
+"""Incremental detokenization and stop strings.
+
+`IncrementalDetokenizer` turns generated token ids into text pieces as they
+arrive. Two promises, both property-tested:
+- no piece ends inside a UTF-8 character (a multi-byte character split over
+  byte tokens waits for its last byte);
+- nothing is lost: the pieces plus `flush()` equal `tokenizer.decode(all ids)`.
+
+How: decode a short window of ids twice, up to the last "clean" boundary and
+to the end, and emit the difference (the window keeps leading-space rules of
+SentencePiece decoders right). A boundary is clean when the text up to it
+does not end in U+FFFD (an incomplete character) and, for byte-fallback
+tokenizers, the last token is not a <0xHH> byte token (a later invalid byte
+turns the whole byte run into U+FFFDs). Cost per token: one or two decodes
+of a few ids, independent of the sequence length.
+
+`StopMatcher` holds back text that could be the start of a stop string until
+it is resolved; a stop string ends generation and is not emitted.
+
+Public API (stable):
+    IncrementalDetokenizer(tokenizer, *, stop=(), context_ids=(), skip_special_tokens=True)
+        .add(ids: int | Iterable[int]) -> str   text released by these ids ("" if none)
+        .flush() -> str                        the held text, at the end of generation
+        .stopped -> bool                        a stop string was seen; later ids are ignored
+        .stop_string -> str | None
+    StopMatcher(stop).feed(text) -> str; .flush() -> str; .stopped
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from flint.engine.tokenizer import Tokenizer
+
+_REPLACEMENT = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        stop: Iterable[str] = (),
+        context_ids: Iterable[int] = (),
+        skip_special_tokens: bool = True,
+    ):
+        """`context_ids`: the last few prompt ids, so the first generated token decodes in context
+        (e.g. SentencePiece's "▁x" -> " x" after code, not the start-of-text "x"). Their text is not emitted."""
+        self._tok = tokenizer
+        self._skip = skip_special_tokens
+        self._ids: list[int] = list(context_ids)[-6:]
+        self._prefix = 0                     # window start in _ids
+        self._read = len(self._ids)          # last clean boundary in _ids
+        self._prefix_text = self._decode(self._ids) if self._ids else ""
+        self._stops = StopMatcher(stop)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stops.stopped
+
+    @property
+    def stop_string(self) -> str | None:
+        return self._stops.stop_string
+
+    def add(self, ids: int | Iterable[int]) -> str:
+        if self.stopped:
+            return ""
+        self._ids.extend([ids] if isinstance(ids, int) else ids)
+        if self._tok.is_byte_fallback and self._ends_in_byte_run():
+            return ""
+        text = self._decode(self._ids[self._prefix :])
+        if text.endswith(_REPLACEMENT) or len(text) <= len(self._prefix_text):
+            return ""
+        new = text[len(self._prefix_text) :]
+        self._advance()
+        return self._stops.feed(new)
+
+    def flush(self) -> str:
+        """Release everything held back (an unfinished character decodes as U+FFFD)."""
+        if self.stopped:
+            return ""
+        text = self._decode(self._ids[self._prefix :])
+        new = text[len(self._prefix_text) :]
+        self._advance()
+        return self._stops.feed(new) + self._stops.flush()
+
+    def _advance(self) -> None:
+        # The window restarts at the previous clean boundary, so the next decode keeps one token of context.
+        self._prefix, self._read = self._read, len(self._ids)
+        self._prefix_text = self._decode(self._ids[self._prefix : self._read])
+        if self._prefix > 64:  # drop ids no window will look at again
+            del self._ids[: self._prefix]
+            self._read -= self._prefix
+            self._prefix = 0
+
+    def _ends_in_byte_run(self) -> bool:
+        """Is the last token that decodes to anything a <0xHH> byte token (skipped specials are invisible)?"""
+        for i in reversed(self._ids[self._read :]):
+            if not (self._skip and i in self._tok.special_ids):
+                return self._tok.is_byte_token(i)
+        return False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=self._skip)
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text; holds back a possible partial match."""
+
+    def __init__(self, stop: Iterable[str] = ()):
+        self.stops = tuple(s for s in stop if s)
+        self._held = ""
+        self.stopped = False
+        self.stop_string: str | None = None
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        buf = self._held + text
+        hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
+        if hits:
+            index, stop = min(hits)
+            self.stopped, self.stop_string, self._held = True, stop, ""
+            return buf[:index]
+        keep = self._partial_suffix(buf)
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+    def _partial_suffix(self, buf: str) -> int:
+        """Length of the longest suffix of `buf` that is a proper prefix of some stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buf)), best, -1):
+                if buf.endswith(stop[:n]):
+                    best = n
+                    break
+        return best

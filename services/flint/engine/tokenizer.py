@@ -1,0 +1,116 @@
+"""`Tokenizer`: the checkpoint's `tokenizer.json` (via `tokenizers`) plus what generation needs.
+
+Reads tokenizer.json, tokenizer_config.json (bos/eos tokens, add_bos_token),
+generation_config.json and config.json (eos ids). User text is encoded with
+special-token parsing OFF, so a prefix that happens to contain
+"<|fim_middle|>" stays text instead of steering the template; templates add
+special tokens by id (`special_id`).
+
+Public API (stable):
+    Tokenizer.from_dir(path) / Tokenizer(tokenizers.Tokenizer, eos_token_ids=..., bos_token_id=..., add_bos=...)
+    .encode(text) -> list[int]            (no BOS, specials not parsed)
+    .decode(ids, skip_special_tokens=True) -> str
+    .special_id(token) -> int | None      (id of an added/special token, by its text)
+    .eos_token_ids: frozenset[int]; .bos_token_id; .add_bos; .vocab_size
+    .special_ids: frozenset[int]; .is_byte_fallback (token ids like <0xE2> exist)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from flint.errors import InvalidArgument, NotFound
+
+
+class Tokenizer:
+    def __init__(
+        self,
+        tok,  # tokenizers.Tokenizer
+        *,
+        eos_token_ids: Iterable[int] = (),
+        bos_token_id: int | None = None,
+        add_bos: bool = False,
+    ):
+        self._tok = tok
+        self._encoder = tok
+        try:  # tokenizers >= 0.19: encode "<|x|>" in user text as plain text
+            self._encoder = type(tok).from_str(tok.to_str())
+            self._encoder.encode_special_tokens = True
+        except AttributeError:
+            pass
+        added = tok.get_added_tokens_decoder()  # id -> AddedToken
+        self._added: dict[str, int] = {t.content: i for i, t in added.items()}
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.bos_token_id = bos_token_id
+        self.add_bos = add_bos and bos_token_id is not None
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        model = json.loads(tok.to_str()).get("model", {})
+        self.is_byte_fallback = bool(model.get("byte_fallback"))
+        self._byte_ids = frozenset(
+            i for t, i in tok.get_vocab(with_added_tokens=False).items()
+            if self.is_byte_fallback and len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+        )
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        file = path / "tokenizer.json"
+        if not file.is_file():
+            raise NotFound(f"{file} not found: flint needs the fast-tokenizer file tokenizer.json")
+        try:
+            tok = HFTokenizer.from_file(str(file))
+        except Exception as exc:  # tokenizers raises a bare Exception on parse errors
+            raise InvalidArgument(f"{file} is not a valid tokenizer.json: {exc}") from exc
+        tok_config = _read_json(path / "tokenizer_config.json")
+        gen_config = _read_json(path / "generation_config.json")
+        model_config = _read_json(path / "config.json")
+
+        def token_id(value: Any) -> int | None:
+            if isinstance(value, dict):  # {"content": "<s>", ...}
+                value = value.get("content")
+            return tok.token_to_id(value) if isinstance(value, str) else None
+
+        eos: set[int] = set()
+        for source in (gen_config.get("eos_token_id"), model_config.get("eos_token_id")):
+            eos.update(v for v in (source if isinstance(source, list) else [source]) if isinstance(v, int))
+        if (tid := token_id(tok_config.get("eos_token"))) is not None:
+            eos.add(tid)
+        bos = token_id(tok_config.get("bos_token"))
+        if bos is None and isinstance(model_config.get("bos_token_id"), int):
+            bos = model_config["bos_token_id"]
+        add_bos = bool(tok_config.get("add_bos_token", False))
+        return cls(tok, eos_token_ids=eos, bos_token_id=bos, add_bos=add_bos)
+
+    def encode(self, text: str) -> list[int]:
+        return self._encoder.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def special_id(self, token: str) -> int | None:
+        """Id of an added token by its exact text (e.g. "<|fim_prefix|>"), or None."""
+        return self._added.get(token)
+
+    def is_byte_token(self, token_id: int) -> bool:
+        """True for byte-fallback tokens (<0xHH>), whose text depends on the tokens after them."""
+        return token_id in self._byte_ids
+
+    @property
+    def hf(self):
+        """The underlying `tokenizers.Tokenizer`."""
+        return self._tok
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"{file} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else {}

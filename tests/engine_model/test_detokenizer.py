@@ -1,0 +1,120 @@
+"""Incremental detokenization never splits a character and never loses text; stop strings."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flint.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from flint.engine.tokenizer import Tokenizer
+
+TEXT = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8", exclude_categories=("Cs",)),
+        st.sampled_from(list("é中文😀🚀ßλ→ \n\tdef():")),
+    ),
+    max_size=40,
+)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module", params=["bytelevel", "bytefallback"])
+def tok(request) -> Tokenizer:
+    from tokenizers import Tokenizer as HF
+
+    file = request.getfixturevalue(f"{request.param}_tokenizer_file")
+    return Tokenizer(HF.from_file(str(file)))
+
+
+def stream(tok: Tokenizer, ids: list[int], chunks: list[int], **kw) -> list[str]:
+    detok = IncrementalDetokenizer(tok, **kw)
+    pieces, i, c = [], 0, 0
+    while i < len(ids):
+        n = max(1, chunks[c % len(chunks)]) if chunks else 1
+        pieces.append(detok.add(ids[i : i + n]))
+        i, c = i + n, c + 1
+    pieces.append(detok.flush())
+    return pieces
+
+
+@SETTINGS
+@given(text=TEXT, chunks=st.lists(st.integers(1, 4), max_size=6))
+def test_pieces_of_encoded_text_concatenate_to_full_decode_without_broken_chars(tok, text, chunks):
+    ids = tok.encode(text)
+    pieces = stream(tok, ids, chunks)
+    assert "".join(pieces) == tok.decode(ids)
+    if "\ufffd" not in text:
+        assert not any("\ufffd" in p for p in pieces)   # no piece ends inside a character
+
+
+@SETTINGS
+@given(data=st.data(), chunks=st.lists(st.integers(1, 3), max_size=6))
+def test_random_token_ids_concatenate_to_full_decode(tok, data, chunks):
+    ids = data.draw(st.lists(st.integers(0, tok.vocab_size - 1), max_size=30))
+    for skip in (True, False):
+        pieces = stream(tok, ids, chunks, skip_special_tokens=skip)
+        assert "".join(pieces) == tok.decode(ids, skip_special_tokens=skip)
+
+
+@SETTINGS
+@given(prompt=TEXT, completion=TEXT)
+def test_context_ids_give_in_context_text_of_first_tokens(tok, prompt, completion):
+    prompt_ids, gen_ids = tok.encode("x = 1" + prompt.replace("\ufffd", "")), tok.encode(completion)
+    if tok.decode(prompt_ids).endswith("\ufffd"):
+        return
+    pieces = stream(tok, gen_ids, [1], context_ids=prompt_ids)
+    context = prompt_ids[-6:]
+    assert "".join(pieces) == tok.decode(context + gen_ids)[len(tok.decode(context)):]
+
+
+def test_multibyte_character_waits_for_its_last_byte(bytelevel_tokenizer_file):
+    from tokenizers import Tokenizer as HF
+
+    tok = Tokenizer(HF.from_file(str(bytelevel_tokenizer_file)))
+    alphabet = {c: tok.hf.token_to_id(c) for c in ("ð", "Ł", "ĺ", "Ģ")}  # ByteLevel chars of b"\xf0\x9f\x98\x80"
+    ids = [tok.encode("a")[0], *alphabet.values()]
+    detok = IncrementalDetokenizer(tok)
+    assert [detok.add(i) for i in ids] == ["a", "", "", "", "😀"]
+    assert detok.flush() == ""
+
+
+def test_unfinished_character_is_released_by_flush(bytelevel_tokenizer_file):
+    from tokenizers import Tokenizer as HF
+
+    tok = Tokenizer(HF.from_file(str(bytelevel_tokenizer_file)))
+    detok = IncrementalDetokenizer(tok)
+    assert detok.add(tok.hf.token_to_id("ð")) == ""
+    assert detok.flush() == "\ufffd"
+
+
+def test_stop_string_ends_generation_and_is_not_emitted(bytelevel_tokenizer_file):
+    from tokenizers import Tokenizer as HF
+
+    tok = Tokenizer(HF.from_file(str(bytelevel_tokenizer_file)))
+    ids = tok.encode("return x\n```\nmore text")
+    detok = IncrementalDetokenizer(tok, stop=["\n```"])
+    out = "".join(detok.add(i) for i in ids) + detok.flush()
+    assert out == "return x"
+    assert detok.stopped and detok.stop_string == "\n```"
+    assert detok.add(tok.encode("y")) == ""
+
+
+def test_stop_matcher_holds_back_possible_start_until_resolved():
+    m = StopMatcher(["STOP", "\n\n"])
+    assert m.feed("abc ST") == "abc "      # "ST" could start "STOP"
+    assert m.feed("O") == ""
+    assert m.feed("NE") == "STONE"         # resolved: not a stop string
+    assert m.feed("x\n") == "x"
+    assert m.feed("\ny") == ""             # stop string "\n\n" found
+    assert m.stopped and m.stop_string == "\n\n"
+    assert m.flush() == ""
+
+
+def test_stop_matcher_earliest_stop_wins_and_flush_returns_held_text():
+    m = StopMatcher(["bc", "abcd"])
+    assert m.feed("xab") == "x"            # "ab" could start "abcd"; "b" could start "bc"
+    assert m.flush() == "ab"
+    m = StopMatcher(["cd", "bcd"])
+    assert m.feed("abcde") == "a"
+    assert m.stop_string == "bcd"
