@@ -1,0 +1,153 @@
+"""`AsyncEngine`: the engine core stepped in its own thread, streamed to asyncio.
+
+The step loop runs in a dedicated thread (PyTorch releases the GIL in its
+kernels, so the event loop keeps serving gRPC while a step computes). Events
+of one step are handed to each request's asyncio queue with ONE
+`call_soon_threadsafe` per event loop per step, not one per token.
+
+    engine = AsyncEngine.from_config(EngineConfig(...))
+    await engine.start()
+    async for event in engine.generate(request):   # Started, Delta..., Final
+        ...
+    await engine.stop()
+
+Closing or cancelling the `generate` iterator before its Final aborts the
+request at the next engine step, which frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict
+from typing import AsyncIterator
+
+from flint.engine.config import EngineConfig
+from flint.engine.engine import Engine
+from flint.engine.types import Event, Final, GenerateRequest, LoadInfo
+from flint.errors import InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.model_name: str = engine.model_name
+        self.max_context_tokens: int = engine.max_context_tokens
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._streams_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, *, metrics_registry=None) -> "AsyncEngine":
+        """Load model and tokenizer and allocate the KV cache (blocking: call off the event loop)."""
+        return cls(Engine.from_config(config, metrics_registry=metrics_registry))
+
+    @property
+    def metrics(self):
+        return self.engine.metrics
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="flint-engine-step", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stopping.set()
+        self._wake.set()
+        await asyncio.to_thread(thread.join)
+
+    def load(self) -> LoadInfo:
+        return self.engine.load()
+
+    async def abort(self, request_id: str) -> bool:
+        found = self.engine.abort(request_id)
+        self._wake.set()
+        return found
+
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
+        if self._thread is None or self._error is not None:
+            raise Unavailable(f"engine for {self.model_name} is not running" +
+                              (f": {self._error!r}" if self._error else ""))
+        loop = asyncio.get_running_loop()
+        # Validation and tokenization off the loop: a 131K-token prompt takes a while to encode.
+        request = await asyncio.to_thread(self.engine.prepare, req)
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._streams_lock:
+            if req.request_id in self._streams:
+                raise InvalidArgument(f"request_id {req.request_id!r} is already streaming on this engine")
+            self._streams[req.request_id] = (loop, queue)
+        finished = False
+        try:
+            started = self.engine.add(request)
+            self._wake.set()
+            yield started
+            while True:
+                event = await queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, Final):
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            with self._streams_lock:
+                self._streams.pop(req.request_id, None)
+            if not finished:
+                self.engine.abort(req.request_id)
+                self._wake.set()
+
+    # -- step thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stopping.is_set():
+                if not engine.has_work():
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                events = engine.step()
+                if events:
+                    self._dispatch(events)
+        except BaseException as exc:  # surface to every stream instead of hanging them
+            log.exception("engine step loop failed")
+            self._error = exc
+            self._fail_all(Unavailable(f"engine step failed: {exc!r}"))
+
+    def _dispatch(self, events: list[Event]) -> None:
+        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = defaultdict(list)
+        with self._streams_lock:
+            for ev in events:
+                target = self._streams.get(ev.request_id)
+                if target is not None:
+                    per_loop[target[0]].append((target[1], ev))
+        for loop, items in per_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:   # that event loop is closed: its streams are gone
+                pass
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._streams_lock:
+            targets = list(self._streams.values())
+        for loop, queue in targets:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            except RuntimeError:
+                pass
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)

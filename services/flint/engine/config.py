@@ -1,0 +1,97 @@
+"""`EngineConfig`: every knob of one engine replica, validated on construction.
+
+Built from a dict (CLI flags, a config file, `ServeConfig.engine`) with
+`EngineConfig.from_dict`; unknown keys are errors that list the allowed ones.
+Defaults are the ones measured to work on a 2-core CPU (see DESIGN.md and
+loadtests/results/engine.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from flint.errors import InvalidArgument
+
+DTYPES = ("float32", "bfloat16", "float16")
+SPECULATION_MODES = ("off", "edit", "all")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = ""                      # HF checkpoint directory; "" = the demo checkpoint
+    model_name: str = ""                 # name reported to clients; "" = the directory name
+    dtype: str = "float32"
+    device: str = "cpu"
+    num_threads: int = 0                 # torch intra-op threads; 0 = torch's default
+    kv_cache_bytes: int = 1 << 30        # KV budget (k and v, all layers)
+    block_size: int = 16                 # tokens per KV block
+    max_batch_size: int = 32             # running requests per step
+    prefill_tokens_per_step: int = 2048  # token budget of one step (decode tokens count too)
+    max_context_tokens: int = 0          # 0 = the model's max_position_embeddings
+    prefix_cache: bool = True
+    speculation: str = "edit"            # prompt-lookup drafting: off | edit | all
+    spec_draft_tokens: int = 8           # draft tokens verified per step
+    spec_ngram_max: int = 4              # longest n-gram looked up in the history
+    spec_ngram_min: int = 2
+    compile: bool = False                # torch.compile the decode step (see engine.md: does not pay on CPU)
+    compile_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    max_tokens_complete: int = 256       # default max_tokens per request kind
+    max_tokens_edit: int = 1024
+    max_waiting: int = 1024              # queue bound; more is ResourceExhausted
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _check(isinstance(self.device, str) and bool(self.device), "device must name a torch device, e.g. 'cpu'")
+        _int_at_least("num_threads", self.num_threads, 0)
+        _int_at_least("kv_cache_bytes", self.kv_cache_bytes, 1 << 16)
+        _int_at_least("block_size", self.block_size, 1)
+        _int_at_least("max_batch_size", self.max_batch_size, 1)
+        _int_at_least("prefill_tokens_per_step", self.prefill_tokens_per_step, 16)
+        _int_at_least("max_context_tokens", self.max_context_tokens, 0)
+        _check(isinstance(self.prefix_cache, bool), f"prefix_cache must be true or false, got {self.prefix_cache!r}")
+        _check(self.speculation in SPECULATION_MODES,
+               f"speculation must be one of {', '.join(SPECULATION_MODES)}, got {self.speculation!r}")
+        _int_at_least("spec_draft_tokens", self.spec_draft_tokens, 1)
+        _int_at_least("spec_ngram_min", self.spec_ngram_min, 1)
+        _int_at_least("spec_ngram_max", self.spec_ngram_max, self.spec_ngram_min)
+        _check(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
+        sizes = tuple(self.compile_batch_sizes)
+        _check(bool(sizes) and all(isinstance(b, int) and b >= 1 for b in sizes),
+               f"compile_batch_sizes must be positive integers, got {self.compile_batch_sizes!r}")
+        object.__setattr__(self, "compile_batch_sizes", tuple(sorted(set(sizes))))
+        _int_at_least("max_tokens_complete", self.max_tokens_complete, 1)
+        _int_at_least("max_tokens_edit", self.max_tokens_edit, 1)
+        _int_at_least("max_waiting", self.max_waiting, 1)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> "EngineConfig":
+        """Build from a mapping (dashes read as underscores); unknown keys are errors."""
+        values = {str(k).replace("-", "_"): v for k, v in dict(data or {}).items()}
+        values.update(overrides)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InvalidArgument(
+                f"engine config: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(names))}"
+            )
+        if "compile_batch_sizes" in values and isinstance(values["compile_batch_sizes"], list):
+            values["compile_batch_sizes"] = tuple(values["compile_batch_sizes"])
+        return cls(**values)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidArgument(f"engine config: {message}")
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+           f"{name} must be an integer >= {low}, got {value!r}")

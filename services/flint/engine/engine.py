@@ -1,0 +1,275 @@
+"""`Engine`: the synchronous engine core (no Ray, no asyncio).
+
+    engine = Engine.from_config(EngineConfig(...))
+    started = engine.add_request(GenerateRequest(...))   # validates; raises InvalidArgument
+    while engine.has_work():
+        for event in engine.step():                       # Delta / Final events
+            ...
+    engine.abort(request_id)                              # takes effect at the next step
+
+`add_request` and `abort` may be called from other threads while one thread
+steps (the async wrapper does that); they only touch a locked inbox.
+
+One step = drain inbox and aborts -> schedule (continuous batching, chunked
+prefill, interactive first) -> draft tokens for speculative requests -> one
+forward pass over all scheduled tokens -> logits only at the rows that need a
+token -> sample / verify -> detokenize and emit -> release finished
+requests (their KV moves into the prefix cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from flint.engine.config import EngineConfig
+from flint.engine.kv_cache import PagedKVCache
+from flint.engine.metrics import EngineMetrics
+from flint.engine.output import OutputProcessor
+from flint.engine.prepare import RequestBuilder
+from flint.engine.request import Request, Status
+from flint.engine.runner import LocalRunner, StepBatch
+from flint.engine.sampler_step import TokenChooser
+from flint.engine.scheduler import Scheduler
+from flint.engine.speculative import NgramIndex
+from flint.engine.types import Event, FinishReason, GenerateRequest, LoadInfo, Started
+from flint.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_131K = 131_072
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, runner, tokenizer, *, model_name: str, prompt_fn=None,
+                 metrics: EngineMetrics | None = None):
+        self.config = config
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        mc = runner.config
+        self.max_context_tokens = config.max_context_tokens or mc.max_position_embeddings
+        self.kv = PagedKVCache(num_layers=mc.num_layers, num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim,
+                               dtype=config.torch_dtype, budget_bytes=config.kv_cache_bytes,
+                               block_size=config.block_size, prefix_cache=config.prefix_cache)
+        runner.init_kv(self.kv.capacity_tokens)
+        self.scheduler = Scheduler(config, self.kv)
+        self.metrics = metrics or EngineMetrics(model=model_name)
+        self.output = OutputProcessor(tokenizer)
+        self.chooser = TokenChooser()
+        if prompt_fn is None:
+            from flint.engine.fim import build_prompt
+
+            prompt_fn = functools.partial(build_prompt, tokenizer)
+        self.builder = RequestBuilder(config, tokenizer, prompt_fn, model_name=model_name,
+                                      max_context_tokens=self.max_context_tokens,
+                                      kv_capacity_tokens=self.kv.capacity_tokens)
+        self._lock = threading.Lock()
+        self._inbox: list[Request] = []
+        self._aborts: set[str] = set()
+        self._known: set[str] = set()            # ids added and not yet finished
+        self._requests: dict[str, Request] = {}  # step-thread view of live requests
+        log.info(
+            "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d bytes/token); %d sequence(s) of %d tokens fit",
+            self.kv.num_blocks, self.kv.block_size, self.kv.capacity_tokens, self.kv.bytes_total / 2**20,
+            self.kv.bytes_per_token, self.sequences_131k, SEQUENCE_131K,
+        )
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: EngineConfig, *, metrics_registry=None) -> "Engine":
+        from flint.engine.demo import ensure_demo_checkpoint
+        from flint.engine.loader import load_model
+        from flint.engine.tokenizer import Tokenizer
+
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        path = Path(config.model).expanduser() if config.model else ensure_demo_checkpoint()
+        model = load_model(path, dtype=config.torch_dtype, device=config.device)
+        tokenizer = Tokenizer.from_dir(path)
+        name = config.model_name or path.name
+        runner = LocalRunner(model)
+        return cls(config, runner, tokenizer, model_name=name,
+                   metrics=EngineMetrics(metrics_registry, model=name))
+
+    @property
+    def sequences_131k(self) -> int:
+        """How many 131,072-token sequences the KV budget holds at once."""
+        return self.kv.sequences_that_fit(SEQUENCE_131K)
+
+    # -- thread-safe entry points ------------------------------------------------------------------
+    def prepare(self, req: GenerateRequest) -> Request:
+        """Validate and tokenize (any thread); raises InvalidArgument / ResourceExhausted."""
+        return self.builder.build(req)
+
+    def add(self, request: Request) -> Started:
+        with self._lock:
+            if request.request_id in self._known:
+                from flint.errors import InvalidArgument
+
+                raise InvalidArgument(f"request_id {request.request_id!r} is already running on this engine")
+            if len(self._known) >= self.config.max_waiting + self.config.max_batch_size:
+                raise ResourceExhausted(f"engine queue is full ({len(self._known)} requests); retry later",
+                                        retry_after_ms=100)
+            self._known.add(request.request_id)
+            self._inbox.append(request)
+        return Started(request.request_id, request.prompt_len)
+
+    def add_request(self, req: GenerateRequest) -> Started:
+        return self.add(self.prepare(req))
+
+    def abort(self, request_id: str) -> bool:
+        with self._lock:
+            if request_id not in self._known:
+                return False
+            self._aborts.add(request_id)
+            return True
+
+    def has_work(self) -> bool:
+        with self._lock:
+            pending = bool(self._inbox or self._aborts)
+        return pending or self.scheduler.has_work()
+
+    def load(self) -> LoadInfo:
+        return LoadInfo(running=len(self.scheduler.running), waiting=self.scheduler.num_waiting + len(self._inbox),
+                        kv_used_fraction=self.kv.used_fraction(), max_context_tokens=self.max_context_tokens)
+
+    # -- the step ---------------------------------------------------------------------------------
+    def step(self) -> list[Event]:
+        t0 = time.perf_counter()
+        events: list[Event] = []
+        self._drain_inbox(t0, events)
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return events
+        ids, seqs, rows, work = [], [], [], []
+        row = prefill_tokens = 0
+        for s in scheduled:
+            req = s.req
+            if not req.scheduled_at:
+                req.scheduled_at = t0
+                self.metrics.queue.observe(t0 - req.arrival_mono)
+                if req.num_cached_prompt:
+                    self.metrics.cache_hit.inc(req.num_cached_prompt)
+                if self.kv.radix is not None:
+                    self.metrics.cache_query.inc(req.prompt_len - 1)
+            start = req.num_computed
+            if s.is_decode:
+                draft = self._draft(req)
+                n = 1 + len(draft)
+                if draft:
+                    req.tokens[req.num_tokens : req.num_tokens + len(draft)] = torch.tensor(draft)
+                rows.extend(range(row, row + n))
+                work.append((req, n, draft))
+            else:
+                n = s.num_tokens
+                prefill_tokens += n
+                if start + n == req.prompt_len:
+                    rows.append(row + n - 1)
+                    work.append((req, 1, None))
+            ids.append(req.tokens[start : start + n])
+            seqs.append((req.request_id, req.slots, start, n))
+            req.num_computed = start + n
+            row += n
+        batch = StepBatch(input_ids=torch.cat(ids) if len(ids) > 1 else ids[0], seqs=seqs,
+                          logit_rows=torch.tensor(rows, dtype=torch.int64))
+        logits = self.runner.execute(batch)                                  # [N, V] float32
+        decode_tokens = self._emit(logits, work, events)
+        now = time.perf_counter()
+        self.metrics.record_step(now - t0, prefill_tokens, decode_tokens)
+        self.metrics.kv_usage.set(self.kv.used_fraction())
+        self.metrics.running.set(len(self.scheduler.running))
+        self.metrics.waiting.set(self.scheduler.num_waiting)
+        return events
+
+    def _emit(self, logits: torch.Tensor, work, events: list[Event]) -> int:
+        """Choose tokens for every request that got logits this step; emit deltas and finals."""
+        now = time.perf_counter()
+        chosen = self.chooser.choose(logits, work)
+        produced = 0
+        for (req, n, draft), tokens in zip(work, chosen):
+            if draft is None:                                    # the prompt's last chunk: first token
+                req.prefill_done_at = now
+                req.first_token_at = now
+                self.metrics.ttft.observe(now - req.arrival_mono)
+                self.output.start(req)
+                if req.speculate:
+                    req.ngram = NgramIndex(self.config.spec_ngram_min, self.config.spec_ngram_max,
+                                           self.config.spec_draft_tokens)
+                    req.ngram.extend(req.prompt_ids.tolist())
+            else:
+                if draft:
+                    accepted = len(tokens) - 1
+                    req.draft_tokens += len(draft)
+                    req.accepted_draft_tokens += accepted
+                    self.metrics.spec_draft.inc(len(draft))
+                    self.metrics.spec_accepted.inc(accepted)
+                    req.num_computed -= len(draft) - accepted      # rejected drafts' KV is garbage
+                if req.last_token_at:
+                    self.metrics.itl.observe((now - req.last_token_at) / len(tokens))
+            req.last_token_at = now
+            before = req.num_tokens
+            delta, reason = self.output.accept(req, tokens)
+            produced += req.num_tokens - before
+            if req.ngram is not None:
+                req.ngram.extend(req.tokens[before : req.num_tokens].tolist())
+            if delta is not None:
+                events.append(delta)
+            if reason is not None:
+                events.append(self._finish(req, reason, now))
+        return produced
+
+    def _draft(self, req: Request) -> list[int]:
+        if req.ngram is None:
+            return []
+        room = req.max_tokens - req.num_output - 1   # never draft past the last allowed token
+        return req.ngram.propose(limit=room) if room > 0 else []
+
+    def _drain_inbox(self, now: float, events: list[Event]) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, set()
+        for req in inbox:
+            if req.sampling.max_time_ms:
+                req.deadline = req.arrival_mono + req.sampling.max_time_ms / 1e3
+            self._requests[req.request_id] = req
+            self.scheduler.add(req)
+        for request_id in aborts:
+            req = self._requests.get(request_id)
+            if req is not None and not req.finished:
+                self.metrics.aborts.inc()
+                events.append(self._finish(req, FinishReason.INTERRUPTED, now))
+        for req in [r for r in self._requests.values() if r.deadline and now >= r.deadline]:
+            self.metrics.aborts.inc()
+            events.append(self._finish(req, FinishReason.TIME_LIMIT, now))
+
+    def _finish(self, req: Request, reason: FinishReason, now: float):
+        if reason in (FinishReason.INTERRUPTED, FinishReason.TIME_LIMIT) and req.detok is not None:
+            req.detok = None                      # held text is dropped: the stream ends at the abort
+        self.scheduler.remove(req)
+        self.kv.release(req)
+        self.runner.release(req.request_id)
+        req.status = Status.FINISHED
+        req.finish_reason = reason
+        self._requests.pop(req.request_id, None)
+        with self._lock:
+            self._known.discard(req.request_id)
+        return self.output.final(req, reason, now)
+
+    # -- tests and benchmarks ---------------------------------------------------------------------
+    def run_until_done(self, max_steps: int = 1_000_000) -> list[Event]:
+        events: list[Event] = []
+        for _ in range(max_steps):
+            if not self.has_work():
+                break
+            events.extend(self.step())
+        return events
+
+    def no_leaks(self) -> bool:
+        """With nothing running: every KV block is free once the prefix cache is cleared."""
+        return not self.scheduler.has_work() and self.kv.all_free_after_clearing()

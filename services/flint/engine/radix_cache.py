@@ -1,0 +1,196 @@
+"""Radix-tree prefix cache at token granularity.
+
+Every edge holds a run of token ids and the KV slots where those tokens' keys
+and values live. A request whose prompt starts with a cached run reuses those
+slots and prefills only the rest, whatever the block boundaries: slots are
+addressed per token, so a match may end mid-block and the request's own new
+tokens go to fresh blocks (no copy-on-write needed).
+
+- Namespaces: one tree per namespace string (the engine uses model name +
+  tenant `cache_namespace`), so tenants never share KV.
+- Reference counts: `lock(node)` pins the path root..node while a request
+  reads it; only unlocked leaves are evictable.
+- LRU: every match/insert stamps the path with a logical clock; eviction takes
+  the least recently used unlocked leaf first until enough blocks are free.
+- Ownership: the tree holds one allocator reference per token slot it keeps
+  (see `BlockAllocator`), so blocks are freed exactly when their last cached
+  token is evicted.
+
+Matching walks the tree once per request admission (cost ~ prompt length in
+numpy comparisons), never per decode step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flint.engine.block_allocator import BlockAllocator
+from flint.errors import Internal
+
+_EMPTY_KEY = np.empty(0, dtype=np.int64)
+_EMPTY_SLOTS = torch.empty(0, dtype=torch.int64)
+
+
+class Node:
+    __slots__ = ("key", "slots", "children", "parent", "lock", "last_access")
+
+    def __init__(self, key: np.ndarray, slots: torch.Tensor, parent: "Node | None"):
+        self.key = key                      # [n] int64 token ids on the edge from parent
+        self.slots = slots                  # [n] int64 KV slots of those tokens
+        self.children: dict[int, Node] = {}
+        self.parent = parent
+        self.lock = 0                       # requests reading this node (or a descendant)
+        self.last_access = 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+
+@dataclass
+class Match:
+    node: Node                  # deepest node covering the match (lock it while in use)
+    length: int                 # matched tokens
+    slots: torch.Tensor         # [length] int64
+
+
+def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
+class RadixCache:
+    def __init__(self, allocator: BlockAllocator):
+        self.allocator = allocator
+        self._roots: dict[str, Node] = {}
+        self._clock = itertools.count(1)
+        self.cached_tokens = 0
+
+    # -- queries -----------------------------------------------------------------------------
+    def match(self, namespace: str, tokens: np.ndarray) -> Match:
+        """Longest cached prefix of `tokens` in `namespace` (splits an edge where the match ends)."""
+        node = self._root(namespace)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        parts: list[torch.Tensor] = []
+        i, now = 0, next(self._clock)
+        node.last_access = now
+        while i < len(tokens):
+            child = node.children.get(int(tokens[i]))
+            if child is None:
+                break
+            n = common_prefix_len(child.key, tokens[i:])
+            if n < len(child.key):
+                child = self._split(child, n)
+            child.last_access = now
+            parts.append(child.slots)
+            node, i = child, i + n
+        slots = torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else _EMPTY_SLOTS)
+        return Match(node=node, length=i, slots=slots)
+
+    def insert(self, namespace: str, tokens: np.ndarray, slots: torch.Tensor) -> int:
+        """Cache `tokens` whose KV lives in `slots`; returns how many tokens were new.
+
+        Tokens already cached keep their existing slots; the caller's duplicate
+        slots are not referenced and die with the caller's blocks.
+        """
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if len(tokens) != len(slots):
+            raise Internal(f"insert of {len(tokens)} tokens with {len(slots)} slots")
+        node, i, now = self._root(namespace), 0, next(self._clock)
+        while i < len(tokens):
+            child = node.children.get(int(tokens[i]))
+            if child is None:
+                leaf = Node(tokens[i:].copy(), slots[i:].clone(), node)
+                leaf.last_access = now
+                node.children[int(tokens[i])] = leaf
+                self.allocator.incref_slots(leaf.slots)
+                self.cached_tokens += len(leaf.key)
+                return len(leaf.key)
+            n = common_prefix_len(child.key, tokens[i:])
+            if n < len(child.key):
+                child = self._split(child, n)
+            child.last_access = now
+            node, i = child, i + n
+        return 0
+
+    # -- reference counts ----------------------------------------------------------------------
+    def lock(self, node: Node) -> None:
+        while node is not None:
+            node.lock += 1
+            node = node.parent
+
+    def unlock(self, node: Node) -> None:
+        while node is not None:
+            if node.lock <= 0:
+                raise Internal("radix cache unlock without a matching lock")
+            node.lock -= 1
+            node = node.parent
+
+    # -- eviction ------------------------------------------------------------------------------
+    def evict(self, free_blocks_wanted: int) -> int:
+        """Evict LRU unlocked leaves until the allocator has `free_blocks_wanted` free; returns tokens evicted."""
+        if self.allocator.num_free >= free_blocks_wanted:
+            return 0
+        heap = [(n.last_access, id(n), n) for n in self._leaves() if n.lock == 0]
+        heapq.heapify(heap)
+        evicted = 0
+        while heap and self.allocator.num_free < free_blocks_wanted:
+            _, _, leaf = heapq.heappop(heap)
+            parent = leaf.parent
+            evicted += self._remove_leaf(leaf)
+            if parent is not None and not parent.is_root and not parent.children and parent.lock == 0:
+                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+        return evicted
+
+    def evictable_tokens(self) -> int:
+        return sum(len(n.key) for n in self._nodes() if n.lock == 0 and not n.is_root)
+
+    def clear(self) -> None:
+        """Drop every unlocked entry (tests: afterwards all blocks must be free)."""
+        self.evict(self.allocator.num_blocks + 1)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _root(self, namespace: str) -> Node:
+        root = self._roots.get(namespace)
+        if root is None:
+            root = self._roots[namespace] = Node(_EMPTY_KEY, _EMPTY_SLOTS, None)
+        return root
+
+    def _split(self, child: Node, n: int) -> Node:
+        """Split `child`'s edge after `n` tokens; returns the new upper node."""
+        parent = child.parent
+        assert parent is not None and 0 < n < len(child.key)
+        upper = Node(child.key[:n], child.slots[:n], parent)
+        upper.lock, upper.last_access = child.lock, child.last_access
+        parent.children[int(child.key[0])] = upper
+        child.key, child.slots, child.parent = child.key[n:], child.slots[n:], upper
+        upper.children[int(child.key[0])] = child
+        return upper
+
+    def _remove_leaf(self, leaf: Node) -> int:
+        parent = leaf.parent
+        if parent is None or leaf.children or leaf.lock:
+            raise Internal("only an unlocked leaf can be evicted")
+        del parent.children[int(leaf.key[0])]
+        leaf.parent = None
+        self.allocator.decref_slots(leaf.slots)
+        self.cached_tokens -= len(leaf.key)
+        return len(leaf.key)
+
+    def _nodes(self):
+        stack = list(self._roots.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
+
+    def _leaves(self):
+        return (n for n in self._nodes() if not n.children and not n.is_root)
