@@ -208,3 +208,23 @@ def train_tokenizer(vocab_size: int, *, corpus_bytes: int = 3_000_000,
     )
     tok.train_from_iterator(python_source_corpus(corpus_bytes), trainer=trainer)
     return tok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flint.engine.demo [--cache-dir DIR]`: make (or find) the demo checkpoint, print its path."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m flint.engine.demo", description=main.__doc__)
+    parser.add_argument("--cache-dir", default=None, help="default: flint's user cache directory")
+    parser.add_argument("--max-position-embeddings", type=int, default=None)
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.max_position_embeddings:
+        overrides["max_position_embeddings"] = args.max_position_embeddings
+    print(ensure_demo_checkpoint(args.cache_dir, **overrides))
+    print(DEMO_NOTE)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

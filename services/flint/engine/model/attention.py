@@ -15,6 +15,19 @@ slots it may attend to are the backend's business (set up before the forward
 pass by whoever schedules the step). This keeps the model a plain module that
 the paged engine cache, the dense reference cache below and tensor-parallel
 shards all drive the same way.
+
+Details the implementations rely on:
+- `layer_idx` is local to the model shard: 0 is the shard's first layer, so a
+  pipeline stage's cache has `model.num_local_layers` layers;
+- q, k, v may be non-contiguous views of the fused QKV output (k/v of the
+  same tokens share storage with q); copy what you keep;
+- under tensor parallelism the head counts are the rank's local ones;
+- rotary embeddings are applied before the call, from the per-token positions
+  given to `model.forward`, so a backend never needs positions to rotate, only
+  to mask;
+- models with a sliding window (Mistral) expose `config.sliding_window`: a key
+  at position j is visible to a query at position i iff i - window < j <= i.
+  `DenseAttention` (engine/model/dense.py) is the reference implementation.
 """
 
 from __future__ import annotations
