@@ -225,9 +225,13 @@ class LocalCluster:
         else:
             cmd += [f"--address={self.state.address}"]
         log_path = state_dir / f"{name}.log"
+        # Ray turns token auth on for `ray start` whenever ~/.ray/auth_token exists (any earlier
+        # local `ray.init()` writes one), and then in-process clients without the token are refused.
+        # This loopback dev cluster pins the mode so it behaves the same on every machine.
+        env = dict(os.environ, RAY_AUTH_MODE="disabled")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, env=env)
         return NodeState(name=name, pid=proc.pid, log_path=str(log_path))
 
     def _wait_for_nodes(self, count: int) -> None:
