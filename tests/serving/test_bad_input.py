@@ -75,11 +75,6 @@ async def test_invalid_utf8_is_invalid_argument_not_internal(frontend_workers, f
     await still_serving(flint_stub)
 
 
-async def test_resume_says_it_is_not_implemented_yet(flint_stub):
-    err = await status_of(flint_stub.Resume(pb.ResumeRequest(request_id="r", last_seq=0)))
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED and "send the request again" in err.details()
-
-
 async def test_worker_start_with_unreachable_redis_names_the_url():
     worker = FrontendWorker(FrontendConfig(redis_url="redis://127.0.0.1:9", port=0))
     with pytest.raises(Unavailable, match=r"cannot reach Redis at redis://127\.0\.0\.1:9"):

@@ -7,6 +7,7 @@ import msgpack
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support.services import long_edit
 
 from flint.internal.v1 import engine_pb2, engine_pb2_grpc
 from flint.v1 import flint_pb2 as pb
@@ -31,8 +32,7 @@ async def wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.0
 async def test_client_disconnect_mid_stream_frees_the_engine_slot(frontend_workers, engine_replica, valkey_url):
     channel = grpc.aio.insecure_channel(frontend_workers[0].address)
     stub = flint_pb2_grpc.FlintStub(channel)
-    call = stub.Complete(pb.CompleteRequest(request_id="disconnect-1", prefix="def run():\n",
-                                            sampling=pb.Sampling(max_tokens=900)))
+    call = stub.Edit(long_edit("disconnect-1"))
     assert (await call.read()).WhichOneof("kind") == "accepted"
     assert (await call.read()).WhichOneof("kind") == "delta"
     assert await engine_running(engine_replica.address) >= 1

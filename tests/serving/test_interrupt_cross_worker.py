@@ -5,15 +5,16 @@ import asyncio
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from support.services import long_edit
 
 from flint.v1 import flint_pb2 as pb
 
-LONG = pb.Sampling(max_tokens=900)
+LONG_TOKENS = 900
 
 
 async def start_long_stream(stub, request_id: str):
-    """A Complete call on worker A, read up to its first delta."""
-    call = stub.Complete(pb.CompleteRequest(request_id=request_id, prefix="def main():\n", sampling=LONG))
+    """A long Edit call on worker A, read up to its first delta."""
+    call = stub.Edit(long_edit(request_id, LONG_TOKENS))
     messages = [await call.read(), await call.read()]
     assert [m.WhichOneof("kind") for m in messages] == ["accepted", "delta"]
     return call, messages
@@ -36,7 +37,7 @@ async def test_interrupt_from_second_worker_stops_stream_of_first(flint_stubs):
     assert max(seqs) == ack.last_seq, "no delta after the acknowledged last seq"
     final = messages[-1].final
     assert final.finish_reason == pb.FINISH_REASON_INTERRUPTED and final.seq == ack.last_seq + 1
-    assert final.completion_tokens < LONG.max_tokens
+    assert final.completion_tokens < LONG_TOKENS
 
 
 async def test_flag_key_stops_the_stream_when_the_pubsub_message_is_lost(flint_stubs, valkey_url):

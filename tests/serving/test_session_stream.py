@@ -3,7 +3,7 @@
 import asyncio
 
 import grpc
-from support.services import collect, delta_text
+from support.services import SEEDED, collect, delta_text, long_edit
 
 from flint.v1 import flint_pb2 as pb
 
@@ -55,21 +55,25 @@ async def test_session_completes_fim_and_edit_and_deltas_concatenate_to_final_te
     assert opened.session_id and opened.worker_id == "worker-a" and opened.max_context_tokens > 0
 
     fim = pb.CompleteRequest(request_id="sess-fim", prefix="def square(x):\n    return ", suffix="\n",
-                             sampling=pb.Sampling(max_tokens=10))
+                             sampling=pb.Sampling(max_tokens=40, **SEEDED))
     conv.send(complete=fim)
     messages = await conv.until_final("sess-fim")
     deltas = [m.delta for m in messages if m.WhichOneof("kind") == "delta"]
+    assert deltas
     assert [d.seq for d in deltas] == list(range(1, len(deltas) + 1))
     assert messages[-1].final.seq == len(deltas) + 1
     # The same greedy request over the Complete RPC gives the same text.
     fim.request_id = ""
     assert delta_text(messages) == delta_text(await collect(flint_stub.Complete(fim)))
+    assert sum(d.token_count for d in deltas) <= messages[-1].final.completion_tokens
 
     conv.send(edit=pb.EditRequest(request_id="sess-edit", code="a=1\n", instruction="add spaces",
                                   sampling=pb.Sampling(max_tokens=6)))
     edit_messages = await conv.until_final("sess-edit")
-    assert edit_messages[0].WhichOneof("kind") == "accepted"
-    assert edit_messages[-1].WhichOneof("kind") == "final"
+    assert [m.WhichOneof("kind") for m in edit_messages][:2] == ["accepted", "delta"]
+    edit_deltas = [m.delta for m in edit_messages if m.WhichOneof("kind") == "delta"]
+    assert [d.seq for d in edit_deltas] == list(range(1, len(edit_deltas) + 1))
+    assert edit_messages[-1].final.seq == len(edit_deltas) + 1
     assert await conv.finish() == grpc.StatusCode.OK
 
 
@@ -86,8 +90,8 @@ async def test_request_error_does_not_end_the_session(flint_stub):
 
 async def test_redirect_interrupts_the_old_request_and_starts_the_new_one(flint_stub):
     conv = Conversation(flint_stub)
-    conv.send(complete=pb.CompleteRequest(request_id="old", prefix="class A:\n", sampling=pb.Sampling(max_tokens=900)))
-    assert (await conv.read()).WhichOneof("kind") == "accepted"
+    conv.send(edit=long_edit("old"))
+    assert [(await conv.read()).WhichOneof("kind") for _ in range(2)] == ["accepted", "delta"]
     conv.send(redirect=pb.Redirect(interrupt_request_id="old", complete=pb.CompleteRequest(
         request_id="new", prefix="class A:\n    def", sampling=pb.Sampling(max_tokens=4))))
     old, ack, new = [], None, []

@@ -142,6 +142,20 @@ async def flint_stubs(frontend_workers):
             await channel.close()
 
 
+# The tiny random checkpoint decodes FIM greedily into special tokens only (no text) and
+# samples EOS early, but a greedy *edit* streams "\n" deltas until max_tokens: tests that
+# need a long stream use LONG_EDIT; tests that need FIM text use SEEDED sampling.
+SEEDED = dict(temperature=1.0, seed=2)
+
+
+def long_edit(request_id: str, max_tokens: int = 900):
+    """An edit request that streams deltas (about two tokens each) until `max_tokens`."""
+    from flint.v1 import flint_pb2 as pb
+
+    return pb.EditRequest(request_id=request_id, code="x = 1\ny = 2\n", instruction="rename x to total",
+                          sampling=pb.Sampling(max_tokens=max_tokens))
+
+
 async def collect(call) -> list:
     """All ServerMessages of a server-streaming call."""
     return [message async for message in call]
