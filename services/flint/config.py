@@ -122,8 +122,13 @@ class FrontendConfig:
     replica_wait_s: float = 5.0        # a request waits this long for a replica to appear in Redis
     grace_period_s: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
+    # Nested tables validated by their owners: flint.frontend.journal.JournalConfig (resume journal).
+    journal: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from flint.frontend.journal import JournalConfig
+
+        JournalConfig.from_dict(self.journal)  # unknown keys / bad values fail here, at start-up
         _check(bool(self.redis_url), "front-end: redis_url is required")
         _check_id("worker_id", self.worker_id)
         _check_port("port", self.port)

@@ -74,6 +74,13 @@ def from_rpc_error(err: grpc.aio.AioRpcError, *, peer: str = "") -> errors.Flint
     return cls(message, retry_after_ms=retry_after_ms)
 
 
+def error_of(error) -> errors.FlintError:
+    """The flint exception for a flint.v1.RequestError (a per-request error on a Session stream)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+    cls = _ERRORS.get(code, errors.Internal)
+    return cls(error.message or code.name, retry_after_ms=error.retry_after_ms)
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """End the RPC with the status of `exc` (raises, as `context.abort` does)."""
     error = as_flint_error(exc)

@@ -34,7 +34,7 @@ class RequestRelay:
     def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest,
                  stub: engine_pb2_grpc.EngineStub, replica_address: str, store: Store,
                  emit: Callable[[pb.ServerMessage], None], fail: Callable[[FlintError], None],
-                 on_done: Callable[["RequestRelay"], None]):
+                 on_done: Callable[["RequestRelay"], None], journal=None):
         self.record = record
         self.request_id = record.request_id
         self.last_seq = 0
@@ -50,6 +50,10 @@ class RequestRelay:
         self._ended = False          # a Final or an error has been emitted
         self._interrupting = False
         self._task: asyncio.Task | None = None
+        # Resume journal (flint.frontend.journal.RequestJournal): each message is journaled before it is
+        # handed to the client, so whatever a client has seen a resume elsewhere can replay.
+        self._journal = journal
+        self._unsent: pb.ServerMessage | None = None  # journaled (or being journaled), not yet emitted
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"relay {self.request_id}")
@@ -83,7 +87,14 @@ class RequestRelay:
         call = self._stub.Generate(self._engine_request)
         try:
             async for event in call:
-                self._relay(event)
+                message = self._message(event)
+                if message is None:
+                    continue
+                if self._journal is not None:
+                    self._unsent = message
+                    await self._journal.record(message)
+                self._unsent = None
+                self._deliver(message)
             state = "finished" if self._ended else "failed"
             if not self._ended:
                 self._end_with_error(FlintError("engine stream ended without a final message"))
@@ -92,10 +103,21 @@ class RequestRelay:
             state = "interrupted"
             if not self._interrupting:
                 raise
-            self._emit(self._final_interrupted())
-            self._ended = True
+            if self._unsent is not None:  # already journaled: deliver it, so the final's seq follows it
+                self._deliver(self._unsent)
+            if not self._ended:
+                final = self._final_interrupted()
+                if self._journal is not None:
+                    await self._journal.record(final)
+                self._emit(final)
+                self._ended = True
         except grpc.aio.AioRpcError as err:
-            self._end_with_error(from_rpc_error(err, peer=f"engine replica {self._replica_address}"))
+            error = from_rpc_error(err, peer=f"engine replica {self._replica_address}")
+            if self._journal is not None and not error.retryable:  # retryable: a resume runs it again
+                from flint.frontend.session import request_error
+
+                await self._journal.record(request_error(self.request_id, error))
+            self._end_with_error(error)
         finally:
             call.cancel()
             try:  # record first: an interrupt racing with the end then still finds this relay
@@ -105,21 +127,29 @@ class RequestRelay:
             finally:
                 self._on_done(self)
 
-    def _relay(self, event: ipb.GenerateEvent) -> None:
+    def _message(self, event: ipb.GenerateEvent) -> pb.ServerMessage | None:
         kind = event.WhichOneof("kind")
         if kind == "delta":
             d = event.delta
-            self.last_seq = d.seq
-            self.completion_tokens += d.token_count
-            self._emit(pb.ServerMessage(delta=pb.Delta(request_id=self.request_id, seq=d.seq, text=d.text,
-                                                       token_count=d.token_count)))
-        elif kind == "started":
+            return pb.ServerMessage(delta=pb.Delta(request_id=self.request_id, seq=d.seq, text=d.text,
+                                                   token_count=d.token_count))
+        if kind == "started":
             self.prompt_tokens = event.started.prompt_tokens
-            self._emit(pb.ServerMessage(accepted=pb.Accepted(request_id=self.request_id,
-                                                             prompt_tokens=event.started.prompt_tokens)))
+            return pb.ServerMessage(accepted=pb.Accepted(request_id=self.request_id,
+                                                         prompt_tokens=event.started.prompt_tokens))
+        if kind == "final":
+            return self._final(event.final)
+        return None
+
+    def _deliver(self, message: pb.ServerMessage) -> None:
+        """Hand a message to the client: no await between updating last_seq and emitting."""
+        kind = message.WhichOneof("kind")
+        if kind == "delta":
+            self.last_seq = message.delta.seq
+            self.completion_tokens += message.delta.token_count
         elif kind == "final":
             self._ended = True
-            self._emit(self._final(event.final))
+        self._emit(message)
 
     def _end_with_error(self, error: FlintError) -> None:
         self._ended = True

@@ -39,6 +39,9 @@ class FrontendWorker:
         self._pool: ReplicaPool | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._liveness = None
+        self.journal = None
+        self.resumer = None
 
     @property
     def address(self) -> str:
@@ -63,8 +66,9 @@ class FrontendWorker:
             await self._bus.start()
             self._pool = ReplicaPool(ReplicaRegistry(self._redis, cfg.key_prefix), make_policy(cfg.routing),
                                      redis_url=cfg.redis_url, wait_s=cfg.replica_wait_s)
+            journal, resumer = await self._start_journal(store, local)
             servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
-                                     local=local)
+                                     local=local, journal=journal, resumer=resumer)
             self._server = self._build_server(servicer)
             self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
             await self._server.start()
@@ -75,6 +79,21 @@ class FrontendWorker:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("front-end worker %s listening on %s", self.worker_id, self.address)
         return self.port
+
+    async def _start_journal(self, store: Store, local: dict):
+        """The resume journal and this worker's liveness key (None, None when disabled)."""
+        from flint.frontend.journal import Journal, JournalConfig, WorkerLiveness
+        from flint.frontend.resume import Resumer
+
+        config = JournalConfig.from_dict(self.config.journal)
+        if not config.enabled:
+            return None, None
+        self._liveness = WorkerLiveness(self._redis, self.config.key_prefix, self.worker_id, config.worker_ttl_s)
+        await self._liveness.start()
+        self.journal = Journal(self._redis, self.config.key_prefix, config)
+        self.resumer = Resumer(worker_id=self.worker_id, store=store, journal=self.journal,
+                               liveness=self._liveness, pool=self._pool, local=local)
+        return self.journal, self.resumer
 
     def _build_server(self, servicer: FlintServicer) -> grpc.aio.Server:
         cfg = self.config
@@ -96,6 +115,11 @@ class FrontendWorker:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace_s)
             self._server = None
+        if self.journal is not None:
+            await self.journal.close()
+        if self._liveness is not None:
+            await self._liveness.stop()
+            self._liveness = None
         if self._bus is not None:
             await self._bus.stop()
             self._bus = None

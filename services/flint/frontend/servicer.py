@@ -15,6 +15,7 @@ from dataclasses import replace
 import grpc
 
 from flint.errors import FlintError, InvalidArgument
+from flint.grpc_status import error_of
 from flint.frontend.codec import check_decoded
 from flint.frontend.interrupts import InterruptBus
 from flint.frontend.relay import RequestRelay
@@ -24,14 +25,15 @@ from flint.frontend.store import RequestRecord, SessionRecord, Store
 from flint.frontend.validate import check_request_id, request_id_of, to_engine_request
 from flint.v1 import flint_pb2 as pb
 
-RESUME_UNIMPLEMENTED = ("Resume is not implemented in this version of flint: send the request again "
-                        "(delta journaling for resume is planned)")
+RESUME_DISABLED = "Resume is disabled on this deployment (journal.enabled = false): send the request again"
 
 
 class FlintServicer:
     def __init__(self, *, worker_id: str, store: Store, pool: ReplicaPool, bus: InterruptBus,
-                 local: dict[str, RequestRelay]):
+                 local: dict[str, RequestRelay], journal=None, resumer=None):
         self.worker_id = worker_id
+        self.journal = journal      # flint.frontend.journal.Journal, or None when resume is disabled
+        self.resumer = resumer      # flint.frontend.resume.Resumer
         self.store = store
         self.pool = pool
         self.bus = bus
@@ -50,12 +52,19 @@ class FlintServicer:
         record = RequestRecord(request_id=request_id, owner=self.worker_id,
                                session_id=engine_request.session_id, replica_id=replica.replica_id)
         await self.store.claim_request(record)
+        request_journal = None
+        if self.journal is not None:
+            from flint.frontend.journal import RequestJournal, pin_seed
+
+            pin_seed(engine_request)
+            await self.journal.begin(request_id, engine_request.SerializeToString(), model=replica.model)
+            request_journal = RequestJournal(self.journal, request_id)
         if session is not None and session.replica_id != replica.replica_id:
             session = replace(session, replica_id=replica.replica_id)
             await self.store.put_session(session)
         relay = RequestRelay(record=record, engine_request=engine_request, stub=self.pool.stub(replica),
                              replica_address=replica.address, store=self.store, emit=emit, fail=fail,
-                             on_done=self._forget)
+                             on_done=self._forget, journal=request_journal)
         self.local[request_id] = relay
         relay.start()
         return relay, session
@@ -93,8 +102,13 @@ class FlintServicer:
                                     last_seq=result.last_seq)
 
     async def Resume(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, RESUME_UNIMPLEMENTED)
-        yield pb.ServerMessage()  # unreachable: abort raises; makes this an async generator
+        request = check_decoded(request)
+        if self.resumer is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, RESUME_DISABLED)
+        async for message in self.resumer.resume(request.request_id, request.last_seq):
+            if message.WhichOneof("kind") == "error":
+                raise error_of(message.error)
+            yield message
 
     async def _single(self, request):
         """One request per call: accepted, deltas, final; an error ends the call with its status."""

@@ -39,6 +39,7 @@ class SessionStream:
         self._out: asyncio.Queue = asyncio.Queue()
         self._session: SessionRecord | None = None
         self._relays = {}
+        self._resumes: set[asyncio.Task] = set()
 
     async def run(self, request_iterator):
         reader = asyncio.create_task(self._read(request_iterator), name="session reader")
@@ -54,6 +55,8 @@ class SessionStream:
                 await reader
             for relay in list(self._relays.values()):
                 await relay.cancel()
+            for task in list(self._resumes):
+                task.cancel()
 
     def _emit(self, message: pb.ServerMessage) -> None:
         self._out.put_nowait(message)
@@ -64,6 +67,8 @@ class SessionStream:
                 await self._handle(message)
             for relay in list(self._relays.values()):  # half-closed: let running requests finish
                 await relay.wait()
+            if self._resumes:
+                await asyncio.wait(set(self._resumes))
         finally:
             self._out.put_nowait(_END)
 
@@ -89,11 +94,7 @@ class SessionStream:
                 await self._redirect(message.redirect, arrival)
             elif kind == "resume":
                 request_id = message.resume.request_id
-                from flint.frontend.servicer import RESUME_UNIMPLEMENTED
-
-                self._emit(pb.ServerMessage(error=pb.RequestError(
-                    request_id=request_id, code=grpc.StatusCode.UNIMPLEMENTED.value[0],
-                    message=RESUME_UNIMPLEMENTED)))
+                self._resume(message.resume)
             else:
                 raise InvalidArgument("empty ClientMessage: set one of open, complete, edit, interrupt, redirect")
         except asyncio.CancelledError:
@@ -134,6 +135,28 @@ class SessionStream:
         # Keep only live relays (the stream cancels them if the client disconnects).
         self._relays = {rid: r for rid, r in self._relays.items() if not r.done}
         self._relays[request_id] = relay
+
+    def _resume(self, resume: pb.ResumeRequest) -> None:
+        """Replay and follow a request from the journal into this stream, beside its other requests."""
+        if self._servicer.resumer is None:
+            from flint.frontend.servicer import RESUME_DISABLED
+
+            self._emit(pb.ServerMessage(error=pb.RequestError(
+                request_id=resume.request_id, code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=RESUME_DISABLED)))
+            return
+
+        async def follow() -> None:
+            try:
+                async for message in self._servicer.resumer.resume(resume.request_id, resume.last_seq):
+                    self._emit(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - becomes this request's RequestError
+                self._emit(request_error(resume.request_id, exc))
+
+        task = asyncio.create_task(follow(), name=f"resume {resume.request_id}")
+        self._resumes.add(task)
+        task.add_done_callback(self._resumes.discard)
 
     async def _interrupt(self, request_id: str) -> None:
         if not request_id:

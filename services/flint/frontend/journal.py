@@ -1,0 +1,286 @@
+"""The resume journal: every message a client is sent, kept briefly in Redis.
+
+Why: a client that loses its front-end worker reconnects to any worker with
+(request id, last seq) and must get every missing delta exactly once. So the
+relay appends each outgoing message to a per-request Redis stream *before*
+handing it to the client: whatever a client has seen, the journal has.
+
+Keys (prefix `flint` by default):
+  {p}:journal:{request_id}       Redis stream, one entry per ServerMessage:
+                                 m = serialized flint.v1.ServerMessage,
+                                 s = seq (0 for accepted / terminal messages),
+                                 c = characters of completion text up to here,
+                                 t = 1 on the terminal entry (final or error)
+  {p}:journal:{request_id}:meta  msgpack {request: engine GenerateRequest bytes,
+                                 tenant, created_unix_s}: what a resume needs to
+                                 regenerate a request whose owner is gone
+  {p}:worker:{worker_id}:alive   liveness of a front-end worker (short TTL)
+
+Bounded: at most `max_deltas` entries per request (oldest trimmed), and every
+key expires `ttl_s` after its last write. Writes are group-committed: every
+append waiting while one pipeline is in flight goes out in the next, so a
+worker relaying many streams pays one round trip per batch, not per delta.
+A Redis outage never stops a stream: an append that fails or times out is
+dropped, the request's journal is marked incomplete, and a later resume of it
+fails clearly instead of sending a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import msgpack
+
+from flint.config import from_mapping
+from flint.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+TERMINAL_KINDS = ("final", "error")
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """`FrontendConfig.journal`: how much of each request is kept for resume, and for how long."""
+
+    enabled: bool = True
+    max_deltas: int = 4096             # entries kept per request; resuming before the oldest fails clearly
+    ttl_s: float = 600.0               # a journal expires this long after its last write
+    write_timeout_ms: float = 500.0    # an append slower than this is dropped (the stream keeps going)
+    worker_ttl_s: float = 3.0          # a worker that misses heartbeats this long is dead: its requests move
+    poll_interval_ms: float = 200.0    # a resume re-checks the owner's liveness this often while tailing
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_deltas, int) or self.max_deltas < 16:
+            raise InvalidArgument(f"journal.max_deltas must be an integer >= 16, got {self.max_deltas!r}")
+        for name in ("ttl_s", "write_timeout_ms", "worker_ttl_s", "poll_interval_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidArgument(f"journal.{name} must be > 0, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JournalConfig":
+        return from_mapping(cls, data, where="journal config")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journaled message, as read back."""
+
+    stream_id: bytes
+    message: bytes                     # serialized flint.v1.ServerMessage
+    seq: int
+    chars: int
+    terminal: bool
+
+
+@dataclass(frozen=True)
+class JournalMeta:
+    request: bytes                     # serialized flint.internal.v1.GenerateRequest
+    tenant: str
+    model: str
+    created_unix_s: float
+
+
+class Journal:
+    """Group-committed appends and reads of request journals through one `redis.asyncio` client."""
+
+    def __init__(self, redis, key_prefix: str, config: JournalConfig):
+        self.redis = redis
+        self.prefix = key_prefix
+        self.config = config
+        self._pending: list[tuple[str, dict, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.incomplete: set[str] = set()   # requests whose journal lost an append (this process)
+        self.dropped_appends = 0
+
+    # ------------------------------------------------------------ keys
+    def stream_key(self, request_id: str) -> str:
+        return f"{self.prefix}:journal:{request_id}"
+
+    def meta_key(self, request_id: str) -> str:
+        return f"{self.prefix}:journal:{request_id}:meta"
+
+    def gap_key(self, request_id: str) -> str:
+        return f"{self.prefix}:journal:{request_id}:gap"
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.config.ttl_s * 1000)
+
+    # ------------------------------------------------------------ writing
+    async def begin(self, request_id: str, engine_request: bytes, *, tenant: str = "", model: str = "") -> None:
+        """Record what is needed to regenerate the request, and forget any older journal under this id."""
+        meta = msgpack.packb({"request": engine_request, "tenant": tenant, "model": model,
+                              "created_unix_s": time.time()})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.stream_key(request_id), self.gap_key(request_id))
+            pipe.set(self.meta_key(request_id), meta, px=self._ttl_ms)
+            await pipe.execute()
+        self.incomplete.discard(request_id)
+
+    async def append(self, request_id: str, message: bytes, *, seq: int = 0, chars: int = 0,
+                     terminal: bool = False) -> bool:
+        """Journal one message; True once it is in Redis, False if it was dropped (Redis slow or down)."""
+        if request_id in self.incomplete:
+            return False
+        fields = {"m": message, "s": seq, "c": chars, "t": int(terminal)}
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((request_id, fields, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
+        try:
+            # shield: a relay cancelled mid-append (interrupt) must not cancel the batch of others.
+            return await asyncio.wait_for(asyncio.shield(future), self.config.write_timeout_ms / 1000.0)
+        except asyncio.TimeoutError:
+            self._mark_incomplete(request_id, "timed out")
+            return False
+
+    def _mark_incomplete(self, request_id: str, why: str) -> None:
+        if request_id not in self.incomplete:
+            log.warning("journal of request %s is incomplete (append %s); it cannot be resumed", request_id, why)
+        self.incomplete.add(request_id)
+        self.dropped_appends += 1
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for request_id, fields, _ in batch:
+                        pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
+                                  approximate=False)
+                    for request_id in {r for r, _, _ in batch}:
+                        pipe.pexpire(self.stream_key(request_id), self._ttl_ms)
+                        pipe.pexpire(self.meta_key(request_id), self._ttl_ms)
+                    await pipe.execute()
+                ok = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis blips must not stop any stream
+                log.warning("journal write of %d entries failed: %s", len(batch), exc)
+                ok = False
+            for request_id, _, future in batch:
+                if not ok:
+                    self._mark_incomplete(request_id, "failed")
+                if not future.done():
+                    future.set_result(ok)
+        self._flusher = None
+
+    async def mark_gap(self, request_id: str) -> None:
+        """Persist that this request's journal has a hole, so resumes elsewhere refuse instead of guessing."""
+        with contextlib.suppress(Exception):
+            await self.redis.set(self.gap_key(request_id), b"1", px=self._ttl_ms)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flusher, self.config.write_timeout_ms / 1000.0)
+
+    # ------------------------------------------------------------ reading
+    async def meta(self, request_id: str) -> JournalMeta | None:
+        data = await self.redis.get(self.meta_key(request_id))
+        if data is None:
+            return None
+        fields = msgpack.unpackb(data)
+        return JournalMeta(request=fields["request"], tenant=fields.get("tenant", ""), model=fields.get("model", ""),
+                           created_unix_s=fields.get("created_unix_s", 0.0))
+
+    async def has_gap(self, request_id: str) -> bool:
+        return bool(await self.redis.exists(self.gap_key(request_id)))
+
+    async def read(self, request_id: str, after: bytes = b"-", *, block_ms: int | None = None) -> list[Entry]:
+        """Entries after stream id `after` ("-" = from the start); with block_ms, wait that long for new ones."""
+        key = self.stream_key(request_id)
+        if block_ms is None:
+            start = b"-" if after == b"-" else b"(" + after
+            rows = await self.redis.xrange(key, min=start)
+        else:
+            answer = await self.redis.xread({key: b"0-0" if after == b"-" else after}, block=block_ms,
+                                            count=1024)
+            rows = answer[0][1] if answer else []
+        return [_entry(stream_id, fields) for stream_id, fields in rows]
+
+
+def _entry(stream_id: bytes, fields: dict) -> Entry:
+    return Entry(stream_id=stream_id, message=fields[b"m"], seq=int(fields[b"s"]), chars=int(fields[b"c"]),
+                 terminal=fields[b"t"] == b"1")
+
+
+class WorkerLiveness:
+    """A front-end worker's heartbeat key: a resume moves a request only when its owner has stopped beating."""
+
+    def __init__(self, redis, key_prefix: str, worker_id: str, ttl_s: float):
+        self._redis = redis
+        self._prefix = key_prefix
+        self._worker_id = worker_id
+        self._ttl_s = ttl_s
+        self._task: asyncio.Task | None = None
+
+    def key(self, worker_id: str) -> str:
+        return f"{self._prefix}:worker:{worker_id}:alive"
+
+    async def start(self) -> None:
+        await self._beat()
+        self._task = asyncio.create_task(self._loop(), name=f"liveness {self._worker_id}")
+
+    async def _beat(self) -> None:
+        await self._redis.set(self.key(self._worker_id), b"1", px=int(self._ttl_s * 1000))
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_s / 3)
+            try:
+                await self._beat()
+            except Exception as exc:  # noqa: BLE001 - keep beating through Redis blips
+                log.warning("worker %s liveness heartbeat failed: %s", self._worker_id, exc)
+
+    async def alive(self, worker_id: str) -> bool:
+        return bool(await self._redis.exists(self.key(worker_id)))
+
+    async def stop(self) -> None:
+        """Stop beating and drop the key now, so resumes of this worker's requests move at once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._redis.delete(self.key(self._worker_id))
+
+
+class RequestJournal:
+    """The journal of one request as its relay sees it: counts seq and text offsets, never raises."""
+
+    def __init__(self, journal: Journal, request_id: str, *, chars: int = 0):
+        self._journal = journal
+        self.request_id = request_id
+        self.chars = chars               # characters of completion text journaled so far
+        self._gap_marked = False
+
+    async def record(self, message) -> bool:
+        """Journal a flint.v1.ServerMessage (accepted, delta, final or error) before it is sent."""
+        kind = message.WhichOneof("kind")
+        seq = 0
+        if kind == "delta":
+            seq = message.delta.seq
+            self.chars += len(message.delta.text)
+        ok = await self._journal.append(self.request_id, message.SerializeToString(), seq=seq, chars=self.chars,
+                                        terminal=kind in TERMINAL_KINDS)
+        if not ok and not self._gap_marked:
+            self._gap_marked = True
+            await self._journal.mark_gap(self.request_id)
+        return ok
+
+
+def pin_seed(engine_request) -> None:
+    """Give a sampled request without a seed a random one, so running it again (resume) reproduces it."""
+    sampling = engine_request.sampling
+    if sampling.temperature > 0 and not sampling.has_seed:
+        sampling.has_seed = True
+        sampling.seed = secrets.randbits(63)

@@ -1,0 +1,156 @@
+"""Resume: a client that lost its stream reattaches on any worker and gets every missing delta exactly once."""
+
+import asyncio
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from conftest import eventually, expected_text
+from flint.v1 import flint_pb2 as pb
+from flint.v1 import flint_pb2_grpc
+
+
+def stub_for(address: str):
+    channel = grpc.aio.insecure_channel(address)
+    return channel, flint_pb2_grpc.FlintStub(channel)
+
+
+async def read_until_seq(call, seq: int) -> list:
+    messages = []
+    while True:
+        message = await call.read()
+        assert message is not grpc.aio.EOF, messages
+        messages.append(message)
+        if message.WhichOneof("kind") == "delta" and message.delta.seq >= seq:
+            return messages
+
+
+def deltas(messages):
+    return [m.delta for m in messages if m.WhichOneof("kind") == "delta"]
+
+
+def check_exactly_once(first, rest, prefix, max_tokens):
+    seqs = [d.seq for d in deltas(first) + deltas(rest)]
+    assert seqs == list(range(1, max_tokens + 1)), "every seq once, in order, no gaps"
+    text = "".join(d.text for d in deltas(first) + deltas(rest))
+    assert text == expected_text(prefix, max_tokens)
+    final = rest[-1].final
+    assert rest[-1].WhichOneof("kind") == "final" and final.seq == max_tokens + 1
+    assert final.completion_tokens == max_tokens
+
+
+async def test_resume_on_other_worker_while_owner_still_streams(cluster):
+    await cluster.add_replica("r1", token_interval_s=0.02)
+    a = await cluster.add_worker("wa")
+    b = await cluster.add_worker("wb")
+    ch_a, stub_a = stub_for(a.address)
+    ch_b, stub_b = stub_for(b.address)
+    try:
+        call = stub_a.Complete(pb.CompleteRequest(request_id="live-1", prefix="def f():",
+                                                  sampling=pb.Sampling(max_tokens=40)))
+        first = await read_until_seq(call, 5)
+        # A second reader on worker B follows the same request from seq 5 while A keeps streaming.
+        rest = [m async for m in stub_b.Resume(pb.ResumeRequest(request_id="live-1", last_seq=5))]
+        check_exactly_once(first, rest, "def f():", 40)
+        call.cancel()
+    finally:
+        await ch_a.close()
+        await ch_b.close()
+
+
+async def test_resume_after_client_disconnect_regenerates_the_rest_exactly_once(cluster):
+    _, engine = await cluster.add_replica("r1", token_interval_s=0.01)
+    a = await cluster.add_worker("wa")
+    b = await cluster.add_worker("wb")
+    ch_a, stub_a = stub_for(a.address)
+    ch_b, stub_b = stub_for(b.address)
+    try:
+        call = stub_a.Complete(pb.CompleteRequest(request_id="gone-1", prefix="class A:",
+                                                  sampling=pb.Sampling(max_tokens=30)))
+        first = await read_until_seq(call, 7)
+        call.cancel()  # the client vanishes: worker A cancels the engine work
+        await eventually(lambda: "gone-1" in engine.cancelled)
+        rest = [m async for m in stub_b.Resume(pb.ResumeRequest(request_id="gone-1", last_seq=7))]
+        check_exactly_once(first, rest, "class A:", 30)
+        assert "gone-1" in engine.finished, "worker B ran the request again to produce the rest"
+    finally:
+        await ch_a.close()
+        await ch_b.close()
+
+
+async def test_resume_of_finished_request_replays_the_journal(cluster):
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    a = await cluster.add_worker("wa")
+    ch_a, stub_a = stub_for(a.address)
+    try:
+        done = [m async for m in stub_a.Complete(pb.CompleteRequest(request_id="done-1", prefix="x",
+                                                                    sampling=pb.Sampling(max_tokens=8)))]
+        again = [m async for m in stub_a.Resume(pb.ResumeRequest(request_id="done-1", last_seq=0))]
+        assert [m.SerializeToString() for m in again] == [m.SerializeToString() for m in done]
+        tail = [m async for m in stub_a.Resume(pb.ResumeRequest(request_id="done-1", last_seq=6))]
+        assert [d.seq for d in deltas(tail)] == [7, 8] and tail[-1].final.seq == 9
+    finally:
+        await ch_a.close()
+
+
+async def test_resume_of_unknown_request_is_not_found(cluster):
+    await cluster.add_replica("r1")
+    a = await cluster.add_worker("wa")
+    ch, stub = stub_for(a.address)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [m async for m in stub.Resume(pb.ResumeRequest(request_id="never-was", last_seq=0))]
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [m async for m in stub.Resume(pb.ResumeRequest(request_id="bad id!", last_seq=0))]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await ch.close()
+
+
+async def test_journal_is_bounded_and_expires(cluster, valkey_url):
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    a = await cluster.add_worker("wa", journal={"max_deltas": 16, "ttl_s": 30.0})
+    ch, stub = stub_for(a.address)
+    redis = aioredis.Redis.from_url(valkey_url)
+    try:
+        [m async for m in stub.Complete(pb.CompleteRequest(request_id="long-1", prefix="y",
+                                                           sampling=pb.Sampling(max_tokens=40)))]
+        key = f"{cluster.key_prefix}:journal:long-1"
+        assert await redis.xlen(key) == 16
+        assert 0 < await redis.pttl(key) <= 30_000
+        assert 0 < await redis.pttl(key + ":meta") <= 30_000
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # seq 1.. were trimmed away
+            [m async for m in stub.Resume(pb.ResumeRequest(request_id="long-1", last_seq=2))]
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "expired" in info.value.details()
+        tail = [m async for m in stub.Resume(pb.ResumeRequest(request_id="long-1", last_seq=38))]
+        assert [d.seq for d in deltas(tail)] == [39, 40]
+    finally:
+        await redis.aclose()
+        await ch.close()
+
+
+async def test_session_stream_resume_interleaves_with_other_requests(cluster):
+    await cluster.add_replica("r1", token_interval_s=0.005)
+    a = await cluster.add_worker("wa")
+    ch, stub = stub_for(a.address)
+    try:
+        done = [m async for m in stub.Complete(pb.CompleteRequest(request_id="sess-1", prefix="z",
+                                                                  sampling=pb.Sampling(max_tokens=6)))]
+        queue: asyncio.Queue = asyncio.Queue()
+        for msg in (pb.ClientMessage(open=pb.Open()),
+                    pb.ClientMessage(resume=pb.ResumeRequest(request_id="sess-1", last_seq=3))):
+            queue.put_nowait(msg)
+        queue.put_nowait(None)
+
+        async def requests():
+            while (item := await queue.get()) is not None:
+                yield item
+
+        out = [m async for m in stub.Session(requests())]
+        assert out[0].WhichOneof("kind") == "opened"
+        assert [d.seq for d in deltas(out)] == [4, 5, 6]
+        assert out[-1].final.SerializeToString() == done[-1].final.SerializeToString()
+    finally:
+        await ch.close()
