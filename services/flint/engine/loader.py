@@ -2,7 +2,9 @@
 
 Reads `config.json` and safetensors weights, single file (`model.safetensors`)
 or sharded (`model.safetensors.index.json`). HF names map to flint names;
-q/k/v rows are concatenated into one `qkv` matrix and gate/up into `gate_up`.
+q/k/v rows are concatenated into one `qkv` matrix and gate/up into `gate_up`;
+q/k rows are reordered per head for flint's interleaved rotary layout (see
+`flint.engine.model.rope`).
 Under tensor parallelism each rank reads only its rows/columns through
 safetensors slices, and a pipeline stage reads only its layers, so a shard
 never holds more than its part in memory.
@@ -25,6 +27,7 @@ from safetensors import safe_open
 
 from flint.engine.model.config import ModelConfig
 from flint.engine.model.llama import CausalLM
+from flint.engine.model.rope import interleave_rows
 from flint.engine.model.shard import AllReduce, ShardSpec
 from flint.errors import InvalidArgument, NotFound
 
@@ -160,14 +163,14 @@ def _read_shard(w: _Weights, c: ModelConfig, s: ShardSpec, first: bool, last: bo
         out[fl + "input_norm"] = w.get(hf + "input_layernorm.weight", shape=(d,))
         out[fl + "post_norm"] = w.get(hf + "post_attention_layernorm.weight", shape=(d,))
         out[fl + "qkv.weight"] = torch.cat([
-            w.get(att + "q_proj.weight", rows=q_rows, shape=(c.q_size, d)),
-            w.get(att + "k_proj.weight", rows=kv_rows, shape=(c.kv_size, d)),
+            interleave_rows(w.get(att + "q_proj.weight", rows=q_rows, shape=(c.q_size, d)), hd),
+            interleave_rows(w.get(att + "k_proj.weight", rows=kv_rows, shape=(c.kv_size, d)), hd),
             w.get(att + "v_proj.weight", rows=kv_rows, shape=(c.kv_size, d)),
         ])
         if c.qkv_bias:
             out[fl + "qkv.bias"] = torch.cat([
-                w.get(att + "q_proj.bias", rows=q_rows, shape=(c.q_size,)),
-                w.get(att + "k_proj.bias", rows=kv_rows, shape=(c.kv_size,)),
+                interleave_rows(w.get(att + "q_proj.bias", rows=q_rows, shape=(c.q_size,)), hd),
+                interleave_rows(w.get(att + "k_proj.bias", rows=kv_rows, shape=(c.kv_size,)), hd),
                 w.get(att + "v_proj.bias", rows=kv_rows, shape=(c.kv_size,)),
             ])
         out[fl + "o_proj.weight"] = w.get(att + "o_proj.weight", cols=q_rows, shape=(d, c.q_size))

@@ -108,6 +108,9 @@ class DenseAttention:
             kc, vc = self._k[seq_id][layer_idx], self._v[seq_id][layer_idx]  # [KV, max, D]
             kc[:, start:end] = k[row : row + n].transpose(0, 1)
             vc[:, start:end] = v[row : row + n].transpose(0, 1)
+            if n == 1:
+                out[row] = self._decode_one(q[row], kc, vc, end)
+                continue
             qs = q[row : row + n].transpose(0, 1)[None]                   # [1, H, n, D]
             o = F.scaled_dot_product_attention(
                 qs, kc[None, :, :end], vc[None, :, :end], attn_mask=self._mask(start, n), enable_gqa=True
@@ -115,10 +118,17 @@ class DenseAttention:
             out[row : row + n] = o[0].transpose(0, 1)
         return out
 
-    def _mask(self, start: int, n: int) -> torch.Tensor | None:
+    def _decode_one(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, end: int) -> torch.Tensor:
+        """One query token: grouped matmuls (CPU flash SDPA costs milliseconds for a single query)."""
+        lo = max(0, end - self.sliding_window) if self.sliding_window else 0
+        kv, d = kc.shape[0], kc.shape[-1]
+        qg = q.reshape(kv, -1, d) * d**-0.5                               # [KV, G, D]
+        scores = torch.matmul(qg, kc[:, lo:end].transpose(1, 2))          # [KV, G, L]
+        probs = scores.float().softmax(dim=-1).to(vc.dtype)
+        return torch.matmul(probs, vc[:, lo:end]).reshape(q.shape)        # [H, D]
+
+    def _mask(self, start: int, n: int) -> torch.Tensor:
         """Bool [n, start + n]: query i (position start + i) sees key j iff j <= start + i (and in window)."""
-        if n == 1 and (self.sliding_window is None or start < self.sliding_window):
-            return None
         q_pos = torch.arange(start, start + n, device=self.device)[:, None]
         k_pos = torch.arange(start + n, device=self.device)[None, :]
         allowed = k_pos <= q_pos

@@ -58,8 +58,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,        # [T, d]
-        cos: torch.Tensor,      # [T, 1, D/2]
-        sin: torch.Tensor,
+        rotation: torch.Tensor, # [T, 1, D/2] complex (see rope.Rotary)
         attn: AttentionBackend,
         layer_idx: int,
         all_reduce: AllReduce | None,
@@ -68,7 +67,7 @@ class DecoderLayer(nn.Module):
         h, hd, kv = self.n_heads, self.head_dim, self.n_kv
         y = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
         qkv = self.qkv(y)                                       # [T, (H + 2KV) * D]
-        qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), cos, sin)  # [T, H + KV, D]
+        qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), rotation)  # [T, H + KV, D]
         q, k = qk[:, :h], qk[:, h:]
         v = qkv[:, (h + kv) * hd :].view(t, kv, hd)             # [T, KV, D]
         o = attn(layer_idx, q, k, v)                            # [T, H, D]
@@ -148,9 +147,9 @@ class CausalLM(nn.Module):
             if hidden_states is None:
                 raise InvalidArgument("a pipeline stage after the first needs hidden_states")
             x = hidden_states
-        cos, sin = self.rotary.cos_sin(positions)
+        rotation = self.rotary.rotation(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, attn, i, self.all_reduce)
+            x = layer(x, rotation, attn, i, self.all_reduce)
         if self.norm is not None:
             x = F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
         return x
