@@ -36,3 +36,8 @@ def server_address() -> str | None:
 def ray_address() -> str | None:
     """`FLINT_RAY_ADDRESS`: default for `--ray-address` (unset = a local Ray instance)."""
     return os.environ.get("FLINT_RAY_ADDRESS") or None
+
+
+def ci() -> bool:
+    """`CI`: set (to anything but empty/0/false) by CI systems; progress displays stay quiet."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

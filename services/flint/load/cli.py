@@ -1,0 +1,275 @@
+"""`flint load run|capacity|compare|mock-server|report` (wired from flint.cli as `main(argv)`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from flint.errors import FlintError, InvalidArgument
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InvalidArgument(f"{what} {item!r} must look like KEY=VALUE (VALUE may be JSON)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", nargs="?", help="scenario file (TOML/JSON, see loadtests/scenarios/); flags override it")
+    g = p.add_argument_group("workload")
+    g.add_argument("--scenario", help="keystroke, short-fim, large-fim, repo-context, edit, interrupt, redirect, "
+                   "mix, replay")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--param", action="append", default=[], metavar="K=V", help="scenario parameter (JSON value)")
+    g.add_argument("--chars-per-token", type=float, help="prompt size conversion (default 3.6)")
+    g = p.add_argument_group("arrival")
+    g.add_argument("--arrival", choices=["poisson", "gamma", "constant", "users", "closed"])
+    g.add_argument("--rate", type=float, help="jobs/s (poisson, gamma, constant)")
+    g.add_argument("--cv", type=float, help="gamma: coefficient of variation of gaps (burstiness)")
+    g.add_argument("--users", type=int, help="users arrival: simulated developers")
+    g.add_argument("--concurrency", type=int, help="closed arrival: concurrent loops")
+    g.add_argument("--think-ms", help="LOW,HIGH think time between a user's jobs")
+    g = p.add_argument_group("bounds")
+    g.add_argument("--duration-s", type=float, help="no job starts after this (default 30, max 3600)")
+    g.add_argument("--max-requests", type=int, help="hard cap on requests sent (default 20000)")
+    g.add_argument("--drain-s", type=float, help="grace for in-flight requests after the duration (default 15)")
+    g = p.add_argument_group("target")
+    g.add_argument("--target", choices=["flint", "openai"], help="protocol (default flint)")
+    g.add_argument("--address", help="flint: HOST:PORT (default 127.0.0.1:50051); openai: base URL")
+    g.add_argument("--model", help="model name to request")
+    g.add_argument("--fim-template", choices=["suffix", "qwen"], help="openai: how FIM prompts are sent")
+    g.add_argument("--i-own-the-target", action="store_true",
+                   help="allow a target that is not on this machine (only for deployments you own)")
+    g = p.add_argument_group("SLO and output")
+    g.add_argument("--slo", help="preset: keystroke, mlperf-interactive, custom")
+    g.add_argument("--slo-ttft-ms", type=float)
+    g.add_argument("--slo-tpot-ms", type=float)
+    g.add_argument("--slo-percentile", type=float)
+    g.add_argument("--generators", type=int, help="generator processes (default 1)")
+    g.add_argument("--stall-ms", type=float, help="gap between deltas counted as a stall (default 100)")
+    g.add_argument("--label", help="name shown on the report")
+    g.add_argument("--out", "-o", help="output directory (default loadtests/results/<scenario>-<time>)")
+    g.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _config(args):
+    from flint.load.config import load_run_config
+
+    over: dict = {}
+    for name in ("scenario", "seed", "generators", "stall_ms", "label"):
+        if getattr(args, name) is not None:
+            over[name] = getattr(args, name)
+    params = _pairs(args.param, "--param")
+    if args.chars_per_token is not None:
+        params["chars_per_token"] = args.chars_per_token
+    if params:
+        over["params"] = params
+    arrival = {k: v for k, v in {"kind": args.arrival, "rate_per_s": args.rate, "cv": args.cv, "users": args.users,
+                                 "concurrency": args.concurrency}.items() if v is not None}
+    if args.think_ms:
+        arrival["think_time_ms"] = [float(x) for x in args.think_ms.split(",")]
+    bounds = {k: v for k, v in {"duration_s": args.duration_s, "max_requests": args.max_requests,
+                                "drain_s": args.drain_s}.items() if v is not None}
+    target = {k: v for k, v in {"protocol": args.target, "address": args.address, "model": args.model,
+                                "fim_template": args.fim_template}.items() if v is not None}
+    if args.i_own_the_target:
+        target["allow_remote"] = True
+    slo = {k: v for k, v in {"preset": args.slo, "ttft_ms": args.slo_ttft_ms, "tpot_ms": args.slo_tpot_ms,
+                             "percentile": args.slo_percentile}.items() if v is not None}
+    for key, value in (("arrival", arrival), ("bounds", bounds), ("target", target), ("slo", slo)):
+        if value:
+            over[key] = value
+    file_data = {}
+    if args.file:
+        from flint.config import load_config_file
+
+        file_data = load_config_file(args.file)
+        if "target" in file_data and args.target and args.target != file_data["target"].get("protocol"):
+            file_data["target"] = {}
+    return load_run_config(None, {**file_data, **{k: ({**file_data.get(k, {}), **v} if isinstance(v, dict)
+                                                        and k != "params" else v) for k, v in over.items()},
+                                  **({"params": {**file_data.get("params", {}), **over["params"]}}
+                                     if "params" in over else {})})
+
+
+def _out_dir(args, config, kind: str) -> Path:
+    import time
+
+    if args.out:
+        return Path(args.out)
+    return Path("loadtests/results") / f"{kind}-{config.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_run(args) -> int:
+    from flint.load.orchestrate import run
+    from flint.load.report import write_run
+
+    config = _config(args)
+    if args.record_trace:
+        from flint.load.runner import build_schedule
+        from flint.load.scenarios import make_scenario
+        from flint.load.trace import record_schedule, write_trace
+
+        scenario = make_scenario(config.scenario, config.seed, config.params)
+        n = write_trace(args.record_trace, record_schedule(scenario, build_schedule(config, scenario)),
+                        scenario.describe())
+        print(f"wrote {n} requests to {args.record_trace}", file=sys.stderr)
+    result = run(config, quiet=True if args.quiet else None, label=config.label)
+    out = write_run(result, _out_dir(args, config, "run"))
+    _print_summary(result.report["summary"])
+    print(f"report: {out / 'report.html'}  (JSON: {out / 'report.json'}, records: {out / 'records.jsonl'})")
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    m, slo = s["metrics"], s["slo"]
+    print(f"requests {s['requests']} (errors {s['errors']}, interrupted {s['interrupted']}) | offered "
+          f"{s['offered_rps']:.2f}/s achieved {s['achieved_rps']:.2f}/s goodput {s['goodput_rps']:.2f}/s")
+    print(f"TTFT p50 {m['ttft_intended_ms']['p50']} ms p{slo['percentile']:g} {slo['ttft_at_percentile_ms']} ms | "
+          f"TPOT p50 {m['tpot_ms']['p50']} ms p{slo['percentile']:g} {slo['tpot_at_percentile_ms']} ms | "
+          f"SLO {slo['preset']}: {'PASS' if slo['pass'] else 'FAIL'}")
+    if s["fell_behind"]:
+        print("WARNING: the load generator fell behind: " + "; ".join(s["fell_behind_reasons"]))
+
+
+def cmd_capacity(args) -> int:
+    from flint.load.capacity import SearchConfig, search_capacity
+    from flint.load.report import write_capacity
+
+    config = _config(args)
+    search = SearchConfig(**{k: v for k, v in {
+        "start": args.start, "factor": args.factor, "max_level": args.max_level, "max_steps": args.max_steps,
+        "bracket_steps": args.bracket_steps, "step_duration_s": args.step_duration_s,
+        "calibration_step_s": args.calibration_step_s}.items() if v is not None}, calibrate=not args.no_calibrate)
+    out = _out_dir(args, config, "capacity")
+    cap = search_capacity(config, search, out, quiet=True if args.quiet else None)
+    write_capacity(cap, out)
+    for st in cap["steps"]:
+        s = st["summary"]
+        print(f"level {st['level']:>8g}: offered {s['offered_rps']:.2f}/s achieved {s['achieved_rps']:.2f}/s "
+              f"TTFT p{s['slo']['percentile']:g} {s['slo']['ttft_at_percentile_ms']} ms "
+              f"TPOT p{s['slo']['percentile']:g} {s['slo']['tpot_at_percentile_ms']} ms -> "
+              f"{'pass' if st['pass'] else 'FAIL'}{' (generator behind)' if s['fell_behind'] else ''}")
+    print(cap["verdict"])
+    print(f"report: {out / 'capacity.html'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from flint.load.compare import compare, format_comparison
+    from flint.load.report import load_run
+    from flint.load.slo import SloConfig
+
+    report_a, a = load_run(args.a)
+    _, b = load_run(args.b)
+    slo = SloConfig(**report_a["config"]["slo"])
+    result = compare(a, b, slo, resamples=args.resamples)
+    print(format_comparison(result, args.a, args.b))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from flint.load.html import render_capacity, render_run
+    from flint.load.report import load_capacity, load_run
+
+    path = Path(args.path)
+    if (path / "capacity.json").exists() or path.name == "capacity.json":
+        html, default = render_capacity(load_capacity(path)), "capacity.html"
+    else:
+        html, default = render_run(load_run(path)[0]), "report.html"
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / default
+    out.write_text(html)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_mock(args) -> int:
+    from flint.load.config import is_loopback
+    from flint.load.mock_server import MockConfig, start_mock_server
+
+    if not is_loopback(args.host):
+        raise InvalidArgument("the mock server binds loopback only (127.0.0.1 or ::1)")
+    config = MockConfig(tokens_per_s=args.tokens_per_s, ttft_ms=args.ttft_ms, coalesce=args.coalesce,
+                        max_streams=args.max_streams)
+
+    async def serve() -> None:
+        if args.protocol == "openai":
+            from flint.load.mock_openai import start_openai_mock
+
+            runner, port = await start_openai_mock(config, args.host, args.port)
+            print(f"mock OpenAI-compatible server on http://{args.host}:{port}", flush=True)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+        server, port = await start_mock_server(config, f"{args.host}:{args.port}")
+        print(f"mock flint.v1 server on {args.host}:{port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flint load", description="Load-test a flint deployment (or an "
+                                     "OpenAI-compatible server) on this machine and report where capacity runs out.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="one bounded load run -> report.json, records.jsonl, report.html")
+    _run_options(p)
+    p.add_argument("--record-trace", metavar="FILE", help="also write the run's schedule as a replayable trace")
+    p = sub.add_parser("capacity", help="ramp/bracket the load until the SLO breaks; report the knee")
+    _run_options(p)
+    p.add_argument("--start", type=float, help="first load level (default 1)")
+    p.add_argument("--factor", type=float, help="ramp multiplier (default 2)")
+    p.add_argument("--max-level", type=float, help="stop ramping here (default 64)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--bracket-steps", type=int, help="bisection steps after the ramp (default 2)")
+    p.add_argument("--step-duration-s", type=float, help="duration of each step (default 20)")
+    p.add_argument("--calibration-step-s", type=float)
+    p.add_argument("--no-calibrate", action="store_true", help="skip the generator's self-calibration")
+    p = sub.add_parser("compare", help="differences between two runs with bootstrap confidence intervals")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--json", help="also write the comparison as JSON here")
+    p = sub.add_parser("report", help="re-render the HTML report of a run or capacity directory")
+    p.add_argument("path")
+    p.add_argument("--out", "-o")
+    p = sub.add_parser("mock-server", help="serve the mock token server (calibration) on loopback")
+    p.add_argument("--protocol", choices=["flint", "openai"], default="flint")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tokens-per-s", type=float, default=1000.0)
+    p.add_argument("--ttft-ms", type=float, default=5.0)
+    p.add_argument("--coalesce", type=int, default=1)
+    p.add_argument("--max-streams", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"run": cmd_run, "capacity": cmd_capacity, "compare": cmd_compare, "report": cmd_report,
+                "mock-server": cmd_mock}
+    try:
+        return commands[args.cmd](args)
+    except FlintError as exc:
+        print(f"flint load {args.cmd}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

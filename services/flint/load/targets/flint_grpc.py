@@ -1,0 +1,157 @@
+"""flint.v1 over gRPC: one Session stream per job.
+
+Interrupts and redirects are protocol messages here, so the record holds the
+server's acknowledgement (`interrupted.last_seq`) and the generator can count
+deltas that arrive after it (there must be none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+
+from flint.load.targets.base import Clock, RequestState, Session, Target
+from flint.load.workload import RequestSpec
+from flint.v1 import flint_pb2 as pb
+from flint.v1 import flint_pb2_grpc
+
+_FINISH = {pb.FINISH_REASON_EOS: "eos", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_STOP: "stop",
+           pb.FINISH_REASON_INTERRUPTED: "interrupted", pb.FINISH_REASON_TIME_LIMIT: "time_limit",
+           pb.FINISH_REASON_UNSPECIFIED: "unspecified"}
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # 128K-token prompts are ~0.5 MB; leave room
+
+
+def to_proto(spec: RequestSpec, request_id: str, model: str):
+    sampling = pb.Sampling(max_tokens=spec.max_tokens, temperature=spec.temperature, seed=spec.seed)
+    context = [pb.ContextFile(path=p, content=c) for p, c in spec.context]
+    if spec.kind == "edit":
+        return pb.EditRequest(request_id=request_id, code=spec.code, instruction=spec.instruction,
+                              prefix=spec.prefix, suffix=spec.suffix, path=spec.path, context=context,
+                              sampling=sampling, model=model)
+    return pb.CompleteRequest(request_id=request_id, prefix=spec.prefix, suffix=spec.suffix, context=context,
+                              path=spec.path, sampling=sampling, model=model)
+
+
+class FlintTarget(Target):
+    def __init__(self, config, clock: Clock):
+        self.config, self.clock = config, clock
+        self.info: dict = {"protocol": "flint", "address": config.address}
+        self._channel: grpc.aio.Channel | None = None
+
+    async def start(self) -> None:
+        options = [("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
+        self._channel = grpc.aio.insecure_channel(self.config.address, options=options)
+        await asyncio.wait_for(self._channel.channel_ready(), self.config.connect_timeout_s)
+        self.stub = flint_pb2_grpc.FlintStub(self._channel)
+
+    async def open_session(self, job_index: int) -> "FlintSession":
+        session = FlintSession(self, job_index)
+        await session.open()
+        return session
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class FlintSession(Session):
+    def __init__(self, target: FlintTarget, job_index: int):
+        self.target, self.clock = target, target.clock
+        self.states: dict[str, RequestState] = {}
+        self._write_lock = asyncio.Lock()
+        self._opened = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+
+    async def open(self) -> None:
+        self.call = self.target.stub.Session()
+        await self.call.write(pb.ClientMessage(open=pb.Open(model=self.target.config.model, client="flint-load")))
+        self._reader = asyncio.create_task(self._read())
+        await asyncio.wait_for(self._opened.wait(), self.target.config.connect_timeout_s)
+
+    async def _write(self, message: pb.ClientMessage) -> None:
+        async with self._write_lock:
+            await self.call.write(message)
+
+    async def send(self, state: RequestState, redirect_of: RequestState | None = None) -> None:
+        request = to_proto(state.spec, state.record.id, self.target.config.model)
+        field = "edit" if state.spec.kind == "edit" else "complete"
+        self.states[state.record.id] = state
+        if redirect_of is not None and not redirect_of.done.is_set():
+            redirect_of.mark_interrupt("redirect")
+            message = pb.ClientMessage(redirect=pb.Redirect(interrupt_request_id=redirect_of.record.id,
+                                                            **{field: request}))
+        else:
+            message = pb.ClientMessage(**{field: request})
+        state.record.t_sent_ms = self.clock()
+        await self._write(message)
+
+    async def interrupt(self, state: RequestState) -> None:
+        if state.done.is_set():
+            return
+        state.mark_interrupt("interrupt")
+        await self._write(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=state.record.id)))
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.call:
+                self._dispatch(message)
+            self._fail_open("STREAM_ENDED", "the Session stream ended before this request finished")
+        except grpc.aio.AioRpcError as exc:
+            self._fail_open(exc.code().name, exc.details() or "")
+        except asyncio.CancelledError:
+            self._fail_open("ABANDONED", "still running when the run ended")
+            raise
+
+    def _dispatch(self, message: pb.ServerMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "opened":
+            self.target.info.update(model=message.opened.model, max_context_tokens=message.opened.max_context_tokens)
+            self._opened.set()
+            return
+        body = getattr(message, kind)
+        state = self.states.get(body.request_id)
+        if state is None:
+            return
+        if kind == "delta":
+            state.delta(body.seq, body.token_count)
+        elif kind == "accepted":
+            state.accepted(body.prompt_tokens)
+        elif kind == "interrupted":
+            state.ack(body.last_seq)
+        elif kind == "final":
+            record = state.record
+            record.prompt_tokens, record.completion_tokens = body.prompt_tokens, body.completion_tokens
+            record.cached_prompt_tokens, record.replica_id = body.cached_prompt_tokens, body.replica_id
+            t = body.timings
+            record.server = {"queue_ms": t.queue_ms, "prefill_ms": t.prefill_ms, "first_token_ms": t.first_token_ms,
+                             "decode_ms": t.decode_ms, "total_ms": t.total_ms}
+            state.finish(_FINISH.get(body.finish_reason, "unspecified"))
+            self.states.pop(body.request_id, None)
+        elif kind == "error":
+            state.finish("error", error_code=_CODE_NAMES.get(body.code, f"CODE_{body.code}"),
+                         error_message=body.message)
+            self.states.pop(body.request_id, None)
+
+    def _fail_open(self, code: str, message: str) -> None:
+        for state in list(self.states.values()):
+            state.finish("error", error_code=code, error_message=message)
+        self.states.clear()
+        self._opened.set()
+
+    async def close(self) -> None:
+        self._fail_open("ABANDONED", "still running when the run ended")
+        with contextlib.suppress(Exception):
+            async with self._write_lock:
+                await self.call.done_writing()
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
+            except (asyncio.TimeoutError, Exception):
+                self._reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._reader
+        self.call.cancel()

@@ -1,0 +1,100 @@
+"""The generator keeps its schedule against the mock token server, and measures from intended times."""
+
+import asyncio
+import time
+
+import pytest
+
+from flint.load.arrival import ArrivalConfig, open_schedule, share
+from flint.load.config import RunConfig
+from flint.load.mock_server import MockConfig, MockProcess, start_mock_server
+from flint.load.orchestrate import run
+from flint.load.runner import Generator
+
+
+@pytest.fixture
+async def mock_address():
+    server, port = await start_mock_server(MockConfig(tokens_per_s=2000, ttft_ms=2, coalesce=2))
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0.5)
+
+
+def config(address: str, **kw) -> RunConfig:
+    base = dict(scenario="short-fim", seed=5, params={"prompt_tokens": [64, 128], "max_tokens": [4, 16]},
+                arrival={"kind": "poisson", "rate_per_s": 40.0}, bounds={"duration_s": 3.0, "drain_s": 5.0},
+                target={"address": address})
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_open_schedules_have_the_intended_rate_and_shares_are_disjoint():
+    for kind in ("poisson", "gamma", "constant"):
+        sched = open_schedule(ArrivalConfig(kind=kind, rate_per_s=50.0, cv=2.0), seed=1, duration_s=200.0,
+                              job_span_ms=lambda i: 0.0)
+        assert abs(len(sched) / 200.0 - 50.0) < 50.0 * 0.08, kind
+        shares = [share(sched, k, 3) for k in range(3)]
+        assert sorted(x for s in shares for x in s) == sorted(sched)
+        assert len({x[1] for s in shares for x in s}) == len(sched)
+
+
+def test_users_arrival_keeps_each_user_busy_one_job_at_a_time():
+    arrival = ArrivalConfig(kind="users", users=3, think_time_ms=(100.0, 100.0))
+    sched = open_schedule(arrival, seed=2, duration_s=10.0, job_span_ms=lambda i: 400.0)
+    for user in range(3):
+        starts = [t for t, i in sched if i % 3 == user]
+        assert all(b - a == pytest.approx(500.0) for a, b in zip(starts, starts[1:]))
+
+
+async def test_open_loop_sends_every_scheduled_request_at_the_intended_rate(mock_address):
+    cfg = config(mock_address)
+    result = await Generator(cfg).run()
+    scheduled = open_schedule(cfg.arrival, cfg.seed, cfg.bounds.duration_s, lambda i: 0.0)
+    assert result.scheduled_jobs == len(scheduled) == len(result.records)
+    assert all(r.ok and r.t_sent_ms is not None for r in result.records)
+    sent_rate = len(result.records) / cfg.bounds.duration_s
+    assert abs(sent_rate - 40.0) < 40.0 * 0.35          # a Poisson draw of ~120 arrivals
+    # Sends follow the intended times: the order is kept and each send is after its intended time.
+    assert all(r.t_sent_ms >= r.t_intended_ms - 1.0 for r in result.records)
+    assert sum(r.tokens for r in result.records) == sum(r.max_tokens for r in result.records)
+
+
+async def test_latency_from_intended_time_includes_the_time_the_generator_sent_late(mock_address):
+    cfg = config(mock_address, arrival={"kind": "constant", "rate_per_s": 50.0}, bounds={"duration_s": 2.0})
+    gen = Generator(cfg)
+    loop = asyncio.get_running_loop()
+    # Freeze the generator's event loop for 400 ms at t = 0.8 s: requests due meanwhile go out late.
+    loop.call_later(1.1, time.sleep, 0.4)
+    result = await gen.run()
+    late = [r for r in result.records if r.schedule_lag_ms > 200]
+    assert late, "the frozen loop must have delayed some sends"
+    for r in result.records:
+        assert r.ttft_intended_ms == pytest.approx(r.ttft_ms + r.schedule_lag_ms)
+    assert max(r.ttft_intended_ms for r in late) > 250 > max(r.ttft_ms for r in late)
+
+
+async def test_closed_loop_never_has_more_jobs_in_flight_than_its_concurrency(mock_address):
+    cfg = config(mock_address, arrival={"kind": "closed", "concurrency": 3, "think_time_ms": [0, 5]},
+                 bounds={"duration_s": 1.5})
+    result = await Generator(cfg).run()
+    events = sorted([(r.t_sent_ms, 1) for r in result.records] + [(r.t_end_ms, -1) for r in result.records])
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert len(result.records) > 3 and peak <= 3
+
+
+def test_two_generator_processes_split_one_schedule_and_merge():
+    with MockProcess(MockConfig(tokens_per_s=2000, ttft_ms=2)) as mock:
+        cfg = config(mock.address, generators=2, bounds={"duration_s": 2.0, "drain_s": 5.0})
+        result = run(cfg, quiet=True)
+    scheduled = open_schedule(cfg.arrival, cfg.seed, cfg.bounds.duration_s, lambda i: 0.0)
+    s = result.report["summary"]
+    assert s["requests"] == len(scheduled) == len(result.records)
+    assert {r.generator for r in result.records} == {0, 1}
+    assert len({r.job for r in result.records}) == len(scheduled)
+    assert [g["index"] for g in result.report["generators"]] == [0, 1]
+    assert all(g["cpu_s"] > 0 and g["loop_lag_ms"]["count"] > 0 for g in result.report["generators"])
+    assert s["metrics"]["ttft_ms"]["count"] == s["ok"]
