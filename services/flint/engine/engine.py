@@ -74,6 +74,8 @@ class Engine:
         self._aborts: set[str] = set()
         self._known: set[str] = set()            # ids added and not yet finished
         self._requests: dict[str, Request] = {}  # step-thread view of live requests
+        # Tests and benchmarks set a dict here to keep each finished request's output token ids.
+        self.recorded_outputs: dict[str, list[int]] | None = None
         log.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d bytes/token); %d sequence(s) of %d tokens fit",
             self.kv.num_blocks, self.kv.block_size, self.kv.capacity_tokens, self.kv.bytes_total / 2**20,
@@ -257,6 +259,8 @@ class Engine:
         req.status = Status.FINISHED
         req.finish_reason = reason
         self._requests.pop(req.request_id, None)
+        if self.recorded_outputs is not None:
+            self.recorded_outputs[req.request_id] = req.output_ids()
         with self._lock:
             self._known.discard(req.request_id)
         return self.output.final(req, reason, now)
