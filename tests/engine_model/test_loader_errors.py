@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -29,6 +30,14 @@ def test_transformers4_and_5_rope_spellings_give_the_same_frequencies():
     assert plain.rope_scaling is None and not torch.equal(inverse_frequencies(plain), inverse_frequencies(old))
 
 
+def test_yarn_attention_factor_follows_factor_and_mscale():
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    c = ModelConfig.from_dict({**BASE, "model_type": "qwen2", "rope_scaling": yarn})
+    assert c.rope_scaling.attention_factor == pytest.approx(0.1 * math.log(4.0) + 1.0)
+    c = ModelConfig.from_dict({**BASE, "rope_scaling": {**yarn, "mscale": 1.0, "mscale_all_dim": 1.0}})
+    assert c.rope_scaling.attention_factor == pytest.approx(1.0)
+
+
 def test_qwen2_has_qkv_bias_llama_attention_bias_also_biases_o_proj():
     q = ModelConfig.from_dict({**BASE, "model_type": "qwen2"})
     assert (q.qkv_bias, q.o_bias, q.sliding_window) == (True, False, None)
@@ -44,7 +53,7 @@ def test_qwen2_has_qkv_bias_llama_attention_bias_also_biases_o_proj():
     ({"hidden_size": -1}, "hidden_size must be a positive integer"),
     ({"num_hidden_layers": "2"}, "num_hidden_layers must be a positive integer"),
     ({"num_key_value_heads": 3}, "must be a multiple of num_key_value_heads"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported; supported: default"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "rope type 'dynamic' is not supported; supported: default"),
     ({"rope_scaling": {"rope_type": "linear"}}, "factor must be a positive number"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window"),

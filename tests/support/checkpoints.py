@@ -5,8 +5,8 @@ Session-scoped, so each checkpoint is written once per test run:
   byte-fallback tokenizer with CodeLlama FIM tokens;
 - `llama_sharded_checkpoint`: Llama with linear rope scaling and attention_bias, saved in
   several safetensors files (model.safetensors.index.json);
-- `qwen2_checkpoint`: Qwen2 (QKV bias), tied embeddings, ByteLevel tokenizer with
-  Qwen2.5-Coder FIM tokens;
+- `qwen2_checkpoint`: Qwen2 (QKV bias), YaRN rope scaling (as Qwen2.5 for 128K), tied
+  embeddings, ByteLevel tokenizer with Qwen2.5-Coder FIM tokens;
 - `mistral_checkpoint`: Mistral, GQA 4/1, sliding_window=8, byte-fallback tokenizer;
 - `demo_checkpoint`: demo-style (flint.engine.demo.make_checkpoint) but tiny: fast to load
   for serving tests;
@@ -145,7 +145,8 @@ def qwen2_checkpoint(tmp_path_factory, bytelevel_tokenizer_file) -> Path:
     from transformers import Qwen2Config
 
     config = Qwen2Config(**DIMS, num_hidden_layers=2, tie_word_embeddings=True, eos_token_id=0,
-                         rope_theta=1000000.0)
+                         rope_theta=1000000.0, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                             "original_max_position_embeddings": 128})
     path = tmp_path_factory.mktemp("qwen2")
     save_hf_checkpoint(path, config, _tokenizer(bytelevel_tokenizer_file), seed=3,
                        tokenizer_config={"eos_token": "<|endoftext|>", "add_bos_token": False})

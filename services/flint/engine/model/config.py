@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from flint.errors import InvalidArgument, NotFound
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,13 @@ class RopeScaling:
 
     type: str
     factor: float
-    low_freq_factor: float = 1.0                 # llama3 only
-    high_freq_factor: float = 4.0                # llama3 only
-    original_max_position_embeddings: int = 8192  # llama3 only
+    low_freq_factor: float = 1.0                 # llama3
+    high_freq_factor: float = 4.0                # llama3
+    original_max_position_embeddings: int = 8192  # llama3, yarn
+    beta_fast: float = 32.0                      # yarn: ramp bounds, in rotations
+    beta_slow: float = 1.0
+    truncate: bool = True                        # yarn: round the ramp bounds to whole dimensions
+    attention_factor: float = 1.0                # yarn: cos/sin are scaled by this
 
 
 @dataclass(frozen=True)
@@ -175,12 +179,39 @@ def _rope(d: Mapping[str, Any], where: str) -> tuple[float, RopeScaling | None]:
     factor = r.float("factor")
     if rope_type == "linear":
         return theta, RopeScaling(type="linear", factor=factor)
+    if rope_type == "yarn":
+        return theta, _yarn(params, r, factor, d, where)
     return theta, RopeScaling(
         type="llama3",
         factor=factor,
         low_freq_factor=r.float("low_freq_factor"),
         high_freq_factor=r.float("high_freq_factor"),
         original_max_position_embeddings=r.int("original_max_position_embeddings"),
+    )
+
+
+def _yarn(params: Mapping[str, Any], r: _Reader, factor: float, d: Mapping[str, Any], where: str) -> RopeScaling:
+    """YaRN (Qwen2.5 long context): attention_factor as HF derives it from factor / mscale / mscale_all_dim."""
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if params.get("attention_factor") is not None:
+        attention = r.float("attention_factor")
+    elif params.get("mscale") and params.get("mscale_all_dim"):
+        attention = mscale(factor, r.float("mscale")) / mscale(factor, r.float("mscale_all_dim"))
+    else:
+        attention = mscale(factor)
+    original = params.get("original_max_position_embeddings") or d.get("max_position_embeddings")
+    return RopeScaling(
+        type="yarn",
+        factor=factor,
+        original_max_position_embeddings=_Reader({"original_max_position_embeddings": original}, where).int(
+            "original_max_position_embeddings"),
+        beta_fast=float(params.get("beta_fast") or 32.0),
+        beta_slow=float(params.get("beta_slow") or 1.0),
+        truncate=bool(params.get("truncate", True)),
+        attention_factor=attention,
     )
 
 

@@ -31,6 +31,8 @@ def inverse_frequencies(config: ModelConfig, device: torch.device | str = "cpu")
         return inv_freq
     if scaling.type == "linear":
         return inv_freq / scaling.factor
+    if scaling.type == "yarn":
+        return _yarn(inv_freq, dim, config.rope_theta, scaling)
     # llama3: keep fast rotations, slow down long wavelengths by `factor`, blend in between.
     old_len = scaling.original_max_position_embeddings
     low_wavelen = old_len / scaling.low_freq_factor
@@ -51,19 +53,38 @@ def interleave_rows(w: torch.Tensor, head_dim: int) -> torch.Tensor:
     return w.reshape(heads, head_dim, *w.shape[1:])[:, perm].reshape(w.shape)
 
 
+def _yarn(inv_freq: torch.Tensor, dim: int, base: float, s) -> torch.Tensor:
+    """YaRN: interpolate (divide by factor) the slow dimensions, keep the fast ones, ramp in between."""
+
+    def dim_for(rotations: float) -> float:  # the dimension that turns `rotations` times over the old context
+        return dim * math.log(s.original_max_position_embeddings / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim_for(s.beta_fast), dim_for(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=inv_freq.device) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp                                    # 1 = extrapolate (original frequency)
+    return inv_freq / s.factor * (1 - keep) + inv_freq * keep
+
+
 class Rotary:
     """Holds the frequencies; `rotation(positions)` gives the per-token rotation for `apply_rotary`."""
 
     def __init__(self, config: ModelConfig, device: torch.device | str, dtype: torch.dtype):
         self.inv_freq = inverse_frequencies(config, device)  # [D/2] float32
         self.dtype = dtype
+        scaling = config.rope_scaling
+        self.magnitude = scaling.attention_factor if scaling is not None else 1.0  # YaRN scales cos and sin
 
     def rotation(self, positions: torch.Tensor) -> torch.Tensor:
         """positions [T] -> complex64 [T, 1, D/2] (float32 models) or real [T, 1, D/2, 2] (cos, sin)."""
         angles = positions.to(torch.float32)[:, None, None] * self.inv_freq   # [T, 1, D/2]
         if self.dtype == torch.float32:
-            return torch.polar(torch.ones_like(angles), angles)
-        return torch.stack((angles.cos(), angles.sin()), dim=-1).to(self.dtype)
+            return torch.polar(torch.full_like(angles, self.magnitude), angles)
+        return (torch.stack((angles.cos(), angles.sin()), dim=-1) * self.magnitude).to(self.dtype)
 
 
 def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
