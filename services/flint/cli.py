@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("complete", "edit"):
             from flint.cli_requests import run_request
 
-            return asyncio.run(run_request(args, default_address()))
+            return asyncio.run(run_request(args, args.address or default_address()))
         if args.command == "status":
             from flint.cli_requests import run_status
 

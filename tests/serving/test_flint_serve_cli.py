@@ -39,6 +39,13 @@ class Output:
                 return match
 
 
+def test_flint_complete_without_a_server_says_how_to_point_at_one(tmp_path):
+    env = {**os.environ, "FLINT_CACHE_DIR": str(tmp_path)}
+    done = flint("complete", "--address", "127.0.0.1:9", "x = ", env=env)
+    assert done.returncode == 1
+    assert "cannot reach flint at 127.0.0.1:9" in done.stderr and "--address" in done.stderr
+
+
 @pytest.mark.slow
 def test_flint_serve_starts_answers_complete_and_stops_on_sigterm(demo_checkpoint, tmp_path):
     env = {**os.environ, "FLINT_CACHE_DIR": str(tmp_path / "cache")}
@@ -57,6 +64,13 @@ def test_flint_serve_starts_answers_complete_and_stops_on_sigterm(demo_checkpoin
         done = flint("complete", "def fibonacci(n):\n", "--max-tokens", "8", "--stats", env=env)
         assert done.returncode == 0, done.stderr
         assert re.search(r"\[\d+ tokens, FINISH_REASON_\w+", done.stderr)
+
+        source = tmp_path / "code.py"
+        source.write_text("import os\n\nx = 1\ny = 2\n")
+        edit = flint("edit", "--file", str(source), "--lines", "3-4", "-i", "rename x", "--max-tokens", "6",
+                     "--stats", "--address", address, env=env)
+        assert edit.returncode == 0, edit.stderr
+        assert "[6 tokens, FINISH_REASON_LENGTH" in edit.stderr and len(edit.stdout) > 1  # streamed text + newline
 
         status = flint("status", env=env)  # finds Redis through the state file of the running serve
         assert status.returncode == 0, status.stderr
