@@ -6,7 +6,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import eventually, expected_text
+from rel_support import eventually, expected_text
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 

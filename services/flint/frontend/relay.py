@@ -19,7 +19,7 @@ from typing import Callable
 
 import grpc
 
-from flint.errors import FlintError
+from flint.errors import FlintError, Unavailable
 from flint.frontend.interrupts import InterruptResult
 from flint.frontend.store import RequestRecord, Store
 from flint.grpc_status import from_rpc_error
@@ -113,6 +113,10 @@ class RequestRelay:
                 self._ended = True
         except grpc.aio.AioRpcError as err:
             error = from_rpc_error(err, peer=f"engine replica {self._replica_address}")
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                error = Unavailable(f"engine replica {self.record.replica_id} at {self._replica_address} went away "
+                                    f"({err.details()}); resume the request (Resume with its id and last seq) "
+                                    "or send it again", retry_after_ms=100)
             if self._journal is not None and not error.retryable:  # retryable: a resume runs it again
                 from flint.frontend.session import request_error
 

@@ -1,0 +1,127 @@
+"""flint.client under faults: front-end and engine replica deaths are invisible to the caller but for time."""
+
+import asyncio
+
+import grpc
+import pytest
+
+from flint.client import FlintClient, RetryPolicy, SyncFlintClient
+from flint.errors import DeadlineExceeded
+from flint.v1 import flint_pb2 as pb
+from flint.v1 import flint_pb2_grpc
+from rel_support import eventually, expected_text
+
+
+async def test_front_end_worker_dies_and_client_resumes_on_another(cluster):
+    await cluster.add_replica("r1", token_interval_s=0.02)
+    doomed = await cluster.add_worker_process("w-doomed")
+    survivor = await cluster.add_worker("w-survivor")
+    async with FlintClient([doomed, survivor.address]) as client:
+        seqs, text = [], []
+        async for message in client.complete("def main():", max_tokens=40):
+            if message.WhichOneof("kind") == "delta":
+                seqs.append(message.delta.seq)
+                text.append(message.delta.text)
+                if message.delta.seq == 5:
+                    cluster.kill_process("w-doomed")  # SIGKILL: no drain, no goodbye
+            elif message.WhichOneof("kind") == "final":
+                final = message.final
+        assert client.resumes >= 1
+    assert seqs == list(range(1, 41)), "each seq exactly once across the failover"
+    assert "".join(text) == expected_text("def main():", 40)
+    assert final.seq == 41 and final.completion_tokens == 40
+
+
+async def test_engine_replica_dies_streams_end_unavailable_and_new_requests_route_elsewhere(cluster):
+    await cluster.add_replica_process("r-doomed", token_interval_s=0.02)
+    worker = await cluster.add_worker("w1", routing="least_loaded")
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        stub = flint_pb2_grpc.FlintStub(channel)
+        call = stub.Complete(pb.CompleteRequest(request_id="on-doomed", prefix="x",
+                                                sampling=pb.Sampling(max_tokens=200)))
+        assert (await call.read()).WhichOneof("kind") == "accepted"
+        await call.read()
+        await cluster.add_replica("r-survivor", token_interval_s=0.001)
+        cluster.kill_process("r-doomed")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "engine replica" in info.value.details()
+        # New requests go to the surviving replica (the dead one's registry entry may linger a heartbeat TTL).
+        async def served_by_survivor():
+            try:
+                done = [m async for m in stub.Complete(pb.CompleteRequest(prefix="y",
+                                                                          sampling=pb.Sampling(max_tokens=3)))]
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+                return False
+            return done[-1].final.replica_id == "r-survivor"
+        await eventually(served_by_survivor, timeout_s=10)
+
+
+async def test_client_resumes_a_stream_whose_engine_replica_died(cluster):
+    await cluster.add_replica_process("r-doomed", token_interval_s=0.02)
+    worker = await cluster.add_worker("w1")
+    async with FlintClient(worker.address) as client:
+        seqs, text = [], []
+        async for message in client.complete("import os", max_tokens=30):
+            if message.WhichOneof("kind") == "delta":
+                seqs.append(message.delta.seq)
+                text.append(message.delta.text)
+                if message.delta.seq == 4:
+                    await cluster.add_replica("r-survivor", token_interval_s=0.001)
+                    cluster.kill_process("r-doomed")
+            elif message.WhichOneof("kind") == "final":
+                final = message.final
+    assert seqs == list(range(1, 31)) and "".join(text) == expected_text("import os", 30)
+    assert final.replica_id == "r-survivor"
+
+
+async def test_deadline_ends_the_request_and_frees_engine_work(cluster):
+    _, engine = await cluster.add_replica("r1", token_interval_s=0.05)
+    worker = await cluster.add_worker("w1")
+    async with FlintClient(worker.address) as client:
+        with pytest.raises(DeadlineExceeded):
+            async for _ in client.complete("slow", max_tokens=500, request_id="dl-1", timeout_s=0.5):
+                pass
+    await eventually(lambda: "dl-1" in engine.cancelled, timeout_s=5)
+    assert not engine.running
+
+
+async def test_retries_give_up_after_max_attempts_with_the_last_error(cluster):
+    async with FlintClient("127.0.0.1:1", retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01)) as client:
+        with pytest.raises(Exception) as info:
+            await client.complete_text("x", timeout_s=10)
+        assert type(info.value).__name__ == "Unavailable" and client.retries == 1
+
+
+def test_sync_client_streams_and_interrupts(cluster):
+    loop = asyncio.new_event_loop()  # the cluster runs on this test's own loop in a thread
+
+    async def start():
+        await cluster.add_replica("r1", token_interval_s=0.005)
+        return (await cluster.add_worker("w1")).address
+
+    import threading
+
+    ready = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with SyncFlintClient(ready) as client:
+            assert client.complete_text("abc", max_tokens=5) == expected_text("abc", 5)
+            kinds = [m.WhichOneof("kind") for m in client.complete("abc", max_tokens=3)]
+            assert kinds == ["accepted", "delta", "delta", "delta", "final"]
+            messages = []
+            for message in client.complete("abc", max_tokens=4000):
+                messages.append(message)
+                if message.WhichOneof("kind") == "delta" and message.delta.seq == 2:
+                    ack = client.interrupt(message.delta.request_id)
+            assert ack.was_running and messages[-1].final.finish_reason == pb.FINISH_REASON_INTERRUPTED
+            assert max(m.delta.seq for m in messages if m.WhichOneof("kind") == "delta") == ack.last_seq
+    finally:
+        asyncio.run_coroutine_threadsafe(cluster.close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
