@@ -30,15 +30,15 @@ def test_up_status_down_runs_nodes_as_separate_processes(tmp_path, capsys):
     assert main(["--state-dir", state_dir, "status"]) == 1
 
 
-def test_actors_pinned_by_node_resource_land_on_distinct_nodes(local_cluster):
+def test_actors_pinned_by_node_resource_land_on_distinct_nodes(cluster_ray):
     @ray.remote(num_cpus=0)
     class Where:
         def node(self) -> tuple[str, int]:
             return ray.get_runtime_context().get_node_id(), os.getpid()
 
-    actors = [Where.options(resources={n.resource: 0.01}).remote() for n in local_cluster.state.nodes]
+    actors = [Where.options(resources={n.resource: 0.01}).remote() for n in cluster_ray.state.nodes]
     placed = ray.get([a.node.remote() for a in actors])
-    assert len({node_id for node_id, _ in placed}) == len(local_cluster.state.nodes) == 3
+    assert len({node_id for node_id, _ in placed}) == len(cluster_ray.state.nodes) == 3
     for a in actors:
         ray.kill(a)
 

@@ -32,7 +32,7 @@ def reference(llama_checkpoint):
 
 
 @pytest.mark.parametrize("pp,tp", [(2, 1), (1, 2), (2, 2)], ids=["pp2", "tp2", "pp2xtp2"])
-def test_sharded_greedy_tokens_equal_one_shard(local_cluster, llama_checkpoint, reference, pp, tp):
+def test_sharded_greedy_tokens_equal_one_shard(cluster_ray, llama_checkpoint, reference, pp, tp):
     local, expected = reference
     sharding = ShardingConfig(pp=pp, tp=tp, placement="strict_spread" if pp > 1 else "spread")
     with DistributedRunner(str(llama_checkpoint), sharding=sharding) as runner:
@@ -52,7 +52,7 @@ def test_sharded_greedy_tokens_equal_one_shard(local_cluster, llama_checkpoint, 
         assert len({nodes[(s, 0)] for s in range(pp)}) == pp
 
 
-def test_sharding_that_does_not_fit_the_model_is_rejected_before_placing(local_cluster, llama_checkpoint):
+def test_sharding_that_does_not_fit_the_model_is_rejected_before_placing(cluster_ray, llama_checkpoint):
     with pytest.raises(InvalidArgument, match="tp_size 3 must divide num_attention_heads"):
         DistributedRunner(str(llama_checkpoint), sharding=ShardingConfig(tp=3))
     with pytest.raises(InvalidArgument, match="pp=4 stages need at least 4 layers"):
