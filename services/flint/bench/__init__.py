@@ -1,0 +1,1 @@
+"""Benchmarks: `flint bench engine` (flint.bench.engine) and `flint bench cluster`."""

@@ -1,0 +1,140 @@
+"""`flint bench engine`: the engine's figures side by side in one process run.
+
+    flint bench engine            # full run, writes loadtests/results/engine.json + engine.md
+    flint bench engine --quick    # smoke test with tiny sizes (seconds)
+
+Models are made by the command (random weights, demo format, fp32):
+- `bench`: a few tens of millions of parameters, for decode, HF comparison,
+  concurrency, keystroke TTFT and speculative decoding;
+- `micro`: so small that compute is negligible, for host overhead per step;
+- `long`: small enough that a 131,072-token prefill finishes in about a
+  minute on 2 cores (attention FLOPs grow with length squared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from flint.bench import engine_measure as m
+from flint.bench.engine_report import budgets, write_markdown
+
+FULL = dict(
+    bench=dict(layers=4, hidden=512, heads=8, kv_heads=2, intermediate=2048, vocab_size=8192,
+               max_position_embeddings=16_384),
+    micro=dict(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab_size=512,
+               max_position_embeddings=4096),
+    long=dict(layers=2, hidden=128, heads=2, kv_heads=1, intermediate=256, vocab_size=512,
+              max_position_embeddings=135_168),
+    decode_tokens=128, repeats=3, hf_tokens=64, overhead_steps=200, agg_tokens=64,
+    keystroke_context=8192, keystroke_new=16, prefill=(8192, 32_768, 131_072), spec_tokens=128,
+    spec_region=384, bandwidth_mb=512, bandwidth_repeats=7,
+)
+QUICK = dict(
+    FULL,
+    bench=dict(layers=2, hidden=128, heads=4, kv_heads=2, intermediate=256, vocab_size=512,
+               max_position_embeddings=4096),
+    long=dict(FULL["long"], max_position_embeddings=4096),
+    decode_tokens=16, repeats=1, hf_tokens=8, overhead_steps=20, agg_tokens=8, keystroke_context=512,
+    prefill=(512, 1024, 2048), spec_tokens=32, spec_region=96, bandwidth_mb=64, bandwidth_repeats=3,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flint bench engine", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not figures to quote")
+    p.add_argument("--out-dir", default="loadtests/results", help="where engine.json and engine.md go")
+    p.add_argument("--models-dir", default="", help="where the made checkpoints go (default: flint cache dir)")
+    p.add_argument("--skip-hf", action="store_true", help="leave out the transformers baseline")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    results = run(QUICK if args.quick else FULL, models_dir=args.models_dir, skip_hf=args.skip_hf,
+                  quick=args.quick)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engine.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(out / "engine.md", results)
+    print(f"wrote {out / 'engine.json'} and {out / 'engine.md'}")
+    return 0
+
+
+def _log(msg: str) -> None:
+    print(f"[bench engine {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, quick: bool = False) -> dict:
+    from flint import env
+
+    root = Path(models_dir) if models_dir else env.cache_dir() / "bench-models"
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    _log("making models")
+    bench = m.make_model(root, "bench", None, **s["bench"])
+    micro = m.make_model(root, "micro", bench, **s["micro"])
+    long = m.make_model(root, "long", bench, **s["long"])
+    r: dict = {"quick": quick, "machine": m.machine()}
+
+    _log("bandwidth")
+    bw = m.bandwidth_gbs(s["bandwidth_mb"], s["bandwidth_repeats"])
+    r["bandwidth_gb_s"] = bw
+
+    _log("single-stream decode (1 and 2 threads)")
+    by_threads = {}
+    for threads in sorted({1, torch.get_num_threads()}):
+        engine = m.engine_for(bench, num_threads=threads)
+        by_threads[threads] = m.decode_tok_s(engine, s["decode_tokens"], s["repeats"])
+    threads = max(by_threads, key=by_threads.get)
+    torch.set_num_threads(threads)
+    engine = m.engine_for(bench, num_threads=threads)
+    r["threads"] = threads
+    r["model"] = m.model_info(engine)
+    r["model"]["checkpoint"] = "made by `flint bench engine` (random weights, demo format)"
+    read = r["model"]["weight_bytes_read_per_token"]
+    r["bandwidth_bound_tok_s"] = bw * 1e9 / read
+    r["decode_tok_s"] = {"flint": by_threads[threads], "flint_by_threads": {str(k): v for k, v in by_threads.items()}}
+    if not skip_hf:
+        _log("transformers generate()")
+        r["decode_tok_s"]["hf"] = m.hf_decode_tok_s(bench, s["hf_tokens"], s["repeats"], m.prompt_ids(engine, 16))
+    r["decode_pct_of_bound"] = 100 * r["decode_tok_s"]["flint"] / r["bandwidth_bound_tok_s"]
+
+    _log("host overhead per step (micro model)")
+    micro_engine = m.engine_for(micro, num_threads=threads)
+    overhead = m.host_overhead_ms(micro_engine, s["overhead_steps"])
+    r["host_overhead_ms_per_step"] = overhead["host_ms"]
+    r["micro_step"] = overhead | {"model": m.model_info(micro_engine)}
+    bench_overhead = m.host_overhead_ms(engine, min(64, s["overhead_steps"]))
+    r["bench_step"] = bench_overhead
+
+    _log("aggregate tokens/s at 1, 4, 16 streams")
+    r["aggregate_tok_s"] = {str(n): m.aggregate_tok_s(engine, n, s["agg_tokens"]) for n in (1, 4, 16)}
+
+    _log("keystroke TTFT")
+    nocache = m.engine_for(bench, num_threads=threads, prefix_cache=False)
+    r["keystroke_ttft_ms"] = m.keystroke(engine, nocache, s["keystroke_context"], s["keystroke_new"],
+                                         s["repeats"])
+    r["keystroke_context_tokens"] = s["keystroke_context"]
+    del nocache
+
+    _log("prefill tokens/s (long-context model)")
+    long_engine = m.engine_for(long, num_threads=torch.get_num_threads(), kv_cache_bytes=1 << 30)
+    r["long_model"] = m.model_info(long_engine)
+    r["prefill_tok_s"] = {}
+    for n in s["prefill"]:
+        _log(f"  prefill {n}")
+        r["prefill_tok_s"][str(n)] = m.prefill_tok_s(long_engine, n)
+    r["sequences_131k_that_fit"] = {"long_model_1GiB": long_engine.sequences_131k,
+                                    "bench_model_1GiB": engine.sequences_131k}
+    del long_engine
+
+    _log("speculative decoding on an edit-shaped prompt")
+    r["spec_decode"] = m.spec_decode(bench, s["spec_tokens"], s["spec_region"], num_threads=threads)
+
+    r["budgets"] = budgets(r)
+    r["elapsed_s"] = time.perf_counter() - started
+    _log(f"done in {r['elapsed_s']:.0f} s")
+    return r

@@ -1,0 +1,229 @@
+"""The measurements of `flint bench engine`, one function per figure.
+
+Requests are built straight from token ids (no template) with end tokens
+cleared, so every run generates exactly the tokens asked for and the
+figures compare like with like.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flint.engine.config import EngineConfig
+from flint.engine.engine import Engine
+from flint.engine.request import Request
+from flint.engine.types import SamplingParams
+
+
+# -- machine and models ---------------------------------------------------------------------------
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_model": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads_default": torch.get_num_threads()}
+
+
+def make_model(root: Path, name: str, tokenizer_from: Path | None, **dims) -> Path:
+    """A random demo-format checkpoint made by this command (reused if the same dims exist)."""
+    from flint.engine.demo import make_checkpoint
+
+    path = root / (name + "-" + "-".join(f"{k}{v}" for k, v in sorted(dims.items())))
+    if not (path / "model.safetensors").is_file():
+        make_checkpoint(path, tokenizer_from=tokenizer_from, corpus_bytes=1_000_000, **dims)
+    return path
+
+
+def model_info(engine: Engine) -> dict:
+    model = engine.runner.model
+    params = sum(p.numel() for p in model.parameters())
+    bytes_ = sum(p.numel() * p.element_size() for p in model.parameters())
+    c = model.config
+    embed = model.embed.weight
+    # Per decode token every weight is read once, except the embedding table (one row) unless
+    # it doubles as the tied lm_head, which reads it whole.
+    read = bytes_ if c.tie_word_embeddings else bytes_ - embed.numel() * embed.element_size()
+    return {"params": params, "bytes": bytes_, "weight_bytes_read_per_token": read, "layers": c.num_layers,
+            "hidden": c.hidden_size, "heads": c.num_heads, "kv_heads": c.num_kv_heads,
+            "intermediate": c.intermediate_size, "vocab": c.vocab_size, "dtype": str(model.dtype).replace("torch.", "")}
+
+
+def engine_for(path: Path, **overrides) -> Engine:
+    config = dict(model=str(path), kv_cache_bytes=1 << 30, speculation="off")
+    config.update(overrides)
+    return Engine.from_config(EngineConfig.from_dict(config))
+
+
+def token_request(engine: Engine, rid: str, ids, max_tokens: int, *, speculate: bool = False,
+                  namespace: str = "", temperature: float = 0.0) -> Request:
+    req = Request(
+        request_id=rid, prompt_ids=np.asarray(ids, dtype=np.int64),
+        sampling=SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0 if temperature else None),
+        max_tokens=max_tokens, namespace=f"{engine.model_name}\x00{namespace}", interactive=True,
+        speculate=speculate, arrival_s=time.time(), arrival_mono=time.perf_counter(),
+        lookahead=engine.config.spec_draft_tokens if speculate else 0,
+    )
+    engine.add(req)
+    return req
+
+
+def prompt_ids(engine: Engine, n: int, seed: int = 0) -> list[int]:
+    """n token ids of real code text (the tokenizer's own output), cycled to length."""
+    text = Path(os.__file__).read_text(encoding="utf-8")
+    ids = engine.tokenizer.encode(text)
+    rng = np.random.default_rng(seed)
+    start = int(rng.integers(0, max(1, len(ids) - 1)))
+    out = (ids[start:] + ids) * (n // max(1, len(ids)) + 2)
+    return out[:n]
+
+
+def run_all(engine: Engine) -> None:
+    while engine.has_work():
+        engine.step()
+
+
+# -- figures --------------------------------------------------------------------------------------
+def bandwidth_gbs(size_mb: int, repeats: int) -> float:
+    """Read bandwidth of a large reduction on all cores, best of `repeats` (these machines are noisy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    x = torch.ones(size_mb * (1 << 20) // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    return x.numel() * 4 / best / 1e9
+
+
+def decode_tok_s(engine: Engine, tokens: int, repeats: int, prompt: int = 16) -> float:
+    """Single-stream greedy decode rate (first token to last), median of repeats."""
+    rates = []
+    for i in range(repeats):
+        req = token_request(engine, f"decode-{i}", prompt_ids(engine, prompt, seed=i), tokens)
+        run_all(engine)
+        rates.append((req.num_output - 1) / (req.last_token_at - req.first_token_at))
+    return float(np.median(rates))
+
+
+def hf_decode_tok_s(path: Path, tokens: int, repeats: int, prompt_ids_: list[int]) -> float:
+    """transformers `generate()` greedy on the same checkpoint: (N+1 tokens - 1 token) time."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt_ids_])
+
+    def timed(n: int) -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - t
+
+    timed(2)
+    rates = [tokens / (timed(tokens + 1) - timed(1)) for _ in range(repeats)]
+    return float(np.median(rates))
+
+
+def host_overhead_ms(engine: Engine, steps: int) -> dict:
+    """Per-step time at batch 1 outside the model forward (scheduling, sampling, detokenize, events)."""
+    runner = engine.runner
+    forward_s: list[float] = []
+    execute = runner.execute
+
+    def timed_execute(batch):
+        t = time.perf_counter()
+        out = execute(batch)
+        forward_s.append(time.perf_counter() - t)
+        return out
+
+    runner.execute = timed_execute
+    try:
+        token_request(engine, "overhead", prompt_ids(engine, 16), steps + 8)
+        for _ in range(8):                        # warm-up: prefill and first decode steps
+            engine.step()
+        forward_s.clear()
+        step_s = []
+        while engine.has_work():
+            t = time.perf_counter()
+            engine.step()
+            step_s.append(time.perf_counter() - t)
+    finally:
+        runner.execute = execute
+    n = min(len(step_s), len(forward_s))
+    step, fwd = np.median(step_s[:n]), np.median(forward_s[:n])
+    return {"host_ms": float(step - fwd) * 1e3, "step_ms": float(step) * 1e3, "forward_ms": float(fwd) * 1e3}
+
+
+def aggregate_tok_s(engine: Engine, streams: int, tokens: int) -> float:
+    reqs = [token_request(engine, f"agg{streams}-{i}", prompt_ids(engine, 16, seed=i), tokens)
+            for i in range(streams)]
+    t = time.perf_counter()
+    run_all(engine)
+    elapsed = time.perf_counter() - t
+    return sum(r.num_output for r in reqs) / elapsed
+
+
+def ttft_ms(engine: Engine, rid: str, ids: list[int], namespace: str = "") -> float:
+    req = token_request(engine, rid, ids, 1, namespace=namespace)
+    run_all(engine)
+    return (req.first_token_at - req.arrival_mono) * 1e3
+
+
+def keystroke(engine_cached: Engine, engine_nocache: Engine, context: int, new: int, repeats: int) -> dict:
+    base = prompt_ids(engine_cached, context + new * (repeats + 1), seed=3)
+    no_ctx = [ttft_ms(engine_cached, f"short-{i}", prompt_ids(engine_cached, new, seed=10 + i), f"nc{i}")
+              for i in range(repeats)]
+    ttft_ms(engine_cached, "warm", base[:context])                       # the cached 8K context
+    cached, uncached, hits = [], [], []
+    for i in range(repeats):
+        ids = base[: context + new * (i + 1)]                             # each keystroke extends the prompt
+        cached.append(ttft_ms(engine_cached, f"key-{i}", ids))
+        uncached.append(ttft_ms(engine_nocache, f"key-{i}", ids))
+    return {"cached": float(np.median(cached)), "no_context": float(np.median(no_ctx)),
+            "no_prefix_cache": float(np.median(uncached))}
+
+
+def prefill_tok_s(engine: Engine, n: int) -> float:
+    req = token_request(engine, f"prefill-{n}", prompt_ids(engine, n, seed=5), 1)
+    run_all(engine)
+    return n / (req.first_token_at - req.scheduled_at)
+
+
+def spec_decode(path: Path, tokens: int, region_tokens: int, **engine_kw) -> dict:
+    """An edit-shaped prompt (code region, then the start of its rewrite), greedy, with and without drafts."""
+    out = {}
+    for mode in ("off", "edit"):
+        engine = engine_for(path, speculation=mode, **engine_kw)
+        region = prompt_ids(engine, region_tokens, seed=7)
+        ids = region + region[:8]                 # the rewrite has started copying the region
+        engine.recorded_outputs = {}
+        req = token_request(engine, "edit", ids, tokens, speculate=mode == "edit")
+        steps = 0
+        while engine.has_work():
+            engine.step()
+            steps += 1
+        out[mode] = {"tok_s": (req.num_output - 1) / (req.last_token_at - req.first_token_at),
+                     "tokens": engine.recorded_outputs["edit"], "steps": steps - 1,
+                     "draft": req.draft_tokens, "accepted": req.accepted_draft_tokens}
+    spec, plain = out["edit"], out["off"]
+    return {
+        "accepted_per_step": spec["accepted"] / max(1, spec["steps"]),
+        "tokens_per_step": (len(spec["tokens"]) - 1) / max(1, spec["steps"]),
+        "draft_tokens": spec["draft"], "accepted_draft_tokens": spec["accepted"],
+        "acceptance_rate": spec["accepted"] / max(1, spec["draft"]),
+        "speedup": spec["tok_s"] / plain["tok_s"],
+        "spec_tok_s": spec["tok_s"], "plain_tok_s": plain["tok_s"],
+        "outputs_match": spec["tokens"] == plain["tokens"], "tokens": len(plain["tokens"]),
+    }
