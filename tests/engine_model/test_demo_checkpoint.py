@@ -15,6 +15,7 @@ from flint.engine.model.dense import DenseAttention
 from flint.engine.tokenizer import Tokenizer
 from flint.engine.types import GenerateRequest
 
+REQ_TEXT = "def main():\n    return 'héllo' + str(1)\n"
 FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
          "README.md"}
 
@@ -37,7 +38,7 @@ def test_second_call_reuses_the_cached_copy(demo_dir):
     assert (demo_dir / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_demo_loads_in_transformers_and_flint_with_equal_logits(demo_dir):
+def test_demo_loads_in_transformers_and_flint_with_equal_logits_and_tokens(demo_dir):
     from transformers import AutoModelForCausalLM
 
     tok = Tokenizer.from_dir(demo_dir)
@@ -47,6 +48,9 @@ def test_demo_loads_in_transformers_and_flint_with_equal_logits(demo_dir):
     hf = AutoModelForCausalLM.from_pretrained(demo_dir, dtype=torch.float32)
     with torch.no_grad():
         expected = hf(torch.tensor([ids])).logits[0]
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(demo_dir).encode(REQ_TEXT) == tok.encode(REQ_TEXT)
     model = load_model(demo_dir)
     attn = DenseAttention.for_model(model)
     attn.add_sequence(0, len(ids))

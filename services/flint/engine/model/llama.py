@@ -58,7 +58,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,        # [T, d]
-        rotation: torch.Tensor, # [T, 1, D/2] complex (see rope.Rotary)
+        rotation: torch.Tensor, # [T, 1, D/2, 2] (cos, sin); see rope.Rotary
         attn: AttentionBackend,
         layer_idx: int,
         all_reduce: AllReduce | None,

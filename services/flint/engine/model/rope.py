@@ -80,19 +80,22 @@ class Rotary:
         self.magnitude = scaling.attention_factor if scaling is not None else 1.0  # YaRN scales cos and sin
 
     def rotation(self, positions: torch.Tensor) -> torch.Tensor:
-        """positions [T] -> complex64 [T, 1, D/2] (float32 models) or real [T, 1, D/2, 2] (cos, sin)."""
+        """positions [T] -> (cos, sin) pairs [T, 1, D/2, 2] in the model dtype (scaled by YaRN's factor)."""
         angles = positions.to(torch.float32)[:, None, None] * self.inv_freq   # [T, 1, D/2]
-        if self.dtype == torch.float32:
-            return torch.polar(torch.full_like(angles, self.magnitude), angles)
-        return (torch.stack((angles.cos(), angles.sin()), dim=-1) * self.magnitude).to(self.dtype)
+        pairs = torch.stack((angles.cos(), angles.sin()), dim=-1)             # [T, 1, D/2, 2]
+        return (pairs * self.magnitude if self.magnitude != 1.0 else pairs).to(self.dtype)
 
 
 def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] (interleaved pairs) rotated by `Rotary.rotation` -> new contiguous [T, H, D]."""
+    """x [T, H, D] (interleaved pairs) rotated by `Rotary.rotation` -> new contiguous [T, H, D].
+
+    Eager float32 uses one complex multiply; other dtypes and torch.compile (inductor does not
+    generate code for complex ops) use the real formula, which inductor fuses into one kernel.
+    """
     t, h, d = x.shape
     pairs = x.unflatten(-1, (d // 2, 2))                                  # [T, H, D/2, 2]
-    if rotation.is_complex():
-        return torch.view_as_real(torch.view_as_complex(pairs) * rotation).view(t, h, d)
+    if x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        return torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotation)).view(t, h, d)
     x1, x2 = pairs[..., 0], pairs[..., 1]
     cos, sin = rotation[..., 0], rotation[..., 1]
     return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).view(t, h, d)
