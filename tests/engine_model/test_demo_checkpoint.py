@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from flint.engine.demo import ensure_demo_checkpoint
+from flint.engine.demo import DEMO_VERSION, ensure_demo_checkpoint
 from flint.engine.fim import build_prompt
 from flint.engine.loader import load_model
 from flint.engine.model.dense import DenseAttention
@@ -26,7 +26,7 @@ def demo_dir(tmp_path_factory):
 
 
 def test_demo_has_hf_files_and_says_it_is_not_meaningful(demo_dir):
-    assert demo_dir.name == "demo-v1" and FILES <= {p.name for p in demo_dir.iterdir()}
+    assert demo_dir.name == DEMO_VERSION and FILES <= {p.name for p in demo_dir.iterdir()}
     assert "NOT meaningful" in (demo_dir / "README.md").read_text()
     config = json.loads((demo_dir / "config.json").read_text())
     assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"]) == ("qwen2", 4, 256)

@@ -1,7 +1,7 @@
 """The demo checkpoint: a tiny random Qwen2 model so every code path runs on a fresh machine.
 
 With no `--model`, flint serves `ensure_demo_checkpoint()`: made once and
-cached under the user cache directory (`flint.env.cache_dir()/demo-v1`). It is
+cached under the user cache directory (`flint.env.cache_dir()/demo-v2`). It is
 an ordinary HF checkpoint directory (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json, generation_config.json, README.md) with
 RANDOM weights: its output is not meaningful, only its shape and speed are.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"   # bump when the files made change
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
     "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
@@ -192,13 +192,22 @@ def python_source_corpus(max_bytes: int) -> list[str]:
     return texts
 
 
+# Qwen2's pre-tokenizer split (digits one by one, newlines grouped), so transformers' Qwen2Tokenizer,
+# which imposes it on qwen2 checkpoints, encodes exactly as flint does.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def train_tokenizer(vocab_size: int, *, corpus_bytes: int = 3_000_000,
                     special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS):
-    """A ByteLevel BPE tokenizer (GPT-2/Qwen style) trained on local Python source."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A ByteLevel BPE tokenizer (Qwen2 style) trained on local Python source."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
