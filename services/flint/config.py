@@ -170,7 +170,8 @@ class ServeConfig:
                f"routing must be 'affinity' or 'least_loaded', got {self.routing!r}")
         _check_positive("startup_timeout_s", self.startup_timeout_s)
         _check(isinstance(self.engine, dict), "engine must be a table of EngineConfig keys")
-        if self.model:
-            _check(Path(self.model).expanduser().is_dir(),
-                   f"--model {self.model!r} is not a directory; pass an HF checkpoint directory "
-                   "(config.json, *.safetensors, tokenizer.json) or omit it for the demo model")
+        if self.model:  # checked here so a typo fails before Ray starts
+            model = Path(self.model).expanduser()
+            _check(model.is_dir() and (model / "config.json").is_file(),
+                   f"--model {self.model!r} is not an HF checkpoint directory (no config.json there); pass a "
+                   "directory holding config.json, *.safetensors and tokenizer.json, or omit it for the demo model")

@@ -129,7 +129,8 @@ class Server:
             frontend = FrontendConfig(redis_url=self.redis_url, host=cfg.host, port=port, routing=cfg.routing,
                                       reuse_port=cfg.workers > 1)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(frontend))],
+                [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(frontend)),
+                 "--parent-pid", str(os.getpid())],
                 stdout=subprocess.PIPE, text=True)
             self._workers.append(proc)
             ready = _read_ready_line(proc, timeout_s=60.0)
@@ -216,14 +217,24 @@ def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> dict:
                       f"(exit code {proc.poll()})")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM during start-up unwinds like Ctrl-C: everything started is stopped
+
+
 def run(config: ServeConfig) -> int:
     """`flint serve`: start everything, print how to try it, run until a signal, stop everything."""
     server = Server(config)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         address = server.start()
     except FlintError as exc:
         print(f"flint serve: {exc.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("flint serve: interrupted during start-up; stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     try:
         print(f"\nflint is serving on {address} (gRPC: flint.v1.Flint, health, reflection)", flush=True)
         print(f"Try it:\n  flint complete --address {address} 'def fibonacci(n):'\n"

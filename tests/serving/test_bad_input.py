@@ -5,7 +5,7 @@ import sys
 
 import grpc
 import pytest
-from support.services import TEST_CONTEXT_TOKENS, collect
+from support.services import TEST_CONTEXT_TOKENS, collect, long_edit
 
 from flint.config import FrontendConfig
 from flint.errors import Unavailable
@@ -59,6 +59,16 @@ async def test_out_of_range_sampling_is_invalid_argument_with_allowed_range(flin
 async def test_malformed_request_id_is_invalid_argument(flint_stub, request_id):
     err = await status_of(flint_stub.Complete(pb.CompleteRequest(request_id=request_id, prefix="x")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "[A-Za-z0-9._:-]" in err.details()
+
+
+async def test_request_id_of_a_running_request_is_refused_on_any_worker(flint_stubs):
+    worker_a, worker_b = flint_stubs
+    running = worker_a.Edit(long_edit("dup-1"))
+    assert (await running.read()).WhichOneof("kind") == "accepted"
+    err = await status_of(worker_b.Complete(pb.CompleteRequest(request_id="dup-1", prefix="x")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "already in use" in err.details()
+    await worker_b.Interrupt(pb.InterruptRequest(request_id="dup-1"))
+    running.cancel()
 
 
 async def test_edit_without_instruction_is_invalid_argument(flint_stub):

@@ -33,7 +33,7 @@ def test_json_config_file_and_bad_json_message(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"workers": 0}, r"workers must be an integer in \[1, 64\]"),
     ({"port": 70000}, r"port must be an integer in \[0, 65535\]"),
-    ({"model": "/no/such/dir"}, "is not a directory"),
+    ({"model": "/no/such/dir"}, "is not an HF checkpoint directory"),
     ({"routing": "random"}, "routing must be"),
 ])
 def test_serve_config_says_what_to_change(kwargs, message):

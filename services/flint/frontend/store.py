@@ -22,6 +22,18 @@ from flint.errors import InvalidArgument
 RUNNING = "running"
 TERMINAL_STATES = ("finished", "interrupted", "failed")
 
+# Claim a request id unless a *running* request holds it, and clear a stale interrupt
+# flag: atomic, so two workers cannot both claim one client-chosen id.
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current and cmsgpack.unpack(current)['state'] == 'running' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 
 def _unpack(cls, data: bytes | None):
     if data is None:
@@ -60,6 +72,7 @@ class Store:
         self.prefix = key_prefix
         self._session_ttl_ms = int(session_ttl_s * 1000)
         self._request_ttl_ms = int(request_ttl_s * 1000)
+        self._claim = redis.register_script(_CLAIM)  # EVALSHA after the first call
 
     # ------------------------------------------------------------ keys
     def session_key(self, session_id: str) -> str:
@@ -81,21 +94,14 @@ class Store:
 
     # ------------------------------------------------------------ requests
     async def claim_request(self, record: RequestRecord) -> None:
-        """Register a new request; a client-chosen id still running elsewhere is refused."""
+        """Register a new request (one round trip); a client-chosen id still running is refused."""
         record = replace(record, created_unix_s=record.created_unix_s or time.time())
-        key = self.request_key(record.request_id)
         payload = msgpack.packb(asdict(record))
-        if await self.redis.set(key, payload, px=self._request_ttl_ms, nx=True):
-            await self.redis.delete(self.flag_key(record.request_id))
+        keys = [self.request_key(record.request_id), self.flag_key(record.request_id)]
+        if await self._claim(keys=keys, args=[payload, self._request_ttl_ms]):
             return
-        existing = await self.get_request(record.request_id)
-        if existing is not None and existing.running:
-            raise InvalidArgument(f"request id {record.request_id!r} is already in use by a running request; "
-                                  "choose another id or leave it empty for a server-generated one")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, payload, px=self._request_ttl_ms)
-            pipe.delete(self.flag_key(record.request_id))
-            await pipe.execute()
+        raise InvalidArgument(f"request id {record.request_id!r} is already in use by a running request; "
+                              "choose another id or leave it empty for a server-generated one")
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         return _unpack(RequestRecord, await self.redis.get(self.request_key(request_id)))

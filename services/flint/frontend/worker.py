@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -19,7 +20,7 @@ from flint.errors import FlintError
 from flint.frontend.server import FrontendWorker
 
 
-async def serve(config: FrontendConfig) -> None:
+async def serve(config: FrontendConfig, parent_pid: int = 0) -> None:
     worker = FrontendWorker(config)
     await worker.start()
     print(json.dumps({"event": "listening", "worker_id": worker.worker_id, "port": worker.port}), flush=True)
@@ -27,21 +28,32 @@ async def serve(config: FrontendConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
     try:
         await stop.wait()
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         await worker.stop()
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Drain and exit if the `flint serve` that started us dies without stopping us (e.g. SIGKILL)."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(1.0)
+    stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flint-frontend-worker", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="FrontendConfig as a JSON object")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = from_mapping(FrontendConfig, json.loads(args.config), where="front-end config")
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args.parent_pid))
     except FlintError as exc:
         print(json.dumps({"event": "error", "message": exc.message}), flush=True)
         print(f"flint front-end worker: {exc.message}", file=sys.stderr)

@@ -60,13 +60,21 @@ def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count:
     """Start `count` replica actors on the connected Ray cluster; returns (actor, address) pairs."""
     import ray
 
+    from flint.errors import FlintError, Unavailable
+
     actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(ReplicaHost)
-    actors = [actor_cls.options(name=None).remote(engine_config, replica_config) for _ in range(count)]
+    actors = [actor_cls.remote(engine_config, replica_config) for _ in range(count)]
     try:
         addresses = ray.get([a.start.remote() for a in actors], timeout=timeout_s)
-    except BaseException:
+    except BaseException as exc:
         for actor in actors:
             ray.kill(actor)
+        cause = getattr(exc, "cause", None)  # RayTaskError wraps what the actor raised
+        if isinstance(cause, FlintError):
+            raise cause from None
+        if isinstance(exc, ray.exceptions.GetTimeoutError):
+            raise Unavailable(f"engine replicas did not start within {timeout_s:g} s; is the Ray cluster short "
+                              f"of resources ({num_cpus:g} CPU per replica)?") from None
         raise
     return list(zip(actors, addresses))
 
