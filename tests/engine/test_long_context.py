@@ -19,7 +19,7 @@ def long_checkpoint(tmp_path_factory, bytelevel_tokenizer_file):
 
 @pytest.mark.slow
 def test_long_prompt_chunked_equals_one_shot(long_checkpoint):
-    prefix = "".join(f"value_{i} = compute({i}, {i * 7 % 13})\n" for i in range(950))
+    prefix = "".join(f"value_{i} = compute({i}, {i * 7 % 13})\n" for i in range(1100))
     outputs = {}
     for budget in (2048, 32_768):
         engine = Engine.from_config(EngineConfig(model=str(long_checkpoint), kv_cache_bytes=64 << 20,

@@ -137,33 +137,46 @@ def hf_decode_tok_s(path: Path, tokens: int, repeats: int, prompt_ids_: list[int
 
 
 def host_overhead_ms(engine: Engine, steps: int) -> dict:
-    """Per-step time at batch 1 outside the model forward (scheduling, sampling, detokenize, events)."""
+    """Per-step time at batch 1 outside the model's forward pass and logits projection.
+
+    Host work = everything else in `Engine.step`: scheduling, building the step's index tensors
+    (`PagedAttention.begin_step`), sampling's host transfer, detokenizing, events, metrics.
+    Measured per step (step time minus that step's model time), then the median.
+    """
     runner = engine.runner
-    forward_s: list[float] = []
-    execute = runner.execute
+    model_s = [0.0]
+    execute, begin = runner.execute, runner.attn.begin_step
 
     def timed_execute(batch):
         t = time.perf_counter()
         out = execute(batch)
-        forward_s.append(time.perf_counter() - t)
+        model_s[0] += time.perf_counter() - t
         return out
 
-    runner.execute = timed_execute
+    def timed_begin(seqs):
+        t = time.perf_counter()
+        out = begin(seqs)
+        model_s[0] -= time.perf_counter() - t        # index building is host work
+        return out
+
+    runner.execute, runner.attn.begin_step = timed_execute, timed_begin
     try:
         token_request(engine, "overhead", prompt_ids(engine, 16), steps + 8)
-        for _ in range(8):                        # warm-up: prefill and first decode steps
+        for _ in range(8):                            # warm-up: prefill and first decode steps
             engine.step()
-        forward_s.clear()
-        step_s = []
+        host, step, model = [], [], []
         while engine.has_work():
+            model_s[0] = 0.0
             t = time.perf_counter()
             engine.step()
-            step_s.append(time.perf_counter() - t)
+            dt = time.perf_counter() - t
+            host.append(dt - model_s[0])
+            step.append(dt)
+            model.append(model_s[0])
     finally:
-        runner.execute = execute
-    n = min(len(step_s), len(forward_s))
-    step, fwd = np.median(step_s[:n]), np.median(forward_s[:n])
-    return {"host_ms": float(step - fwd) * 1e3, "step_ms": float(step) * 1e3, "forward_ms": float(fwd) * 1e3}
+        runner.execute, runner.attn.begin_step = execute, begin
+    return {"host_ms": float(np.median(host)) * 1e3, "step_ms": float(np.median(step)) * 1e3,
+            "forward_ms": float(np.median(model)) * 1e3}
 
 
 def aggregate_tok_s(engine: Engine, streams: int, tokens: int) -> float:

@@ -165,7 +165,7 @@ class Engine:
                 draft = self._draft(req)
                 n = 1 + len(draft)
                 if draft:
-                    req.tokens[req.num_tokens : req.num_tokens + len(draft)] = torch.tensor(draft)
+                    req.tokens[req.num_tokens : req.num_tokens + len(draft)] = draft
                 rows.extend(range(row, row + n))
                 work.append((req, n, draft))
             else:
@@ -174,7 +174,7 @@ class Engine:
                 if start + n == req.prompt_len:
                     rows.append(row + n - 1)
                     work.append((req, 1, None))
-            ids.append(req.tokens[start : start + n])
+            ids.append(torch.from_numpy(req.tokens[start : start + n]))
             seqs.append((req.request_id, req.slots, start, n))
             req.num_computed = start + n
             row += n

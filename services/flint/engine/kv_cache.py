@@ -103,7 +103,7 @@ class PagedKVCache:
         if self.radix is not None:
             n = req.num_computed
             if n > 0:
-                self.radix.insert(req.namespace, req.tokens[:n].numpy(), req.slots[:n])
+                self.radix.insert(req.namespace, req.tokens[:n], req.slots[:n])
             self.radix.unlock(req.cache_node)
         self.allocator.decref(req.owned_blocks)
         req.owned_blocks, req.cache_node, req.slots = None, None, None

@@ -53,6 +53,8 @@ class PagedAttention:
 
     def begin_step(self, seqs: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
         """seqs: (slot map, cached tokens, new tokens) per sequence in packing order -> positions [T]."""
+        if len(seqs) == 1 and seqs[0][2] == 1 and self.sliding_window is None:
+            return self._begin_single_decode(*seqs[0])
         writes, positions, chunks, dec_rows, dec_slots = [], [], [], [], []
         row = 0
         for slots, start, n in seqs:
@@ -80,6 +82,16 @@ class PagedAttention:
                 self._decode_mask = mask[:, None, None, :]
         self._single_decode = len(dec_rows) == row  # every row is a decode row
         return torch.cat(positions) if len(positions) > 1 else positions[0]
+
+    def _begin_single_decode(self, slots: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        """Batch-1 decode, the latency-critical case: the fewest host-side tensor ops."""
+        self._write_slots = slots[start : start + 1]
+        self._chunks = []
+        self._decode_rows = None
+        self._decode_slots = slots[: start + 1][None]                               # [1, L]
+        self._decode_mask = None
+        self._single_decode = True
+        return torch.tensor([start], dtype=torch.int64)
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q [T, H, D]; k, v [T, KV, D] -> out [T, H, D]

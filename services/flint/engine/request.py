@@ -1,8 +1,8 @@
 """Per-request state inside the engine: one small object per request.
 
-Token ids live in a preallocated int64 tensor (prompt + room for the output
-and speculative lookahead), so a step slices views instead of converting
-Python lists; `slots` likewise maps every token position to its KV slot.
+Token ids live in a preallocated int64 numpy array (prompt + room for the
+output and speculative lookahead): appending a token is a scalar store and a
+step hands the model a zero-copy view, never a converted Python list; `slots` likewise maps every token position to its KV slot.
 Derived values are properties.
 """
 
@@ -43,7 +43,7 @@ class Request:
     source: GenerateRequest | None = None
 
     status: Status = Status.WAITING
-    tokens: torch.Tensor = field(init=False)       # [capacity] int64: prompt then output
+    tokens: np.ndarray = field(init=False)         # [capacity] int64: prompt then output
     num_tokens: int = field(init=False)            # prompt + output tokens so far
     num_computed: int = 0                          # tokens whose KV is in the cache
     num_cached_prompt: int = 0                     # prompt tokens served from the prefix cache
@@ -68,8 +68,8 @@ class Request:
 
     def __post_init__(self) -> None:
         self.num_tokens = len(self.prompt_ids)
-        self.tokens = torch.zeros(self.capacity, dtype=torch.int64)
-        self.tokens[: self.num_tokens] = torch.from_numpy(self.prompt_ids)
+        self.tokens = np.zeros(self.capacity, dtype=np.int64)
+        self.tokens[: self.num_tokens] = self.prompt_ids
         self.next_seq = self.seq_offset + 1
 
     @property
@@ -102,7 +102,7 @@ class Request:
 
     def append(self, token_ids: list[int]) -> None:
         n = len(token_ids)
-        self.tokens[self.num_tokens : self.num_tokens + n] = torch.tensor(token_ids, dtype=torch.int64)
+        self.tokens[self.num_tokens : self.num_tokens + n] = token_ids
         self.num_tokens += n
 
     def take_seq(self) -> int:
