@@ -79,8 +79,8 @@ def test_summary_counts_errors_as_misses_and_by_status_code():
 
 
 def test_summary_flags_a_generator_that_fell_behind():
-    late = rec([(400, 1, 1)], sent=300, intended=100)                    # sent 200 ms late
-    s = summarize(partial_of([late], SloConfig(), 100), slo=SloConfig(), duration_s=1.0, lag_budget_ms=20,
+    late = [rec([(400 + i, 1, 1)], sent=300 + i, intended=100 + i) for i in range(3)]   # 200 ms late
+    s = summarize(partial_of(late, SloConfig(), 100), slo=SloConfig(), duration_s=1.0, lag_budget_ms=20,
                   generators=[{"index": 0, "cpu_util": 0.95, "loop_lag_ms": {"p99": 1.0}}])
     assert s["fell_behind"]
     assert any("schedule lag" in r for r in s["fell_behind_reasons"])

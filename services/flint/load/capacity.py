@@ -114,21 +114,10 @@ def search_capacity(config: RunConfig, search: SearchConfig, out_dir: str | Path
         else:
             first_fail = mid
     steps.sort(key=lambda st: st["level"])
-    knee = next((st for st in steps if st["level"] == last_pass), None)
-    behind = any(st["summary"]["fell_behind"] for st in steps if st["level"] == first_fail)
-    ceiling = calibration["ceiling_level"] if calibration else None
-    generator_bound = knee is not None and (behind or (ceiling is not None and knee["level"] >= ceiling))
+    # A calibration that never saturated the generator within max_level gives no ceiling to respect.
+    ceiling = calibration["ceiling_level"] if calibration and not calibration["reached_max_level"] else None
+    knee, generator_bound, verdict = judge(steps, last_pass, first_fail, ceiling, config.arrival.level_unit)
     unit = config.arrival.level_unit
-    if knee is None:
-        verdict = f"SLO not met even at the lowest load ({steps[0]['level']:g} {unit})" if steps else "no steps ran"
-    elif generator_bound:
-        bound = min(x for x in (ceiling, first_fail) if x is not None) if (ceiling or first_fail) else knee["level"]
-        verdict = (f"capacity ≥ {knee['level']:g} {unit}: the load generator reached its own ceiling "
-                   f"(~{bound:g} {unit}) before the server broke its SLO, so no higher figure is claimed")
-    elif first_fail is None:
-        verdict = f"no knee up to {knee['level']:g} {unit} (the search's max_level): capacity ≥ that"
-    else:
-        verdict = f"knee at {knee['level']:g} {unit}: the highest load meeting the SLO (breaks at {first_fail:g})"
     return {"schema": CAPACITY_SCHEMA, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "level_kind": config.arrival.kind, "level_unit": unit, "search": dataclasses.asdict(search),
             "slo": config.slo.describe(), "config": config.to_json(), "calibration": calibration,
@@ -136,3 +125,22 @@ def search_capacity(config: RunConfig, search: SearchConfig, out_dir: str | Path
                      "goodput_rps": knee["summary"]["goodput_rps"]} if knee else None,
             "first_failing_level": first_fail, "generator_bound": generator_bound, "verdict": verdict,
             "steps": steps}
+
+
+def judge(steps: list[dict], last_pass: float | None, first_fail: float | None, ceiling: float | None,
+          unit: str) -> tuple[dict | None, bool, str]:
+    """(knee step, generator-bound?, verdict). No capacity above the generator's ceiling is claimed."""
+    knee = next((st for st in steps if st["level"] == last_pass), None)
+    behind = any(st["summary"]["fell_behind"] for st in steps if st["level"] == first_fail)
+    generator_bound = knee is not None and (behind or (ceiling is not None and knee["level"] >= ceiling))
+    if knee is None:
+        verdict = f"SLO not met even at the lowest load ({steps[0]['level']:g} {unit})" if steps else "no steps ran"
+    elif generator_bound:
+        bound = min(x for x in (ceiling, first_fail, knee["level"]) if x is not None)
+        verdict = (f"capacity ≥ {bound:g} {unit}: the load generator reached its own ceiling before the server "
+                   "broke its SLO, so no higher figure is claimed")
+    elif first_fail is None:
+        verdict = f"no knee up to {knee['level']:g} {unit} (the search's max_level): capacity ≥ that"
+    else:
+        verdict = f"knee at {knee['level']:g} {unit}: the highest load meeting the SLO (breaks at {first_fail:g})"
+    return knee, generator_bound, verdict

@@ -51,7 +51,7 @@ def compare(a: list[RequestRecord], b: list[RequestRecord], slo: SloConfig, *, r
                   else (float("nan"), float("nan")))
         out[name] = {"a": value_a, "b": value_b, "diff": value_b - value_a, "ci_low": float(lo), "ci_high": float(hi),
                      "relative": (value_b - value_a) / value_a if value_a not in (0, 0.0) and np.isfinite(value_a) else None,
-                     "significant": bool(diffs.size) and (lo > 0 or hi < 0)}
+                     "significant": bool(diffs.size and (lo > 0 or hi < 0))}
     return {"confidence": confidence, "resamples": resamples, "n_a": len(a), "n_b": len(b), "figures": out}
 
 

@@ -91,7 +91,7 @@ class RunConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     generators: int = 1
     stall_ms: float = 100.0                  # a gap between deltas above this is a stall
-    lag_budget_ms: float = 20.0              # p99 schedule lag above this = the generator fell behind
+    lag_budget_ms: float = 20.0              # sends later than this count as late (see summary.summarize)
     label: str = ""
 
     def __post_init__(self):

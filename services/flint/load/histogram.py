@@ -73,6 +73,10 @@ class LogHistogram:
                 return min(max(self._value(key), self.min), self.max)
         return self.max
 
+    def count_above(self, value: float) -> int:
+        """How many recorded values lie in buckets entirely above `value` (within the precision)."""
+        return sum(n for key, n in self.counts.items() if self._value(key) > value * (1 + self.precision))
+
     def cdf(self) -> list[tuple[float, float]]:
         """(value, fraction of values <= it) for each non-empty bucket, ascending."""
         points, seen = [], 0

@@ -22,7 +22,7 @@ from flint.load.scenarios import make_scenario
 from flint.load.targets import RequestState, Session, make_target
 from flint.load.workload import Job
 
-SESSION_LEAD_MS = 50.0   # open a job's session this early so its first request is not late
+SESSION_LEAD_MS = 100.0   # open a job's session this early so its first request is not late
 
 
 @dataclass

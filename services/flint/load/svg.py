@@ -6,7 +6,7 @@ import math
 from html import escape
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04")
-_W, _H, _L, _R, _T, _B = 640, 300, 62, 16, 18, 44
+_W, _H, _L, _R, _T, _B = 640, 316, 62, 16, 34, 44
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -26,8 +26,9 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 def _log_ticks(lo: float, hi: float) -> list[float]:
     lo, hi = max(lo, 1e-3), max(hi, lo * 10)
     ticks = []
+    mantissas = (1, 2, 5) if math.log10(hi / lo) <= 3 else (1,)
     for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in (1, 2, 5):
+        for m in mantissas:
             v = m * 10 ** e
             if lo <= v <= hi:
                 ticks.append(v)
@@ -51,7 +52,12 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label: 
         return '<p class="empty">no data</p>'
     xs = [p[0] for p in pts] + [v for v, _ in vlines]
     ys = [p[1] for p in pts] + [v for v, _ in hlines]
-    x_lo, x_hi = (max(min(xs), 1e-3), max(xs)) if log_x else (min(xs), max(xs))
+    if log_x:
+        positive = [x for x in xs if x > 0] or [1.0]
+        x_hi = max(positive)
+        x_lo = max(min(positive), x_hi / 1e4)      # zeros and tiny values sit at the left edge
+    else:
+        x_lo, x_hi = min(xs), max(xs)
     y_lo = min(ys) if y_min is None else y_min
     y_hi = max(ys) * 1.05 if max(ys) > y_lo else y_lo + 1
     x_ticks = _log_ticks(x_lo, x_hi) if log_x else _nice_ticks(x_lo, x_hi)
@@ -88,7 +94,9 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label: 
                    f'{escape(label)}</text>')
     for value, label in vlines:
         out.append(f'<line x1="{sx(value):.1f}" x2="{sx(value):.1f}" y1="{_T}" y2="{_T + ph}" class="ref knee"/>'
-                   f'<text x="{sx(value) + 4:.1f}" y="{_T + 12}" class="reflabel">{escape(label)}</text>')
+                   + (f'<text x="{sx(value) - 4:.1f}" y="{_T + 12}" class="reflabel" text-anchor="end">'
+                      if sx(value) > _W - 160 else f'<text x="{sx(value) + 4:.1f}" y="{_T + 12}" class="reflabel">')
+                   + f'{escape(label)}</text>')
     for i, (name, points) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         points = [(x, y) for x, y in points if y is not None]
@@ -102,11 +110,12 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label: 
         out.append(f'<polyline points="{" ".join(coords)}" fill="none" stroke="{color}" stroke-width="2"/>')
         if markers:
             out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color}"/>' for x, y in points)
-    lx = _L + 10
-    for i, (name, _) in enumerate(series):
+    lx = float(_L)
+    for i, (name, _) in enumerate(series):       # legend in a row above the plot, clear of the curves
         color = PALETTE[i % len(PALETTE)]
-        out.append(f'<rect x="{lx}" y="{_T + 8 + 16 * i}" width="12" height="4" fill="{color}"/>'
-                   f'<text x="{lx + 18}" y="{_T + 13 + 16 * i}" class="legend">{escape(name)}</text>')
+        out.append(f'<rect x="{lx:.1f}" y="{_T - 20}" width="12" height="4" fill="{color}"/>'
+                   f'<text x="{lx + 16:.1f}" y="{_T - 15}" class="legend">{escape(name)}</text>')
+        lx += 30 + 6.4 * len(name)
     out.append("</svg>")
     return "".join(out)
 
@@ -118,11 +127,11 @@ def stacked_bars(rows: list[tuple[str, list[tuple[str, float]]]], *, unit: str =
         names.extend(n for n, _ in segs if n not in names)
     total = max((sum(max(v, 0) for _, v in segs) for _, segs in rows), default=0) or 1.0
     w, label_w, bar_h = _W, 150, 26
-    h = _T + len(rows) * (bar_h + 14) + 40
+    h = 18 + len(rows) * (bar_h + 14) + 64
     out = [f'<svg viewBox="0 0 {w} {h}" class="chart" role="img" xmlns="http://www.w3.org/2000/svg">']
     pw = w - label_w - 70
     for i, (label, segs) in enumerate(rows):
-        y = _T + i * (bar_h + 14)
+        y = 18 + i * (bar_h + 14)
         out.append(f'<text x="{label_w - 8}" y="{y + bar_h / 2 + 4}" class="tick" text-anchor="end">'
                    f'{escape(label)}</text>')
         x = float(label_w)
@@ -137,9 +146,11 @@ def stacked_bars(rows: list[tuple[str, list[tuple[str, float]]]], *, unit: str =
             x += width
         out.append(f'<text x="{x + 6:.1f}" y="{y + bar_h / 2 + 4}" class="tick">'
                    f'{sum(v for _, v in segs):.1f} {unit}</text>')
-    ly = h - 18
+    ly = h - 36
     lx = float(label_w)
     for i, name in enumerate(names):
+        if lx + 30 + 7 * len(name) > w:
+            lx, ly = float(label_w), ly + 18
         out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="12" height="12" fill="{PALETTE[i % len(PALETTE)]}"/>'
                    f'<text x="{lx + 16:.1f}" y="{ly + 1}" class="legend">{escape(name)}</text>')
         lx += 30 + 7 * len(name)

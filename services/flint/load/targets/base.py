@@ -27,7 +27,7 @@ class RequestState:
             self.record.prompt_tokens = prompt_tokens
 
     def delta(self, seq: int, token_count: int) -> None:
-        if self.done.is_set():
+        if self.done.is_set() or self.record.interrupt_mode == "close":   # a closed stream delivers nothing more
             return
         self.record.deltas.append([round(self.clock(), 4), seq, token_count])
         self.tokens += token_count

@@ -47,6 +47,8 @@ class FlintTarget(Target):
         self._channel = grpc.aio.insecure_channel(self.config.address, options=options)
         await asyncio.wait_for(self._channel.channel_ready(), self.config.connect_timeout_s)
         self.stub = flint_pb2_grpc.FlintStub(self._channel)
+        warmup = await self.open_session(-1)      # the first stream pays for connection setup, not a request
+        await warmup.close()
 
     async def open_session(self, job_index: int) -> "FlintSession":
         session = FlintSession(self, job_index)
