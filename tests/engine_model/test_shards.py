@@ -45,9 +45,37 @@ def prefill_then_decode(model, ids: list[int], prefill: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def run_ranks(ranks, prefill: int) -> dict[int, torch.Tensor]:
+    """Run every tensor-parallel rank in its own thread (they meet in the all-reduce); logits per rank."""
+    results: dict[int, torch.Tensor] = {}
+
+    def run(rank: int) -> None:
+        results[rank] = prefill_then_decode(ranks[rank], IDS, prefill)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(len(ranks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
 @pytest.fixture(scope="module")
 def reference(llama_checkpoint) -> torch.Tensor:
     return prefill_then_decode(load_model(llama_checkpoint), IDS, prefill=6)
+
+
+def run_pipeline(first, last, ids: list[int], prefill: int) -> torch.Tensor:
+    caches = [DenseAttention.for_model(m) for m in (first, last)]
+    for c in caches:
+        c.add_sequence(0, 32)
+    out = []
+    for chunk in [ids[:prefill]] + [[t] for t in ids[prefill:]]:
+        positions = [c.begin_step([(0, len(chunk))]) for c in caches]
+        hidden = first(torch.tensor(chunk), positions[0], caches[0])
+        hidden = last(None, positions[1], caches[1], hidden_states=hidden)
+        out.append(last.compute_logits(hidden))
+    return torch.cat(out)
 
 
 def test_pipeline_stages_equal_one_shard(llama_checkpoint, reference):
@@ -55,16 +83,14 @@ def test_pipeline_stages_equal_one_shard(llama_checkpoint, reference):
     last = load_model(llama_checkpoint, shard=ShardSpec(layer_start=1))
     assert first.lm_head is None and first.norm is None and first.num_local_layers == 1
     assert last.embed is None and last.num_local_layers == 2
-    caches = [DenseAttention.for_model(m) for m in (first, last)]
-    for c in caches:
-        c.add_sequence(0, 32)
-    out = []
-    for chunk in [IDS[:6]] + [[t] for t in IDS[6:]]:
-        positions = [c.begin_step([(0, len(chunk))]) for c in caches]
-        hidden = first(torch.tensor(chunk), positions[0], caches[0])
-        hidden = last(None, positions[1], caches[1], hidden_states=hidden)
-        out.append(last.compute_logits(hidden))
-    torch.testing.assert_close(torch.cat(out), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run_pipeline(first, last, IDS, 6), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_pipeline_last_stage_of_tied_model_reads_the_embedding_as_lm_head(qwen2_checkpoint):
+    reference = prefill_then_decode(load_model(qwen2_checkpoint), IDS, prefill=4)
+    first = load_model(qwen2_checkpoint, shard=ShardSpec(layer_start=0, layer_end=1))
+    last = load_model(qwen2_checkpoint, shard=ShardSpec(layer_start=1))
+    torch.testing.assert_close(run_pipeline(first, last, IDS, 4), reference, atol=1e-5, rtol=1e-5)
 
 
 def test_tensor_parallel_two_ranks_equal_one_shard(llama_checkpoint, reference):
@@ -74,16 +100,7 @@ def test_tensor_parallel_two_ranks_equal_one_shard(llama_checkpoint, reference):
     layer = ranks[0].layers[0]
     assert (layer.n_heads, layer.n_kv) == (2, 1)                         # half the heads
     assert layer.gate_up.weight.shape == (2 * 64, 64)                    # half of 2 x 128 MLP columns
-    results: dict[int, torch.Tensor] = {}
-
-    def run(rank: int) -> None:
-        results[rank] = prefill_then_decode(ranks[rank], IDS, prefill=6)
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = run_ranks(ranks, prefill=6)
     assert set(results) == {0, 1}
     for rank in range(2):
         torch.testing.assert_close(results[rank], reference, atol=1e-5, rtol=1e-5)
@@ -94,13 +111,7 @@ def test_tensor_parallel_sharded_checkpoint_with_biases(llama_sharded_checkpoint
     reduce = ThreadSumAllReduce(2)
     ranks = [load_model(llama_sharded_checkpoint, shard=ShardSpec(tp_rank=r, tp_size=2),
                         all_reduce=reduce.for_rank(r)) for r in range(2)]
-    results: dict[int, torch.Tensor] = {}
-    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r, prefill_then_decode(ranks[r], IDS, 5)))
-               for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = run_ranks(ranks, prefill=5)
     torch.testing.assert_close(results[0], reference, atol=1e-5, rtol=1e-5)
 
 
