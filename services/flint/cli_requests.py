@@ -116,7 +116,8 @@ async def run_status(redis_url: str) -> int:
     for r in replicas:
         state = "draining" if r.draining else ("healthy" if r.healthy else "unhealthy")
         print(f"  {r.replica_id:<20} {r.address:<22} {r.model:<16} {state:<9} running {r.running:<3} "
-              f"waiting {r.waiting:<3} KV {r.kv_used_fraction:6.1%}  context {r.max_context_tokens}")
+              f"waiting {r.waiting:<3} KV {r.kv_used_fraction:6.1%}  context {r.max_context_tokens}  "
+              f"cancelled {r.cancelled_total}")
     print(f"Sessions: {sessions}")
     print(f"Running requests: {len(running)}")
     owners: dict[str, int] = {}

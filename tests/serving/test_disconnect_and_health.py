@@ -10,8 +10,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support.services import long_edit
 
 from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+from flint.replica.registry import ReplicaRegistry
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
+
+
+async def cancelled_total(redis_url: str, replica_address: str) -> int:
+    """Generate calls the replica saw cancelled by their caller (from its Redis registry record)."""
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        replicas = await ReplicaRegistry(redis).list()
+    finally:
+        await redis.aclose()
+    return next(r.cancelled_total for r in replicas if r.address == replica_address)
 
 
 async def engine_running(replica_address: str) -> int:
@@ -36,10 +47,13 @@ async def test_client_disconnect_mid_stream_frees_the_engine_slot(frontend_worke
     assert (await call.read()).WhichOneof("kind") == "accepted"
     assert (await call.read()).WhichOneof("kind") == "delta"
     assert await engine_running(engine_replica.address) >= 1
+    cancelled_before = await cancelled_total(valkey_url, engine_replica.address)
     await channel.close()  # the client goes away without a word
 
     async def slot_freed():
-        return await engine_running(engine_replica.address) == 0
+        # The engine call was cancelled (not run to its 900 tokens) and nothing is left running.
+        return (await cancelled_total(valkey_url, engine_replica.address) > cancelled_before
+                and await engine_running(engine_replica.address) == 0)
 
     assert await wait_until(slot_freed)
     redis = aioredis.Redis.from_url(valkey_url)
@@ -51,6 +65,28 @@ async def test_client_disconnect_mid_stream_frees_the_engine_slot(frontend_worke
         assert await wait_until(recorded_interrupted)
     finally:
         await redis.aclose()
+
+
+async def test_session_client_disconnect_frees_the_engine_slot(frontend_workers, engine_replica, valkey_url):
+    channel = grpc.aio.insecure_channel(frontend_workers[1].address)
+    outgoing = [pb.ClientMessage(edit=long_edit("disconnect-session"))]
+
+    async def requests():
+        for message in outgoing:
+            yield message
+        await asyncio.Event().wait()  # keep the stream open, as an editor does
+
+    call = flint_pb2_grpc.FlintStub(channel).Session(requests())
+    assert (await call.read()).WhichOneof("kind") == "accepted"
+    assert (await call.read()).WhichOneof("kind") == "delta"
+    cancelled_before = await cancelled_total(valkey_url, engine_replica.address)
+    await channel.close()
+
+    async def slot_freed():
+        return (await cancelled_total(valkey_url, engine_replica.address) > cancelled_before
+                and await engine_running(engine_replica.address) == 0)
+
+    assert await wait_until(slot_freed)
 
 
 async def test_health_check_reports_serving(frontend_workers):

@@ -26,6 +26,7 @@ class ReplicaInfo:
     kv_used_fraction: float = 0.0
     healthy: bool = True
     draining: bool = False
+    cancelled_total: int = 0           # engine requests aborted because their caller cancelled
     updated_unix_s: float = 0.0
 
     @property

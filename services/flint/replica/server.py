@@ -34,14 +34,21 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         self._engine = engine
         self._replica_id = replica_id
         self._draining = draining
+        # Generate calls cancelled by their caller (interrupt, client gone): each closed its
+        # engine iterator early, so the engine aborted it. Published in Redis for operators.
+        self.cancelled_total = 0
 
     async def Generate(self, request, context):
         engine_request = request_from_proto(request)
-        # Leaving this block for any reason (client cancelled, error) closes the
-        # engine's iterator, which aborts the request and frees its KV slots.
-        async with contextlib.aclosing(self._engine.generate(engine_request)) as events:
-            async for event in events:
-                yield event_to_proto(event)
+        try:
+            # Leaving this block for any reason (client cancelled, error) closes the
+            # engine's iterator, which aborts the request and frees its KV slots.
+            async with contextlib.aclosing(self._engine.generate(engine_request)) as events:
+                async for event in events:
+                    yield event_to_proto(event)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled_total += 1
+            raise
 
     async def Abort(self, request, context):
         return pb.AbortResponse(found=await self._engine.abort(request.request_id))
@@ -109,7 +116,7 @@ class ReplicaServer:
             replica_id=self.replica_id, address=self.address, model=report.model,
             max_context_tokens=report.max_context_tokens or self._engine.max_context_tokens,
             running=report.running, waiting=report.waiting, kv_used_fraction=report.kv_used_fraction,
-            healthy=report.healthy, draining=report.draining,
+            healthy=report.healthy, draining=report.draining, cancelled_total=self._servicer.cancelled_total,
         )
 
     async def _publish(self) -> None:
