@@ -51,6 +51,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", choices=["flint", "openai"], help="protocol (default flint)")
     g.add_argument("--address", help="flint: HOST:PORT (default 127.0.0.1:50051); openai: base URL")
     g.add_argument("--model", help="model name to request")
+    g.add_argument("--server-metrics", metavar="URL", help="the server's Prometheus endpoint (loopback), scraped "
+                   "before and after the run to check the client's figures against the server's")
     g.add_argument("--fim-template", choices=["suffix", "qwen"], help="openai: how FIM prompts are sent")
     g.add_argument("--i-own-the-target", action="store_true",
                    help="allow a target that is not on this machine (only for deployments you own)")
@@ -85,7 +87,8 @@ def _config(args):
     bounds = {k: v for k, v in {"duration_s": args.duration_s, "max_requests": args.max_requests,
                                 "drain_s": args.drain_s}.items() if v is not None}
     target = {k: v for k, v in {"protocol": args.target, "address": args.address, "model": args.model,
-                                "fim_template": args.fim_template}.items() if v is not None}
+                                "fim_template": args.fim_template,
+                                "metrics_url": args.server_metrics}.items() if v is not None}
     if args.i_own_the_target:
         target["allow_remote"] = True
     slo = {k: v for k, v in {"preset": args.slo, "ttft_ms": args.slo_ttft_ms, "tpot_ms": args.slo_tpot_ms,

@@ -51,6 +51,7 @@ class TargetConfig:
     request_timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
     fim_template: str = "suffix"             # openai: send `suffix`, or build a Qwen FIM prompt ("qwen")
+    metrics_url: str = ""                    # the server's Prometheus endpoint, scraped before and after
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -61,6 +62,8 @@ class TargetConfig:
             raise InvalidArgument(
                 f"target {self.address!r} is not on this machine; flint load only targets 127.0.0.1/::1/localhost "
                 "unless you pass --i-own-the-target (allow_remote = true) for a deployment you own")
+        if self.metrics_url and not self.allow_remote and not is_loopback(self.metrics_url):
+            raise InvalidArgument(f"metrics_url {self.metrics_url!r} is not on this machine (see --i-own-the-target)")
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise InvalidArgument("request_timeout_s and connect_timeout_s must be > 0")
 

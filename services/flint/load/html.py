@@ -110,6 +110,8 @@ def run_sections(report: dict) -> str:
     parts.append('<h2>Where the time went</h2><div class="grid2">' + _panel("Mean TTFT by stage", _stages(m),
                  "Means add up; percentiles do not. Server stages come from each request's Final message.") +
                  _panel("Outcomes", _outcomes(s)) + "</div>")
+    if report.get("consistency"):
+        parts.append("<h2>Client vs server</h2>" + _consistency_table(report["consistency"]))
     parts.append("<h2>All metrics (ms unless noted)</h2>" + _metric_table(m))
     if report.get("generators"):
         parts.append("<h2>Generators</h2>" + _generator_table(report["generators"]))
@@ -164,6 +166,16 @@ def _metric_table(m: dict) -> str:
     rows = "".join(f"<tr><td>{escape(label)}</td>" + "".join(f"<td>{_num(m[key][c])}</td>" for c in cols) + "</tr>"
                    for label, key in _ROWS if m.get(key, {}).get("count"))
     return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
+
+
+def _consistency_table(checks: list[dict]) -> str:
+    verdict = {True: "<span class='pass'>consistent</span>", False: "<span class='fail'>differs</span>",
+               None: "–"}
+    rows = "".join(f"<tr><td>{escape(c['check'])}</td><td>{_num(c['client'])}</td><td>{_num(c['server'])}</td>"
+                   f"<td>±{c['tolerance'] * 100:g}%</td><td class='badges'>{verdict[c['ok']]}</td>"
+                   f"<td>{escape(c['note'])}</td></tr>" for c in checks)
+    return ("<table><tr><th>check</th><th>client</th><th>server</th><th>tolerance</th><th>verdict</th>"
+            f"<th>note</th></tr>{rows}</table>")
 
 
 def _generator_table(gens: list[dict]) -> str:

@@ -14,12 +14,14 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from flint.load.config import RunConfig
+from flint.load.consistency import consistency, scrape
 from flint.load.progress import Progress, should_show
 from flint.load.record import RequestRecord
 from flint.load.runner import Counters, Generator
@@ -106,6 +108,7 @@ def run(config: RunConfig, *, quiet: bool | None = None, label: str = "") -> Run
     show = should_show(quiet)
     total_s = config.bounds.duration_s + START_DELAY_S
     start_at = time.time() + START_DELAY_S
+    before = _scrape(config)
     with tempfile.TemporaryDirectory(prefix="flint-load-") as tmp:
         workdir = Path(tmp)
         with Progress(total_s, label or config.scenario, show) as progress:
@@ -115,7 +118,20 @@ def run(config: RunConfig, *, quiet: bool | None = None, label: str = "") -> Run
                 _write_share(workdir, config, result)
             else:
                 _run_processes(config, workdir, progress)
-        return merge_shares(config, workdir)
+        result = merge_shares(config, workdir)
+    result.report["server_metrics"] = {"url": config.target.metrics_url, "scraped": before is not None}
+    result.report["consistency"] = consistency(result.records, before, _scrape(config) if before else None)
+    return result
+
+
+def _scrape(config: RunConfig) -> dict | None:
+    if not config.target.metrics_url:
+        return None
+    try:
+        return scrape(config.target.metrics_url)
+    except OSError as exc:
+        print(f"flint load: cannot scrape {config.target.metrics_url}: {exc}", file=sys.stderr)
+        return None
 
 
 def _run_processes(config: RunConfig, workdir: Path, progress: Progress) -> None:

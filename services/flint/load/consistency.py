@@ -1,0 +1,70 @@
+"""Are the client's figures consistent with the server's own?
+
+Two sources of the server's view:
+- every Final message (completion tokens, queue/prefill/first-token times),
+  always available on the flint target;
+- optionally its Prometheus endpoint (`--server-metrics URL`, loopback
+  only), scraped before and after the run; counters are compared as deltas.
+A check passes when the two sides agree within its tolerance; the report
+shows each side, so a mismatch says which figure to distrust.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+from flint.load.record import RequestRecord
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """Prometheus text format -> {metric name: value summed over label sets}."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:   # noqa: S310 (loopback-only, checked)
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+    return out
+
+
+def _check(name: str, client: float | None, server: float | None, rel_tol: float, note: str) -> dict:
+    ok = None
+    if client is not None and server is not None:
+        ok = abs(client - server) <= rel_tol * max(abs(server), abs(client), 1.0)
+    return {"check": name, "client": client, "server": server, "tolerance": rel_tol, "ok": ok, "note": note}
+
+
+def consistency(records: list[RequestRecord], before: dict | None = None, after: dict | None = None) -> list[dict]:
+    finals = [r for r in records if r.completion_tokens is not None and r.ok]
+    checks = []
+    if finals:
+        streamed = sum(r.tokens for r in finals)
+        reported = sum(r.completion_tokens for r in finals)
+        checks.append(_check("tokens streamed vs Final.completion_tokens", streamed, reported, 0.02,
+                             "tokens that decode to no text (special tokens) appear only in Final"))
+        timed = [r for r in finals if r.server.get("first_token_ms") and r.ttft_ms is not None
+                 and not r.interrupted]
+        if timed:
+            client = sum(r.ttft_ms for r in timed) / len(timed)
+            server = sum(r.server["first_token_ms"] for r in timed) / len(timed)
+            checks.append(_check("mean TTFT: client vs server first_token_ms", client, server, 0.25,
+                                 "client adds network, front-end relay and its own reading"))
+    if before and after:
+        delta = {k: after[k] - before.get(k, 0.0) for k in after}
+        decode = delta.get("flint_engine_decode_tokens_total")
+        client_tokens = sum(r.completion_tokens or 0 for r in records)
+        checks.append(_check("generated tokens: Finals vs engine counter", client_tokens, decode, 0.05,
+                             "engine counter delta over the run (includes other clients, if any)"))
+        ttft_n = delta.get("flint_engine_time_to_first_token_seconds_count")
+        first_tokens = sum(1 for r in records if (r.completion_tokens or 0) > 0)
+        checks.append(_check("requests with a first token: client vs engine", first_tokens, ttft_n, 0.05, ""))
+        if ttft_n:
+            server_ttft = 1000.0 * delta.get("flint_engine_time_to_first_token_seconds_sum", 0.0) / ttft_n
+            client = [r.ttft_ms for r in records if r.ttft_ms is not None]
+            checks.append(_check("mean TTFT: client vs engine histogram", sum(client) / len(client) if client else None,
+                                 server_ttft, 0.5, "engine TTFT starts at the engine, the client's at its send"))
+    return checks
