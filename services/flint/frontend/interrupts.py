@@ -102,9 +102,11 @@ class InterruptBus:
         ack = asyncio.get_running_loop().create_future()
         self._acks[nonce] = ack
         try:
-            await self._store.set_interrupt_flag(request_id)
             message = {"request_id": request_id, "reply_to": self._worker_id, "nonce": nonce}
-            await self._store.redis.publish(self.interrupt_channel(record.owner), msgpack.packb(message))
+            async with self._store.redis.pipeline(transaction=False) as pipe:  # flag + message: one round trip
+                pipe.set(self._store.flag_key(request_id), b"1", px=self._store.request_ttl_ms)
+                pipe.publish(self.interrupt_channel(record.owner), msgpack.packb(message))
+                await pipe.execute()
             deadline = time.monotonic() + self._ack_timeout_s
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):

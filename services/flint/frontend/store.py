@@ -74,6 +74,10 @@ class Store:
         self._request_ttl_ms = int(request_ttl_s * 1000)
         self._claim = redis.register_script(_CLAIM)  # EVALSHA after the first call
 
+    @property
+    def request_ttl_ms(self) -> int:
+        return self._request_ttl_ms
+
     # ------------------------------------------------------------ keys
     def session_key(self, session_id: str) -> str:
         return f"{self.prefix}:session:{session_id}"
