@@ -143,3 +143,14 @@ def test_edit_with_chatml_tokens_is_a_chat_turn(make_tok):
     got = text(tok, prompt.token_ids)
     assert prompt.template == "edit-chat" and tok.special_id("<|im_end|>") in prompt.stop_token_ids
     assert got.startswith("<|im_start|>system\n") and got.endswith("<|im_start|>assistant\n```\n")
+
+
+def test_codellama_text_after_template_tokens_gets_no_start_of_text_space(llama_checkpoint):
+    tok = Tokenizer.from_dir(llama_checkpoint)           # SentencePiece-style, with CodeLlama FIM tokens
+    prompt = build_prompt(tok, GenerateRequest(request_id="r", prefix="x = f(", suffix=")\n"))
+    assert prompt.template == "codellama"
+    ids = list(prompt.token_ids)
+    assert ids[:2] == [tok.bos_token_id, tok.special_id("▁<PRE>")]
+    assert not tok.hf.id_to_token(ids[2]).startswith("▁")   # as transformers' CodeLlamaTokenizer encodes it
+    assert text(tok, ids[2:]) == "x = f( <SUF>)\n <MID>"
+    assert tok.decode(tok.encode("x = 1")) == "x = 1" and tok.encode("x = 1") != tok.encode("x = 1", continuation=True)

@@ -136,8 +136,11 @@ def build_prompt(tok: Tokenizer, request: GenerateRequest, *, template: str | No
         if not fim.prefix and request.suffix:
             notes = ("this tokenizer has no FIM tokens: the suffix was ignored (prefix-only completion)",)
     ids: list[int] = [tok.bos_token_id] if tok.add_bos and tok.bos_token_id is not None else []
-    for seg in segments:
-        ids.extend([seg] if isinstance(seg, int) else tok.encode(seg) if seg else [])
+    for i, seg in enumerate(segments):
+        if isinstance(seg, int):
+            ids.append(seg)
+        elif seg:  # text after a template token continues it (no SentencePiece start-of-text space)
+            ids.extend(tok.encode(seg, continuation=i > 0))
     stops = set(tok.eos_token_ids)
     stops.update(i for s in fim.stops if (i := tok.special_id(s)) is not None)
     if name == "edit-chat":

@@ -8,7 +8,9 @@ special tokens by id (`special_id`).
 
 Public API (stable):
     Tokenizer.from_dir(path) / Tokenizer(tokenizers.Tokenizer, eos_token_ids=..., bos_token_id=..., add_bos=...)
-    .encode(text) -> list[int]            (no BOS, specials not parsed)
+    .encode(text, continuation=False) -> list[int]   (no BOS, specials not parsed; continuation=True:
+                                          the text continues earlier text, so SentencePiece-style
+                                          tokenizers do not add their start-of-text "▁")
     .decode(ids, skip_special_tokens=True) -> str
     .special_id(token) -> int | None      (id of an added/special token, by its text)
     .eos_token_ids: frozenset[int]; .bos_token_id; .add_bos; .vocab_size
@@ -34,12 +36,9 @@ class Tokenizer:
         add_bos: bool = False,
     ):
         self._tok = tok
-        self._encoder = tok
-        try:  # tokenizers >= 0.19: encode "<|x|>" in user text as plain text
-            self._encoder = type(tok).from_str(tok.to_str())
-            self._encoder.encode_special_tokens = True
-        except AttributeError:
-            pass
+        spec = json.loads(tok.to_str())
+        self._encoder = _text_encoder(type(tok), spec)
+        self._continuation = _text_encoder(type(tok), _without_start_space(spec))
         added = tok.get_added_tokens_decoder()  # id -> AddedToken
         self._added: dict[str, int] = {t.content: i for i, t in added.items()}
         self.special_ids = frozenset(i for i, t in added.items() if t.special)
@@ -47,7 +46,7 @@ class Tokenizer:
         self.bos_token_id = bos_token_id
         self.add_bos = add_bos and bos_token_id is not None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-        model = json.loads(tok.to_str()).get("model", {})
+        model = spec.get("model", {})
         self.is_byte_fallback = bool(model.get("byte_fallback"))
         self._byte_ids = frozenset(
             i for t, i in tok.get_vocab(with_added_tokens=False).items()
@@ -86,8 +85,9 @@ class Tokenizer:
         add_bos = bool(tok_config.get("add_bos_token", False))
         return cls(tok, eos_token_ids=eos, bos_token_id=bos, add_bos=add_bos)
 
-    def encode(self, text: str) -> list[int]:
-        return self._encoder.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, continuation: bool = False) -> list[int]:
+        encoder = self._continuation if continuation else self._encoder
+        return encoder.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -104,6 +104,30 @@ class Tokenizer:
     def hf(self):
         """The underlying `tokenizers.Tokenizer`."""
         return self._tok
+
+
+def _text_encoder(cls, spec: dict):
+    """A copy of the tokenizer that encodes "<|x|>" in user text as plain text (tokenizers >= 0.19)."""
+    encoder = cls.from_str(json.dumps(spec))
+    if hasattr(encoder, "encode_special_tokens"):
+        encoder.encode_special_tokens = True
+    return encoder
+
+
+def _without_start_space(spec: dict) -> dict:
+    """The spec minus SentencePiece's start-of-text space (a Prepend("▁") normalizer or Metaspace prepend)."""
+    spec = json.loads(json.dumps(spec))
+    norm = spec.get("normalizer") or {}
+    if norm.get("type") == "Prepend":
+        spec["normalizer"] = None
+    elif norm.get("type") == "Sequence":
+        norm["normalizers"] = [n for n in norm.get("normalizers", []) if n.get("type") != "Prepend"]
+    pre = spec.get("pre_tokenizer") or {}
+    for p in [pre, *pre.get("pretokenizers", [])]:
+        if p.get("type") == "Metaspace":
+            p["prepend_scheme"] = "never"
+            p.pop("add_prefix_space", None)
+    return spec
 
 
 def _read_json(file: Path) -> dict:
