@@ -38,7 +38,8 @@ class Tokenizer:
         self._tok = tok
         spec = json.loads(tok.to_str())
         self._encoder = _text_encoder(type(tok), spec)
-        self._continuation = _text_encoder(type(tok), _without_start_space(spec))
+        plain = _without_start_space(spec)
+        self._continuation = self._encoder if plain == spec else _text_encoder(type(tok), plain)
         added = tok.get_added_tokens_decoder()  # id -> AddedToken
         self._added: dict[str, int] = {t.content: i for i, t in added.items()}
         self.special_ids = frozenset(i for i, t in added.items() if t.special)
