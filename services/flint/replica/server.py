@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from flint.config import ReplicaConfig
+from flint.engine.types import Final
 from flint.grpc_status import ErrorInterceptor
 from flint.internal.v1 import engine_pb2 as pb
 from flint.internal.v1 import engine_pb2_grpc
@@ -40,14 +41,17 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
 
     async def Generate(self, request, context):
         engine_request = request_from_proto(request)
+        finished = False
         try:
             # Leaving this block for any reason (client cancelled, error) closes the
             # engine's iterator, which aborts the request and frees its KV slots.
             async with contextlib.aclosing(self._engine.generate(engine_request)) as events:
                 async for event in events:
+                    finished = isinstance(event, Final)
                     yield event_to_proto(event)
         except (asyncio.CancelledError, GeneratorExit):
-            self.cancelled_total += 1
+            if not finished:  # a caller closing the call right after the Final cancelled nothing
+                self.cancelled_total += 1
             raise
 
     async def Abort(self, request, context):
