@@ -98,3 +98,24 @@ def test_two_generator_processes_split_one_schedule_and_merge():
     assert [g["index"] for g in result.report["generators"]] == [0, 1]
     assert all(g["cpu_s"] > 0 and g["loop_lag_ms"]["count"] > 0 for g in result.report["generators"])
     assert s["metrics"]["ttft_ms"]["count"] == s["ok"]
+
+
+def test_shares_run_as_separate_commands_merge_into_one_run(tmp_path):
+    import subprocess
+    import sys
+
+    from flint.load.orchestrate import merge_dirs
+
+    with MockProcess(MockConfig(tokens_per_s=2000, ttft_ms=2)) as mock:
+        start_at = time.time() + 4.0
+        procs = [subprocess.Popen([sys.executable, "-m", "flint.cli", "load", "run", "--scenario", "short-fim",
+                                   "--seed", "5", "--param", "prompt_tokens=[64,128]", "--param", "max_tokens=[4,8]",
+                                   "--rate", "20", "--duration-s", "2", "--generators", "2", "--generator-index",
+                                   str(k), "--start-at", str(start_at), "--address", mock.address,
+                                   "--out", str(tmp_path / f"share-{k}")], stdout=subprocess.DEVNULL)
+                 for k in range(2)]
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    result = merge_dirs([tmp_path / "share-0", tmp_path / "share-1"])
+    scheduled = open_schedule(ArrivalConfig(rate_per_s=20), 5, 2.0, lambda i: 0.0)
+    assert len(result.records) == len(scheduled) == result.report["summary"]["requests"]
+    assert {r.generator for r in result.records} == {0, 1} and result.report["summary"]["errors"] == 0

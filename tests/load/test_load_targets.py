@@ -2,7 +2,7 @@
 
 import pytest
 
-from flint.errors import InvalidArgument
+from flint.errors import InvalidArgument, Unavailable
 from flint.load.config import RunConfig, TargetConfig
 from flint.load.mock_openai import start_openai_mock
 from flint.load.mock_server import MockConfig, start_mock_server
@@ -83,7 +83,7 @@ async def test_openai_http_errors_are_recorded_by_status(openai_mock):
 async def test_unreachable_flint_target_fails_clearly():
     config = cfg("127.0.0.1:9", "flint", "short-fim", {})
     config = RunConfig(**{**config.__dict__, "target": TargetConfig(address="127.0.0.1:9", connect_timeout_s=0.5)})
-    with pytest.raises(TimeoutError):
+    with pytest.raises(Unavailable, match="is the server running"):
         await Generator(config).run()
 
 

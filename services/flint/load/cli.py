@@ -131,6 +131,15 @@ def cmd_run(args) -> int:
         n = write_trace(args.record_trace, record_schedule(scenario, build_schedule(config, scenario)),
                         scenario.describe())
         print(f"wrote {n} requests to {args.record_trace}", file=sys.stderr)
+    if args.generator_index is not None:
+        from flint.load.orchestrate import run_share
+
+        if args.start_at is None:
+            raise InvalidArgument("--generator-index needs --start-at UNIX_SECONDS, the same on every machine")
+        out = run_share(config, args.generator_index, args.start_at, _out_dir(args, config, "share"))
+        print(f"share {args.generator_index} of {config.generators} written to {out}; merge all shares with "
+              "`flint load merge DIR...`")
+        return 0
     result = run(config, quiet=True if args.quiet else None, label=config.label)
     out = write_run(result, _out_dir(args, config, "run"))
     _print_summary(result.report["summary"])
@@ -187,6 +196,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from flint.load.orchestrate import merge_dirs
+    from flint.load.report import write_run
+
+    result = merge_dirs(args.dirs)
+    out = write_run(result, args.out)
+    _print_summary(result.report["summary"])
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from flint.load.html import render_capacity, render_run
     from flint.load.report import load_capacity, load_run
@@ -236,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one bounded load run -> report.json, records.jsonl, report.html")
     _run_options(p)
     p.add_argument("--record-trace", metavar="FILE", help="also write the run's schedule as a replayable trace")
+    p.add_argument("--generator-index", type=int, help="several machines: run only this share of --generators "
+                   "and write it for `flint load merge`")
+    p.add_argument("--start-at", type=float, help="with --generator-index: common start, unix seconds")
+    p = sub.add_parser("merge", help="merge generator shares from several machines into one report")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--out", "-o", required=True)
     p = sub.add_parser("capacity", help="ramp/bracket the load until the SLO breaks; report the knee")
     _run_options(p)
     p.add_argument("--start", type=float, help="first load level (default 1)")
@@ -268,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "capacity": cmd_capacity, "compare": cmd_compare, "report": cmd_report,
-                "mock-server": cmd_mock}
+                "mock-server": cmd_mock, "merge": cmd_merge}
     try:
         return commands[args.cmd](args)
     except FlintError as exc:

@@ -68,7 +68,8 @@ def _panel(title: str, content: str, note: str = "") -> str:
 
 def _badges(summary: dict) -> str:
     slo = summary["slo"]
-    out = [f'<span class="{"pass" if slo["pass"] else "fail"}">SLO {slo["preset"]}: '
+    out = [f'<span class="{"pass" if slo["pass"] else "fail"}">SLO {slo["preset"]} (TTFT p{slo["percentile"]:g} ≤ '
+           f'{slo["ttft_ms"]:g} ms, TPOT p{slo["percentile"]:g} ≤ {slo["tpot_ms"]:g} ms): '
            f'{"PASS" if slo["pass"] else "FAIL"}</span>']
     if summary["fell_behind"]:
         out.append(f'<span class="warn">generator fell behind: {escape("; ".join(summary["fell_behind_reasons"]))}'
@@ -229,9 +230,11 @@ def render_capacity(cap: dict) -> str:
     body += f'<div class="badges"><span class="{cls}">{escape(verdict)}</span></div>'
     if cap.get("calibration"):
         c = cap["calibration"]
-        body += (f"<p class='sub'>Generator ceiling (self-calibration against the mock token server): "
+        reached = "not reached up to" if c.get("reached_max_level") else "at"
+        body += (f"<p class='sub'>Generator ceiling (self-calibration against the mock token server): {reached} "
                  f"<b>{_num(c.get('ceiling_level'), 2)} {escape(unit)}</b> "
-                 f"({_num(c.get('ceiling_rps'), 1)} req/s, {_num(c.get('ceiling_tokens_per_s'), 0)} tokens/s).</p>")
+                 f"({_num(c.get('ceiling_rps'), 1)} req/s, {_num(c.get('ceiling_tokens_per_s'), 0)} tokens/s "
+                 "driven without falling behind).</p>")
     body += '<h2>Capacity curve</h2><div class="grid2">' + _panel("TTFT vs load", lat) + _panel("TPOT vs load", tpot) + \
             _panel("Throughput and goodput vs load", thr) + "</div>"
     rows = []

@@ -100,7 +100,7 @@ def _write_share(workdir: Path, config: RunConfig, result) -> None:
     partial = partial_of(result.records, config.slo, config.stall_ms)
     (workdir / f"partial-{result.index}.json").write_text(json.dumps(
         {"partial": partial.to_dict(), "stats": result.stats, "target": result.target_info,
-         "scheduled_jobs": result.scheduled_jobs}))
+         "scheduled_jobs": result.scheduled_jobs, "config": config.to_json()}))
 
 
 def run(config: RunConfig, *, quiet: bool | None = None, label: str = "") -> RunResult:
@@ -184,3 +184,38 @@ def merge_shares(config: RunConfig, workdir: Path) -> RunResult:
               "scenario": make_scenario(config.scenario, config.seed, config.params).describe(),
               "target": target, "generators": generators, "summary": summary, "partial": partial.to_dict()}
     return RunResult(report, records)
+
+
+def run_share(config: RunConfig, index: int, start_at: float, out_dir: str | Path) -> Path:
+    """One generator of a run spread over several machines: run share `index` of `config.generators`,
+    starting at the agreed wall-clock instant `start_at`, and write its share to `out_dir` for `merge_dirs`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(_generator_main(config, index, start_at, Counters()))
+    _write_share(out, config, result)
+    return out
+
+
+def merge_dirs(dirs: list[str | Path]) -> RunResult:
+    """Merge shares written by `run_share` on several machines (copy their directories here first)."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="flint-load-merge-") as tmp:
+        config_json = None
+        for d in dirs:
+            for path in Path(d).glob("partial-*.json"):
+                share = json.loads(path.read_text())
+                if config_json is not None and share["config"] != config_json:
+                    from flint.errors import InvalidArgument
+
+                    raise InvalidArgument(f"{path} was run with a different configuration; shares of one run only")
+                config_json = share["config"]
+                shutil.copy(path, tmp)
+                shutil.copy(path.with_name(path.name.replace("partial-", "records-").replace(".json", ".jsonl")), tmp)
+        if config_json is None:
+            from flint.errors import InvalidArgument
+
+            raise InvalidArgument("no generator shares (partial-N.json) found in " + ", ".join(map(str, dirs)))
+        from flint.config import from_mapping
+
+        return merge_shares(from_mapping(RunConfig, config_json, where="share config"), Path(tmp))

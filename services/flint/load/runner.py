@@ -14,6 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+from flint.errors import Unavailable
 from flint.load.arrival import open_schedule, share
 from flint.load.config import RunConfig
 from flint.load.monitor import SelfMonitor
@@ -79,7 +80,13 @@ class Generator:
 
     async def run(self) -> GeneratorResult:
         self.target = make_target(self.config.target, self.clock)
-        await self.target.start()
+        try:
+            await self.target.start()
+        except (asyncio.TimeoutError, OSError) as exc:
+            await self.target.close()
+            raise Unavailable(f"cannot reach the {self.config.target.protocol} target at "
+                              f"{self.config.target.address} within {self.config.target.connect_timeout_s:g} s "
+                              f"({type(exc).__name__}); is the server running there?") from exc
         monitor = SelfMonitor()
         monitor.start()
         try:

@@ -58,6 +58,7 @@ class FlintTarget(Target):
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+            self._channel = None
 
 
 class FlintSession(Session):

@@ -56,7 +56,8 @@ class OpenAITarget(Target):
         return OpenAISession(self)
 
     async def close(self) -> None:
-        await self.http.close()
+        if getattr(self, "http", None) is not None:
+            await self.http.close()
 
 
 class OpenAISession(Session):
