@@ -89,3 +89,15 @@ def test_no_capacity_is_claimed_above_the_generators_own_ceiling():
     steps[-1] = _step(8, False, behind=True)
     assert judge(steps, last_pass=4, first_fail=8, ceiling=None, unit="users")[1]
     assert judge([_step(1, False)], None, 1, None, "users")[2].startswith("SLO not met")
+
+
+def test_recompute_derives_the_same_summary_from_the_records(mock, tmp_path):
+    from flint.load.report import recompute
+
+    _run(mock, tmp_path / "a", "--seed", "3")
+    report, records = load_run(tmp_path / "a")
+    again = recompute(report, records)
+    for name, metric in report["summary"]["metrics"].items():
+        assert again["summary"]["metrics"][name] == metric, name
+    assert again["summary"]["requests"] == report["summary"]["requests"]
+    assert load_main(["report", "--recompute", str(tmp_path / "a")]) == 0

@@ -212,6 +212,17 @@ def cmd_report(args) -> int:
     from flint.load.report import load_capacity, load_run
 
     path = Path(args.path)
+    if args.recompute:
+        from flint.load.report import rewrite_run
+
+        cap_path = path / "capacity.json"
+        if cap_path.exists():
+            cap = json.loads(cap_path.read_text())
+            for st in cap["steps"]:
+                st["summary"] = rewrite_run(path / st["dir"])["summary"]
+            cap_path.write_text(json.dumps(cap, indent=1))
+        else:
+            rewrite_run(path)
     if (path / "capacity.json").exists() or path.name == "capacity.json":
         html, default = render_capacity(load_capacity(path)), "capacity.html"
     else:
@@ -279,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the comparison as JSON here")
     p = sub.add_parser("report", help="re-render the HTML report of a run or capacity directory")
     p.add_argument("path")
+    p.add_argument("--recompute", action="store_true", help="derive summaries again from records.jsonl first")
     p.add_argument("--out", "-o")
     p = sub.add_parser("mock-server", help="serve the mock token server (calibration) on loopback")
     p.add_argument("--protocol", choices=["flint", "openai"], default="flint")

@@ -157,7 +157,7 @@ def _outcomes(s: dict) -> str:
     extra = (f"<tr><td>superseded (interrupted before 1st token)</td><td>{s['superseded']:,}</td></tr>"
              f"<tr><td>deltas after interrupt ack</td><td>{s['deltas_after_ack']:,}</td></tr>"
              f"<tr><td>seq errors</td><td>{s['seq_errors']:,}</td></tr>"
-             f"<tr><td>prompt tokens (cached)</td><td>{s['prompt_tokens']:,} ({s['cached_prompt_tokens']:,})</td></tr>")
+             f"<tr><td>prompt tokens (from prefix cache), completed requests</td><td>{s['prompt_tokens']:,} ({s['cached_prompt_tokens']:,})</td></tr>")
     return f"<table><tr><th>outcome</th><th>requests</th></tr>{rows}{errs}{extra}</table>"
 
 

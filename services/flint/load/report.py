@@ -84,3 +84,25 @@ def load_capacity(path: str | Path) -> dict:
     for st in cap["steps"]:
         st["report"], _ = load_run(cap_path.parent / st["dir"])
     return cap
+
+
+def recompute(report: dict, records: list[RequestRecord]) -> dict:
+    """The report with summary and partial derived again from its records (after a metric definition changed)."""
+    from flint.load.config import RunConfig
+    from flint.config import from_mapping
+    from flint.load.summary import partial_of, summarize
+
+    config = from_mapping(RunConfig, report["config"], where="report config")
+    partial = partial_of(records, config.slo, config.stall_ms)
+    summary = summarize(partial, slo=config.slo, duration_s=config.bounds.duration_s,
+                        lag_budget_ms=config.lag_budget_ms, generators=report["generators"])
+    return dict(report, summary=summary, partial=partial.to_dict())
+
+
+def rewrite_run(path: str | Path) -> dict:
+    """Recompute a run directory's report.json and report.html from its records.jsonl."""
+    report, records = load_run(path)
+    report = recompute(report, records)
+    Path(path, "report.json").write_text(json.dumps(report, indent=1))
+    Path(path, "report.html").write_text(render_run(report))
+    return report

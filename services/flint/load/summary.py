@@ -61,8 +61,9 @@ class Partial:
         c["tokens"] += r.tokens
         c["deltas"] += len(r.deltas)
         c["seq_errors"] += r.seq_errors
-        c["prompt_tokens"] += r.prompt_tokens or 0
-        c["cached_prompt_tokens"] += r.cached_prompt_tokens or 0
+        if r.ok and not r.interrupted:   # a Final of an interrupted request may not report its cache hits
+            c["prompt_tokens"] += r.prompt_tokens or 0
+            c["cached_prompt_tokens"] += r.cached_prompt_tokens or 0
         self._latencies(r, stall_ms)
         if r.interrupted:
             c["interrupted"] += 1
