@@ -61,13 +61,13 @@ def _serve_parser(sub) -> None:
 
 
 def _request_flags(p) -> None:
-    p.add_argument("--address", help="front-end address host:port (default: the running `flint serve`, "
-                   "else env FLINT_ADDRESS, else 127.0.0.1:50051)")
-    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--address", help="front-end address host:port (default: env FLINT_ADDRESS, else the "
+                   "running `flint serve` on this machine, else 127.0.0.1:50051)")
+    p.add_argument("--max-tokens", type=int, help="most tokens to generate (default: the server's)")
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--seed", type=int, help="same seed and input give the same output")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--model", default="", help="model name (default: the server's)")
     p.add_argument("--stats", action="store_true", help="print token counts and timings to stderr at the end")
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _request_flags(p)
 
     p = sub.add_parser("status", help="replicas, load and sessions from Redis")
-    p.add_argument("--redis-url", help="default: the running `flint serve`, else env FLINT_REDIS_URL")
+    p.add_argument("--redis-url", help="default: env FLINT_REDIS_URL, else the running `flint serve` on this "
+                   "machine")
 
     for words in DISPATCH:
         if len(words) == 1:
