@@ -134,6 +134,9 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, quick: bool = F
     _log("speculative decoding on an edit-shaped prompt")
     r["spec_decode"] = m.spec_decode(bench, s["spec_tokens"], s["spec_region"], num_threads=threads)
 
+    _log("torch.compile decode vs eager")
+    r["compile"] = m.compile_ab(bench, s["decode_tokens"], s["repeats"] + 2, threads)
+
     r["budgets"] = budgets(r)
     r["elapsed_s"] = time.perf_counter() - started
     _log(f"done in {r['elapsed_s']:.0f} s")

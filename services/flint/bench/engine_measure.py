@@ -18,7 +18,6 @@ import torch
 from flint.engine.config import EngineConfig
 from flint.engine.engine import Engine
 from flint.engine.request import Request
-from flint.engine.types import SamplingParams
 
 
 # -- machine and models ---------------------------------------------------------------------------
@@ -66,16 +65,8 @@ def engine_for(path: Path, **overrides) -> Engine:
 
 
 def token_request(engine: Engine, rid: str, ids, max_tokens: int, *, speculate: bool = False,
-                  namespace: str = "", temperature: float = 0.0) -> Request:
-    req = Request(
-        request_id=rid, prompt_ids=np.asarray(ids, dtype=np.int64),
-        sampling=SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0 if temperature else None),
-        max_tokens=max_tokens, namespace=f"{engine.model_name}\x00{namespace}", interactive=True,
-        speculate=speculate, arrival_s=time.time(), arrival_mono=time.perf_counter(),
-        lookahead=engine.config.spec_draft_tokens if speculate else 0,
-    )
-    engine.add(req)
-    return req
+                  namespace: str = "") -> Request:
+    return engine.add_tokens(rid, ids, max_tokens, speculate=speculate, namespace=namespace)
 
 
 def prompt_ids(engine: Engine, n: int, seed: int = 0) -> list[int]:
@@ -240,3 +231,18 @@ def spec_decode(path: Path, tokens: int, region_tokens: int, **engine_kw) -> dic
         "spec_tok_s": spec["tok_s"], "plain_tok_s": plain["tok_s"],
         "outputs_match": spec["tokens"] == plain["tokens"], "tokens": len(plain["tokens"]),
     }
+
+
+def compile_ab(path: Path, tokens: int, rounds: int, threads: int) -> dict:
+    """Eager vs `compile=true` decode, interleaved round by round so machine noise hits both alike."""
+    eager = engine_for(path, num_threads=threads)
+    t = time.perf_counter()
+    compiled = engine_for(path, num_threads=threads, compile=True)
+    compile_s = time.perf_counter() - t
+    eager_rates, compiled_rates = [], []
+    for _ in range(rounds):
+        eager_rates.append(decode_tok_s(eager, tokens, 1))
+        compiled_rates.append(decode_tok_s(compiled, tokens, 1))
+    e, c = float(np.median(eager_rates)), float(np.median(compiled_rates))
+    return {"eager_tok_s": e, "compiled_tok_s": c, "compile_and_load_s": compile_s, "speedup": c / e,
+            "pays": c > 1.05 * e}

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flint.engine.config import EngineConfig
@@ -37,7 +38,7 @@ from flint.engine.runner import LocalRunner, StepBatch
 from flint.engine.sampler_step import TokenChooser
 from flint.engine.scheduler import Scheduler
 from flint.engine.speculative import NgramIndex
-from flint.engine.types import Event, FinishReason, GenerateRequest, LoadInfo, Started
+from flint.engine.types import Event, FinishReason, GenerateRequest, LoadInfo, SamplingParams, Started
 from flint.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,13 @@ class Engine:
         tokenizer = Tokenizer.from_dir(path)
         name = config.model_name or path.name
         runner = LocalRunner(model)
-        return cls(config, runner, tokenizer, model_name=name,
-                   metrics=EngineMetrics(metrics_registry, model=name))
+        engine = cls(config, runner, tokenizer, model_name=name,
+                     metrics=EngineMetrics(metrics_registry, model=name))
+        if config.compile:
+            from flint.engine import compiled
+
+            log.info("compiled decode step ready after %.1f s", compiled.enable(engine))
+        return engine
 
     @property
     def sequences_131k(self) -> int:
@@ -124,6 +130,18 @@ class Engine:
 
     def add_request(self, req: GenerateRequest) -> Started:
         return self.add(self.prepare(req))
+
+    def add_tokens(self, request_id: str, ids, max_tokens: int, *, speculate: bool = False,
+                   namespace: str = "", sampling: SamplingParams | None = None) -> Request:
+        """A request straight from token ids with no end tokens: benchmarks and compile warm-up."""
+        now_wall, now = time.time(), time.perf_counter()
+        req = Request(request_id=request_id, prompt_ids=np.asarray(ids, dtype=np.int64),
+                      sampling=sampling or SamplingParams(max_tokens=max_tokens), max_tokens=max_tokens,
+                      namespace=f"{self.model_name}\x00{namespace}", interactive=True, speculate=speculate,
+                      arrival_s=now_wall, arrival_mono=now,
+                      lookahead=self.config.spec_draft_tokens if speculate else 0)
+        self.add(req)
+        return req
 
     def abort(self, request_id: str) -> bool:
         with self._lock:

@@ -43,6 +43,7 @@ class PagedAttention:
         self.num_heads = num_heads
         self.num_kv_heads = k_cache.shape[2]
         self.sliding_window = sliding_window
+        self._gqa = bool(num_heads != self.num_kv_heads)       # plain bool: torch.compile-friendly
         self._flash = k_cache.device.type == "cpu" and hasattr(
             torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
         self._write_slots = torch.empty(0, dtype=torch.int64)
@@ -115,7 +116,7 @@ class PagedAttention:
         keys = kc.index_select(0, flat).view(b, lmax, *kc.shape[1:]).transpose(1, 2)    # [B, KV, Lmax, D]
         values = vc.index_select(0, flat).view(b, lmax, *vc.shape[1:]).transpose(1, 2)
         o = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=self._decode_mask,
-                                           enable_gqa=self.num_heads != self.num_kv_heads)   # [B, H, 1, D]
+                                           enable_gqa=self._gqa)   # [B, H, 1, D]
         return o[:, :, 0]
 
     def _prefill(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, c: _Chunk) -> torch.Tensor:
