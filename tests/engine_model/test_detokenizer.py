@@ -118,3 +118,15 @@ def test_stop_matcher_earliest_stop_wins_and_flush_returns_held_text():
     m = StopMatcher(["cd", "bcd"])
     assert m.feed("abcde") == "a"
     assert m.stop_string == "bcd"
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="ab\nc", max_size=30), stops=st.lists(st.text(alphabet="ab\nc", min_size=1, max_size=4),
+       max_size=3), cuts=st.lists(st.integers(0, 30), max_size=8))
+def test_stop_matcher_output_is_text_up_to_the_first_stop_whatever_the_chunking(text, stops, cuts):
+    m = StopMatcher(stops)
+    bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
+    out = "".join(m.feed(text[a:b]) for a, b in zip(bounds, bounds[1:])) + m.flush()
+    hits = [i for s in stops if (i := text.find(s)) >= 0]
+    assert out == (text[: min(hits)] if hits else text)
+    assert m.stopped == bool(hits)
