@@ -112,6 +112,15 @@ class Server:
         from flint.replica.host import start_replica_actors
 
         n = self.config.replicas
+        if not self.config.ray_address:  # a local instance cannot grow: fail now rather than wait for CPUs
+            import ray
+
+            have = ray.cluster_resources().get("CPU", 0)
+            need = n * self.config.replica_num_cpus
+            if need > have:
+                raise InvalidArgument(f"{n} replica(s) x {self.config.replica_num_cpus:g} CPU need {need:g} CPUs but "
+                                      f"the local Ray instance has {have:g}; lower --replicas or "
+                                      "--replica-num-cpus, or raise --ray-num-cpus")
         self.say(f"Engine: loading {engine_config.model} into {n} replica{'s' if n > 1 else ''}...")
         replica_config = ReplicaConfig(redis_url=self.redis_url, host=self.config.host)
         self._replicas = start_replica_actors(engine_config, replica_config, count=n,
