@@ -101,3 +101,24 @@ def test_recompute_derives_the_same_summary_from_the_records(mock, tmp_path):
         assert again["summary"]["metrics"][name] == metric, name
     assert again["summary"]["requests"] == report["summary"]["requests"]
     assert load_main(["report", "--recompute", str(tmp_path / "a")]) == 0
+
+
+def test_self_calibration_ramps_against_the_mock_of_the_targets_protocol():
+    from flint.load.capacity import calibrate
+
+    config = RunConfig(scenario="short-fim", seed=1, params={"prompt_tokens": [32, 64], "max_tokens": [4, 8]},
+                       arrival={"kind": "constant", "rate_per_s": 1.0},
+                       target={"protocol": "openai", "address": "http://127.0.0.1:1"})
+    cal = calibrate(config, SearchConfig(start=2, factor=2, max_level=32, calibration_step_s=1.0,
+                                         calibration_max_steps=3), quiet=True)
+    assert [st["level"] for st in cal["steps"]][:2] == [2, 8]
+    assert cal["ceiling_level"] is not None and cal["ceiling_rps"] > 0
+    assert all(st["errors"] == 0 for st in cal["steps"])
+
+
+def test_progress_is_quiet_in_ci_and_when_asked(monkeypatch):
+    from flint.load.progress import should_show
+
+    monkeypatch.setenv("CI", "true")
+    assert should_show(None) is False
+    assert should_show(True) is False and should_show(False) is True

@@ -54,10 +54,9 @@ def calibrate(config: RunConfig, search: SearchConfig, *, quiet: bool | None = N
     """The generator's ceiling on this scenario: highest level it drives against an instant mock server."""
     steps, ceiling = [], None
     mock = MockConfig(tokens_per_s=5000.0, ttft_ms=1.0, coalesce=1)
-    with MockProcess(mock) as server:
-        from flint.load.config import TargetConfig
-
-        target = TargetConfig(protocol="flint", address=server.address)
+    protocol = config.target.protocol      # calibrate the adapter the real run uses
+    with MockProcess(mock, protocol=protocol) as server:
+        target = dataclasses.replace(config.target, address=server.address, allow_remote=False, metrics_url="")
         level = search.start
         for _ in range(search.calibration_max_steps):
             result = run(_at(config, level, search.calibration_step_s, target), quiet=quiet,

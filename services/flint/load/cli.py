@@ -147,12 +147,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _ms(value) -> str:
+    return "–" if value is None else f"{value:.1f} ms"
+
+
 def _print_summary(s: dict) -> None:
     m, slo = s["metrics"], s["slo"]
+    pct = f"p{slo['percentile']:g}"
     print(f"requests {s['requests']} (errors {s['errors']}, interrupted {s['interrupted']}) | offered "
           f"{s['offered_rps']:.2f}/s achieved {s['achieved_rps']:.2f}/s goodput {s['goodput_rps']:.2f}/s")
-    print(f"TTFT p50 {m['ttft_intended_ms']['p50']} ms p{slo['percentile']:g} {slo['ttft_at_percentile_ms']} ms | "
-          f"TPOT p50 {m['tpot_ms']['p50']} ms p{slo['percentile']:g} {slo['tpot_at_percentile_ms']} ms | "
+    print(f"TTFT p50 {_ms(m['ttft_intended_ms']['p50'])} {pct} {_ms(slo['ttft_at_percentile_ms'])} | "
+          f"TPOT p50 {_ms(m['tpot_ms']['p50'])} {pct} {_ms(slo['tpot_at_percentile_ms'])} | "
           f"SLO {slo['preset']}: {'PASS' if slo['pass'] else 'FAIL'}")
     if s["fell_behind"]:
         print("WARNING: the load generator fell behind: " + "; ".join(s["fell_behind_reasons"]))
@@ -173,8 +178,8 @@ def cmd_capacity(args) -> int:
     for st in cap["steps"]:
         s = st["summary"]
         print(f"level {st['level']:>8g}: offered {s['offered_rps']:.2f}/s achieved {s['achieved_rps']:.2f}/s "
-              f"TTFT p{s['slo']['percentile']:g} {s['slo']['ttft_at_percentile_ms']} ms "
-              f"TPOT p{s['slo']['percentile']:g} {s['slo']['tpot_at_percentile_ms']} ms -> "
+              f"TTFT p{s['slo']['percentile']:g} {_ms(s['slo']['ttft_at_percentile_ms'])} "
+              f"TPOT p{s['slo']['percentile']:g} {_ms(s['slo']['tpot_at_percentile_ms'])} -> "
               f"{'pass' if st['pass'] else 'FAIL'}{' (generator behind)' if s['fell_behind'] else ''}")
     print(cap["verdict"])
     print(f"report: {out / 'capacity.html'}")

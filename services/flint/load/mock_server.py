@@ -181,10 +181,17 @@ async def start_mock_server(config: MockConfig, address: str = "127.0.0.1:0") ->
     return server, port
 
 
-def _serve_process(config: MockConfig, address: str, ready) -> None:
+def _serve_process(config: MockConfig, address: str, ready, protocol: str = "flint") -> None:
     async def main() -> None:
-        server, port = await start_mock_server(config, address)
-        ready.put(port)
+        if protocol == "openai":
+            from flint.load.mock_openai import start_openai_mock
+
+            host, port = address.rsplit(":", 1)
+            runner, bound = await start_openai_mock(config, host, int(port))
+            ready.put(bound)
+            await asyncio.Event().wait()
+        server, bound = await start_mock_server(config, address)
+        ready.put(bound)
         await server.wait_for_termination()
 
     asyncio.run(main())
@@ -193,15 +200,15 @@ def _serve_process(config: MockConfig, address: str, ready) -> None:
 class MockProcess:
     """The mock server in its own process (so it does not share the generator's event loop or GIL)."""
 
-    def __init__(self, config: MockConfig, address: str = "127.0.0.1:0"):
+    def __init__(self, config: MockConfig, address: str = "127.0.0.1:0", protocol: str = "flint"):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         ready = ctx.Queue()
-        self.process = ctx.Process(target=_serve_process, args=(config, address, ready), daemon=True)
+        self.process = ctx.Process(target=_serve_process, args=(config, address, ready, protocol), daemon=True)
         self.process.start()
         self.port = ready.get(timeout=60)
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}" if protocol == "flint" else f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.process.terminate()
