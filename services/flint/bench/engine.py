@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="loadtests/results", help="where engine.json and engine.md go")
     p.add_argument("--models-dir", default="", help="where the made checkpoints go (default: flint cache dir)")
     p.add_argument("--skip-hf", action="store_true", help="leave out the transformers baseline")
+    p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile comparison")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     results = run(QUICK if args.quick else FULL, models_dir=args.models_dir, skip_hf=args.skip_hf,
-                  quick=args.quick)
+                  skip_compile=args.skip_compile, quick=args.quick)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "engine.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -67,7 +68,8 @@ def _log(msg: str) -> None:
     print(f"[bench engine {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, quick: bool = False) -> dict:
+def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: bool = False,
+        quick: bool = False) -> dict:
     from flint import env
 
     root = Path(models_dir) if models_dir else env.cache_dir() / "bench-models"
@@ -134,8 +136,10 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, quick: bool = F
     _log("speculative decoding on an edit-shaped prompt")
     r["spec_decode"] = m.spec_decode(bench, s["spec_tokens"], s["spec_region"], num_threads=threads)
 
-    _log("torch.compile decode vs eager")
-    r["compile"] = m.compile_ab(bench, s["decode_tokens"], s["repeats"] + 2, threads)
+    r["compile"] = None
+    if not skip_compile:
+        _log("torch.compile decode vs eager")
+        r["compile"] = m.compile_ab(bench, s["decode_tokens"], s["repeats"] + 2, threads)
 
     r["budgets"] = budgets(r)
     r["elapsed_s"] = time.perf_counter() - started
