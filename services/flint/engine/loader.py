@@ -4,7 +4,8 @@ Reads `config.json` and safetensors weights, single file (`model.safetensors`)
 or sharded (`model.safetensors.index.json`). HF names map to flint names;
 q/k/v rows are concatenated into one `qkv` matrix and gate/up into `gate_up`;
 q/k rows are reordered per head for flint's interleaved rotary layout (see
-`flint.engine.model.rope`).
+`flint.engine.model.rope`), and the per-layer RMSNorm weights are folded into
+the qkv and gate_up columns (see `flint.engine.model.llama`).
 Under tensor parallelism each rank reads only its rows/columns through
 safetensors slices, and a pipeline stage reads only its layers, so a shard
 never holds more than its part in memory.
@@ -20,6 +21,7 @@ InvalidArgument for malformed files or shapes that do not fit config.json.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -160,13 +162,14 @@ def _read_shard(w: _Weights, c: ModelConfig, s: ShardSpec, first: bool, last: bo
     for local, layer in enumerate(range(s.layer_start, s.layer_end)):  # type: ignore[arg-type]
         hf, fl = f"model.layers.{layer}.", f"layers.{local}."
         att = hf + "self_attn."
-        out[fl + "input_norm"] = w.get(hf + "input_layernorm.weight", shape=(d,))
-        out[fl + "post_norm"] = w.get(hf + "post_attention_layernorm.weight", shape=(d,))
+        # RMSNorm weights (times sqrt(d)) fold into the columns of the next Linear; see model/llama.py.
+        input_scale = w.get(hf + "input_layernorm.weight", shape=(d,)).float() * math.sqrt(d)
+        post_scale = w.get(hf + "post_attention_layernorm.weight", shape=(d,)).float() * math.sqrt(d)
         out[fl + "qkv.weight"] = torch.cat([
             interleave_rows(w.get(att + "q_proj.weight", rows=q_rows, shape=(c.q_size, d)), hd),
             interleave_rows(w.get(att + "k_proj.weight", rows=kv_rows, shape=(c.kv_size, d)), hd),
             w.get(att + "v_proj.weight", rows=kv_rows, shape=(c.kv_size, d)),
-        ])
+        ]).float() * input_scale
         if c.qkv_bias:
             out[fl + "qkv.bias"] = torch.cat([
                 interleave_rows(w.get(att + "q_proj.bias", rows=q_rows, shape=(c.q_size,)), hd),
@@ -180,6 +183,6 @@ def _read_shard(w: _Weights, c: ModelConfig, s: ShardSpec, first: bool, last: bo
         out[fl + "gate_up.weight"] = torch.cat([
             w.get(mlp + "gate_proj.weight", rows=i_rows, shape=(inter, d)),
             w.get(mlp + "up_proj.weight", rows=i_rows, shape=(inter, d)),
-        ])
+        ]).float() * post_scale
         out[fl + "down.weight"] = w.get(mlp + "down_proj.weight", cols=i_rows, shape=(d, inter))
     return out

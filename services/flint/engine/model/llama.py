@@ -11,6 +11,14 @@ The model is built with parameters on the meta device and filled by
 `flint.engine.loader` (or `load_state`), so a shard never allocates weights it
 does not hold. QKV and gate/up are fused Linears (one GEMM/GEMV each instead
 of three/two), which matters for decode where every op costs tens of µs.
+For the same reason the per-layer RMSNorm weights are folded into the columns
+of the Linear that follows (qkv, gate_up), with the sqrt(hidden) factor:
+
+    W @ (w * x / sqrt(mean(x^2) + eps)) == (W * (w * sqrt(d))) @ (x / hypot(|x|, sqrt(d * eps)))
+
+so a layer norm is three small kernels (norm, hypot, div) instead of about
+eight. The final norm keeps its weight (tied embeddings would otherwise need
+a second copy of the vocabulary matrix).
 
 On a pipeline stage that is not the first, pass `hidden_states` [T, d] instead
 of `input_ids`; a stage that is not the last returns the residual stream
@@ -22,6 +30,8 @@ first layer), so a stage's KV cache is sized `model.num_local_layers`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,22 +46,25 @@ from flint.errors import InvalidArgument
 _META = torch.device("meta")
 
 
+def unit_rms(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """x [T, d] / hypot(|x|, sqrt(d * eps)): RMSNorm without its weight and sqrt(d) (folded into the next Linear)."""
+    return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor)
+
+
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, shard: ShardSpec, dtype: torch.dtype):
+    def __init__(self, config: ModelConfig, shard: ShardSpec, dtype: torch.dtype, floor: torch.Tensor):
         super().__init__()
         d, hd = config.hidden_size, config.head_dim
         self.n_heads = shard.local_heads(config)[1]
         self.n_kv = shard.local_kv_heads(config)[1]
         self.head_dim = hd
-        self.eps = config.rms_norm_eps
+        self.floor = floor   # 0-dim sqrt(d * eps), shared by the layers
         inter = shard.local_intermediate(config)[1]
         kw = dict(device=_META, dtype=dtype)
-        self.input_norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False)
         self.qkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv) * hd, bias=config.qkv_bias, **kw)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False, **kw)
         # Row-parallel bias is added once, after the all-reduce.
         self.o_bias = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if config.o_bias else None
-        self.post_norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False)
         self.gate_up = nn.Linear(d, 2 * inter, bias=False, **kw)
         self.down = nn.Linear(inter, d, bias=False, **kw)
 
@@ -65,8 +78,7 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         h, hd, kv = self.n_heads, self.head_dim, self.n_kv
-        y = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
-        qkv = self.qkv(y)                                       # [T, (H + 2KV) * D]
+        qkv = self.qkv(unit_rms(x, self.floor))                 # [T, (H + 2KV) * D] (input norm folded in)
         qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), rotation)  # [T, H + KV, D]
         q, k = qk[:, :h], qk[:, h:]
         v = qkv[:, (h + kv) * hd :].view(t, kv, hd)             # [T, KV, D]
@@ -77,8 +89,7 @@ class DecoderLayer(nn.Module):
         if self.o_bias is not None:
             o = o + self.o_bias
         x = x + o
-        y = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps)
-        gate, up = self.gate_up(y).chunk(2, dim=-1)             # [T, I] each
+        gate, up = self.gate_up(unit_rms(x, self.floor)).chunk(2, dim=-1)  # [T, I] each (post norm folded in)
         m = self.down(F.silu(gate) * up)                        # [T, d] (partial sum under TP)
         if all_reduce is not None:
             m = all_reduce(m)
@@ -106,8 +117,9 @@ class CausalLM(nn.Module):
         kw = dict(device=_META, dtype=dtype)
         d = config.hidden_size
         self.embed = nn.Embedding(config.vocab_size, d, **kw) if self.is_first else None
+        floor = torch.tensor(math.sqrt(d * config.rms_norm_eps), dtype=dtype, device=self.device)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, shard, dtype) for _ in range(shard.layer_start, shard.layer_end)  # type: ignore[arg-type]
+            DecoderLayer(config, shard, dtype, floor) for _ in range(shard.layer_start, shard.layer_end)  # type: ignore[arg-type]
         )
         self.norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if self.is_last else None
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False, **kw) if self.is_last else None
