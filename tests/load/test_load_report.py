@@ -70,7 +70,9 @@ def test_capacity_search_finds_the_knee_of_a_server_that_queues(mock, tmp_path):
     assert cap["knee"]["level"] < cap["first_failing_level"]
     assert all(st["pass"] for st in cap["steps"] if st["level"] <= cap["knee"]["level"])
     assert not any(st["pass"] for st in cap["steps"] if st["level"] >= cap["first_failing_level"])
-    assert 5 in levels and "knee at" in cap["verdict"]
+    assert 5 in levels
+    # On a busy shared machine the generator itself may stall at the failing step; then no knee is claimed.
+    assert ("capacity ≥" if cap["generator_bound"] else "knee at") in cap["verdict"]
     html = (tmp_path / "capacity.html").read_text()
     assert "Capacity curve" in html and html.count("<svg") >= 3
     assert json.loads((tmp_path / "capacity.json").read_text())["schema"] == "flint.load.capacity/1"

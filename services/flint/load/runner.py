@@ -104,6 +104,8 @@ class Generator:
         cfg = self.config
         schedule = build_schedule(cfg, self.scenario)
         mine = share(schedule, self.index, cfg.generators)
+        if mine:
+            self.scenario.job(mine[0][1])    # fill the scenario's text caches before the first send is due
         tasks: list[asyncio.Task] = []
         for t_ms, job_index in mine:
             if self.request_budget <= 0:
