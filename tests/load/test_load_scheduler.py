@@ -34,6 +34,11 @@ def test_open_schedules_have_the_intended_rate_and_shares_are_disjoint():
         sched = open_schedule(ArrivalConfig(kind=kind, rate_per_s=50.0, cv=2.0), seed=1, duration_s=200.0,
                               job_span_ms=lambda i: 0.0)
         assert abs(len(sched) / 200.0 - 50.0) < 50.0 * 0.08, kind
+        if kind == "gamma":
+            import statistics
+
+            gaps = [b[0] - a[0] for a, b in zip(sched, sched[1:])]
+            assert abs(statistics.pstdev(gaps) / statistics.mean(gaps) - 2.0) < 0.3     # as bursty as asked
         shares = [share(sched, k, 3) for k in range(3)]
         assert sorted(x for s in shares for x in s) == sorted(sched)
         assert len({x[1] for s in shares for x in s}) == len(sched)

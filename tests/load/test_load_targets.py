@@ -96,3 +96,13 @@ def test_targets_off_this_machine_are_refused_without_the_ownership_flag(address
 @pytest.mark.parametrize("address", ["127.0.0.1:50051", "localhost:1", "[::1]:50051", "http://127.0.0.1:8000"])
 def test_loopback_targets_are_accepted(address):
     assert TargetConfig(address=address).address == address
+
+
+async def test_openai_redirect_closes_the_first_stream_and_sends_the_second(openai_mock):
+    result = await Generator(cfg(openai_mock, "openai", "redirect", {"max_tokens": [100, 100],
+                                                                      "redirect_after_ms": [50, 80]}, rate=10)).run()
+    firsts = [r for r in result.records if r.step == 0]
+    seconds = [r for r in result.records if r.step == 1]
+    assert firsts and len(firsts) == len(seconds)
+    assert all(r.finish_reason == "interrupted" and r.interrupt_mode == "redirect" and r.tokens < 100 for r in firsts)
+    assert all(r.ok and r.tokens == 100 for r in seconds)
