@@ -96,17 +96,7 @@ def _config(args):
     for key, value in (("arrival", arrival), ("bounds", bounds), ("target", target), ("slo", slo)):
         if value:
             over[key] = value
-    file_data = {}
-    if args.file:
-        from flint.config import load_config_file
-
-        file_data = load_config_file(args.file)
-        if "target" in file_data and args.target and args.target != file_data["target"].get("protocol"):
-            file_data["target"] = {}
-    return load_run_config(None, {**file_data, **{k: ({**file_data.get(k, {}), **v} if isinstance(v, dict)
-                                                        and k != "params" else v) for k, v in over.items()},
-                                  **({"params": {**file_data.get("params", {}), **over["params"]}}
-                                     if "params" in over else {})})
+    return load_run_config(args.file, over)
 
 
 def _out_dir(args, config, kind: str) -> Path:
