@@ -54,6 +54,7 @@ class ServeDeploymentConfig:
     health_check_period_s: float = 2.0
     health_check_timeout_s: float = 10.0
     num_cpus: float = 1.0                                # Ray CPUs per replica actor
+    num_gpus: float = 0.0                                # GPUs per replica actor (unsharded GPU replicas: 1)
     resources: dict = field(default_factory=dict)        # extra Ray resources per replica actor
     max_replicas_per_node: int = 0                       # 0 = no limit
 
@@ -72,6 +73,8 @@ class ServeDeploymentConfig:
                      "health_check_timeout_s", "target_requests_per_replica"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"serve: {name} must be > 0")
+        if {"CPU", "GPU"} & set(self.resources):
+            raise InvalidArgument("serve: use num_cpus / num_gpus, not resources, for CPUs and GPUs")
         if "redis_url" in self.replica:
             raise InvalidArgument("serve: set redis_url at the top level, not under replica")
         # Validate nested sections now, not in a replica minutes later.
@@ -120,6 +123,11 @@ class EngineReplica:
 
             unique = serve.get_replica_context().replica_id.unique_id
             replica_config = dataclasses.replace(replica_config, replica_id=f"serve-{unique}")
+        if replica_config.host in ("0.0.0.0", "::") and not replica_config.advertise_host:
+            # Bound on every interface: publish this node's address, which front-ends on other machines reach.
+            import ray
+
+            replica_config = dataclasses.replace(replica_config, advertise_host=ray.util.get_node_ip_address())
         if sharding is None:
             self.host = ReplicaHost(engine_config, replica_config)
         else:
@@ -165,7 +173,7 @@ def deployment_options(cfg: ServeDeploymentConfig) -> dict:
     }
     if cfg.initial_replicas:
         autoscaling["initial_replicas"] = cfg.initial_replicas
-    actor_options: dict[str, Any] = {"num_cpus": cfg.num_cpus}
+    actor_options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
     if cfg.resources:
         actor_options["resources"] = dict(cfg.resources)
     opts = {

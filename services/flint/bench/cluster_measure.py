@@ -1,0 +1,199 @@
+"""Measurements of `flint bench cluster`.
+
+- step overhead: one greedy decode step (batch 1) through `LocalRunner` (the
+  model in this process) and through `DistributedRunner` with 1, 2 and 4
+  shard workers; the difference is what sharding adds per step;
+- cross-worker interrupt: stream on front-end worker A, `Interrupt` sent to
+  worker B, time until A's stream ends;
+- relay overhead: first-token time through a front-end worker minus the same
+  request sent straight to the engine replica's internal gRPC;
+- relay throughput: deltas/s one front-end worker relays from an engine that
+  emits as fast as it can (a stand-in engine, so the engine's own speed does
+  not cap what is measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import grpc
+
+from flint.engine.types import Delta, Final, FinishReason, LoadInfo, Started
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def summary_ms(values_s: list[float]) -> dict:
+    ms = [v * 1e3 for v in values_s]
+    return {"p50": round(pct(ms, 50), 3), "p90": round(pct(ms, 90), 3), "p99": round(pct(ms, 99), 3),
+            "n": len(ms)}
+
+
+# -- per-step overhead of sharding ---------------------------------------------------------------
+
+def step_overhead(checkpoint: str, *, decode_steps: int, layouts: list[tuple[str, int, int]]) -> dict:
+    import torch
+
+    from flint.distributed.config import ShardingConfig
+    from flint.distributed.probe import greedy_generate
+    from flint.distributed.runner import DistributedRunner
+    from flint.engine.loader import load_model
+    from flint.engine.runner import LocalRunner
+
+    torch.set_num_threads(1)   # shard workers run 1 thread each; compare like with like
+    prompt = [[(i * 37 + 11) % 500 + 3 for i in range(32)]]
+    slots = len(prompt[0]) + decode_steps + 8
+
+    def run(runner) -> tuple[list[int], list[float]]:
+        greedy_generate(runner, prompt, 4)                      # warm-up
+        times: list[float] = []
+        tokens = greedy_generate(runner, prompt, decode_steps, step_times_s=times)
+        return tokens[0], times[1:]                             # decode steps only
+
+    local = LocalRunner(load_model(checkpoint))
+    local.init_kv(slots)
+    ref_tokens, ref_times = run(local)
+    base = statistics.median(ref_times)
+    out = {"local (1 shard, in process)": {"shards": 1, "step_ms": summary_ms(ref_times), "overhead_ms": 0.0,
+                                           "tokens_equal_local": True}}
+    for label, pp, tp in layouts:
+        with DistributedRunner(checkpoint, sharding=ShardingConfig(pp=pp, tp=tp)) as runner:
+            runner.init_kv(slots)
+            tokens, times = run(runner)
+        out[label] = {"shards": pp * tp, "pp": pp, "tp": tp, "step_ms": summary_ms(times),
+                      "overhead_ms": round((statistics.median(times) - base) * 1e3, 3),
+                      "tokens_equal_local": tokens == ref_tokens}
+    return out
+
+
+# -- front-end workers as processes --------------------------------------------------------------
+
+def start_worker(redis_url: str, worker_id: str, key_prefix: str) -> tuple[subprocess.Popen, str]:
+    from flint.config import FrontendConfig
+
+    cfg = FrontendConfig(redis_url=redis_url, worker_id=worker_id, port=0, reuse_port=False, key_prefix=key_prefix)
+    proc = subprocess.Popen([sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(cfg))],
+                            stdout=subprocess.PIPE, text=True)
+    ready = json.loads(proc.stdout.readline() or "{}")
+    if ready.get("event") != "listening":
+        proc.kill()
+        raise RuntimeError(f"front-end worker {worker_id} did not start")
+    return proc, f"127.0.0.1:{ready['port']}"
+
+
+# -- interrupt latency and relay overhead (real engine) -----------------------------------------
+
+async def interrupt_latency(worker_a: str, worker_b: str, *, samples: int) -> dict:
+    from flint.v1 import flint_pb2 as pb
+    from flint.v1 import flint_pb2_grpc
+
+    lat, late_deltas = [], 0
+    async with grpc.aio.insecure_channel(worker_a) as ca, grpc.aio.insecure_channel(worker_b) as cb:
+        a, b = flint_pb2_grpc.FlintStub(ca), flint_pb2_grpc.FlintStub(cb)
+        for i in range(samples):
+            rid = f"bench-int-{i}-{time.time_ns()}"
+            # Sampled (seeded): the random demo model's greedy output is mostly special tokens, no text.
+            call = a.Edit(pb.EditRequest(request_id=rid, code="x = 1\ny = 2\n", instruction="rename x",
+                                         sampling=pb.Sampling(max_tokens=400, temperature=1.0, seed=i + 1)))
+            first = await call.read()
+            while first is not grpc.aio.EOF and first.WhichOneof("kind") != "delta":
+                first = await call.read()
+            if first is grpc.aio.EOF:
+                continue                                        # ended before any text: no sample
+            t0 = time.perf_counter()
+            ack = await b.Interrupt(pb.InterruptRequest(request_id=rid))
+            while (m := await call.read()) is not grpc.aio.EOF:
+                if m.WhichOneof("kind") == "delta" and m.delta.seq > ack.last_seq:
+                    late_deltas += 1
+            lat.append(time.perf_counter() - t0)
+    return {"to_stream_end_ms": summary_ms(lat), "deltas_after_ack": late_deltas}
+
+
+async def relay_overhead(worker: str, replica: str, *, samples: int) -> dict:
+    from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+    from flint.v1 import flint_pb2 as pb
+    from flint.v1 import flint_pb2_grpc
+
+    via, direct = [], []
+    async with grpc.aio.insecure_channel(worker) as cw, grpc.aio.insecure_channel(replica) as cr:
+        front, engine = flint_pb2_grpc.FlintStub(cw), engine_pb2_grpc.EngineStub(cr)
+        for i in range(samples):
+            prefix = f"def f_{i}(x):\n    return x + {i}\n"   # distinct prompts: no prefix-cache help
+            t0 = time.perf_counter()
+            async for m in front.Complete(pb.CompleteRequest(prefix=prefix, sampling=pb.Sampling(max_tokens=1))):
+                if m.WhichOneof("kind") in ("delta", "final"):
+                    via.append(time.perf_counter() - t0)
+                    break
+            t0 = time.perf_counter()
+            async for e in engine.Generate(engine_pb2.GenerateRequest(
+                    request_id=f"bench-direct-{i}-{time.time_ns()}", prefix=prefix + " ",
+                    sampling=engine_pb2.SamplingParams(max_tokens=1))):
+                if e.WhichOneof("kind") in ("delta", "final"):
+                    direct.append(time.perf_counter() - t0)
+                    break
+    return {"ttft_via_frontend_ms": summary_ms(via), "ttft_direct_ms": summary_ms(direct),
+            "added_p50_ms": round((statistics.median(via) - statistics.median(direct)) * 1e3, 3)}
+
+
+# -- relay throughput (stand-in engine) ---------------------------------------------------------
+
+class EmittingEngine:
+    """Stand-in engine for the relay-throughput figure only: emits one-token deltas as fast as asyncio allows."""
+
+    model_name = "bench-emitter"
+    max_context_tokens = 4096
+
+    def __init__(self, deltas_per_request: int):
+        self.deltas = deltas_per_request
+        self.running = 0
+
+    def load(self) -> LoadInfo:
+        return LoadInfo(running=self.running, waiting=0, kv_used_fraction=0.0, max_context_tokens=4096)
+
+    async def abort(self, request_id: str) -> bool:
+        return False
+
+    async def generate(self, req):
+        self.running += 1
+        try:
+            yield Started(req.request_id, prompt_tokens=1)
+            for seq in range(1, self.deltas + 1):
+                yield Delta(req.request_id, seq, "x", 1)
+                if seq % 64 == 0:
+                    await asyncio.sleep(0)
+            yield Final(req.request_id, self.deltas + 1, FinishReason.LENGTH, 1, self.deltas)
+        finally:
+            self.running -= 1
+
+
+async def relay_throughput(worker: str, *, streams: int, seconds: float) -> dict:
+    from flint.v1 import flint_pb2 as pb
+    from flint.v1 import flint_pb2_grpc
+
+    messages = tokens = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one(stub, i: int) -> None:
+        nonlocal messages, tokens
+        while time.perf_counter() < deadline:
+            async for m in stub.Complete(pb.CompleteRequest(prefix="x", sampling=pb.Sampling(max_tokens=1))):
+                if m.WhichOneof("kind") == "delta":
+                    messages += 1
+                    tokens += m.delta.token_count   # engine deltas this client message covers
+
+    async with grpc.aio.insecure_channel(worker) as channel:
+        stub = flint_pb2_grpc.FlintStub(channel)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(stub, i) for i in range(streams)))
+        elapsed = time.perf_counter() - t0
+    return {"engine_deltas_per_s": round(tokens / elapsed), "client_messages_per_s": round(messages / elapsed),
+            "streams": streams, "seconds": round(elapsed, 2)}
