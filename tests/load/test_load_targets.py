@@ -35,9 +35,14 @@ async def openai_mock():
         await runner.cleanup()
 
 
-async def test_flint_interrupt_after_k_tokens_is_acknowledged_and_nothing_follows_the_ack(flint_mock):
-    result = await Generator(cfg(flint_mock, "flint", "interrupt", {"by_time_fraction": 0.0,
-                                                                     "after_tokens": [3, 6]})).run()
+@pytest.mark.parametrize("ack_after_final", [False, True])
+async def test_flint_interrupt_after_k_tokens_is_acknowledged_and_nothing_follows_the_ack(ack_after_final):
+    server, port = await start_mock_server(MockConfig(tokens_per_s=200, ttft_ms=5, ack_after_final=ack_after_final))
+    try:
+        result = await Generator(cfg(f"127.0.0.1:{port}", "flint", "interrupt",
+                                     {"by_time_fraction": 0.0, "after_tokens": [3, 6]})).run()
+    finally:
+        await server.stop(0.5)
     assert result.records
     for r in result.records:
         assert r.ok and r.finish_reason == "interrupted" and r.interrupt_mode == "interrupt"

@@ -35,6 +35,7 @@ class MockConfig:
     default_max_tokens: int = 128
     chars_per_token: float = 3.6             # to report prompt_tokens
     model: str = "mock"
+    ack_after_final: bool = False            # send an interrupt's ack after the Final (as flint's front-end may)
 
     def __post_init__(self):
         if self.tokens_per_s <= 0 or self.ttft_ms < 0 or self.coalesce < 1 or self.max_streams < 0:
@@ -104,10 +105,14 @@ class _Stream:
         if was_running:
             task.cancel()
         last = self.last_seq.get(request_id, 0)
-        self.out.put_nowait(pb.ServerMessage(interrupted=pb.InterruptResponse(
-            request_id=request_id, was_running=was_running, last_seq=last)))
+        ack = pb.ServerMessage(interrupted=pb.InterruptResponse(request_id=request_id, was_running=was_running,
+                                                                last_seq=last))
+        if not self.servicer.config.ack_after_final:
+            self.out.put_nowait(ack)
         if was_running:
             self._final(request_id, pb.FINISH_REASON_INTERRUPTED, 0, 0)
+        if self.servicer.config.ack_after_final:
+            self.out.put_nowait(ack)
 
     def close(self) -> None:
         for task in self.tasks.values():

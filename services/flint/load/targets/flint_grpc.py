@@ -65,6 +65,7 @@ class FlintSession(Session):
     def __init__(self, target: FlintTarget, job_index: int):
         self.target, self.clock = target, target.clock
         self.states: dict[str, RequestState] = {}
+        self.ended: dict[str, RequestState] = {}   # an interrupt's ack may arrive after the request's Final
         self._write_lock = asyncio.Lock()
         self._opened = asyncio.Event()
         self._reader: asyncio.Task | None = None
@@ -118,6 +119,8 @@ class FlintSession(Session):
         body = getattr(message, kind)
         state = self.states.get(body.request_id)
         if state is None:
+            if kind == "interrupted" and body.request_id in self.ended:
+                self.ended[body.request_id].ack(body.last_seq)
             return
         if kind == "delta":
             state.delta(body.seq, body.token_count)
@@ -133,7 +136,7 @@ class FlintSession(Session):
             record.server = {"queue_ms": t.queue_ms, "prefill_ms": t.prefill_ms, "first_token_ms": t.first_token_ms,
                              "decode_ms": t.decode_ms, "total_ms": t.total_ms}
             state.finish(_FINISH.get(body.finish_reason, "unspecified"))
-            self.states.pop(body.request_id, None)
+            self.ended[body.request_id] = self.states.pop(body.request_id)
         elif kind == "error":
             state.finish("error", error_code=_CODE_NAMES.get(body.code, f"CODE_{body.code}"),
                          error_message=body.message)
