@@ -7,15 +7,21 @@ from flint.engine.speculative import NgramIndex, verify_greedy, verify_sampled
 from flint.engine.types import SamplingParams
 
 
-def test_ngram_index_drafts_what_followed_the_latest_occurrence():
+def test_ngram_index_drafts_what_followed_the_first_occurrence():
     idx = NgramIndex(ngram_min=2, ngram_max=3, max_draft=4)
     idx.extend([1, 2, 3, 4, 5, 6, 9, 9, 1, 2])
     assert idx.propose() == [3, 4, 5, 6]
-    idx.extend([7, 8, 1, 2])                 # now [1, 2] was last followed by 7
-    assert idx.propose() == [7, 8, 1, 2]
-    assert idx.propose(limit=2) == [7, 8]
+    idx.extend([7, 8, 1, 2])                 # [1, 2] is still first followed by 3
+    assert idx.propose() == [3, 4, 5, 6]
+    assert idx.propose(limit=2) == [3, 4]
     idx.extend([42])
     assert idx.propose() == []               # no earlier occurrence of (2, 42) or (1, 2, 42)
+
+
+def test_ngram_index_drafts_long_continuations_in_a_loop():
+    idx = NgramIndex(ngram_min=2, ngram_max=3, max_draft=4)
+    idx.extend([5, 6] * 6)
+    assert idx.propose() == [5, 6, 5, 6]
 
 
 def test_verify_greedy_accepts_the_matching_prefix_then_the_target_token():

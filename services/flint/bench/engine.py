@@ -100,8 +100,10 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: b
     r["bandwidth_bound_tok_s"] = bw * 1e9 / read
     r["decode_tok_s"] = {"flint": by_threads[threads], "flint_by_threads": {str(k): v for k, v in by_threads.items()}}
     if not skip_hf:
-        _log("transformers generate()")
-        r["decode_tok_s"]["hf"] = m.hf_decode_tok_s(bench, s["hf_tokens"], s["repeats"], m.prompt_ids(engine, 16))
+        _log("flint vs transformers generate(), interleaved")
+        both = m.flint_vs_hf(engine, bench, s["decode_tokens"], s["hf_tokens"], s["repeats"] + 2)
+        r["decode_tok_s"].update(flint=both["flint"], hf=both["hf"], flint_rounds=both["flint_rounds"],
+                                 hf_rounds=both["hf_rounds"])
     r["decode_pct_of_bound"] = 100 * r["decode_tok_s"]["flint"] / r["bandwidth_bound_tok_s"]
 
     _log("host overhead per step (micro model)")
@@ -111,6 +113,9 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: b
     r["micro_step"] = overhead | {"model": m.model_info(micro_engine)}
     bench_overhead = m.host_overhead_ms(engine, min(64, s["overhead_steps"]))
     r["bench_step"] = bench_overhead
+
+    mi = r["model"]
+    r["gemm_us_by_rows"] = m.skinny_gemm_us(mi["hidden"], 2 * mi["intermediate"])
 
     _log("aggregate tokens/s at 1, 4, 16 streams")
     r["aggregate_tok_s"] = {str(n): m.aggregate_tok_s(engine, n, s["agg_tokens"]) for n in (1, 4, 16)}

@@ -109,22 +109,50 @@ def decode_tok_s(engine: Engine, tokens: int, repeats: int, prompt: int = 16) ->
     return float(np.median(rates))
 
 
-def hf_decode_tok_s(path: Path, tokens: int, repeats: int, prompt_ids_: list[int]) -> float:
-    """transformers `generate()` greedy on the same checkpoint: (N+1 tokens - 1 token) time."""
-    from transformers import AutoModelForCausalLM
+class HFBaseline:
+    """transformers `generate()` greedy on the same checkpoint; rate = N tokens / (time(N+1) - time(1))."""
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt_ids_])
+    def __init__(self, path: Path, prompt_ids_: list[int]):
+        from transformers import AutoModelForCausalLM
 
-    def timed(n: int) -> float:
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.ids = torch.tensor([prompt_ids_])
+        self._timed(2)
+
+    def _timed(self, n: int) -> float:
         t = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+            self.model.generate(self.ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
         return time.perf_counter() - t
 
-    timed(2)
-    rates = [tokens / (timed(tokens + 1) - timed(1)) for _ in range(repeats)]
-    return float(np.median(rates))
+    def decode_tok_s(self, tokens: int) -> float:
+        return tokens / (self._timed(tokens + 1) - self._timed(1))
+
+
+def flint_vs_hf(engine: Engine, path: Path, tokens: int, hf_tokens: int, rounds: int) -> dict:
+    """Interleaved rounds (flint, HF, flint, HF...) so machine noise hits both alike; medians."""
+    hf = HFBaseline(path, prompt_ids(engine, 16))
+    flint_rates, hf_rates = [], []
+    for _ in range(rounds):
+        flint_rates.append(decode_tok_s(engine, tokens, 1))
+        hf_rates.append(hf.decode_tok_s(hf_tokens))
+    return {"flint": float(np.median(flint_rates)), "hf": float(np.median(hf_rates)),
+            "flint_rounds": flint_rates, "hf_rounds": hf_rates}
+
+
+def skinny_gemm_us(d_in: int, d_out: int, rows=(1, 2, 4, 16), repeats: int = 50) -> dict:
+    """Time of one fp32 Linear [rows, d_in] x [d_out, d_in]^T: how batching / draft verification scales here."""
+    w = torch.randn(d_out, d_in)
+    out = {}
+    for m_rows in rows:
+        x = torch.randn(m_rows, d_in)
+        for _ in range(5):
+            torch.nn.functional.linear(x, w)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            torch.nn.functional.linear(x, w)
+        out[str(m_rows)] = (time.perf_counter() - t) / repeats * 1e6
+    return out
 
 
 def host_overhead_ms(engine: Engine, steps: int) -> dict:

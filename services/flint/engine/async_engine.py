@@ -52,6 +52,10 @@ class AsyncEngine:
     def metrics(self):
         return self.engine.metrics
 
+    def kv_report(self) -> str:
+        """KV size and how many 131,072-token sequences fit (print it at start)."""
+        return self.engine.kv_report()
+
     async def start(self) -> None:
         if self._thread is not None:
             return

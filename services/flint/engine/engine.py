@@ -77,11 +77,7 @@ class Engine:
         self._requests: dict[str, Request] = {}  # step-thread view of live requests
         # Tests and benchmarks set a dict here to keep each finished request's output token ids.
         self.recorded_outputs: dict[str, list[int]] | None = None
-        log.info(
-            "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d bytes/token); %d sequence(s) of %d tokens fit",
-            self.kv.num_blocks, self.kv.block_size, self.kv.capacity_tokens, self.kv.bytes_total / 2**20,
-            self.kv.bytes_per_token, self.sequences_131k, SEQUENCE_131K,
-        )
+        log.info("%s", self.kv_report())
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -104,6 +100,13 @@ class Engine:
 
             log.info("compiled decode step ready after %.1f s", compiled.enable(engine))
         return engine
+
+    def kv_report(self) -> str:
+        """One line for the start-up log: KV size and how many 131,072-token sequences fit."""
+        kv = self.kv
+        return (f"KV cache: {kv.num_blocks} blocks x {kv.block_size} tokens = {kv.capacity_tokens} tokens "
+                f"({kv.bytes_total / 2**20:.1f} MiB, {kv.bytes_per_token} bytes/token); "
+                f"{self.sequences_131k} sequence(s) of {SEQUENCE_131K:,} tokens fit")
 
     @property
     def sequences_131k(self) -> int:

@@ -2,9 +2,12 @@
 
 Drafting: the last n tokens of a request (n from `ngram_max` down to
 `ngram_min`) are looked up among earlier positions of its prompt + output;
-the tokens that followed the most recent earlier occurrence are the draft.
-Edits mostly copy their input, so drafts are often right. The index maps
-each n-gram to the position after its latest occurrence and is updated per
+the tokens that followed its FIRST occurrence are the draft. First, not
+latest: in an edit the first occurrence is in the code region being copied,
+and in a repeating loop the first occurrence has the longest continuation
+(the latest one runs into the end of the sequence after a token or two:
+measured 1 draft token per step instead of up to k). The index maps each
+n-gram to the position after its first occurrence and is updated per
 appended token, so drafting costs O(1) per step, not O(context).
 
 Verification: the engine runs [last token, d1..dk] in one forward pass and
@@ -35,7 +38,7 @@ class NgramIndex:
             seq.append(t)
             i = len(seq) - 1          # the n-gram ending just before i is followed by position i
             for n in range(self.ngram_min, min(self.ngram_max, i) + 1):
-                maps[n][tuple(seq[i - n : i])] = i
+                maps[n].setdefault(tuple(seq[i - n : i]), i)
 
     def propose(self, limit: int | None = None) -> list[int]:
         k = self.max_draft if limit is None else min(limit, self.max_draft)
