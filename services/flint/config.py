@@ -73,6 +73,21 @@ def _check_id(name: str, value: str) -> None:
     _check(bool(_ID.match(value)), f"{name} may only use [A-Za-z0-9._:-] (at most 128), got {value!r}")
 
 
+def _check_tables(config, names: tuple[str, ...]) -> None:
+    """Validate nested config tables with their owners' dataclasses (imported lazily: no cycles)."""
+    from flint.admission import AdmissionConfig
+    from flint.frontend.journal import JournalConfig
+    from flint.observability.config import ObservabilityConfig
+    from flint.security.config import SecurityConfig
+
+    owners = {"journal": JournalConfig, "admission": AdmissionConfig, "security": SecurityConfig,
+              "observability": ObservabilityConfig}
+    for name in names:
+        value = getattr(config, name)
+        _check(isinstance(value, dict), f"{name} must be a table of settings, got {value!r}")
+        owners[name].from_dict(value)
+
+
 @dataclass(frozen=True)
 class ReplicaConfig:
     """One engine replica: its internal gRPC server and its entry in the Redis replica registry."""
@@ -86,8 +101,11 @@ class ReplicaConfig:
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0       # a replica that misses heartbeats this long drops out of routing
     grace_period_s: float = 5.0        # running streams get this long to finish on shutdown
+    admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
+    observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
 
     def __post_init__(self) -> None:
+        _check_tables(self, ("admission", "observability"))
         _check(bool(self.redis_url), "replica: redis_url is required")
         _check_id("replica_id", self.replica_id)
         _check_port("replica port", self.port)
@@ -122,13 +140,14 @@ class FrontendConfig:
     replica_wait_s: float = 5.0        # a request waits this long for a replica to appear in Redis
     grace_period_s: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
-    # Nested tables validated by their owners: flint.frontend.journal.JournalConfig (resume journal).
-    journal: dict[str, Any] = field(default_factory=dict)
+    # Nested tables validated by their owners (unknown keys / bad values fail here, at start-up):
+    journal: dict[str, Any] = field(default_factory=dict)        # flint.frontend.journal.JournalConfig
+    admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
+    security: dict[str, Any] = field(default_factory=dict)       # flint.security.config.SecurityConfig
+    observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
 
     def __post_init__(self) -> None:
-        from flint.frontend.journal import JournalConfig
-
-        JournalConfig.from_dict(self.journal)  # unknown keys / bad values fail here, at start-up
+        _check_tables(self, ("journal", "admission", "security", "observability"))
         _check(bool(self.redis_url), "front-end: redis_url is required")
         _check_id("worker_id", self.worker_id)
         _check_port("port", self.port)

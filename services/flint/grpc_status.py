@@ -21,6 +21,7 @@ from flint import errors
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "flint-retry-after-ms"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 _CODES: dict[type[errors.FlintError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -67,11 +68,38 @@ def from_rpc_error(err: grpc.aio.AioRpcError, *, peer: str = "") -> errors.Flint
     if cls is None:  # CANCELLED, UNKNOWN, ...: the other side broke or went away
         cls = errors.Unavailable if code == grpc.StatusCode.CANCELLED else errors.Internal
         message = f"{code.name}{' from ' + peer if peer else ''}: {message}"
-    retry_after_ms = 0
-    for key, value in err.trailing_metadata() or ():
-        if key == RETRY_AFTER_KEY:
-            retry_after_ms = int(value)
-    return cls(message, retry_after_ms=retry_after_ms)
+    return cls(message, retry_after_ms=retry_after_ms_of(err.trailing_metadata() or ()))
+
+
+def retry_after_ms_of(trailing_metadata) -> int:
+    """The server's retry delay: google.rpc.RetryInfo in the status details, else flint's metadata key."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    fallback = 0
+    for key, value in trailing_metadata:
+        if key == STATUS_DETAILS_KEY:
+            try:
+                for detail in status_pb2.Status.FromString(value).details:
+                    info = error_details_pb2.RetryInfo()
+                    if detail.Unpack(info):
+                        return info.retry_delay.seconds * 1000 + info.retry_delay.nanos // 1_000_000
+            except Exception:  # noqa: BLE001 - a malformed detail falls back to the plain key
+                pass
+        elif key == RETRY_AFTER_KEY:
+            with contextlib.suppress(ValueError):
+                fallback = int(value)
+    return fallback
+
+
+def status_details(code: grpc.StatusCode, message: str, retry_after_ms: int) -> bytes:
+    """A google.rpc.Status carrying RetryInfo, serialized for the `grpc-status-details-bin` trailer."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromMilliseconds(retry_after_ms)
+    status = status_pb2.Status(code=code_number(code), message=message)
+    status.details.add().Pack(info)
+    return status.SerializeToString()
 
 
 def error_of(error) -> errors.FlintError:
@@ -86,8 +114,11 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> N
     error = as_flint_error(exc)
     if isinstance(error, errors.Internal) and not isinstance(exc, errors.Internal):
         log.exception("unexpected error in an RPC handler", exc_info=exc)
-    if error.retry_after_ms:
-        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(error.retry_after_ms)),))
+    if error.retry_after_ms:  # the retry delay rides in the standard status details (and a plain key)
+        context.set_trailing_metadata((
+            (RETRY_AFTER_KEY, str(error.retry_after_ms)),
+            (STATUS_DETAILS_KEY, status_details(status_code(error), error.message, error.retry_after_ms)),
+        ))
     await context.abort(status_code(error), error.message)
 
 

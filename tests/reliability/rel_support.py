@@ -36,9 +36,12 @@ class PacedEngine:
     def __init__(self, token_interval_s: float = 0.01, default_max_tokens: int = 16, max_running: int = 64):
         self.token_interval_s = token_interval_s
         self.default_max_tokens = default_max_tokens
+        self._slots = asyncio.Semaphore(max_running)
+        self.waiting = 0
         self.running: set[str] = set()
         self.finished: list[str] = []
         self.cancelled: list[str] = []      # generator closed before its final: engine work freed
+        self.namespaces: dict[str, str] = {}  # request id -> prefix-cache namespace it ran in
 
     @staticmethod
     def words(request: t.GenerateRequest, count: int) -> list[str]:
@@ -50,8 +53,14 @@ class PacedEngine:
         max_tokens = request.sampling.max_tokens or self.default_max_tokens
         words = self.words(request, max_tokens)
         rid = request.request_id
-        self.running.add(rid)
+        self.namespaces[rid] = request.cache_namespace
         completed = False
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running.add(rid)
         try:
             yield t.Started(rid, prompt_tokens=len(request.prefix.split()) + 1)
             for i, word in enumerate(words):
@@ -61,6 +70,7 @@ class PacedEngine:
             yield t.Final(rid, seq=request.seq_offset + len(words) + 1, finish_reason=t.FinishReason.LENGTH,
                           prompt_tokens=len(request.prefix.split()) + 1, completion_tokens=len(words))
         finally:
+            self._slots.release()
             self.running.discard(rid)
             (self.finished if completed else self.cancelled).append(rid)
 
@@ -68,7 +78,7 @@ class PacedEngine:
         return request_id in self.running
 
     def load(self) -> t.LoadInfo:
-        return t.LoadInfo(running=len(self.running), waiting=0, kv_used_fraction=0.0,
+        return t.LoadInfo(running=len(self.running), waiting=self.waiting, kv_used_fraction=0.0,
                           max_context_tokens=self.max_context_tokens)
 
 
@@ -87,14 +97,15 @@ class Cluster:
         self.workers = []       # FrontendWorker
         self.processes = []     # (worker_id, address, Popen)
 
-    async def add_replica(self, replica_id: str = "", **engine_kwargs):
+    async def add_replica(self, replica_id: str = "", admission: dict | None = None, **engine_kwargs):
         from flint.config import ReplicaConfig
         from flint.replica.server import ReplicaServer
 
         engine = PacedEngine(**engine_kwargs)
         server = ReplicaServer(engine, ReplicaConfig(redis_url=self.redis_url, key_prefix=self.key_prefix,
                                                      replica_id=replica_id, heartbeat_interval_s=0.2,
-                                                     heartbeat_ttl_s=1.0, grace_period_s=0.5))
+                                                     heartbeat_ttl_s=1.0, grace_period_s=0.5,
+                                                     admission=admission or {}))
         await server.start()
         self.replicas.append((server, engine))
         return server, engine

@@ -134,12 +134,13 @@ class Journal:
         self._pending.append((request_id, fields, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="journal flush")
-        try:
-            # shield: a relay cancelled mid-append (interrupt) must not cancel the batch of others.
-            return await asyncio.wait_for(asyncio.shield(future), self.config.write_timeout_ms / 1000.0)
-        except asyncio.TimeoutError:
+        # asyncio.wait, not wait_for: it never cancels the shared batch and never swallows a cancellation
+        # of the caller (an interrupt) that races with the write completing (wait_for does on 3.11).
+        await asyncio.wait({future}, timeout=self.config.write_timeout_ms / 1000.0)
+        if not future.done():
             self._mark_incomplete(request_id, "timed out")
             return False
+        return future.result()
 
     def _mark_incomplete(self, request_id: str, why: str) -> None:
         if request_id not in self.incomplete:

@@ -127,7 +127,8 @@ class Resumer:
                 record = RequestRecord(request_id=request_id, owner=self.worker_id, state=RUNNING,
                                        last_seq=old.last_seq if old else 0,
                                        session_id=old.session_id if old else "",
-                                       replica_id=old.replica_id if old else "", created_unix_s=time.time())
+                                       replica_id=old.replica_id if old else "", created_unix_s=time.time(),
+                                       tenant=old.tenant if old else "")
                 pipe.multi()
                 pipe.set(key, msgpack.packb(asdict(record)), px=self.store._request_ttl_ms)
                 pipe.delete(self.store.flag_key(request_id))

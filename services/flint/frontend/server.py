@@ -39,6 +39,9 @@ class FrontendWorker:
         self._pool: ReplicaPool | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        from flint.security.config import SecurityConfig
+
+        self._security = SecurityConfig.from_dict(config.security)
         self._liveness = None
         self.journal = None
         self.resumer = None
@@ -68,9 +71,11 @@ class FrontendWorker:
                                      redis_url=cfg.redis_url, wait_s=cfg.replica_wait_s)
             journal, resumer = await self._start_journal(store, local)
             servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
-                                     local=local, journal=journal, resumer=resumer)
+                                     local=local, journal=journal, resumer=resumer, guard=self._guard())
             self._server = self._build_server(servicer)
-            self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            from flint.security.transport import bind
+
+            self.port = bind(self._server, f"{cfg.host}:{cfg.port}", self._security)  # TLS when configured
             await self._server.start()
         except BaseException:
             await self.stop(0)
@@ -79,6 +84,14 @@ class FrontendWorker:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("front-end worker %s listening on %s", self.worker_id, self.address)
         return self.port
+
+    def _guard(self):
+        """Limits, rate limits, replica saturation and tenant slots checked before a request runs."""
+        from flint.admission import AdmissionConfig, RequestGuard
+
+        return RequestGuard(admission=AdmissionConfig.from_dict(self.config.admission),
+                            security=self._security, redis=self._redis,
+                            key_prefix=self.config.key_prefix)
 
     async def _start_journal(self, store: Store, local: dict):
         """The resume journal and this worker's liveness key (None, None when disabled)."""
@@ -96,11 +109,15 @@ class FrontendWorker:
         return self.journal, self.resumer
 
     def _build_server(self, servicer: FlintServicer) -> grpc.aio.Server:
+        from flint.security import transport
+
         cfg = self.config
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=[
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(), *transport.interceptors(
+            self._security, redis=self._redis, key_prefix=cfg.key_prefix)], options=[
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
+            *transport.server_options(self._security),
         ])
         server.add_generic_rpc_handlers((flint_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

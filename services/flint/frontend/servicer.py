@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import grpc
 
-from flint.errors import FlintError, InvalidArgument
+from flint.errors import FlintError, InvalidArgument, NotFound
 from flint.grpc_status import error_of
 from flint.frontend.codec import check_decoded
 from flint.frontend.interrupts import InterruptBus
@@ -22,6 +22,7 @@ from flint.frontend.relay import RequestRelay
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.session import SessionStream
 from flint.frontend.store import RequestRecord, SessionRecord, Store
+from flint.security.context import current_tenant
 from flint.frontend.validate import check_request_id, request_id_of, to_engine_request
 from flint.v1 import flint_pb2 as pb
 
@@ -30,8 +31,10 @@ RESUME_DISABLED = "Resume is disabled on this deployment (journal.enabled = fals
 
 class FlintServicer:
     def __init__(self, *, worker_id: str, store: Store, pool: ReplicaPool, bus: InterruptBus,
-                 local: dict[str, RequestRelay], journal=None, resumer=None):
+                 local: dict[str, RequestRelay], journal=None, resumer=None, guard=None):
         self.worker_id = worker_id
+        self.guard = guard          # flint.admission.RequestGuard: limits, rate limit, saturation, tenant slots
+        self._background: set[asyncio.Task] = set()
         self.journal = journal      # flint.frontend.journal.Journal, or None when resume is disabled
         self.resumer = resumer      # flint.frontend.resume.Resumer
         self.store = store
@@ -45,11 +48,26 @@ class FlintServicer:
                             arrival_unix_s: float) -> tuple[RequestRelay, SessionRecord | None]:
         """Validate, route, register in Redis and start relaying; returns the relay and the updated session."""
         model = msg.model or (session.model if session else "")
+        tenant = current_tenant()
         replica = await self.pool.pick(model=model, affinity=session.replica_id if session else "")
         engine_request = to_engine_request(
             msg, request_id=request_id, session_id=session.session_id if session else "",
             max_context_tokens=replica.max_context_tokens, arrival_unix_s=arrival_unix_s)
-        record = RequestRecord(request_id=request_id, owner=self.worker_id,
+        engine_request.cache_namespace = tenant  # one tenant's prefix cache never serves another's prompts
+        release = await self.guard.admit(msg, request_id=request_id, tenant=tenant, replica=replica) \
+            if self.guard is not None else None
+        try:
+            relay, session = await self._register_and_relay(msg, request_id, tenant, replica, engine_request,
+                                                            session, emit, fail, release)
+        except BaseException:
+            if release is not None:
+                await release()
+            raise
+        return relay, session
+
+    async def _register_and_relay(self, msg, request_id, tenant, replica, engine_request, session, emit, fail,
+                                  release):
+        record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
                                session_id=engine_request.session_id, replica_id=replica.replica_id)
         await self.store.claim_request(record)
         request_journal = None
@@ -57,21 +75,38 @@ class FlintServicer:
             from flint.frontend.journal import RequestJournal, pin_seed
 
             pin_seed(engine_request)
-            await self.journal.begin(request_id, engine_request.SerializeToString(), model=replica.model)
+            await self.journal.begin(request_id, engine_request.SerializeToString(), tenant=tenant,
+                                     model=replica.model)
             request_journal = RequestJournal(self.journal, request_id)
         if session is not None and session.replica_id != replica.replica_id:
             session = replace(session, replica_id=replica.replica_id)
             await self.store.put_session(session)
         relay = RequestRelay(record=record, engine_request=engine_request, stub=self.pool.stub(replica),
                              replica_address=replica.address, store=self.store, emit=emit, fail=fail,
-                             on_done=self._forget, journal=request_journal)
+                             on_done=self._on_done(release), journal=request_journal)
         self.local[request_id] = relay
         relay.start()
         return relay, session
 
-    def _forget(self, relay: RequestRelay) -> None:
-        if self.local.get(relay.request_id) is relay:
-            del self.local[relay.request_id]
+    def _on_done(self, release):
+        def done(relay: RequestRelay) -> None:
+            if self.local.get(relay.request_id) is relay:
+                del self.local[relay.request_id]
+            if release is not None:  # free the tenant's concurrency slot
+                task = asyncio.ensure_future(release())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        return done
+
+    async def check_owner(self, request_id: str) -> str:
+        """NOT_FOUND unless `request_id` belongs to the calling tenant (ids of others look unknown)."""
+        check_request_id(request_id)
+        record = await self.store.get_request(request_id)
+        if record is not None and record.tenant != current_tenant():
+            raise NotFound(f"no request with id {request_id!r} (it never existed here or expired); "
+                           "check the id from the Accepted message")
+        return request_id
 
     async def opened(self, session: SessionRecord) -> pb.Opened:
         default = await self.pool.default_model()
@@ -97,7 +132,7 @@ class FlintServicer:
         request = check_decoded(request)
         if not request.request_id:
             raise InvalidArgument("request_id is empty: pass the id from the Accepted message")
-        result = await self.bus.interrupt(check_request_id(request.request_id))
+        result = await self.bus.interrupt(await self.check_owner(request.request_id))
         return pb.InterruptResponse(request_id=result.request_id, was_running=result.was_running,
                                     last_seq=result.last_seq)
 
@@ -105,7 +140,7 @@ class FlintServicer:
         request = check_decoded(request)
         if self.resumer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, RESUME_DISABLED)
-        async for message in self.resumer.resume(request.request_id, request.last_seq):
+        async for message in self.resumer.resume(request.request_id, request.last_seq, current_tenant()):
             if message.WhichOneof("kind") == "error":
                 raise error_of(message.error)
             yield message

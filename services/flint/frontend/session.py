@@ -20,6 +20,7 @@ from flint.errors import FlintError, InvalidArgument, NotFound
 from flint.frontend.codec import Undecodable
 from flint.frontend.store import SessionRecord
 from flint.frontend.validate import check_request_id, new_id, request_id_of
+from flint.security.context import current_tenant
 from flint.grpc_status import as_flint_error, code_number, status_code
 from flint.v1 import flint_pb2 as pb
 
@@ -107,14 +108,14 @@ class SessionStream:
         if open_msg.session_id:
             check_request_id(open_msg.session_id, field="session_id")
             session = await store.get_session(open_msg.session_id)
-            if session is None:
+            if session is None or session.tenant != current_tenant():  # another tenant's looks unknown
                 raise NotFound(f"session {open_msg.session_id!r} is unknown or expired; send Open with an empty "
                                "session_id to start a new one")
             if open_msg.model and open_msg.model != session.model:
                 session = SessionRecord(**{**session.__dict__, "model": open_msg.model})
         else:
             session = SessionRecord(session_id=new_id("s"), model=open_msg.model, client=open_msg.client[:256],
-                                    created_unix_s=time.time())
+                                    created_unix_s=time.time(), tenant=current_tenant())
         if session.model:
             await self._servicer.pool.pick(model=session.model)  # unknown model -> NOT_FOUND now
         await store.put_session(session)
@@ -123,7 +124,8 @@ class SessionStream:
 
     async def _start(self, request, request_id: str, arrival: float) -> None:
         if self._session is None:  # implicit anonymous session
-            self._session = SessionRecord(session_id=new_id("s"), created_unix_s=time.time())
+            self._session = SessionRecord(session_id=new_id("s"), created_unix_s=time.time(),
+                                          tenant=current_tenant())
             await self._servicer.store.put_session(self._session)
 
         def fail(error: FlintError) -> None:
@@ -145,9 +147,11 @@ class SessionStream:
                 request_id=resume.request_id, code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=RESUME_DISABLED)))
             return
 
+        tenant = current_tenant()
+
         async def follow() -> None:
             try:
-                async for message in self._servicer.resumer.resume(resume.request_id, resume.last_seq):
+                async for message in self._servicer.resumer.resume(resume.request_id, resume.last_seq, tenant):
                     self._emit(message)
             except asyncio.CancelledError:
                 raise
@@ -161,7 +165,7 @@ class SessionStream:
     async def _interrupt(self, request_id: str) -> None:
         if not request_id:
             raise InvalidArgument("interrupt.request_id is empty: pass the id from the Accepted message")
-        result = await self._servicer.bus.interrupt(check_request_id(request_id))
+        result = await self._servicer.bus.interrupt(await self._servicer.check_owner(request_id))
         self._emit(pb.ServerMessage(interrupted=pb.InterruptResponse(
             request_id=result.request_id, was_running=result.was_running, last_seq=result.last_seq)))
 

@@ -51,6 +51,7 @@ class RequestRecord:
     session_id: str = ""
     replica_id: str = ""
     created_unix_s: float = 0.0
+    tenant: str = ""            # authenticated tenant; other tenants get NOT_FOUND for this id
 
     @property
     def running(self) -> bool:
@@ -64,6 +65,7 @@ class SessionRecord:
     client: str = ""
     replica_id: str = ""        # replica that holds the session's KV prefix (routing affinity)
     created_unix_s: float = 0.0
+    tenant: str = ""            # authenticated tenant; other tenants cannot reopen it
 
 
 class Store:

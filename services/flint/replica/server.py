@@ -17,6 +17,7 @@ import secrets
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from flint.admission import AdmissionConfig, check_replica_load
 from flint.config import ReplicaConfig
 from flint.engine.types import Final
 from flint.grpc_status import ErrorInterceptor
@@ -31,8 +32,9 @@ ENGINE_SERVICE = "flint.internal.v1.Engine"
 
 
 class EngineServicer(engine_pb2_grpc.EngineServicer):
-    def __init__(self, engine, replica_id: str, draining: asyncio.Event):
+    def __init__(self, engine, replica_id: str, draining: asyncio.Event, admission: AdmissionConfig):
         self._engine = engine
+        self._admission = admission
         self._replica_id = replica_id
         self._draining = draining
         # Generate calls cancelled by their caller (interrupt, client gone): each closed its
@@ -40,6 +42,7 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         self.cancelled_total = 0
 
     async def Generate(self, request, context):
+        check_replica_load(self._admission, self._replica_id, self._engine.load())  # RESOURCE_EXHAUSTED, no hang
         engine_request = request_from_proto(request)
         finished = False
         try:
@@ -83,7 +86,8 @@ class ReplicaServer:
         self.address = ""
         self._engine = engine
         self._draining = asyncio.Event()
-        self._servicer = EngineServicer(engine, self.replica_id, self._draining)
+        self._servicer = EngineServicer(engine, self.replica_id, self._draining,
+                                        AdmissionConfig.from_dict(config.admission))
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._redis = None

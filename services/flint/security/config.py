@@ -1,0 +1,57 @@
+"""`FrontendConfig.security`: who may call, over what transport, and how much they may send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flint.config import from_mapping
+from flint.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    # API keys (authentication is on when either source is set). Keys are stored as SHA-256 hashes only.
+    api_keys_file: str = ""              # JSON {"keys": [{"tenant": ..., "sha256": ...}]} (see `flint keys`)
+    api_keys_in_redis: bool = False      # hash {prefix}:apikeys  sha256 -> tenant
+    # TLS for the public port; mTLS when client_ca_file is set (clients must present a cert it signed).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Per-tenant rate limit shared through Redis: requests per second (0 = off), with bursts up to `rate_burst`.
+    rate_limit_per_s: float = 0.0
+    rate_burst: int = 0                  # 0 = one second's worth
+    # Limits on what one request / connection may carry.
+    max_prompt_bytes: int = 2 * 1024 * 1024    # prefix + suffix + code + instruction + context, UTF-8
+    max_context_files: int = 64
+    max_context_file_bytes: int = 1024 * 1024
+    max_streams_per_connection: int = 64       # concurrent gRPC streams (HTTP/2) on one connection
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise InvalidArgument("security: set both tls_cert_file and tls_key_file (or neither)")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise InvalidArgument("security: tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file too")
+        for name in ("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path and not Path(path).expanduser().is_file():
+                raise InvalidArgument(f"security.{name}: {path!r} is not a readable file")
+        if self.rate_limit_per_s < 0 or self.rate_burst < 0:
+            raise InvalidArgument("security: rate_limit_per_s and rate_burst must be >= 0")
+        for name in ("max_prompt_bytes", "max_context_files", "max_context_file_bytes",
+                     "max_streams_per_connection"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"security.{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys_file) or self.api_keys_in_redis
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SecurityConfig":
+        return from_mapping(cls, data, where="security config")

@@ -1,0 +1,138 @@
+"""Security: API keys per tenant, tenant-bound ids and caches, rate limits, size limits, TLS and mTLS."""
+
+import asyncio
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flint.client import ClientTLS, FlintClient
+from flint.errors import InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable
+from flint.security.auth import add_key_to_file, add_key_to_redis, read_key_file
+from flint.v1 import flint_pb2 as pb
+from rel_support import expected_text
+from tls_certs import write_tls_files
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "keys.json"
+    return path, add_key_to_file(path, "tenant-a"), add_key_to_file(path, "tenant-b")
+
+
+async def test_keys_are_stored_hashed_only(key_file):
+    path, key_a, key_b = key_file
+    text = path.read_text()
+    assert key_a not in text and key_b not in text
+    assert sorted(read_key_file(path).values()) == ["tenant-a", "tenant-b"]
+
+
+async def test_calls_without_a_valid_key_are_unauthenticated_but_health_stays_open(cluster, key_file):
+    path, key_a, _ = key_file
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    worker = await cluster.add_worker("w1", security={"api_keys_file": str(path)})
+    for api_key in ("", "flk_not-a-real-key"):
+        async with FlintClient(worker.address, api_key=api_key) as client:
+            with pytest.raises(Unauthenticated, match="API key"):
+                await client.complete_text("x", max_tokens=2)
+            with pytest.raises(Unauthenticated):
+                await client.interrupt("r-anything")
+    async with FlintClient(worker.address, api_key=key_a) as client:
+        assert await client.complete_text("x", max_tokens=2) == expected_text("x", 2)
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_keys_in_redis_are_honoured(cluster, valkey_url):
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    worker = await cluster.add_worker("w1", security={"api_keys_in_redis": True})
+    redis = aioredis.Redis.from_url(valkey_url)
+    try:
+        key = await add_key_to_redis(redis, cluster.key_prefix, "tenant-r")
+        assert key.encode() not in b"".join(await redis.hkeys(f"{cluster.key_prefix}:apikeys"))
+    finally:
+        await redis.aclose()
+    async with FlintClient(worker.address, api_key=key) as client:
+        assert await client.complete_text("y", max_tokens=3) == expected_text("y", 3)
+
+
+async def test_tenant_cannot_touch_another_tenants_requests_or_sessions(cluster, key_file):
+    path, key_a, key_b = key_file
+    _, engine = await cluster.add_replica("r1", token_interval_s=0.02)
+    worker = await cluster.add_worker("w1", security={"api_keys_file": str(path)})
+    async with FlintClient(worker.address, api_key=key_a) as a, FlintClient(worker.address, api_key=key_b) as b:
+        stream = a.complete("secret code of A", max_tokens=100, request_id="a-req-1")
+        accepted = await stream.__anext__()
+        assert accepted.accepted.request_id == "a-req-1"
+        with pytest.raises(NotFound):
+            await b.interrupt("a-req-1")
+        with pytest.raises(NotFound):
+            [m async for m in b.resume("a-req-1", 0)]
+        ack = await a.interrupt("a-req-1")
+        assert ack.was_running
+        await stream.aclose()
+        await b.complete_text("secret code of A", max_tokens=2, request_id="b-req-1")
+    # The same prompt from two tenants runs in two prefix-cache namespaces: no cross-tenant cache hits.
+    assert engine.namespaces["a-req-1"] == "tenant-a" and engine.namespaces["b-req-1"] == "tenant-b"
+
+
+async def test_rate_limit_per_tenant_answers_resource_exhausted_with_delay(cluster, key_file):
+    path, key_a, key_b = key_file
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    worker = await cluster.add_worker("w1", security={"api_keys_file": str(path), "rate_limit_per_s": 2})
+    async with FlintClient(worker.address, api_key=key_a, retry=_no_retry()) as a, \
+            FlintClient(worker.address, api_key=key_b, retry=_no_retry()) as b:
+        outcomes = await asyncio.gather(*(a.complete_text("q", max_tokens=1) for _ in range(6)),
+                                        return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+        assert refused and all(0 < e.retry_after_ms <= 1000 and "rate limit" in e.message for e in refused)
+        assert all(isinstance(o, (str, ResourceExhausted)) for o in outcomes)
+        assert await b.complete_text("q", max_tokens=1)  # another tenant's budget is its own
+
+
+def _no_retry():
+    from flint.client import RetryPolicy
+
+    return RetryPolicy(max_attempts=1)
+
+
+async def test_size_limits_give_invalid_argument_naming_the_limit(cluster):
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    worker = await cluster.add_worker("w1", max_message_bytes=64 * 1024, security={
+        "max_prompt_bytes": 1000, "max_context_files": 2, "max_context_file_bytes": 300})
+    async with FlintClient(worker.address) as client:
+        with pytest.raises(InvalidArgument, match="at most 2"):
+            await client.complete_text("x", context=[("a.py", "1"), ("b.py", "2"), ("c.py", "3")])
+        with pytest.raises(InvalidArgument, match="at most 300 bytes per file"):
+            await client.complete_text("x", context=[("a.py", "z" * 400)])
+        with pytest.raises(InvalidArgument, match="at most 1000"):
+            await client.complete_text("p" * 1200)
+        with pytest.raises(ResourceExhausted):  # over max_message_bytes: refused by gRPC itself
+            await client.complete_text("p" * 70_000)
+        assert await client.complete_text("still serving", max_tokens=2) == expected_text("still serving", 2)
+
+
+async def test_tls_and_mutual_tls(cluster, tmp_path):
+    files = write_tls_files(tmp_path)
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    tls = await cluster.add_worker("w-tls", security={"tls_cert_file": str(files["server_cert"]),
+                                                      "tls_key_file": str(files["server_key"])})
+    mtls = await cluster.add_worker("w-mtls", security={"tls_cert_file": str(files["server_cert"]),
+                                                        "tls_key_file": str(files["server_key"]),
+                                                        "tls_client_ca_file": str(files["ca"])})
+    ca = files["ca"].read_bytes()
+    server_only = ClientTLS(root_certificates=ca, server_name_override="localhost")
+    with_cert = ClientTLS(root_certificates=ca, certificate_chain=files["client_cert"].read_bytes(),
+                          private_key=files["client_key"].read_bytes(), server_name_override="localhost")
+    async with FlintClient(tls.address, tls=server_only) as client:
+        assert await client.complete_text("tls", max_tokens=2) == expected_text("tls", 2)
+    async with FlintClient(tls.address, retry=_no_retry()) as plain:
+        with pytest.raises(Unavailable):
+            await plain.complete_text("tls", max_tokens=2, timeout_s=5)
+    async with FlintClient(mtls.address, tls=server_only, retry=_no_retry()) as no_cert:
+        with pytest.raises(Unavailable):
+            await no_cert.complete_text("mtls", max_tokens=2, timeout_s=5)
+    async with FlintClient(mtls.address, tls=with_cert) as client:
+        assert await client.complete_text("mtls", max_tokens=2) == expected_text("mtls", 2)
