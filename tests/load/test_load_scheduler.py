@@ -76,7 +76,7 @@ async def test_latency_from_intended_time_includes_the_time_the_generator_sent_l
     assert late, "the frozen loop must have delayed some sends"
     for r in result.records:
         assert r.ttft_intended_ms == pytest.approx(r.ttft_ms + r.schedule_lag_ms)
-    assert max(r.ttft_intended_ms for r in late) > 250 > max(r.ttft_ms for r in late)
+    assert all(r.ttft_intended_ms > r.ttft_ms + 200 for r in late)     # the late send counts against the server
 
 
 async def test_closed_loop_never_has_more_jobs_in_flight_than_its_concurrency(mock_address):
