@@ -38,6 +38,7 @@ import msgpack
 
 from flint.config import from_mapping
 from flint.errors import InvalidArgument
+from flint.observability.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +145,25 @@ class Journal:
 
     def _mark_incomplete(self, request_id: str, why: str) -> None:
         if request_id not in self.incomplete:
-            log.warning("journal of request %s is incomplete (append %s); it cannot be resumed", request_id, why)
+            log.warning("journal of request %s is incomplete (append %s); it cannot be resumed", request_id, why,
+                        extra={"request_id": request_id})
         self.incomplete.add(request_id)
         self.dropped_appends += 1
+        metrics().journal_dropped.inc()
 
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for request_id, fields, _ in batch:
-                        pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
-                                  approximate=False)
-                    for request_id in {r for r, _, _ in batch}:
-                        pipe.pexpire(self.stream_key(request_id), self._ttl_ms)
-                        pipe.pexpire(self.meta_key(request_id), self._ttl_ms)
-                    await pipe.execute()
+                with metrics().time_redis("journal_flush"):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for request_id, fields, _ in batch:
+                            pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
+                                      approximate=False)
+                        for request_id in {r for r, _, _ in batch}:
+                            pipe.pexpire(self.stream_key(request_id), self._ttl_ms)
+                            pipe.pexpire(self.meta_key(request_id), self._ttl_ms)
+                        await pipe.execute()
                 ok = True
             except asyncio.CancelledError:
                 raise

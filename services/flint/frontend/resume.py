@@ -32,6 +32,7 @@ from flint.frontend.store import RUNNING, RequestRecord, Store
 from flint.frontend.validate import check_request_id
 from flint.grpc_status import from_rpc_error
 from flint.internal.v1 import engine_pb2 as ipb
+from flint.observability.metrics import metrics
 from flint.v1 import flint_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Resumer:
         if await self.journal.has_gap(request_id):
             raise incomplete(request_id, "its journal has a gap (Redis was unavailable while it ran)")
         self.resumed += 1
+        metrics().resumes.inc()
         state = _Replay(request_id, last_seq)
         after = b"-"
         block_ms = None
@@ -107,11 +109,13 @@ class Resumer:
         if record is None:
             return None
         self.taken_over += 1
+        metrics().takeovers.inc()
         engine_request = ipb.GenerateRequest.FromString(meta.request)
         continuation = Continuation(self, record, engine_request, model=meta.model, state=state)
         self.local[request_id] = continuation
         continuation.start()
-        log.info("worker %s took over request %s after seq %d", self.worker_id, request_id, state.journal_seq)
+        log.info("worker %s took over request %s after seq %d", self.worker_id, request_id, state.journal_seq,
+                 extra={"request_id": request_id, "worker_id": self.worker_id})
         return continuation
 
     async def _claim(self, request_id: str) -> RequestRecord | None:

@@ -24,6 +24,7 @@ from flint.frontend.routing import make_policy
 from flint.frontend.servicer import FlintServicer
 from flint.frontend.store import Store
 from flint.grpc_status import ErrorInterceptor
+from flint.observability.setup import start_metrics
 from flint.replica.registry import ReplicaRegistry
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class FrontendWorker:
         from flint.security.config import SecurityConfig
 
         self._security = SecurityConfig.from_dict(config.security)
+        self.metrics_port = -1
         self._liveness = None
         self.journal = None
         self.resumer = None
@@ -80,6 +82,7 @@ class FrontendWorker:
         except BaseException:
             await self.stop(0)
             raise
+        self.metrics_port = start_metrics(self.config.observability)
         for service in ("", SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("front-end worker %s listening on %s", self.worker_id, self.address)

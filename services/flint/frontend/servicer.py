@@ -22,6 +22,7 @@ from flint.frontend.relay import RequestRelay
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.session import SessionStream
 from flint.frontend.store import RequestRecord, SessionRecord, Store
+from flint.observability.metrics import metrics
 from flint.security.context import current_tenant
 from flint.frontend.validate import check_request_id, request_id_of, to_engine_request
 from flint.v1 import flint_pb2 as pb
@@ -49,16 +50,20 @@ class FlintServicer:
         """Validate, route, register in Redis and start relaying; returns the relay and the updated session."""
         model = msg.model or (session.model if session else "")
         tenant = current_tenant()
-        replica = await self.pool.pick(model=model, affinity=session.replica_id if session else "")
+        stats = metrics()
+        with stats.time_stage("route"):
+            replica = await self.pool.pick(model=model, affinity=session.replica_id if session else "")
         engine_request = to_engine_request(
             msg, request_id=request_id, session_id=session.session_id if session else "",
             max_context_tokens=replica.max_context_tokens, arrival_unix_s=arrival_unix_s)
         engine_request.cache_namespace = tenant  # one tenant's prefix cache never serves another's prompts
-        release = await self.guard.admit(msg, request_id=request_id, tenant=tenant, replica=replica) \
-            if self.guard is not None else None
+        with stats.time_stage("admit"):
+            release = await self.guard.admit(msg, request_id=request_id, tenant=tenant, replica=replica) \
+                if self.guard is not None else None
         try:
-            relay, session = await self._register_and_relay(msg, request_id, tenant, replica, engine_request,
-                                                            session, emit, fail, release)
+            with stats.time_stage("register"):
+                relay, session = await self._register_and_relay(msg, request_id, tenant, replica, engine_request,
+                                                                session, emit, fail, release)
         except BaseException:
             if release is not None:
                 await release()
@@ -90,6 +95,10 @@ class FlintServicer:
 
     def _on_done(self, release):
         def done(relay: RequestRelay) -> None:
+            stats = metrics()
+            kind = "edit" if relay._engine_request.kind == relay._engine_request.EDIT else "complete"
+            stats.requests.labels(kind, relay.record.state).inc()
+            stats.stage.labels("total").observe(max(0.0, time.time() - relay._engine_request.arrival_unix_s))
             if self.local.get(relay.request_id) is relay:
                 del self.local[relay.request_id]
             if release is not None:  # free the tenant's concurrency slot

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = from_mapping(FrontendConfig, json.loads(args.config), where="front-end config")
+        from flint.observability.setup import configure_logging
+
+        configure_logging(config.observability, args.log_level)  # JSON lines when observability.json_logs
         asyncio.run(serve(config, args.parent_pid))
     except FlintError as exc:
         print(json.dumps({"event": "error", "message": exc.message}), flush=True)

@@ -22,6 +22,8 @@ from flint.config import ReplicaConfig
 from flint.engine.types import Final
 from flint.grpc_status import ErrorInterceptor
 from flint.internal.v1 import engine_pb2 as pb
+from flint.observability.metrics import metrics
+from flint.observability.setup import start_metrics
 from flint.internal.v1 import engine_pb2_grpc
 from flint.replica.convert import event_to_proto, request_from_proto
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
@@ -56,6 +58,8 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
             if not finished:  # a caller closing the call right after the Final cancelled nothing
                 self.cancelled_total += 1
             raise
+        finally:
+            metrics().replica_generate.labels("finished" if finished else "ended_early").inc()
 
     async def Abort(self, request, context):
         return pb.AbortResponse(found=await self._engine.abort(request.request_id))
@@ -112,6 +116,7 @@ class ReplicaServer:
         await server.start()
         self._server = server
         self.address = f"{self.config.published_host}:{port}"
+        self.metrics_port = start_metrics(self.config.observability, engine_load=self._engine.load)
         await self._health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._publish()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.replica_id}")
