@@ -100,8 +100,9 @@ async def test_interrupt_sent_to_worker_b_stops_stream_on_worker_a(stubs):
     call = worker_a.Edit(long_edit("mn-interrupt", 900))
     messages = [await call.read(), await call.read()]
     assert [m.WhichOneof("kind") for m in messages] == ["accepted", "delta"]
-    ack = await worker_b.Interrupt(pb.InterruptRequest(request_id="mn-interrupt"))
-    while (m := await call.read()) is not grpc.aio.EOF:
+    ack = await worker_b.Interrupt(pb.InterruptRequest(request_id="mn-interrupt"), timeout=30)
+    # Bounded: a stream that does not end after the ack is a failure, not a hang.
+    while (m := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
         messages.append(m)
     assert ack.was_running
     seqs = [m.delta.seq for m in messages if m.WhichOneof("kind") == "delta"]

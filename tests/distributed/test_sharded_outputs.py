@@ -57,3 +57,47 @@ def test_sharding_that_does_not_fit_the_model_is_rejected_before_placing(cluster
         DistributedRunner(str(llama_checkpoint), sharding=ShardingConfig(tp=3))
     with pytest.raises(InvalidArgument, match="pp=4 stages need at least 4 layers"):
         DistributedRunner(str(llama_checkpoint), sharding=ShardingConfig(pp=4))
+
+
+def test_a_dead_shard_worker_makes_the_runner_unhealthy(cluster_ray, llama_checkpoint):
+    import time
+
+    import ray
+
+    from flint.errors import Unavailable
+
+    with DistributedRunner(str(llama_checkpoint), sharding=ShardingConfig(pp=2)) as runner:
+        runner.init_kv(KV_SLOTS)
+        runner.check()                                   # healthy while both stages loop
+        ray.kill(runner.workers[1])
+        deadline = time.monotonic() + 30
+        with pytest.raises(Unavailable, match="shard worker of this replica stopped"):
+            while time.monotonic() < deadline:
+                runner.check()
+                time.sleep(0.2)
+
+
+def test_engine_scheduler_over_four_shards_generates_what_it_does_in_process(cluster_ray, llama_checkpoint):
+    """The real engine (scheduler, paged KV slots, batching) with its runner swapped: same tokens."""
+    from flint.engine.config import EngineConfig
+    from flint.engine.engine import Engine
+    from flint.engine.tokenizer import Tokenizer
+    from flint.engine.types import GenerateRequest, SamplingParams
+
+    config = EngineConfig.from_dict({"model": str(llama_checkpoint), "kv_cache_bytes": 1 << 22,
+                                     "max_context_tokens": 256})
+
+    def generate(runner) -> dict[str, list[int]]:
+        engine = Engine(config, runner, Tokenizer.from_dir(llama_checkpoint), model_name="tiny")
+        engine.recorded_outputs = {}
+        for i, prefix in enumerate(["def add(a, b):\n    return", "class Point:\n    def __init__(self"]):
+            engine.add_request(GenerateRequest(request_id=f"r{i}", prefix=prefix,
+                                               sampling=SamplingParams(max_tokens=12)))
+        engine.run_until_done()
+        return engine.recorded_outputs
+
+    local = generate(LocalRunner(load_model(llama_checkpoint)))
+    with DistributedRunner(str(llama_checkpoint), sharding=ShardingConfig(pp=2, tp=2)) as runner:
+        sharded = generate(runner)
+    assert sum(len(t) for t in local.values()) > 4
+    assert sharded == local

@@ -96,7 +96,7 @@ async def interrupt_latency(worker_a: str, worker_b: str, *, samples: int) -> di
     from flint.v1 import flint_pb2 as pb
     from flint.v1 import flint_pb2_grpc
 
-    lat, late_deltas = [], 0
+    lat, late_deltas, stuck = [], 0, []
     async with grpc.aio.insecure_channel(worker_a) as ca, grpc.aio.insecure_channel(worker_b) as cb:
         a, b = flint_pb2_grpc.FlintStub(ca), flint_pb2_grpc.FlintStub(cb)
         for i in range(samples):
@@ -104,18 +104,26 @@ async def interrupt_latency(worker_a: str, worker_b: str, *, samples: int) -> di
             # Sampled (seeded): the random demo model's greedy output is mostly special tokens, no text.
             call = a.Edit(pb.EditRequest(request_id=rid, code="x = 1\ny = 2\n", instruction="rename x",
                                          sampling=pb.Sampling(max_tokens=400, temperature=1.0, seed=i + 1)))
-            first = await call.read()
-            while first is not grpc.aio.EOF and first.WhichOneof("kind") != "delta":
-                first = await call.read()
-            if first is grpc.aio.EOF:
-                continue                                        # ended before any text: no sample
-            t0 = time.perf_counter()
-            ack = await b.Interrupt(pb.InterruptRequest(request_id=rid))
-            while (m := await call.read()) is not grpc.aio.EOF:
-                if m.WhichOneof("kind") == "delta" and m.delta.seq > ack.last_seq:
-                    late_deltas += 1
-            lat.append(time.perf_counter() - t0)
-    return {"to_stream_end_ms": summary_ms(lat), "deltas_after_ack": late_deltas}
+            phase, ack = "first delta", None
+            try:
+                first = await asyncio.wait_for(call.read(), 30)
+                while first is not grpc.aio.EOF and first.WhichOneof("kind") != "delta":
+                    first = await asyncio.wait_for(call.read(), 30)
+                if first is grpc.aio.EOF:
+                    continue                                    # ended before any text: no sample
+                t0 = time.perf_counter()
+                phase = "interrupt ack"
+                ack = await b.Interrupt(pb.InterruptRequest(request_id=rid), timeout=30)
+                phase = "stream end"
+                while (m := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
+                    if m.WhichOneof("kind") == "delta" and m.delta.seq > ack.last_seq:
+                        late_deltas += 1
+                lat.append(time.perf_counter() - t0)
+            except (asyncio.TimeoutError, grpc.aio.AioRpcError) as exc:
+                acked = f", ack was_running={ack.was_running} last_seq={ack.last_seq}" if ack else ""
+                stuck.append(f"{rid}: no {phase} within 30 s ({exc.__class__.__name__}{acked})")
+                call.cancel()
+    return {"to_stream_end_ms": summary_ms(lat), "deltas_after_ack": late_deltas, "samples_stuck": stuck}
 
 
 async def relay_overhead(worker: str, replica: str, *, samples: int) -> dict:

@@ -93,6 +93,21 @@ class DistributedRunner:
     def release(self, key: Hashable) -> None:
         self._registry.release(key)
 
+    def check(self) -> None:
+        """Raise Unavailable if a shard worker's step loop has ended (worker died or failed)."""
+        import ray
+
+        if not self._loops or self._closed:
+            return
+        done, _ = ray.wait(self._loops, num_returns=1, timeout=0)
+        if done:
+            try:
+                ray.get(done[0])
+                reason = "its step loop returned"
+            except Exception as exc:  # noqa: BLE001 - reported, not handled
+                reason = f"{exc.__class__.__name__}: {exc}"
+            raise Unavailable(f"a shard worker of this replica stopped ({reason}); the replica must restart")
+
     def close(self) -> None:
         if self._closed:
             return

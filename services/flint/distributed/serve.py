@@ -136,7 +136,7 @@ class EngineReplica:
         log.info("flint engine replica %s up at %s", self.host.replica_id(), self.address)
 
     async def info(self) -> dict:
-        """Control plane only (tests, `flint cluster status`): who and where this replica is."""
+        """Control plane only (tests, operators): who and where this replica is. Tokens never come here."""
         import ray
 
         return {"replica_id": self.host.replica_id(), "address": self.address,
@@ -149,6 +149,9 @@ class EngineReplica:
             raise RuntimeError("flint engine replica is not running")
         if engine._error is not None:
             raise RuntimeError(f"flint engine failed: {engine._error!r}")
+        check_shards = getattr(engine.engine.runner, "check", None)
+        if check_shards is not None:
+            check_shards()   # a lost shard worker makes the whole replica unhealthy: Serve replaces it
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         return engine_load_metrics(self.host._engine.load())
