@@ -114,8 +114,9 @@ class Cluster:
         from flint.config import FrontendConfig
 
         journal = {"worker_ttl_s": 1.0, "poll_interval_ms": 100.0, **overrides.pop("journal", {})}
-        return FrontendConfig(redis_url=self.redis_url, key_prefix=self.key_prefix, worker_id=worker_id, port=0,
-                              reuse_port=False, grace_period_s=1.0, journal=journal, **overrides)
+        values = {"port": 0, "reuse_port": False, "grace_period_s": 1.0, **overrides}
+        return FrontendConfig(redis_url=self.redis_url, key_prefix=self.key_prefix, worker_id=worker_id,
+                              journal=journal, **values)
 
     async def add_worker(self, worker_id: str, **overrides):
         from flint.frontend.server import FrontendWorker
@@ -156,6 +157,17 @@ class Cluster:
             raise RuntimeError(f"replica process did not start: {line!r}") from None
         self.processes.append((replica_id, address, proc))
         return address
+
+    def stop_process(self, name: str) -> subprocess.Popen:
+        """SIGTERM: a graceful drain (the process finishes its streams within its grace period)."""
+        for wid, _, proc in self.processes:
+            if wid == name and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                return proc
+        raise KeyError(name)
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, _, proc in self.processes if proc.poll() is None}
 
     def kill_process(self, worker_id: str) -> None:
         for wid, _, proc in self.processes:
