@@ -62,3 +62,17 @@ async def test_abort_by_id_ends_the_stream_with_interrupted(engine):
     events = [e async for e in stream]
     assert events[-1].finish_reason is FinishReason.INTERRUPTED
     assert not await engine.abort("d")
+
+
+async def test_stop_ends_open_streams_with_unavailable(demo_checkpoint):
+    from flint.errors import Unavailable
+
+    eng = await asyncio.to_thread(
+        AsyncEngine.from_config, EngineConfig(model=str(demo_checkpoint), kv_cache_bytes=8 << 20, num_threads=1))
+    await eng.start()
+    stream = eng.generate(GenerateRequest("s", prefix=PREFIX, sampling=SamplingParams(max_tokens=4000)))
+    assert isinstance(await stream.__anext__(), Started)
+    await eng.stop()
+    with pytest.raises(Unavailable, match="stopped"):
+        async for _ in stream:
+            pass

@@ -70,6 +70,7 @@ class AsyncEngine:
         self._stopping.set()
         self._wake.set()
         await asyncio.to_thread(thread.join)
+        self._fail_all(Unavailable(f"engine for {self.model_name} stopped; retry on another replica"))
 
     def load(self) -> LoadInfo:
         return self.engine.load()

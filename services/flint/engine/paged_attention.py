@@ -121,14 +121,14 @@ class PagedAttention:
 
     def _prefill(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, c: _Chunk) -> torch.Tensor:
         # q [n, H, D] -> [n, H, D]
-        keys = self._heads(kc.index_select(0, c.key_slots))         # [1, H, start + n, D]
-        values = self._heads(vc.index_select(0, c.key_slots))
+        keys = kc.index_select(0, c.key_slots)                      # [start + n, KV, D]
+        values = vc.index_select(0, c.key_slots)
         qh = q.transpose(0, 1)[None]                                # [1, H, n, D]
         window = self.sliding_window
         if self._flash and (window is None or c.start + c.n <= window):
             o = self._flash_causal(qh, keys, values, c.start)
         else:
-            o = self._masked_causal(qh, keys, values, c.start, window)
+            o = self._masked_causal(qh, self._heads(keys), self._heads(values), c.start, window)
         return o[0].transpose(0, 1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,13 +139,23 @@ class PagedAttention:
             x = x.repeat_interleave(group, dim=0)
         return x[None]
 
-    @staticmethod
-    def _flash_causal(q, keys, values, start: int) -> torch.Tensor:
+    def _flash_causal(self, q, keys, values, start: int) -> torch.Tensor:
+        """q [1, H, n, D]; keys/values [start + n, KV, D] -> [1, H, n, D].
+
+        The chunk's own keys (n of them, causal) are repeated per query head; the cached keys
+        (up to the whole context) are NOT: the query heads sharing a KV head become extra query
+        rows of that head ([1, KV, group * n, D]), which needs no mask since every chunk query
+        sees every cached key. Repeating 8K cached keys per head cost more than the attention.
+        """
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        o_self, lse_self = flash(q, keys[:, :, start:], values[:, :, start:], is_causal=True)
+        o_self, lse_self = flash(q, self._heads(keys[start:]), self._heads(values[start:]), is_causal=True)
         if start == 0:
             return o_self
-        o_past, lse_past = flash(q, keys[:, :, :start], values[:, :, :start])
+        _, h, n, d = q.shape
+        kv = self.num_kv_heads
+        qg = q.reshape(1, kv, (h // kv) * n, d)                     # head h = kv_head * group + g
+        o_past, lse_past = flash(qg, keys[:start].transpose(0, 1)[None], values[:start].transpose(0, 1)[None])
+        o_past, lse_past = o_past.reshape(1, h, n, d), lse_past.reshape(1, h, n)
         lse = torch.logaddexp(lse_past, lse_self)                   # [1, H, n]
         return o_past * torch.exp(lse_past - lse)[..., None] + o_self * torch.exp(lse_self - lse)[..., None]
 
