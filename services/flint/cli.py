@@ -21,6 +21,7 @@ DISPATCH = {
     ("bench", "cluster"): "flint.bench.cluster",
     ("load",): "flint.load.cli",
     ("cluster",): "flint.cluster.local",
+    ("keys",): "flint.security.keys",
 }
 
 

@@ -17,8 +17,8 @@ What it adds over the raw stubs:
   * one deadline (`timeout_s`) for the whole request, retries included;
   * gRPC statuses raised as `flint.errors` exceptions, one error family;
   * API key (`authorization: Bearer ...`) and TLS / mTLS channel settings.
-`client.interrupt(request_id)` stops a request from anywhere. Redirect needs
-the Session stream, which this library does not wrap yet (use the stub).
+`client.interrupt(request_id)` stops a request from anywhere; interrupt and
+redirect within one Session stream go through `client.session()`.
 """
 
 from __future__ import annotations
@@ -179,6 +179,12 @@ class FlintClient:
         tracker = _Tracker(request_id, last_seq=last_seq, accepted=True)
         async for message in self._follow(tracker, None, timeout_s):
             yield message
+
+    def session(self, *, session_id: str = "", model: str = "", client_name: str = "flint.client"):
+        """A Session stream: interleaved requests, interrupt, redirect (see `flint.client_session`)."""
+        from flint.client_session import ClientSession
+
+        return ClientSession(self, session_id=session_id, model=model, client_name=client_name)
 
     # ------------------------------------------------------------ the resume/retry loop
     async def stream(self, request: pb.CompleteRequest | pb.EditRequest, *,

@@ -82,6 +82,13 @@ class PacedEngine:
                           max_context_tokens=self.max_context_tokens)
 
 
+def _words_for(prefix: str, max_tokens: int) -> list[str]:
+    return PacedEngine.words(t.GenerateRequest("x", prefix=prefix), max_tokens)
+
+
+PacedEngine.words_for = staticmethod(_words_for)
+
+
 def expected_text(prefix: str, max_tokens: int, seed: int | None = None) -> str:
     return "".join(PacedEngine.words(t.GenerateRequest("x", prefix=prefix, sampling=t.SamplingParams(seed=seed)),
                                      max_tokens))

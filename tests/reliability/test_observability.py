@@ -41,3 +41,28 @@ def test_json_log_lines_carry_the_request_id():
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "relay of r-1 failed" and line["request_id"] == "r-1"
     assert line["tenant"] == "tenant-a" and line["level"] == "WARNING"
+
+
+async def test_trace_spans_link_front_end_and_engine_with_the_request_id(cluster):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # what a deployment does to export spans
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    worker = await cluster.add_worker("w1")
+    async with FlintClient(worker.address) as client:
+        await client.complete_text("traced", max_tokens=2, request_id="traced-1")
+
+    def spans():
+        return {s.name: s for s in exporter.get_finished_spans() if s.attributes.get("flint.request_id") == "traced-1"}
+
+    from rel_support import eventually
+
+    await eventually(lambda: len(spans()) == 2)
+    front, engine = spans()["flint.frontend.request"], spans()["flint.engine.generate"]
+    assert engine.context.trace_id == front.context.trace_id and engine.parent.span_id == front.context.span_id

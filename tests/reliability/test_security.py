@@ -136,3 +136,14 @@ async def test_tls_and_mutual_tls(cluster, tmp_path):
             await no_cert.complete_text("mtls", max_tokens=2, timeout_s=5)
     async with FlintClient(mtls.address, tls=with_cert) as client:
         assert await client.complete_text("mtls", max_tokens=2) == expected_text("mtls", 2)
+
+
+def test_flint_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path, capsys):
+    from flint.cli import main
+    from flint.security.auth import hash_key
+
+    path = tmp_path / "keys.json"
+    assert main(["keys", "create", "--tenant", "team-x", "--file", str(path)]) == 0
+    key = capsys.readouterr().out.strip()
+    assert read_key_file(path) == {hash_key(key): "team-x"} and key not in path.read_text()
+    assert main(["keys", "create", "--tenant", "bad tenant!", "--file", str(path)]) == 1

@@ -34,7 +34,7 @@ class RequestRelay:
     def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest,
                  stub: engine_pb2_grpc.EngineStub, replica_address: str, store: Store,
                  emit: Callable[[pb.ServerMessage], None], fail: Callable[[FlintError], None],
-                 on_done: Callable[["RequestRelay"], None], journal=None):
+                 on_done: Callable[["RequestRelay"], None], journal=None, metadata=()):
         self.record = record
         self.request_id = record.request_id
         self.last_seq = 0
@@ -53,6 +53,7 @@ class RequestRelay:
         # Resume journal (flint.frontend.journal.RequestJournal): each message is journaled before it is
         # handed to the client, so whatever a client has seen a resume elsewhere can replay.
         self._journal = journal
+        self._metadata = metadata  # trace context for the engine call (flint.observability.tracing)
         self._unsent: pb.ServerMessage | None = None  # journaled (or being journaled), not yet emitted
 
     def start(self) -> None:
@@ -84,7 +85,7 @@ class RequestRelay:
 
     async def _run(self) -> None:
         state = "failed"
-        call = self._stub.Generate(self._engine_request)
+        call = self._stub.Generate(self._engine_request, metadata=self._metadata)
         try:
             async for event in call:
                 message = self._message(event)

@@ -22,6 +22,7 @@ from flint.frontend.relay import RequestRelay
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.session import SessionStream
 from flint.frontend.store import RequestRecord, SessionRecord, Store
+from flint.observability import tracing
 from flint.observability.metrics import metrics
 from flint.security.context import current_tenant
 from flint.frontend.validate import check_request_id, request_id_of, to_engine_request
@@ -86,15 +87,20 @@ class FlintServicer:
         if session is not None and session.replica_id != replica.replica_id:
             session = replace(session, replica_id=replica.replica_id)
             await self.store.put_session(session)
+        span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
+                                          replica.replica_id)
         relay = RequestRelay(record=record, engine_request=engine_request, stub=self.pool.stub(replica),
                              replica_address=replica.address, store=self.store, emit=emit, fail=fail,
-                             on_done=self._on_done(release), journal=request_journal)
+                             on_done=self._on_done(release, span), journal=request_journal,
+                             metadata=tracing.outgoing_metadata(span))
         self.local[request_id] = relay
         relay.start()
         return relay, session
 
-    def _on_done(self, release):
+    def _on_done(self, release, span):
         def done(relay: RequestRelay) -> None:
+            span.set_attribute("flint.outcome", relay.record.state)
+            span.end()
             stats = metrics()
             kind = "edit" if relay._engine_request.kind == relay._engine_request.EDIT else "complete"
             stats.requests.labels(kind, relay.record.state).inc()

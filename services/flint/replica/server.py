@@ -22,6 +22,7 @@ from flint.config import ReplicaConfig
 from flint.engine.types import Final
 from flint.grpc_status import ErrorInterceptor
 from flint.internal.v1 import engine_pb2 as pb
+from flint.observability import tracing
 from flint.observability.metrics import metrics
 from flint.observability.setup import start_metrics
 from flint.internal.v1 import engine_pb2_grpc
@@ -46,6 +47,7 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
     async def Generate(self, request, context):
         check_replica_load(self._admission, self._replica_id, self._engine.load())  # RESOURCE_EXHAUSTED, no hang
         engine_request = request_from_proto(request)
+        span = tracing.start_engine_span(request.request_id, context.invocation_metadata())
         finished = False
         try:
             # Leaving this block for any reason (client cancelled, error) closes the
@@ -60,6 +62,8 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
             raise
         finally:
             metrics().replica_generate.labels("finished" if finished else "ended_early").inc()
+            span.set_attribute("flint.finished", finished)
+            span.end()
 
     async def Abort(self, request, context):
         return pb.AbortResponse(found=await self._engine.abort(request.request_id))

@@ -1,0 +1,161 @@
+"""`FlintClient.session()`: one Session stream with interleaved requests, interrupt and redirect.
+
+    async with client.session() as session:
+        async for message in session.complete("def f(", max_tokens=32): ...
+        ack = await session.interrupt(request_id)
+        async for message in session.redirect(old_id, "def g(", max_tokens=32): ...
+
+When the stream breaks (front-end worker gone), the session reconnects to the
+next address, reopens the same session id and sends Resume(request id, last
+seq) for every request still running, so each caller still sees every seq
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+
+from flint.client import _Tracker, context_files, new_request_id, sampling
+from flint.errors import FlintError, Unavailable
+from flint.grpc_status import error_of, from_rpc_error
+from flint.v1 import flint_pb2 as pb
+
+
+class ClientSession:
+    def __init__(self, client, *, session_id: str = "", model: str = "", client_name: str = "flint.client"):
+        self._client = client
+        self.session_id = session_id
+        self._model = model
+        self._client_name = client_name
+        self._outbox: asyncio.Queue | None = None
+        self._reader: asyncio.Task | None = None
+        self._requests: dict[str, tuple[_Tracker, asyncio.Queue]] = {}
+        self._interrupts: dict[str, asyncio.Future] = {}
+        self._opened: asyncio.Future | None = None
+        self.reconnects = 0
+
+    async def __aenter__(self) -> "ClientSession":
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+
+    async def _connect(self) -> None:
+        self._outbox = asyncio.Queue()
+        self._opened = asyncio.get_running_loop().create_future()
+        outbox = self._outbox
+
+        async def requests():
+            while True:
+                yield await outbox.get()
+
+        call = self._client.stub.Session(requests(), metadata=self._client._metadata)
+        outbox.put_nowait(pb.ClientMessage(open=pb.Open(session_id=self.session_id, model=self._model,
+                                                        client=self._client_name)))
+        for request_id, (tracker, _) in self._requests.items():  # after a break: pick up where each one was
+            outbox.put_nowait(pb.ClientMessage(resume=pb.ResumeRequest(request_id=request_id,
+                                                                       last_seq=tracker.last_seq)))
+        self._reader = asyncio.create_task(self._read(call), name="flint session reader")
+        self.session_id = (await self._opened).session_id
+
+    async def _read(self, call) -> None:
+        try:
+            async for message in call:
+                self._dispatch(message)
+        except grpc.aio.AioRpcError as err:
+            error = from_rpc_error(err, peer=self._client.address)
+            if error.retryable and (self._requests or not self._opened.done()):
+                self.reconnects += 1
+                self._client._fail_over()
+                await asyncio.sleep(self._client.retry.delay_s(0, error.retry_after_ms))
+                asyncio.ensure_future(self._connect())
+                return
+            self._fail_all(error)
+        finally:
+            call.cancel()
+
+    def _fail_all(self, error: FlintError) -> None:
+        if not self._opened.done():
+            self._opened.set_exception(error)
+        for _, queue in self._requests.values():
+            queue.put_nowait(error)
+        for future in self._interrupts.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _dispatch(self, message: pb.ServerMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "opened":
+            if not self._opened.done():
+                self._opened.set_result(message.opened)
+            return
+        if kind == "interrupted":
+            future = self._interrupts.pop(message.interrupted.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(message.interrupted)
+            return
+        request_id = getattr(message, kind).request_id
+        if kind == "error" and request_id in self._interrupts and request_id not in self._requests:
+            self._interrupts.pop(request_id).set_exception(error_of(message.error))
+            return
+        entry = self._requests.get(request_id)
+        if entry is not None:
+            entry[1].put_nowait(message)
+
+    async def _run(self, message: pb.ClientMessage, request) -> object:
+        tracker, queue = _Tracker(request.request_id, own_id=True), asyncio.Queue()
+        self._requests[request.request_id] = (tracker, queue)
+        self._outbox.put_nowait(message)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, FlintError):
+                    raise item
+                if tracker.accept(item):
+                    yield item
+                if tracker.done:
+                    return
+        finally:
+            self._requests.pop(request.request_id, None)
+
+    @staticmethod
+    def _complete_request(prefix: str, suffix: str, *, path: str = "", context=(), model: str = "",
+                          request_id: str = "", **sampling_kwargs) -> pb.CompleteRequest:
+        return pb.CompleteRequest(request_id=request_id or new_request_id(), prefix=prefix, suffix=suffix,
+                                  path=path, context=context_files(context), model=model,
+                                  sampling=sampling(**sampling_kwargs))
+
+    def complete(self, prefix: str, suffix: str = "", **kwargs):
+        """Stream a completion on this session (same keyword arguments as FlintClient.complete)."""
+        request = self._complete_request(prefix, suffix, **kwargs)
+        return self._run(pb.ClientMessage(complete=request), request)
+
+    def edit(self, code: str, instruction: str, *, prefix: str = "", suffix: str = "", path: str = "",
+             request_id: str = "", **sampling_kwargs):
+        request = pb.EditRequest(request_id=request_id or new_request_id(), code=code, instruction=instruction,
+                                 prefix=prefix, suffix=suffix, path=path, sampling=sampling(**sampling_kwargs))
+        return self._run(pb.ClientMessage(edit=request), request)
+
+    def redirect(self, interrupt_request_id: str, prefix: str, suffix: str = "", **kwargs):
+        """Stop `interrupt_request_id` and stream a new completion in one message (reuses its KV prefix)."""
+        request = self._complete_request(prefix, suffix, **kwargs)
+        return self._run(pb.ClientMessage(redirect=pb.Redirect(interrupt_request_id=interrupt_request_id,
+                                                               complete=request)), request)
+
+    async def interrupt(self, request_id: str, timeout_s: float = 10.0) -> pb.InterruptResponse:
+        future = asyncio.get_running_loop().create_future()
+        self._interrupts[request_id] = future
+        self._outbox.put_nowait(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=request_id)))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"no interrupt acknowledgement for {request_id!r} within {timeout_s:g} s") from None
+        finally:
+            self._interrupts.pop(request_id, None)
