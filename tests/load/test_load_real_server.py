@@ -42,3 +42,31 @@ def test_short_run_against_flint_serve_writes_valid_reports(frontend_workers, tm
     assert report["target"]["model"] and report["target"]["max_context_tokens"] > 0
     html = (out / "report.html").read_text()
     assert html.startswith("<!doctype html>") and html.count("<svg") >= 5
+
+
+def test_run_figures_match_the_front_ends_own_prometheus_metrics(valkey_url, engine_replica, tmp_path):
+    import socket
+
+    from support.services import start_worker_process, stop_worker_process
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
+    worker = start_worker_process(valkey_url, "worker-load-metrics", observability={"metrics_port": metrics_port})
+    try:
+        out = tmp_path / "metrics"
+        assert load_main(["run", "--scenario", "mix", "--seed", "4", "--param",
+                          f"weights={json.dumps(PARAMS['weights'])}", "--param", f"params={json.dumps(PARAMS['params'])}",
+                          "--rate", "2", "--duration-s", "4", "--drain-s", "30", "--address", worker.address,
+                          "--server-metrics", f"http://127.0.0.1:{metrics_port}/metrics", "--out", str(out),
+                          "--quiet"]) == 0
+    finally:
+        stop_worker_process(worker.process)
+    report, records = load_run(out)
+    checks = {c["check"]: c for c in report["consistency"]}
+    for name in ("requests ended: client vs front-end counter", "interrupted: client vs front-end counter",
+                 "tokens streamed vs Final.completion_tokens"):
+        assert checks[name]["ok"] is True, checks[name]
+    assert checks["requests ended: client vs front-end counter"]["server"] == len(records)
+    # Latency checks are reported (client vs Final, vs front-end histograms) but not asserted: they are timings.
+    assert "mean TTFT: client vs server first_token_ms" in checks

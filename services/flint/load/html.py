@@ -173,7 +173,7 @@ def _consistency_table(checks: list[dict]) -> str:
     verdict = {True: "<span class='pass'>consistent</span>", False: "<span class='fail'>differs</span>",
                None: "–"}
     rows = "".join(f"<tr><td>{escape(c['check'])}</td><td>{_num(c['client'])}</td><td>{_num(c['server'])}</td>"
-                   f"<td>±{c['tolerance'] * 100:g}%</td><td class='badges'>{verdict[c['ok']]}</td>"
+                   f"<td>±{c['tolerance'] * 100:g}%{' or ' + format(c.get('abs_tolerance'), 'g') + ' ms' if c.get('abs_tolerance') else ''}</td><td class='badges'>{verdict[c['ok']]}</td>"
                    f"<td>{escape(c['note'])}</td></tr>" for c in checks)
     return ("<table><tr><th>check</th><th>client</th><th>server</th><th>tolerance</th><th>verdict</th>"
             f"<th>note</th></tr>{rows}</table>")
