@@ -114,6 +114,30 @@ async def test_size_limits_give_invalid_argument_naming_the_limit(cluster):
         assert await client.complete_text("still serving", max_tokens=2) == expected_text("still serving", 2)
 
 
+async def test_concurrent_streams_per_connection_are_capped(cluster):
+    await cluster.add_replica("r1", token_interval_s=0.02)
+    worker = await cluster.add_worker("w1", security={"max_streams_per_connection": 2})
+    async with FlintClient(worker.address) as client:
+        streams = [client.complete("s", max_tokens=300) for _ in range(2)]
+        for stream in streams:
+            await asyncio.wait_for(stream.__anext__(), 10)
+        third = client.complete("t", max_tokens=1)
+        pending = asyncio.ensure_future(third.__anext__())
+        done, _ = await asyncio.wait({pending}, timeout=1.0)
+        assert not done, "a third stream on the same connection waits for a free stream slot"
+        # Another connection is not affected (its own subchannel pool, so its own TCP connection).
+        async with grpc.aio.insecure_channel(worker.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            rpc = ch.unary_stream("/flint.v1.Flint/Complete", request_serializer=pb.CompleteRequest.SerializeToString,
+                                  response_deserializer=pb.ServerMessage.FromString)
+            other = [m async for m in rpc(pb.CompleteRequest(prefix="t", sampling=pb.Sampling(max_tokens=1)),
+                                          timeout=10)]
+            assert other[-1].WhichOneof("kind") == "final"
+        await streams[0].aclose()  # frees a slot: the waiting stream starts
+        assert (await asyncio.wait_for(pending, 10)).WhichOneof("kind") == "accepted"
+        await third.aclose()
+        await streams[1].aclose()
+
+
 async def test_tls_and_mutual_tls(cluster, tmp_path):
     files = write_tls_files(tmp_path)
     await cluster.add_replica("r1", token_interval_s=0.001)

@@ -12,7 +12,8 @@ Names (all prefixed `flint_`), documented here and in README:
   flint_resumes_total / flint_takeovers_total    Resume calls served / requests regenerated after their owner died
   flint_replica_generate_total{outcome}          Generate calls ended at a replica (finished / ended_early)
   flint_replica_running / _waiting / _kv_used_fraction   engine load gauges, sampled at scrape time
-  flint_ray_call_seconds{op}                     Ray calls made by flint (actor start/stop), when any
+  flint_ray_call_seconds{op}                     Ray calls made by flint: replica_start, replica_stop (the
+                                                 token path never calls Ray)
 One registry per process; each process serves its own /metrics.
 """
 
@@ -45,21 +46,14 @@ class Metrics:
                                         registry=r)
         self._server = None
 
-    @contextmanager
     def time_stage(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stage.labels(stage).observe(time.perf_counter() - start)
+        return _timed(self.stage, stage)
 
-    @contextmanager
     def time_redis(self, op: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.redis.labels(op).observe(time.perf_counter() - start)
+        return _timed(self.redis, op)
+
+    def time_ray(self, op: str):
+        return _timed(self.ray, op)
 
     def engine_gauges(self, load_fn) -> None:
         """Replica load gauges read from `load_fn()` (an engine LoadInfo) at each scrape."""
@@ -78,6 +72,15 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+@contextmanager
+def _timed(histogram: Histogram, label: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        histogram.labels(label).observe(time.perf_counter() - start)
 
 
 _METRICS: Metrics | None = None

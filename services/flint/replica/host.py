@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from flint.config import ReplicaConfig
+from flint.observability.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count:
     actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(ReplicaHost)
     actors = [actor_cls.remote(engine_config, replica_config) for _ in range(count)]
     try:
-        addresses = ray.get([a.start.remote() for a in actors], timeout=timeout_s)
+        with metrics().time_ray("replica_start"):
+            addresses = ray.get([a.start.remote() for a in actors], timeout=timeout_s)
     except BaseException as exc:
         for actor in actors:
             ray.kill(actor)
@@ -85,7 +87,8 @@ def stop_replica_actors(actors, grace_s: float = 5.0) -> None:
 
     refs = [a.stop.remote(grace_s) for a in actors]
     try:
-        ray.get(refs, timeout=grace_s + 10)
+        with metrics().time_ray("replica_stop"):
+            ray.get(refs, timeout=grace_s + 10)
     except Exception as exc:  # noqa: BLE001 - shutting down regardless
         log.warning("replica did not stop cleanly: %s", exc)
     for actor in actors:
