@@ -72,8 +72,11 @@ class RequestRelay:
         if self._ended or self._task is None:
             await self.wait()
             return InterruptResult(self.request_id, False, self.last_seq)
-        self._interrupting = True
-        self._task.cancel()
+        if not self._interrupting:
+            # Once only: the same interrupt often arrives twice (pub/sub and the flag poll), and a second
+            # cancel() would land while the relay journals its interrupted Final, which then never goes out.
+            self._interrupting = True
+            self._task.cancel()
         await asyncio.wait({self._task})
         return InterruptResult(self.request_id, True, self.last_seq)
 
