@@ -175,6 +175,11 @@ class ServeConfig:
     routing: str = "affinity"
     startup_timeout_s: float = 300.0
     engine: dict[str, Any] = field(default_factory=dict)  # extra EngineConfig keys
+    # Front-end tables (see FrontendConfig); admission also applies to the replicas.
+    journal: dict[str, Any] = field(default_factory=dict)
+    admission: dict[str, Any] = field(default_factory=dict)
+    security: dict[str, Any] = field(default_factory=dict)
+    observability: dict[str, Any] = field(default_factory=dict)  # metrics_port N: worker i serves N + i
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
@@ -189,6 +194,7 @@ class ServeConfig:
                f"routing must be 'affinity' or 'least_loaded', got {self.routing!r}")
         _check_positive("startup_timeout_s", self.startup_timeout_s)
         _check(isinstance(self.engine, dict), "engine must be a table of EngineConfig keys")
+        _check_tables(self, ("journal", "admission", "security", "observability"))
         if self.model:  # checked here so a typo fails before Ray starts
             model = Path(self.model).expanduser()
             _check(model.is_dir() and (model / "config.json").is_file(),

@@ -122,7 +122,8 @@ class Server:
                                       f"the local Ray instance has {have:g}; lower --replicas or "
                                       "--replica-num-cpus, or raise --ray-num-cpus")
         self.say(f"Engine: loading {engine_config.model} into {n} replica{'s' if n > 1 else ''}...")
-        replica_config = ReplicaConfig(redis_url=self.redis_url, host=self.config.host)
+        replica_config = ReplicaConfig(redis_url=self.redis_url, host=self.config.host,
+                                       admission=self.config.admission)
         self._replicas = start_replica_actors(engine_config, replica_config, count=n,
                                               num_cpus=self.config.replica_num_cpus,
                                               timeout_s=self.config.startup_timeout_s)
@@ -135,8 +136,12 @@ class Server:
         if port:
             _check_port_free(cfg.host, port)
         for i in range(cfg.workers):
+            observability = dict(cfg.observability)
+            if observability.get("metrics_port", -1) > 0:  # one /metrics port per worker process
+                observability["metrics_port"] += i
             frontend = FrontendConfig(redis_url=self.redis_url, host=cfg.host, port=port, routing=cfg.routing,
-                                      reuse_port=cfg.workers > 1)
+                                      reuse_port=cfg.workers > 1, journal=cfg.journal, admission=cfg.admission,
+                                      security=cfg.security, observability=observability)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(frontend)),
                  "--parent-pid", str(os.getpid())],
