@@ -64,7 +64,9 @@ async def run_request(args: argparse.Namespace, address: str) -> int:
     else:
         before, code, after = split_lines(read_source(args.file), args.lines)
 
-    async with FlintClient(address) as client:
+    from flint import env
+
+    async with FlintClient(address, api_key=env.api_key() or "") as client:  # resumes and retries by itself
         if args.command == "complete":
             stream = client.complete(prefix, suffix, path=path, model=args.model, sampling_params=_sampling(args))
         else:

@@ -41,3 +41,8 @@ def ray_address() -> str | None:
 def ci() -> bool:
     """`CI`: set (to anything but empty/0/false) by CI systems; progress displays stay quiet."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def api_key() -> str | None:
+    """`FLINT_API_KEY`: API key `flint complete/edit` send when the service requires one."""
+    return os.environ.get("FLINT_API_KEY") or None

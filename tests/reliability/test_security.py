@@ -171,3 +171,19 @@ def test_flint_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path, cap
     key = capsys.readouterr().out.strip()
     assert read_key_file(path) == {hash_key(key): "team-x"} and key not in path.read_text()
     assert main(["keys", "create", "--tenant", "bad tenant!", "--file", str(path)]) == 1
+
+
+async def test_flint_complete_sends_the_api_key_from_the_environment(cluster, key_file, monkeypatch, capsys):
+    from flint.cli import build_parser
+    from flint.cli_requests import run_request
+
+    path, key_a, _ = key_file
+    await cluster.add_replica("r1", token_interval_s=0.001)
+    worker = await cluster.add_worker("w1", security={"api_keys_file": str(path)})
+    args = build_parser().parse_args(["complete", "def cli(", "--max-tokens", "3"])
+    monkeypatch.setenv("FLINT_API_KEY", key_a)
+    assert await run_request(args, worker.address) == 0
+    assert capsys.readouterr().out == expected_text("def cli(", 3) + "\n"
+    monkeypatch.delenv("FLINT_API_KEY")
+    with pytest.raises(Unauthenticated):
+        await run_request(args, worker.address)
