@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import time
 from pathlib import Path
@@ -148,5 +149,6 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: b
 
     r["budgets"] = budgets(r)
     r["elapsed_s"] = time.perf_counter() - started
+    r["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
     _log(f"done in {r['elapsed_s']:.0f} s")
     return r

@@ -31,7 +31,7 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu_model": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads_default": torch.get_num_threads()}
+            "torch_threads_default": torch.get_num_threads(), "load_avg_1m_at_start": os.getloadavg()[0]}
 
 
 def make_model(root: Path, name: str, tokenizer_from: Path | None, **dims) -> Path:

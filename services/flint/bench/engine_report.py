@@ -64,7 +64,9 @@ def write_markdown(path: Path, r: dict) -> None:
         + f"; run time {r['elapsed_s']:.0f} s. All figures come from one process run on one machine.",
         "",
         f"- Machine: {r['machine']['cpu_model']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}; "
-        f"engine runs with {r['threads']} torch thread(s) (the faster of 1 and the default; see decode rows).",
+        f"engine runs with {r['threads']} torch thread(s) (the faster of 1 and the default; see decode rows). "
+        f"Load average (1 min) {r['machine'].get('load_avg_1m_at_start', float('nan')):.1f} at start, "
+        f"{r['machine'].get('load_avg_1m_at_end', float('nan')):.1f} at end: other processes shared the cores.",
         f"- Benchmark model (random weights, fp32, made by the command): {mi['params'] / 1e6:.1f}M params, "
         f"{mi['bytes'] / 2**20:.1f} MiB; {mi['layers']} layers, d={mi['hidden']}, {mi['heads']} heads / "
         f"{mi['kv_heads']} KV heads, MLP {mi['intermediate']}, vocab {mi['vocab']}; "
