@@ -24,7 +24,9 @@ class EngineConfig:
     model_name: str = ""                 # name reported to clients; "" = the directory name
     dtype: str = "float32"
     device: str = "cpu"
-    num_threads: int = 0                 # torch intra-op threads; 0 = torch's default
+    # torch intra-op threads (process-wide); 0 = torch's default. 1 because on the 2-core machines the
+    # replica shares with front-ends and Ray, 2 threads decoded 3-7x slower than 1 in every benchmark run.
+    num_threads: int = 1
     kv_cache_bytes: int = 1 << 30        # KV budget (k and v, all layers)
     block_size: int = 16                 # tokens per KV block
     max_batch_size: int = 32             # running requests per step
