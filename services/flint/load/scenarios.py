@@ -10,6 +10,7 @@ the allowed ones. Sizes are tokens, turned into characters with
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import random
@@ -58,7 +59,7 @@ class CommonParams:
             raise InvalidArgument(f"overlap must be one of {', '.join(OVERLAP)}")
 
 
-class Scenario:
+class Scenario(abc.ABC):
     """Base: subclasses set name, version, Params and implement `_job(rng, index)`."""
 
     name = ""
@@ -73,8 +74,9 @@ class Scenario:
         rng = random.Random(f"{self.name}:{self.version}:{self.seed}:{index}")
         return self._job(rng, index)
 
+    @abc.abstractmethod
     def _job(self, rng: random.Random, index: int) -> Job:
-        raise NotImplementedError
+        """Job number `index`, drawn from `rng` only (so it depends on nothing but seed and index)."""
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "seed": self.seed,
