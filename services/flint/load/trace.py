@@ -85,8 +85,8 @@ class Replay(Scenario):
             self._jobs.append(Job(i, "replay", tuple(Step(t - t0, spec) for t, _, spec in items)))
             self._starts.append(t0)
 
-    def job(self, index: int) -> Job:
-        return self._jobs[index]
+    def _job(self, rng, index: int) -> Job:
+        return self._jobs[index]          # recorded, so the seed plays no part
 
     def schedule(self) -> list[tuple[float, int]]:
         return list(zip(self._starts, range(len(self._jobs))))
