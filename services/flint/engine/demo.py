@@ -1,7 +1,7 @@
 """The demo checkpoint: a tiny random Qwen2 model so every code path runs on a fresh machine.
 
 With no `--model`, flint serves `ensure_demo_checkpoint()`: made once and
-cached under the user cache directory (`flint.env.cache_dir()/demo-v2`). It is
+cached under the user cache directory (`flint.env.cache_dir()/demo-v3`). It is
 an ordinary HF checkpoint directory (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json, generation_config.json, README.md) with
 RANDOM weights: its output is not meaningful, only its shape and speed are.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-DEMO_VERSION = "demo-v2"   # bump when the files made change
+DEMO_VERSION = "demo-v3"   # bump when the files made change
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
     "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
@@ -75,7 +75,7 @@ def make_checkpoint(
     kv_heads: int = 2,
     intermediate: int = 704,
     vocab_size: int = 8192,
-    max_position_embeddings: int = 32768,
+    max_position_embeddings: int = 131072,
     rope_theta: float = 1_000_000.0,
     seed: int = 0,
     tie_word_embeddings: bool = True,
