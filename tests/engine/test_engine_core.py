@@ -192,13 +192,3 @@ def test_validation_errors_say_what_to_change(make_engine):
         engine.add_request(GenerateRequest("y", prefix="a", sampling=SamplingParams(top_p=1.5)))
     with pytest.raises(InvalidArgument, match="unknown key"):
         EngineConfig.from_dict({"kv_cache_bytez": 1})
-
-
-@pytest.mark.slow
-def test_compiled_decode_gives_the_eager_output(make_engine):
-    eager = run(make_engine(), greedy("c", n=12))["c"][0]
-    compiled_engine = make_engine(compile=True, compile_batch_sizes=[1, 2])
-    from flint.engine.compiled import CompiledDecode
-
-    assert isinstance(compiled_engine.runner.model.forward, CompiledDecode)
-    assert run(compiled_engine, greedy("c", n=12))["c"][0] == eager

@@ -67,6 +67,8 @@ class LocalRunner:
         self.model = model
         self.config: ModelConfig = model.config
         self.attn: PagedAttention | None = None
+        # Set by `flint.engine.compiled.enable` (compile=true): runs pure decode steps.
+        self.compiled_decode = None
         if k_cache is not None and v_cache is not None:
             self._attach(k_cache, v_cache)
 
@@ -84,7 +86,10 @@ class LocalRunner:
         if self.attn is None:
             raise RuntimeError("LocalRunner.execute before init_kv")
         positions = self.attn.begin_step([(slots, start, n) for _, slots, start, n in batch.seqs])  # [T]
-        hidden = self.model(batch.input_ids, positions, self.attn)                              # [T, d]
+        forward = self.model
+        if self.compiled_decode is not None and batch.num_tokens == len(batch.seqs):   # 1 token per sequence
+            forward = self.compiled_decode
+        hidden = forward(batch.input_ids, positions, self.attn)                                 # [T, d]
         return self.model.compute_logits(hidden[batch.logit_rows])                              # [N, V]
 
     def release(self, key: Hashable) -> None:
