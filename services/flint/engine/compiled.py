@@ -20,91 +20,98 @@ a step that would need a new graph runs eager instead of compiling while a
 request waits (none is expected; tests run with "fail_on_recompile" to prove
 it).
 
-What is compiled: the model's dense work between attention calls, as three
-segments per bucket: embedding + rotary + layer 0 up to attention; the rest
-of layer i + layer i+1 up to attention (one graph for every i: layers are
-arguments, not constants, so the graph count does not grow with depth and
-no per-layer recompile hits dynamo's recompile limit); the rest of the last
-layer + final norm. Paged attention runs eager between the graphs, for two
-measured reasons:
-- it writes the KV cache in place, and a compiled graph that mutates the
-  cache copied the whole cache tensor every step (0.5 tok/s);
+What is compiled: the whole decode forward, one graph per bucket and one
+compiled call per step (a compiled call costs ~50-100 us of dynamo/AOT
+wrapper time on the 2-core CPU, so graphs split at every attention call,
+L + 1 calls per step, measured slower than eager). Paged attention sits in
+the graph as an opaque custom op (`flint::decode_attention`) that runs the
+eager `PagedAttention`, for two reasons:
+- it writes the KV cache in place; when those writes were traced, the
+  compiled graph copied the whole cache tensor every step (0.5 tok/s);
 - its key count grows every step and differs per sequence. Static shapes
   would mean a fixed key length per bucket: gathering (and attending over)
   the longest allowed context, 131,072 keys, for every row of every step.
 
-Padding rows (token 0 at position 0) never reach attention: `_RealRows`
-hands PagedAttention only the B real rows (so pad rows write no KV slot and
-the block allocator never sees them) and zero-fills the pad rows' output.
-Rows do not mix anywhere else in the model, so real rows' outputs are the
-eager ones; the runner projects logits of real rows only.
+Padding rows (token 0 at position 0) never reach PagedAttention: the op
+hands it only the B real rows (so pad rows write no KV slot and the block
+allocator never sees them) and zero-fills the pad rows' output. Rows do not
+mix anywhere else in the model, so real rows get the eager outputs (up to
+float rounding of fused kernels); the runner projects logits of real rows
+only.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from torch._library.opaque_object import register_opaque_type   # no public alias in torch 2.13
+from torch._opaque_base import OpaqueBase
 
 log = logging.getLogger(__name__)
 
 
-class _RealRows:
-    """Attention over the first `real` rows of a padded batch; pad rows get zeros and touch no KV slot."""
+class _StepAttention(OpaqueBase):
+    """The compiled graph's handle on this step's attention (opaque to the compiler).
 
-    def __init__(self, attn, real: int):
-        self.attn, self.real = attn, real
+    `attn` is the step's PagedAttention, `real` how many leading rows are real (the rest are padding).
+    """
 
-    def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q [Bk, H, D]; k, v [Bk, KV, D] -> [Bk, H, D]
-        b, pad = self.real, q.shape[0] - self.real
-        if pad == 0:
-            return self.attn(layer_idx, q, k, v)
-        out = self.attn(layer_idx, q[:b], k[:b], v[:b])                          # [B, H, D]
-        return F.pad(out, (0, 0, 0, 0, 0, pad))                                  # [Bk, H, D]
+    def __init__(self):
+        self.attn = None
+        self.real = 0
 
 
-# The compiled segments of a decode forward. Layers are passed in as arguments, so one graph per
-# segment and bucket serves every layer (no recompile per layer, no per-layer cache entries).
-def _first(model, input_ids, positions):
-    # input_ids, positions [Bk] -> x [Bk, d], rotation, q/k/v of layer 0
-    x = model.embed(input_ids)
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_idx: torch.Tensor,
+                      step: _StepAttention) -> torch.Tensor:
+    # q [Bk, H, D]; k, v [Bk, KV, D]; layer_idx 0-dim int64 (CPU) -> [Bk, H, D]: real rows' attention, pad rows 0
+    i, b, pad = int(layer_idx), step.real, q.shape[0] - step.real
+    if pad == 0:
+        return step.attn(i, q, k, v).contiguous()
+    return F.pad(step.attn(i, q[:b], k[:b], v[:b]), (0, 0, 0, 0, 0, pad))
+
+
+@functools.cache
+def _register_attention_op() -> None:
+    """Register `flint::decode_attention` (once, on first use: nothing happens at import time).
+
+    A custom op is opaque to the compiler: its in-place KV writes and its data-dependent key
+    count stay out of the graph. Tagged cudagraph_unsafe so that, on CUDA, inductor partitions the
+    graph around it and the dense work between attention calls is captured as CUDA graphs.
+    """
+    register_opaque_type(_StepAttention, typ="reference")
+    op = torch.library.custom_op("flint::decode_attention", mutates_args=(),
+                                 tags=(torch.Tag.cudagraph_unsafe,))(_decode_attention)
+    op.register_fake(lambda q, k, v, layer_idx, step: torch.empty_like(q, memory_format=torch.contiguous_format))
+
+
+@torch.compiler.nested_compile_region
+def _layer(layer, x: torch.Tensor, rotation: torch.Tensor, layer_idx: torch.Tensor,
+           step: _StepAttention) -> torch.Tensor:
+    """One decoder layer, compiled once and stamped out for every layer (compile time does not grow with
+    depth). The layer index is a tensor input, not a constant, so that every layer is the same region."""
+    def attn(_, q, k, v):
+        return torch.ops.flint.decode_attention(q, k, v, layer_idx, step)
+
+    return layer(x, rotation, attn, 0, None)
+
+
+def _decode_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, layer_ids: list[torch.Tensor],
+                    step: _StepAttention) -> torch.Tensor:
+    """The traced function: `CausalLM.forward` of a whole (unsharded) model, attention through the custom op."""
+    x = model.embed(input_ids)                                   # [Bk, d]
     rotation = model.rotary.rotation(positions)
-    return (x, rotation, *model.layers[0].pre_attention(x, rotation))
-
-
-def _between(done, following, x, o, rotation, all_reduce):
-    # the rest of layer i (`done`, attention output o [Bk, H, D]) and the start of layer i + 1
-    x = done.post_attention(x, o, all_reduce)
-    return (x, *following.pre_attention(x, rotation))
-
-
-def _last(model, x, o):
-    # the rest of the last layer and the final norm -> hidden [Bk, d]
-    return model.final_norm(model.layers[-1].post_attention(x, o, model.all_reduce))
-
-
-class _BucketGraphs:
-    """One bucket's compiled callables: `torch.compile(dynamic=False)` of each segment."""
-
-    def __init__(self, mode: str | None):
-        self.first, self.between, self.last = (torch.compile(f, dynamic=False, mode=mode)
-                                               for f in (_first, _between, _last))
-
-    def forward(self, model, input_ids, positions, attn) -> torch.Tensor:
-        # input_ids, positions [Bk] -> hidden [Bk, d]; attention runs eager between the graphs
-        layers = model.layers
-        x, rotation, q, k, v = self.first(model, input_ids, positions)
-        for i in range(len(layers) - 1):
-            x, q, k, v = self.between(layers[i], layers[i + 1], x, attn(i, q, k, v), rotation, model.all_reduce)
-        return self.last(model, x, attn(len(layers) - 1, q, k, v))
+    for layer, layer_idx in zip(model.layers, layer_ids):
+        x = _layer(layer, x, rotation, layer_idx, step)
+    return model.final_norm(x)
 
 
 class BucketedDecode:
-    """Decode forward: pad to a bucket, run its compiled graphs; above the largest bucket run eager.
+    """Decode forward: pad to a bucket, run its compiled graph; above the largest bucket run eager.
 
     `steps` counts decode steps per bucket (key 0 = eager, above the largest bucket).
     `stance` is the compiler stance of steps after start-up (see the module docstring).
@@ -114,7 +121,10 @@ class BucketedDecode:
         self.model = model
         self.buckets = tuple(sorted(buckets))
         mode = "reduce-overhead" if model.device.type == "cuda" else None
-        self._graphs = {b: _BucketGraphs(mode) for b in self.buckets}
+        _register_attention_op()
+        self._layer_ids = [torch.tensor(i) for i in range(model.num_local_layers)]   # 0-dim int64, CPU
+        self._step = _StepAttention()
+        self._graphs = {b: torch.compile(_decode_forward, dynamic=False, mode=mode) for b in self.buckets}
         self.compiled_buckets: tuple[int, ...] = ()   # buckets compiled and run at start
         self.compile_s: dict[int, float] = {}
         self.steps: Counter[int] = Counter()
@@ -137,18 +147,21 @@ class BucketedDecode:
         if bucket > b:
             input_ids = F.pad(input_ids, (0, bucket - b))                         # [Bk], pad token 0
             positions = F.pad(positions, (0, bucket - b))                         # [Bk], pad position 0
+        self._step.attn, self._step.real = attn, b
         with torch.inference_mode(), torch.compiler.set_stance(self.stance):
-            hidden = self._graphs[bucket].forward(self.model, input_ids, positions, _RealRows(attn, b))
+            hidden = self._graphs[bucket](self.model, input_ids, positions, self._layer_ids, self._step)  # [Bk, d]
+        self._step.attn = None
         return hidden[:b]                                                         # [B, d]
 
     def warm_up(self, runner, allocator) -> None:
-        """Compile every bucket by running it (full and, when it pads, one row short) on scratch KV blocks."""
+        """Compile every bucket: run it once full (compiles), then one row short (padded) with recompiles
+        forbidden, which proves the graph serves padded steps too. Uses scratch KV blocks, freed after."""
         from flint.engine.runner import StepBatch
 
         bs = allocator.block_size
-        stance, self.stance = self.stance, "default"
-        # Dynamo keeps its graphs per code object: every bucket adds one entry to each segment.
-        limit = max(torch._dynamo.config.recompile_limit, len(self.buckets) + 1)
+        stance = self.stance
+        # Dynamo keeps graphs per code object: every bucket (of every engine in the process) adds one entry.
+        limit = torch._dynamo.config.recompile_limit + len(self.buckets)
         try:
             with torch._dynamo.config.patch(recompile_limit=limit):
                 for bucket in self.buckets:
@@ -156,7 +169,7 @@ class BucketedDecode:
                     blocks = allocator.allocate(-(-2 * bucket // bs))   # 2 slots per row: one cached, one new
                     try:
                         slots = (torch.from_numpy(blocks)[:, None] * bs + torch.arange(bs)).flatten()
-                        for rows in dict.fromkeys((bucket, max(1, bucket - 1))):
+                        for rows, self.stance in ((bucket, "default"), (max(1, bucket - 1), "fail_on_recompile")):
                             seqs = [(i, slots[2 * i : 2 * i + 2], 1, 1) for i in range(rows)]
                             runner.execute(StepBatch(input_ids=torch.zeros(rows, dtype=torch.int64), seqs=seqs,
                                                      logit_rows=torch.arange(rows)))
@@ -180,9 +193,9 @@ def enable(engine) -> float:
     if not hasattr(runner, "compiled_decode") or runner.compiled_decode is not None:
         return 0.0
     t = time.perf_counter()
-    decode = BucketedDecode(runner.model, engine.config.compile_batch_sizes)
-    runner.compiled_decode = decode
     try:
+        decode = BucketedDecode(runner.model, engine.config.compile_batch_sizes)
+        runner.compiled_decode = decode
         decode.warm_up(runner, engine.kv.allocator)
     except Exception:
         log.exception("torch.compile of the decode step failed; running eager")

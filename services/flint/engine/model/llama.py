@@ -76,24 +76,14 @@ class DecoderLayer(nn.Module):
         layer_idx: int,
         all_reduce: AllReduce | None,
     ) -> torch.Tensor:
-        o = attn(layer_idx, *self.pre_attention(x, rotation))   # [T, H, D]
-        return self.post_attention(x, o, all_reduce)
-
-    # The two halves around attention are separate so that a compiled decode step
-    # (flint.engine.compiled) can fuse one layer's post_attention with the next one's
-    # pre_attention and keep the attention call itself eager.
-    def pre_attention(self, x: torch.Tensor, rotation: torch.Tensor):
-        """x [T, d] -> q [T, H, D], k [T, KV, D], v [T, KV, D] (rotary applied)."""
         t = x.shape[0]
         h, hd, kv = self.n_heads, self.head_dim, self.n_kv
         qkv = self.qkv(unit_rms(x, self.floor))                 # [T, (H + 2KV) * D] (input norm folded in)
         qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), rotation)  # [T, H + KV, D]
+        q, k = qk[:, :h], qk[:, h:]
         v = qkv[:, (h + kv) * hd :].view(t, kv, hd)             # [T, KV, D]
-        return qk[:, :h], qk[:, h:], v
-
-    def post_attention(self, x: torch.Tensor, o: torch.Tensor, all_reduce: AllReduce | None) -> torch.Tensor:
-        """x [T, d] (the layer's input), o [T, H, D] (attention output) -> the layer's output [T, d]."""
-        o = self.o_proj(o.reshape(x.shape[0], self.n_heads * self.head_dim))  # [T, d] (partial sum under TP)
+        o = attn(layer_idx, q, k, v)                            # [T, H, D]
+        o = self.o_proj(o.reshape(t, h * hd))                   # [T, d] (partial sum under TP)
         if all_reduce is not None:
             o = all_reduce(o)
         if self.o_bias is not None:
