@@ -272,5 +272,7 @@ def compile_ab(path: Path, tokens: int, rounds: int, threads: int) -> dict:
         eager_rates.append(decode_tok_s(eager, tokens, 1))
         compiled_rates.append(decode_tok_s(compiled, tokens, 1))
     e, c = float(np.median(eager_rates)), float(np.median(compiled_rates))
+    decode = compiled.runner.compiled_decode        # None if compiling failed (the engine then runs eager)
     return {"eager_tok_s": e, "compiled_tok_s": c, "compile_and_load_s": compile_s, "speedup": c / e,
-            "pays": c > 1.05 * e}
+            "pays": c > 1.05 * e, "compiled": decode is not None,
+            "compile_s_by_bucket": {str(b): s for b, s in decode.compile_s.items()} if decode else {}}
