@@ -37,7 +37,10 @@ class EngineConfig:
     spec_draft_tokens: int = 8           # draft tokens verified per step
     spec_ngram_max: int = 4              # longest n-gram looked up in the history
     spec_ngram_min: int = 2
-    compile: bool = False                # torch.compile the decode step (see engine.md: does not pay on CPU)
+    # torch.compile the decode step, compiled at start (engine/compiled.py); false = eager. Off by default:
+    # ~1.0x of eager on the 2-core CPU (loadtests/results/engine.md); CUDA graphs on GPU come with it.
+    compile: bool = False
+    # decode batches are padded up to the next of these sizes (one static-shape graph each); larger run eager
     compile_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     max_tokens_complete: int = 256       # default max_tokens per request kind
     max_tokens_edit: int = 1024

@@ -96,9 +96,12 @@ class Engine:
         engine = cls(config, runner, tokenizer, model_name=name,
                      metrics=EngineMetrics(metrics_registry, model=name))
         if config.compile:
-            from flint.engine import compiled
-
-            log.info("compiled decode step ready after %.1f s", compiled.enable(engine))
+            try:
+                from flint.engine import compiled
+            except ImportError as e:   # a torch without opaque custom-op objects / nested compile regions
+                log.warning("compile=true needs a newer torch than %s (%s); running eager", torch.__version__, e)
+            else:
+                compiled.enable(engine)
         return engine
 
     def kv_report(self) -> str:
