@@ -171,6 +171,7 @@ class ServeConfig:
     workers: int = 1                   # front-end worker processes
     replicas: int = 1                  # engine replicas
     replica_num_cpus: float = 1.0      # Ray CPU resource held by each replica actor
+    replica_max_restarts: int = 3      # Ray restarts a crashed replica this often (-1: always, 0: never)
     ray_num_cpus: int = 0              # CPUs of the local Ray instance; 0 = Ray's default
     routing: str = "affinity"
     startup_timeout_s: float = 300.0
@@ -188,6 +189,8 @@ class ServeConfig:
         _check(isinstance(self.replicas, int) and 1 <= self.replicas <= 64,
                f"replicas must be an integer in [1, 64], got {self.replicas!r}")
         _check(self.replica_num_cpus >= 0, f"replica_num_cpus must be >= 0, got {self.replica_num_cpus}")
+        _check(isinstance(self.replica_max_restarts, int) and self.replica_max_restarts >= -1,
+               f"replica_max_restarts must be an integer >= -1 (-1 = always), got {self.replica_max_restarts!r}")
         _check(isinstance(self.ray_num_cpus, int) and self.ray_num_cpus >= 0,
                f"ray_num_cpus must be an integer >= 0, got {self.ray_num_cpus!r}")
         _check(self.routing in ("affinity", "least_loaded"),

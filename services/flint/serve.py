@@ -126,7 +126,8 @@ class Server:
                                        admission=self.config.admission)
         self._replicas = start_replica_actors(engine_config, replica_config, count=n,
                                               num_cpus=self.config.replica_num_cpus,
-                                              timeout_s=self.config.startup_timeout_s)
+                                              timeout_s=self.config.startup_timeout_s,
+                                              max_restarts=self.config.replica_max_restarts)
         for _, address in self._replicas:
             self.say(f"  engine replica serving at {address}")
 

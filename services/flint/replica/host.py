@@ -5,12 +5,25 @@ internal gRPC server and returns the address; after that Ray only manages
 lifecycle and placement, never the token path. `ReplicaHost` is a plain
 class so it can also be wrapped as a Ray Serve deployment (issue 4) or run
 in-process without Ray.
+
+Restarts: the actor is created with `max_restarts`. When its process dies
+(crash, OOM kill, node loss) Ray re-runs the constructor in a new process,
+but calls no other method. So a restarted instance starts itself: the
+constructor sees `was_current_actor_reconstructed` and schedules `start` on
+the actor's event loop (`start_on_restart=True`, set by
+`start_replica_actors`; a Ray Serve deployment restarts replicas its own
+way). The new server registers in Redis under a new
+replica id and address, front-end workers pick it up from the registry, and
+the dead one's entry expires with its heartbeat. Nobody has to watch the
+actors for this, so it works the same under `flint serve`, in tests and in
+a Ray cluster whose driver is elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from flint.config import ReplicaConfig
 from flint.observability.metrics import metrics
@@ -21,14 +34,42 @@ log = logging.getLogger(__name__)
 class ReplicaHost:
     """Engine + ReplicaServer owned together; the body of the Ray actor."""
 
-    def __init__(self, engine_config, replica_config: ReplicaConfig):
+    def __init__(self, engine_config, replica_config: ReplicaConfig, *, start_on_restart: bool = False):
         self._engine_config = engine_config
         self._replica_config = replica_config
         self._engine = None
         self._server = None
+        self._starting: asyncio.Task | None = None
+        self.restarted = start_on_restart and _restarted_by_ray()
+        if self.restarted:
+            log.warning("engine replica actor restarted by Ray; starting its engine and server again")
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+            self._starting.add_done_callback(_log_start_failure)
 
     async def start(self) -> str:
-        """Load the model (off the event loop), start the engine and the server; returns host:port."""
+        """Load the model (off the event loop), start the engine and the server; returns host:port.
+
+        Idempotent: a second call (or a call while the post-restart start runs) waits for the same start.
+        """
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        return await asyncio.shield(self._starting)
+
+    async def was_restarted(self) -> bool:
+        """True in an instance Ray created again after the actor's process died."""
+        return self.restarted
+
+    async def wait_started(self) -> str:
+        """Wait for a start in progress (the one after a restart included); returns host:port or ''."""
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+        return self.address()
+
+    def pid(self) -> int:
+        """The actor's process id (fault tests kill it to make Ray see a real crash)."""
+        return os.getpid()
+
+    async def _start(self) -> str:
         from flint.engine.async_engine import AsyncEngine
         from flint.replica.server import ReplicaServer
 
@@ -54,17 +95,37 @@ class ReplicaHost:
         if self._engine is not None:
             await self._engine.stop()
             self._engine = None
+        self._starting = None
+
+
+def _restarted_by_ray() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # noqa: BLE001 - not inside a Ray actor (in-process host)
+        return False
+
+
+def _log_start_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("engine replica failed to start after a restart: %s", task.exception())
 
 
 def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count: int, num_cpus: float,
-                         timeout_s: float) -> list[tuple[object, str]]:
-    """Start `count` replica actors on the connected Ray cluster; returns (actor, address) pairs."""
+                         timeout_s: float, max_restarts: int = 3) -> list[tuple[object, str]]:
+    """Start `count` replica actors on the connected Ray cluster; returns (actor, address) pairs.
+
+    Ray restarts a replica whose process dies up to `max_restarts` times (-1: always); the restarted
+    actor starts serving by itself (see the module docstring). Calls are not retried
+    (`max_task_retries=0`): a stream cut by the crash is the client's to resume or retry.
+    """
     import ray
 
     from flint.errors import FlintError, Unavailable
 
-    actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(ReplicaHost)
-    actors = [actor_cls.remote(engine_config, replica_config) for _ in range(count)]
+    actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0)(ReplicaHost)
+    actors = [actor_cls.remote(engine_config, replica_config, start_on_restart=True) for _ in range(count)]
     try:
         with metrics().time_ray("replica_start"):
             addresses = ray.get([a.start.remote() for a in actors], timeout=timeout_s)

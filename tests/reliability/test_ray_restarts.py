@@ -1,0 +1,155 @@
+"""An engine replica's process dies: its streams end UNAVAILABLE, the other replica takes new requests, and Ray
+restarts the dead one, which registers again and serves.
+
+Real parts: two replica actors (`start_replica_actors`, the demo checkpoint through the real loader) on the local
+Ray instance, a front-end worker process, Valkey. The replica is killed with SIGKILL of its actor process, so Ray
+sees a crash (not `ray.kill`, which is an orderly stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from support.services import TEST_CONTEXT_TOKENS, long_edit, start_worker_process, stop_worker_process
+
+from flint.config import ReplicaConfig
+from flint.engine.config import EngineConfig
+from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+from flint.replica.host import start_replica_actors, stop_replica_actors
+from flint.replica.registry import ReplicaRegistry
+from flint.v1 import flint_pb2 as pb
+from flint.v1 import flint_pb2_grpc
+
+KEY_PREFIX = "flint-ray-restart"
+
+
+async def routable(redis_url: str) -> dict[str, str]:
+    """replica id -> address of the routable replicas in the registry."""
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        return {r.replica_id: r.address for r in await ReplicaRegistry(redis, KEY_PREFIX).list() if r.routable}
+    finally:
+        await redis.aclose()
+
+
+async def wait_for(predicate, what: str, timeout_s: float = 90.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+async def running(address: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        return (await engine_pb2_grpc.EngineStub(channel).Load(engine_pb2.LoadRequest())).running
+
+
+async def restarted_address(actor, timeout_s: float = 120.0) -> str:
+    """The actor's server address once Ray has restarted it (calls fail while it restarts)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await asyncio.to_thread(ray.get, actor.wait_started.remote(), timeout=timeout_s)
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+@pytest.fixture
+def two_replicas(ray_local, valkey_url, demo_checkpoint):
+    engine_config = EngineConfig.from_dict({"max_context_tokens": TEST_CONTEXT_TOKENS, "kv_cache_bytes": 1 << 24},
+                                           model=str(demo_checkpoint))
+    replica_config = ReplicaConfig(redis_url=valkey_url, key_prefix=KEY_PREFIX, heartbeat_interval_s=0.5,
+                                   heartbeat_ttl_s=2.0, grace_period_s=1.0)
+    pairs = start_replica_actors(engine_config, replica_config, count=2, num_cpus=0, timeout_s=120,
+                                 max_restarts=1)
+    try:
+        yield pairs
+    finally:
+        stop_replica_actors([actor for actor, _ in pairs], grace_s=1.0)
+
+
+PROMPTS = [f"def total_{i}(xs):\n    " for i in range(3)]
+
+
+async def complete(stub, request_id: str, prefix: str) -> tuple[str, pb.Final]:
+    """Text and Final of a seeded completion (same seed, same model: same text on any replica)."""
+    messages = [m async for m in stub.Complete(pb.CompleteRequest(
+        request_id=request_id, prefix=prefix, sampling=pb.Sampling(max_tokens=8, temperature=1.0, seed=7)))]
+    text = "".join(m.delta.text for m in messages if m.WhichOneof("kind") == "delta")
+    return text, messages[-1].final
+
+
+async def test_a_crashed_replica_ends_its_streams_unavailable_and_ray_restarts_it(two_replicas, valkey_url):
+    import ray
+
+    worker = start_worker_process(valkey_url, "restart-worker", key_prefix=KEY_PREFIX)
+    try:
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = flint_pb2_grpc.FlintStub(channel)
+            expected = [(await complete(stub, f"restart-before-{i}", p))[0] for i, p in enumerate(PROMPTS)]
+
+            call = stub.Edit(long_edit("restart-doomed", 900))
+            assert (await call.read()).WhichOneof("kind") == "accepted"
+            assert (await call.read()).WhichOneof("kind") == "delta"
+            counts = [await running(address) for _, address in two_replicas]
+            assert sorted(counts) == [0, 1], counts
+            doomed_actor, doomed_address = two_replicas[counts.index(1)]
+            survivor_actor, _ = two_replicas[counts.index(0)]
+            survivor_id = ray.get(survivor_actor.replica_id.remote())
+            doomed_id = ray.get(doomed_actor.replica_id.remote())
+            assert ray.get(doomed_actor.was_restarted.remote()) is False
+
+            os.kill(ray.get(doomed_actor.pid.remote()), signal.SIGKILL)
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+            assert info.value.details()
+
+            # Ray restarts the actor; the new instance starts its engine and server by itself (nobody calls
+            # start on it) and registers under a new id and address.
+            address = await restarted_address(doomed_actor)
+            assert address and address != doomed_address
+            assert ray.get(doomed_actor.was_restarted.remote()) is True
+            new_id = ray.get(doomed_actor.replica_id.remote())
+            assert new_id and new_id != doomed_id
+            replicas = await wait_for(
+                lambda: _routable_without(valkey_url, doomed_id, expect={survivor_id, new_id}),
+                "the restarted replica to register and the dead one to drop out")
+            assert replicas[new_id] == address
+
+            # New requests go to live replicas only.
+            for i, prefix in enumerate(PROMPTS):
+                text, final = await complete(stub, f"restart-live-{i}", prefix)
+                assert final.replica_id in (survivor_id, new_id) and text == expected[i]
+
+            # With the survivor gone for good, the restarted replica alone serves, with the same output as
+            # before the crash.
+            ray.kill(survivor_actor, no_restart=True)
+            await wait_for(lambda: _routable_without(valkey_url, survivor_id, expect={new_id}),
+                           "the stopped survivor to drop out")
+            for i, prefix in enumerate(PROMPTS):
+                text, final = await complete(stub, f"restart-after-{i}", prefix)
+                assert final.replica_id == new_id
+                assert text == expected[i]
+    finally:
+        stop_worker_process(worker.process)
+
+
+async def _routable_without(valkey_url: str, dead_id: str, expect: set[str]) -> dict[str, str] | None:
+    replicas = await routable(valkey_url)
+    return replicas if dead_id not in replicas and set(replicas) == expect else None
