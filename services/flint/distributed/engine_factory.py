@@ -40,7 +40,7 @@ class ShardedReplicaHost(ReplicaHost):
         super().__init__(engine_config, replica_config)
         self._sharding = sharding
 
-    async def start(self) -> str:
+    async def _start(self) -> str:
         from flint.replica.server import ReplicaServer
 
         self._engine = await asyncio.to_thread(build_sharded_engine, self._engine_config, self._sharding)

@@ -139,8 +139,10 @@ class EngineReplica:
         """Control plane only (tests, operators): who and where this replica is. Tokens never come here."""
         import ray
 
+        runner = self.host._engine.engine.runner if self.host._engine is not None else None
         return {"replica_id": self.host.replica_id(), "address": self.address,
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "shards": list(getattr(runner, "placement", []))}   # node, pid, stage, rank of each shard worker
 
     async def check_health(self) -> None:
         """Serve restarts a replica whose engine step thread died or whose server stopped."""
