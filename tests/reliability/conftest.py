@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests (helpers and the paced engine live in rel_support.py)."""
+"""Fixtures of the reliability tests (helpers, the checkpoint and the reference engine live in rel_support.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,19 @@ import secrets
 
 import pytest
 
-from rel_support import Cluster
+from rel_support import Cluster, Reference, make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def rel_checkpoint(tmp_path_factory, bytelevel_tokenizer_file):
+    """The tiny checkpoint every reliability replica serves (greedy streams run to max_tokens)."""
+    return make_checkpoint(tmp_path_factory.mktemp("rel-model"), bytelevel_tokenizer_file.parent)
+
+
+@pytest.fixture(scope="session")
+def reference(rel_checkpoint):
+    """Expected output of a request: the same request run alone and uninterrupted on the same checkpoint."""
+    return Reference(rel_checkpoint)
 
 
 @pytest.fixture
@@ -15,8 +27,8 @@ def key_prefix():
 
 
 @pytest.fixture
-async def cluster(valkey_url, key_prefix):
-    c = Cluster(valkey_url, key_prefix)
+async def cluster(valkey_url, key_prefix, rel_checkpoint):
+    c = Cluster(valkey_url, key_prefix, rel_checkpoint)
     try:
         yield c
     finally:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flint.v1 import flint_pb2 as pb
-from rel_support import Cluster, expected_text
+from rel_support import Cluster
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 IDENTITY = (lambda b: b)
@@ -29,21 +29,23 @@ NEVER = {grpc.StatusCode.UNKNOWN}
 
 
 @pytest.fixture(scope="module")
-def served(valkey_url):
-    """A replica and a worker on a background event loop, for synchronous gRPC clients driven by hypothesis."""
+def served(valkey_url, rel_checkpoint, reference):
+    """A replica (the real engine on the tiny checkpoint) and a worker on a background event loop, for
+    synchronous gRPC clients driven by hypothesis."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    cluster = Cluster(valkey_url, f"fz{secrets.token_hex(3)}")
+    cluster = Cluster(valkey_url, f"fz{secrets.token_hex(3)}", rel_checkpoint)
+    ok_text = reference.text("ok", 2)
 
     async def start():
-        await cluster.add_replica("r1", token_interval_s=0.0, default_max_tokens=4)
+        await cluster.add_replica("r1")
         return (await cluster.add_worker("w1", security={"max_prompt_bytes": 65536})).address
 
     address = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
     channel = grpc.insecure_channel(address)
     try:
-        yield cluster, channel
+        yield cluster, channel, ok_text
     finally:
         channel.close()
         asyncio.run_coroutine_threadsafe(cluster.close(), loop).result(60)
@@ -69,11 +71,11 @@ def call_raw(channel, method: str, payload: bytes | list[bytes]):
         return err.code()
 
 
-def still_serving(channel) -> None:
+def still_serving(channel, ok_text: str) -> None:
     rpc = channel.unary_stream("/flint.v1.Flint/Complete", request_serializer=pb.CompleteRequest.SerializeToString,
                                response_deserializer=pb.ServerMessage.FromString)
     messages = list(rpc(pb.CompleteRequest(prefix="ok", sampling=pb.Sampling(max_tokens=2)), timeout=10))
-    assert "".join(m.delta.text for m in messages if m.WhichOneof("kind") == "delta") == expected_text("ok", 2)
+    assert "".join(m.delta.text for m in messages if m.WhichOneof("kind") == "delta") == ok_text
 
 
 texts = st.text(max_size=200) | st.just("") | st.sampled_from(["r-1", "a" * 129, "bad id!", "\x00", "é" * 10])
@@ -84,7 +86,7 @@ samplings = st.builds(lambda t, p, k, s, m, stop, ms: _sampling(t, p, k, s, m, s
                       st.lists(st.text(max_size=300), max_size=20), st.integers(0, 2**32 - 1))
 contexts = st.lists(st.builds(pb.ContextFile, path=texts, content=texts), max_size=5)
 completes = st.builds(pb.CompleteRequest, request_id=texts, prefix=texts, suffix=texts, context=contexts, path=texts,
-                      sampling=samplings, model=st.sampled_from(["", "paced", "nope"]),
+                      sampling=samplings, model=st.sampled_from(["", "nope", "a" * 300]),
                       priority=st.integers(0, 5))
 edits = st.builds(pb.EditRequest, request_id=texts, code=texts, instruction=texts, prefix=texts, suffix=texts,
                   path=texts, context=contexts, sampling=samplings, model=st.sampled_from(["", "nope"]))
@@ -113,7 +115,7 @@ def _sampling(temperature, top_p, top_k, seed, max_tokens, stop, max_time_ms) ->
 @FUZZ
 @given(method=st.sampled_from(sorted(METHODS)), payload=st.binary(max_size=512))
 def test_random_bytes_to_every_method_end_in_a_status(served, method, payload):
-    _, channel = served
+    _, channel, _ = served
     code = call_raw(channel, method, [payload] if METHODS[method] == "stream_stream" else payload)
     assert code not in NEVER
 
@@ -121,7 +123,7 @@ def test_random_bytes_to_every_method_end_in_a_status(served, method, payload):
 @FUZZ
 @given(message=st.one_of(completes, edits, interrupts, resumes))
 def test_structured_requests_end_in_a_status(served, message):
-    _, channel = served
+    _, channel, _ = served
     method = {pb.CompleteRequest: "Complete", pb.EditRequest: "Edit", pb.InterruptRequest: "Interrupt",
               pb.ResumeRequest: "Resume"}[type(message)]
     assert call_raw(channel, method, message.SerializeToString()) not in NEVER
@@ -130,7 +132,7 @@ def test_structured_requests_end_in_a_status(served, message):
 @FUZZ
 @given(messages=st.lists(client_messages, max_size=6))
 def test_session_streams_of_random_messages_stay_open(served, messages):
-    _, channel = served
+    _, channel, _ = served
     rpc = channel.stream_stream("/flint.v1.Flint/Session", request_serializer=pb.ClientMessage.SerializeToString,
                                 response_deserializer=pb.ServerMessage.FromString)
     probe = pb.ClientMessage(complete=pb.CompleteRequest(request_id=f"probe-{secrets.token_hex(6)}", prefix="ok",
@@ -149,7 +151,7 @@ payloads = st.one_of(st.binary(max_size=64), st.builds(msgpack.packb, st.recursi
 @FUZZ
 @given(payload=payloads, where=st.sampled_from(["req", "session", "meta", "replica"]))
 def test_corrupt_redis_payloads_give_a_status_and_leave_no_half_written_state(served, valkey_url, payload, where):
-    cluster, channel = served
+    cluster, channel, ok_text = served
     p = cluster.key_prefix
     rid = f"fz-{secrets.token_hex(4)}"
     r = redis.Redis.from_url(valkey_url)
@@ -165,7 +167,7 @@ def test_corrupt_redis_payloads_give_a_status_and_leave_no_half_written_state(se
         assert not set(codes) & NEVER
         r.delete(key)
         r.srem(f"{p}:replicas", "junk")
-        still_serving(channel)
+        still_serving(channel, ok_text)
         persistent = [k for k in r.scan_iter(match=f"{p}:*") if r.pttl(k) == -1 and k != f"{p}:replicas".encode()]
         assert not persistent, f"keys without expiry: {persistent}"
     finally:

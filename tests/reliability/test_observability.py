@@ -13,7 +13,7 @@ def scrape(port: int) -> str:
 
 
 async def test_metrics_endpoints_expose_stage_latency_redis_and_replica_load(cluster):
-    server, _ = await cluster.add_replica("r1", token_interval_s=0.001)
+    server, _ = await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", observability={"metrics_port": 0})
     async with FlintClient(worker.address) as client:
         await client.complete_text("metrics", max_tokens=3)
@@ -53,7 +53,7 @@ async def test_trace_spans_link_front_end_and_engine_with_the_request_id(cluster
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)  # what a deployment does to export spans
-    await cluster.add_replica("r1", token_interval_s=0.001)
+    await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1")
     async with FlintClient(worker.address) as client:
         await client.complete_text("traced", max_tokens=2, request_id="traced-1")

@@ -1,17 +1,21 @@
-"""The front-end relay's token path: interrupts that arrive twice, coalesced deltas that stay exact."""
+"""The front-end relay's token path: interrupts that arrive twice, coalesced deltas that stay exact.
+
+The replica runs the real engine (rel_support.py), decoding as fast as this
+machine allows.
+"""
 
 import asyncio
 
 import grpc
 
-from rel_support import expected_text
+from rel_support import eventually
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
 
 async def test_an_interrupt_arriving_twice_still_ends_the_stream_with_one_final(cluster):
     """Pub/sub and the flag poll often both deliver one interrupt; the second must not swallow the Final."""
-    await cluster.add_replica(token_interval_s=0.005)
+    _, engine = await cluster.add_replica()
     worker = await cluster.add_worker("twice")
     async with grpc.aio.insecure_channel(worker.address) as channel:
         stub = flint_pb2_grpc.FlintStub(channel)
@@ -19,7 +23,7 @@ async def test_an_interrupt_arriving_twice_still_ends_the_stream_with_one_final(
         # relay journals its interrupted Final (a Redis round trip).
         for delay in (0, 1, 2, 3, 5, 8):
             rid = f"twice-{delay}"
-            call = stub.Complete(pb.CompleteRequest(request_id=rid, prefix="p", sampling=pb.Sampling(max_tokens=800)))
+            call = stub.Complete(pb.CompleteRequest(request_id=rid, prefix="p", sampling=pb.Sampling(max_tokens=8000)))
             messages = [await call.read(), await call.read()]
             relay = worker._bus._local[rid]
             first = asyncio.create_task(relay.interrupt())
@@ -32,25 +36,46 @@ async def test_an_interrupt_arriving_twice_still_ends_the_stream_with_one_final(
             finals = [m.final for m in messages if m.WhichOneof("kind") == "final"]
             assert len(finals) == 1 and finals[0].finish_reason == pb.FINISH_REASON_INTERRUPTED, delay
             assert ack.was_running and second.last_seq == ack.last_seq == finals[0].seq - 1
+            await eventually(lambda: engine.load().running == 0)  # the engine let the request go
 
 
-async def test_deltas_merged_behind_a_journal_write_keep_seq_text_and_token_counts_exact(cluster):
-    """An engine that emits flat out outruns the journal's Redis writes: merged deltas, nothing lost."""
-    await cluster.add_replica(token_interval_s=0.0)
+async def test_deltas_merged_behind_a_journal_write_keep_seq_text_and_token_counts_exact(cluster, reference,
+                                                                                       valkey_url):
+    """Deltas that arrive while the journal's Redis write is in flight are merged, and nothing is lost: seqs
+    stay 1, 2, 3, ..., the text is the one the request gets alone and uninterrupted, token counts are exact.
+
+    Redis is made slow on purpose (CLIENT PAUSE ... WRITE holds every write for a moment) while the engine,
+    which does not wait for Redis, keeps decoding: the deltas it produces meanwhile queue behind the
+    journal write that is in flight.
+    """
+    import redis.asyncio as aioredis
+
+    tokens = 600
+    want = await asyncio.to_thread(reference.run, "q", tokens)
+    await cluster.add_replica()
     worker = await cluster.add_worker("merge")
-    tokens = 300
-    async with grpc.aio.insecure_channel(worker.address) as channel:
-        stub = flint_pb2_grpc.FlintStub(channel)
-        messages = [m async for m in stub.Complete(pb.CompleteRequest(
-            request_id="merge-1", prefix="q", sampling=pb.Sampling(max_tokens=tokens)))]
-        deltas = [m.delta for m in messages if m.WhichOneof("kind") == "delta"]
-        final = messages[-1].final
-        assert [d.seq for d in deltas] == list(range(1, len(deltas) + 1))
-        assert "".join(d.text for d in deltas) == expected_text("q", tokens)
-        assert sum(d.token_count for d in deltas) == tokens == final.completion_tokens
-        assert final.seq == len(deltas) + 1
-        assert len(deltas) < tokens, "deltas queued behind a journal write were merged"
-        # What a resume replays is what the client saw: the same merged deltas, seq for seq.
-        tail = [m async for m in stub.Resume(pb.ResumeRequest(request_id="merge-1", last_seq=1))]
-        assert [m.delta for m in tail if m.WhichOneof("kind") == "delta"] == deltas[1:]
-        assert tail[-1].final.seq == final.seq
+    admin = aioredis.Redis.from_url(valkey_url)
+    try:
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = flint_pb2_grpc.FlintStub(channel)
+            call = stub.Complete(pb.CompleteRequest(request_id="merge-1", prefix="q",
+                                                    sampling=pb.Sampling(max_tokens=tokens)))
+            messages = [await call.read(), await call.read()]
+            assert [m.WhichOneof("kind") for m in messages] == ["accepted", "delta"]
+            await admin.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+            while (m := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
+                messages.append(m)
+            deltas = [m.delta for m in messages if m.WhichOneof("kind") == "delta"]
+            final = messages[-1].final
+            assert [d.seq for d in deltas] == list(range(1, len(deltas) + 1))
+            assert "".join(d.text for d in deltas) == want.text
+            assert sum(d.token_count for d in deltas) == tokens == final.completion_tokens
+            assert final.seq == len(deltas) + 1
+            assert len(deltas) < want.deltas, "deltas queued behind a journal write were merged"
+            # What a resume replays is what the client saw: the same merged deltas, seq for seq.
+            tail = [m async for m in stub.Resume(pb.ResumeRequest(request_id="merge-1", last_seq=1))]
+            assert [m.delta for m in tail if m.WhichOneof("kind") == "delta"] == deltas[1:]
+            assert tail[-1].final.seq == final.seq
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()

@@ -1,4 +1,8 @@
-"""Resume: a client that lost its stream reattaches on any worker and gets every missing delta exactly once."""
+"""Resume: a client that lost its stream reattaches on any worker and gets every missing delta exactly once.
+
+Replicas run the real engine (rel_support.py); "exactly once" is checked
+against the same request run uninterrupted (`reference`).
+"""
 
 import asyncio
 
@@ -6,7 +10,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from rel_support import eventually, expected_text
+from rel_support import aborts, eventually
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
@@ -30,57 +34,63 @@ def deltas(messages):
     return [m.delta for m in messages if m.WhichOneof("kind") == "delta"]
 
 
-def check_exactly_once(first, rest, prefix, max_tokens):
+def check_exactly_once(first, rest, expected: str, max_tokens: int):
     seqs = [d.seq for d in deltas(first) + deltas(rest)]
-    assert seqs == list(range(1, max_tokens + 1)), "every seq once, in order, no gaps"
+    assert seqs == list(range(1, len(seqs) + 1)), "every seq once, in order, no gaps"
     text = "".join(d.text for d in deltas(first) + deltas(rest))
-    assert text == expected_text(prefix, max_tokens)
+    assert text == expected
     final = rest[-1].final
-    assert rest[-1].WhichOneof("kind") == "final" and final.seq == max_tokens + 1
+    assert rest[-1].WhichOneof("kind") == "final" and final.seq == len(seqs) + 1
     assert final.completion_tokens == max_tokens
 
 
-async def test_resume_on_other_worker_while_owner_still_streams(cluster):
-    await cluster.add_replica("r1", token_interval_s=0.02)
+async def test_resume_on_other_worker_while_owner_still_streams(cluster, reference):
+    expected = await reference.atext("def f():", 800)
+    _, engine = await cluster.add_replica("r1")
     a = await cluster.add_worker("wa")
     b = await cluster.add_worker("wb")
     ch_a, stub_a = stub_for(a.address)
     ch_b, stub_b = stub_for(b.address)
     try:
         call = stub_a.Complete(pb.CompleteRequest(request_id="live-1", prefix="def f():",
-                                                  sampling=pb.Sampling(max_tokens=40)))
+                                                  sampling=pb.Sampling(max_tokens=800)))
         first = await read_until_seq(call, 5)
+        assert engine.load().running == 1, "the owner is still streaming when the resume starts"
         # A second reader on worker B follows the same request from seq 5 while A keeps streaming.
         rest = [m async for m in stub_b.Resume(pb.ResumeRequest(request_id="live-1", last_seq=5))]
-        check_exactly_once(first, rest, "def f():", 40)
+        check_exactly_once(first, rest, expected, 800)
         call.cancel()
     finally:
         await ch_a.close()
         await ch_b.close()
 
 
-async def test_resume_after_client_disconnect_regenerates_the_rest_exactly_once(cluster):
-    _, engine = await cluster.add_replica("r1", token_interval_s=0.01)
+async def test_resume_after_client_disconnect_regenerates_the_rest_exactly_once(cluster, reference):
+    expected = await reference.atext("class A:", 1000)
+    _, engine = await cluster.add_replica("r1")
+    engine.engine.recorded_outputs = {}  # request id -> output token ids of its last run that ended
     a = await cluster.add_worker("wa")
     b = await cluster.add_worker("wb")
     ch_a, stub_a = stub_for(a.address)
     ch_b, stub_b = stub_for(b.address)
     try:
         call = stub_a.Complete(pb.CompleteRequest(request_id="gone-1", prefix="class A:",
-                                                  sampling=pb.Sampling(max_tokens=30)))
+                                                  sampling=pb.Sampling(max_tokens=1000)))
         first = await read_until_seq(call, 7)
         call.cancel()  # the client vanishes: worker A cancels the engine work
-        await eventually(lambda: "gone-1" in engine.cancelled)
+        await eventually(lambda: aborts(engine) == 1 and engine.load().running == 0)
+        cut_short = len(engine.engine.recorded_outputs["gone-1"])
+        assert cut_short < 1000, "the engine stopped the request when its client went away"
         rest = [m async for m in stub_b.Resume(pb.ResumeRequest(request_id="gone-1", last_seq=7))]
-        check_exactly_once(first, rest, "class A:", 30)
-        assert "gone-1" in engine.finished, "worker B ran the request again to produce the rest"
+        check_exactly_once(first, rest, expected, 1000)
+        assert len(engine.engine.recorded_outputs["gone-1"]) == 1000, "worker B ran the request again to the end"
     finally:
         await ch_a.close()
         await ch_b.close()
 
 
 async def test_resume_of_finished_request_replays_the_journal(cluster):
-    await cluster.add_replica("r1", token_interval_s=0.001)
+    await cluster.add_replica("r1")
     a = await cluster.add_worker("wa")
     ch_a, stub_a = stub_for(a.address)
     try:
@@ -88,8 +98,9 @@ async def test_resume_of_finished_request_replays_the_journal(cluster):
                                                                     sampling=pb.Sampling(max_tokens=8)))]
         again = [m async for m in stub_a.Resume(pb.ResumeRequest(request_id="done-1", last_seq=0))]
         assert [m.SerializeToString() for m in again] == [m.SerializeToString() for m in done]
-        tail = [m async for m in stub_a.Resume(pb.ResumeRequest(request_id="done-1", last_seq=6))]
-        assert [d.seq for d in deltas(tail)] == [7, 8] and tail[-1].final.seq == 9
+        last = done[-1].final.seq - 1
+        tail = [m async for m in stub_a.Resume(pb.ResumeRequest(request_id="done-1", last_seq=last - 2))]
+        assert [d.seq for d in deltas(tail)] == [last - 1, last] and tail[-1].final.seq == last + 1
     finally:
         await ch_a.close()
 
@@ -110,7 +121,7 @@ async def test_resume_of_unknown_request_is_not_found(cluster):
 
 
 async def test_journal_is_bounded_and_expires(cluster, valkey_url):
-    await cluster.add_replica("r1", token_interval_s=0.001)
+    await cluster.add_replica("r1")
     a = await cluster.add_worker("wa", journal={"max_deltas": 16, "ttl_s": 30.0})
     ch, stub = stub_for(a.address)
     redis = aioredis.Redis.from_url(valkey_url)
@@ -134,15 +145,17 @@ async def test_journal_is_bounded_and_expires(cluster, valkey_url):
 
 
 async def test_session_stream_resume_interleaves_with_other_requests(cluster):
-    await cluster.add_replica("r1", token_interval_s=0.005)
+    await cluster.add_replica("r1")
     a = await cluster.add_worker("wa")
     ch, stub = stub_for(a.address)
     try:
         done = [m async for m in stub.Complete(pb.CompleteRequest(request_id="sess-1", prefix="z",
-                                                                  sampling=pb.Sampling(max_tokens=6)))]
+                                                                  sampling=pb.Sampling(max_tokens=40)))]
+        last = done[-1].final.seq - 1
+        assert last >= 2  # deltas behind a journal write merge, so the count varies; at least two here
         queue: asyncio.Queue = asyncio.Queue()
         for msg in (pb.ClientMessage(open=pb.Open()),
-                    pb.ClientMessage(resume=pb.ResumeRequest(request_id="sess-1", last_seq=3))):
+                    pb.ClientMessage(resume=pb.ResumeRequest(request_id="sess-1", last_seq=1))):
             queue.put_nowait(msg)
         queue.put_nowait(None)
 
@@ -152,7 +165,7 @@ async def test_session_stream_resume_interleaves_with_other_requests(cluster):
 
         out = [m async for m in stub.Session(requests())]
         assert out[0].WhichOneof("kind") == "opened"
-        assert [d.seq for d in deltas(out)] == [4, 5, 6]
+        assert [d.seq for d in deltas(out)] == list(range(2, last + 1))
         assert out[-1].final.SerializeToString() == done[-1].final.SerializeToString()
     finally:
         await ch.close()

@@ -1,4 +1,8 @@
-"""Security: API keys per tenant, tenant-bound ids and caches, rate limits, size limits, TLS and mTLS."""
+"""Security: API keys per tenant, tenant-bound ids and caches, rate limits, size limits, TLS and mTLS.
+
+Replicas run the real engine (rel_support.py); outputs are checked against
+the same request run alone (`reference`).
+"""
 
 import asyncio
 
@@ -11,8 +15,10 @@ from flint.client import ClientTLS, FlintClient
 from flint.errors import InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable
 from flint.security.auth import add_key_to_file, add_key_to_redis, read_key_file
 from flint.v1 import flint_pb2 as pb
-from rel_support import expected_text
+from rel_support import eventually
 from tls_certs import write_tls_files
+
+LONG = 8000  # tokens: a stream that keeps running until the test ends it
 
 
 @pytest.fixture
@@ -28,9 +34,9 @@ async def test_keys_are_stored_hashed_only(key_file):
     assert sorted(read_key_file(path).values()) == ["tenant-a", "tenant-b"]
 
 
-async def test_calls_without_a_valid_key_are_unauthenticated_but_health_stays_open(cluster, key_file):
+async def test_calls_without_a_valid_key_are_unauthenticated_but_health_stays_open(cluster, key_file, reference):
     path, key_a, _ = key_file
-    await cluster.add_replica("r1", token_interval_s=0.001)
+    await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", security={"api_keys_file": str(path)})
     for api_key in ("", "flk_not-a-real-key"):
         async with FlintClient(worker.address, api_key=api_key) as client:
@@ -39,14 +45,14 @@ async def test_calls_without_a_valid_key_are_unauthenticated_but_health_stays_op
             with pytest.raises(Unauthenticated):
                 await client.interrupt("r-anything")
     async with FlintClient(worker.address, api_key=key_a) as client:
-        assert await client.complete_text("x", max_tokens=2) == expected_text("x", 2)
+        assert await client.complete_text("x", max_tokens=2) == await reference.atext("x", 2)
     async with grpc.aio.insecure_channel(worker.address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_keys_in_redis_are_honoured(cluster, valkey_url):
-    await cluster.add_replica("r1", token_interval_s=0.001)
+async def test_keys_in_redis_are_honoured(cluster, valkey_url, reference):
+    await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", security={"api_keys_in_redis": True})
     redis = aioredis.Redis.from_url(valkey_url)
     try:
@@ -55,15 +61,16 @@ async def test_keys_in_redis_are_honoured(cluster, valkey_url):
     finally:
         await redis.aclose()
     async with FlintClient(worker.address, api_key=key) as client:
-        assert await client.complete_text("y", max_tokens=3) == expected_text("y", 3)
+        assert await client.complete_text("y", max_tokens=3) == await reference.atext("y", 3)
 
 
 async def test_tenant_cannot_touch_another_tenants_requests_or_sessions(cluster, key_file):
     path, key_a, key_b = key_file
-    _, engine = await cluster.add_replica("r1", token_interval_s=0.02)
+    _, engine = await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", security={"api_keys_file": str(path)})
+    secret = "secret code of A = 1\n" * 6  # several KV blocks: a prefix the cache can serve
     async with FlintClient(worker.address, api_key=key_a) as a, FlintClient(worker.address, api_key=key_b) as b:
-        stream = a.complete("secret code of A", max_tokens=100, request_id="a-req-1")
+        stream = a.complete(secret, max_tokens=LONG, request_id="a-req-1")
         accepted = await stream.__anext__()
         assert accepted.accepted.request_id == "a-req-1"
         with pytest.raises(NotFound):
@@ -73,14 +80,22 @@ async def test_tenant_cannot_touch_another_tenants_requests_or_sessions(cluster,
         ack = await a.interrupt("a-req-1")
         assert ack.was_running
         await stream.aclose()
-        await b.complete_text("secret code of A", max_tokens=2, request_id="b-req-1")
-    # The same prompt from two tenants runs in two prefix-cache namespaces: no cross-tenant cache hits.
-    assert engine.namespaces["a-req-1"] == "tenant-a" and engine.namespaces["b-req-1"] == "tenant-b"
+        await eventually(lambda: engine.load().running == 0)  # a-req-1 left its prompt in A's prefix cache
+        # The same prompt from two tenants runs in two prefix-cache namespaces: no cross-tenant cache hits,
+        # while the tenant that sent it first is served from the cache.
+        b_final = await final_of(b.complete(secret, max_tokens=2, request_id="b-req-1"))
+        a_final = await final_of(a.complete(secret, max_tokens=2, request_id="a-req-2"))
+    assert b_final.cached_prompt_tokens == 0
+    assert a_final.cached_prompt_tokens >= 32 and a_final.prompt_tokens == b_final.prompt_tokens
+
+
+async def final_of(stream):
+    return [m async for m in stream][-1].final
 
 
 async def test_rate_limit_per_tenant_answers_resource_exhausted_with_delay(cluster, key_file):
     path, key_a, key_b = key_file
-    await cluster.add_replica("r1", token_interval_s=0.001)
+    await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", security={"api_keys_file": str(path), "rate_limit_per_s": 2})
     async with FlintClient(worker.address, api_key=key_a, retry=_no_retry()) as a, \
             FlintClient(worker.address, api_key=key_b, retry=_no_retry()) as b:
@@ -98,8 +113,8 @@ def _no_retry():
     return RetryPolicy(max_attempts=1)
 
 
-async def test_size_limits_give_invalid_argument_naming_the_limit(cluster):
-    await cluster.add_replica("r1", token_interval_s=0.001)
+async def test_size_limits_give_invalid_argument_naming_the_limit(cluster, reference):
+    await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", max_message_bytes=64 * 1024, security={
         "max_prompt_bytes": 1000, "max_context_files": 2, "max_context_file_bytes": 300})
     async with FlintClient(worker.address) as client:
@@ -111,14 +126,14 @@ async def test_size_limits_give_invalid_argument_naming_the_limit(cluster):
             await client.complete_text("p" * 1200)
         with pytest.raises(ResourceExhausted):  # over max_message_bytes: refused by gRPC itself
             await client.complete_text("p" * 70_000)
-        assert await client.complete_text("still serving", max_tokens=2) == expected_text("still serving", 2)
+        assert await client.complete_text("still serving", max_tokens=2) == await reference.atext("still serving", 2)
 
 
 async def test_concurrent_streams_per_connection_are_capped(cluster):
-    await cluster.add_replica("r1", token_interval_s=0.02)
+    await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", security={"max_streams_per_connection": 2})
     async with FlintClient(worker.address) as client:
-        streams = [client.complete("s", max_tokens=300) for _ in range(2)]
+        streams = [client.complete("s", max_tokens=LONG) for _ in range(2)]
         for stream in streams:
             await asyncio.wait_for(stream.__anext__(), 10)
         third = client.complete("t", max_tokens=1)
@@ -138,9 +153,9 @@ async def test_concurrent_streams_per_connection_are_capped(cluster):
         await streams[1].aclose()
 
 
-async def test_tls_and_mutual_tls(cluster, tmp_path):
+async def test_tls_and_mutual_tls(cluster, tmp_path, reference):
     files = write_tls_files(tmp_path)
-    await cluster.add_replica("r1", token_interval_s=0.001)
+    await cluster.add_replica("r1")
     tls = await cluster.add_worker("w-tls", security={"tls_cert_file": str(files["server_cert"]),
                                                       "tls_key_file": str(files["server_key"])})
     mtls = await cluster.add_worker("w-mtls", security={"tls_cert_file": str(files["server_cert"]),
@@ -151,7 +166,7 @@ async def test_tls_and_mutual_tls(cluster, tmp_path):
     with_cert = ClientTLS(root_certificates=ca, certificate_chain=files["client_cert"].read_bytes(),
                           private_key=files["client_key"].read_bytes(), server_name_override="localhost")
     async with FlintClient(tls.address, tls=server_only) as client:
-        assert await client.complete_text("tls", max_tokens=2) == expected_text("tls", 2)
+        assert await client.complete_text("tls", max_tokens=2) == await reference.atext("tls", 2)
     async with FlintClient(tls.address, retry=_no_retry()) as plain:
         with pytest.raises(Unavailable):
             await plain.complete_text("tls", max_tokens=2, timeout_s=5)
@@ -159,7 +174,7 @@ async def test_tls_and_mutual_tls(cluster, tmp_path):
         with pytest.raises(Unavailable):
             await no_cert.complete_text("mtls", max_tokens=2, timeout_s=5)
     async with FlintClient(mtls.address, tls=with_cert) as client:
-        assert await client.complete_text("mtls", max_tokens=2) == expected_text("mtls", 2)
+        assert await client.complete_text("mtls", max_tokens=2) == await reference.atext("mtls", 2)
 
 
 def test_flint_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path, capsys):
@@ -173,17 +188,18 @@ def test_flint_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path, cap
     assert main(["keys", "create", "--tenant", "bad tenant!", "--file", str(path)]) == 1
 
 
-async def test_flint_complete_sends_the_api_key_from_the_environment(cluster, key_file, monkeypatch, capsys):
+async def test_flint_complete_sends_the_api_key_from_the_environment(cluster, key_file, monkeypatch, capsys,
+                                                                    reference):
     from flint.cli import build_parser
     from flint.cli_requests import run_request
 
     path, key_a, _ = key_file
-    await cluster.add_replica("r1", token_interval_s=0.001)
+    await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", security={"api_keys_file": str(path)})
     args = build_parser().parse_args(["complete", "def cli(", "--max-tokens", "3"])
     monkeypatch.setenv("FLINT_API_KEY", key_a)
     assert await run_request(args, worker.address) == 0
-    assert capsys.readouterr().out == expected_text("def cli(", 3) + "\n"
+    assert capsys.readouterr().out == await reference.atext("def cli(", 3) + "\n"
     monkeypatch.delenv("FLINT_API_KEY")
     with pytest.raises(Unauthenticated):
         await run_request(args, worker.address)
