@@ -192,3 +192,16 @@ def test_validation_errors_say_what_to_change(make_engine):
         engine.add_request(GenerateRequest("y", prefix="a", sampling=SamplingParams(top_p=1.5)))
     with pytest.raises(InvalidArgument, match="unknown key"):
         EngineConfig.from_dict({"kv_cache_bytez": 1})
+
+
+def test_prefix_cache_entries_do_not_count_as_kv_in_use_for_load(make_engine):
+    """A finished request's prompt stays in the prefix cache, but those blocks are evictable: the load that
+    admission control and autoscaling read must not call an idle replica full."""
+    engine = make_engine()
+    run(engine, greedy("kv-load", n=4))
+    assert engine.kv.used_fraction() > 0          # blocks held by the prefix cache
+    assert engine.load().kv_used_fraction == 0.0  # none held by a request
+    engine.add_request(greedy("kv-load-2", prefix=CODE * 3, n=64))
+    engine.step()
+    assert 0.0 < engine.load().kv_used_fraction <= engine.kv.used_fraction()
+    engine.run_until_done()

@@ -163,7 +163,8 @@ class Engine:
 
     def load(self) -> LoadInfo:
         return LoadInfo(running=len(self.scheduler.running), waiting=self.scheduler.num_waiting + len(self._inbox),
-                        kv_used_fraction=self.kv.used_fraction(), max_context_tokens=self.max_context_tokens)
+                        kv_used_fraction=self.kv.active_fraction(self.scheduler.running),
+                        max_context_tokens=self.max_context_tokens)
 
     # -- the step ---------------------------------------------------------------------------------
     def step(self) -> list[Event]:

@@ -71,7 +71,19 @@ class PagedKVCache:
         return math.ceil(tokens / self.block_size)
 
     def used_fraction(self) -> float:
+        """Blocks allocated, prefix-cache entries included (the `kv_cache_usage_ratio` gauge)."""
         return self.allocator.num_used / self.num_blocks
+
+    def active_fraction(self, requests) -> float:
+        """Blocks that `requests` hold (their own plus the cached prefix they read), as a fraction.
+
+        This is the KV load admission control and autoscaling read: unlocked prefix-cache entries are
+        evicted on demand, so counting them would make an idle replica with a warm cache look full.
+        O(len(requests)), nothing per token or per cache entry.
+        """
+        held = sum(len(r.owned_blocks) + self.blocks_for(r.num_cached_prompt)
+                   for r in requests if r.owned_blocks is not None)
+        return min(1.0, held / self.num_blocks)
 
     def admit(self, req: Request) -> bool:
         """Match the cached prefix and allocate blocks for the rest; False if KV is short right now."""
