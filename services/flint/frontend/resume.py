@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import asdict, replace
 
@@ -111,6 +112,9 @@ class Resumer:
         self.taken_over += 1
         metrics().takeovers.inc()
         engine_request = ipb.GenerateRequest.FromString(meta.request)
+        # Its own engine-side id: the first run may still be on that replica's engine (its caller's cancel
+        # has not reached it yet), and an engine refuses a second request with a running id.
+        engine_request.request_id = f"{request_id}#takeover-{secrets.token_hex(4)}"
         continuation = Continuation(self, record, engine_request, model=meta.model, state=state)
         self.local[request_id] = continuation
         continuation.start()

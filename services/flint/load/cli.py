@@ -295,10 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttft-ms", type=float, default=5.0)
     p.add_argument("--coalesce", type=int, default=1)
     p.add_argument("--max-streams", type=int, default=0)
+    sub.add_parser("soak", add_help=False,
+                   help="bounded soak with injected faults on a local multi-node cluster -> soak.json, soak.md "
+                        "(flint load soak --help)")
     return parser
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["soak"]:   # its own flags (flint.load.soak)
+        from flint.load.soak import main as soak_main
+
+        try:
+            return soak_main(argv[1:])
+        except FlintError as exc:
+            print(f"flint load soak: {exc.message}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "capacity": cmd_capacity, "compare": cmd_compare, "report": cmd_report,
                 "mock-server": cmd_mock, "merge": cmd_merge}

@@ -52,6 +52,7 @@ class TargetConfig:
     connect_timeout_s: float = 10.0
     fim_template: str = "suffix"             # openai: send `suffix`, or build a Qwen FIM prompt ("qwen")
     metrics_url: str = ""                    # the server's Prometheus endpoint, scraped before and after
+    resume: bool = True                      # flint: resume requests whose stream was lost (UNAVAILABLE)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:

@@ -54,6 +54,7 @@ class RequestRecord:
     ack_last_seq: int | None = None
     max_tokens: int = 0
     prompt_chars: int = 0
+    resumes: int = 0                         # Resume calls after lost streams (flint target, resume = true)
 
     # ------------------------------------------------------------ derived
     @property

@@ -113,7 +113,8 @@ def _log_start_failure(task: asyncio.Task) -> None:
 
 
 def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count: int, num_cpus: float,
-                         timeout_s: float, max_restarts: int = 3) -> list[tuple[object, str]]:
+                         timeout_s: float, max_restarts: int = 3,
+                         resources: dict | None = None) -> list[tuple[object, str]]:
     """Start `count` replica actors on the connected Ray cluster; returns (actor, address) pairs.
 
     Ray restarts a replica whose process dies up to `max_restarts` times (-1: always); the restarted
@@ -124,7 +125,8 @@ def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count:
 
     from flint.errors import FlintError, Unavailable
 
-    actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0)(ReplicaHost)
+    actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
+                           resources=dict(resources or {}))(ReplicaHost)
     actors = [actor_cls.remote(engine_config, replica_config, start_on_restart=True) for _ in range(count)]
     try:
         with metrics().time_ray("replica_start"):

@@ -3,6 +3,14 @@
 Interrupts and redirects are protocol messages here, so the record holds the
 server's acknowledgement (`interrupted.last_seq`) and the generator can count
 deltas that arrive after it (there must be none).
+
+Lost streams (`resume = true`, the default): when the Session stream ends
+UNAVAILABLE (its front-end worker died or drained), or one request ends
+UNAVAILABLE (its engine replica died), every request concerned is resumed with `Resume(request_id, last_seq)` on a new stream (any
+worker behind the address serves it), and the job's Session stream is opened
+again for its next requests. Deltas keep their seqs, so a record shows a gap
+or a repeat if the server lost or repeated a token; `record.resumes` counts
+the resumes a request needed.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ _FINISH = {pb.FINISH_REASON_EOS: "eos", pb.FINISH_REASON_LENGTH: "length", pb.FI
            pb.FINISH_REASON_UNSPECIFIED: "unspecified"}
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # 128K-token prompts are ~0.5 MB; leave room
+
+
+def _server_id(state: RequestState) -> str:
+    """The id the server knows the request by: the record's, or a new one after it was sent again."""
+    return getattr(state, "server_id", state.record.id)
 
 
 def to_proto(spec: RequestSpec, request_id: str, model: str):
@@ -69,6 +82,8 @@ class FlintSession(Session):
         self._write_lock = asyncio.Lock()
         self._opened = asyncio.Event()
         self._reader: asyncio.Task | None = None
+        self._resuming: set[asyncio.Task] = set()
+        self._closing = False
 
     async def open(self) -> None:
         self.call = self.target.stub.Session()
@@ -81,34 +96,109 @@ class FlintSession(Session):
             await self.call.write(message)
 
     async def send(self, state: RequestState, redirect_of: RequestState | None = None) -> None:
-        request = to_proto(state.spec, state.record.id, self.target.config.model)
+        rid = _server_id(state)
+        request = to_proto(state.spec, rid, self.target.config.model)
         field = "edit" if state.spec.kind == "edit" else "complete"
-        self.states[state.record.id] = state
+        self.states[rid] = state
         if redirect_of is not None and not redirect_of.done.is_set():
             redirect_of.mark_interrupt("redirect")
-            message = pb.ClientMessage(redirect=pb.Redirect(interrupt_request_id=redirect_of.record.id,
+            message = pb.ClientMessage(redirect=pb.Redirect(interrupt_request_id=_server_id(redirect_of),
                                                             **{field: request}))
         else:
             message = pb.ClientMessage(**{field: request})
         state.record.t_sent_ms = self.clock()
-        await self._write(message)
+        for attempt in range(40):
+            try:
+                await self._write(message)
+                return
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                # The Session stream just died. If the reader already handed this request to a resume,
+                # that path sends it again; otherwise write it on the reopened stream.
+                if not self.target.config.resume or self._closing or attempt == 39:
+                    raise
+                if self.states.get(rid) is not state:
+                    return   # the reader handed it to `_resume`, which sends it again
+                await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
 
     async def interrupt(self, state: RequestState) -> None:
         if state.done.is_set():
             return
         state.mark_interrupt("interrupt")
-        await self._write(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=state.record.id)))
+        await self._write(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=_server_id(state))))
 
     async def _read(self) -> None:
-        try:
-            async for message in self.call:
-                self._dispatch(message)
-            self._fail_open("STREAM_ENDED", "the Session stream ended before this request finished")
-        except grpc.aio.AioRpcError as exc:
-            self._fail_open(exc.code().name, exc.details() or "")
-        except asyncio.CancelledError:
-            self._fail_open("ABANDONED", "still running when the run ended")
-            raise
+        while True:
+            try:
+                async for message in self.call:
+                    self._dispatch(message)
+                self._fail_open("STREAM_ENDED", "the Session stream ended before this request finished")
+                return
+            except grpc.aio.AioRpcError as exc:
+                if not self._resumable(exc):
+                    self._fail_open(exc.code().name, exc.details() or "")
+                    return
+                lost, self.states = list(self.states.values()), {}
+                for state in lost:
+                    task = asyncio.create_task(self._resume(state))
+                    self._resuming.add(task)
+                    task.add_done_callback(self._resuming.discard)
+                if not await self._reopen():
+                    self._fail_open(exc.code().name, "the Session stream could not be opened again")
+                    return
+            except asyncio.CancelledError:
+                self._fail_open("ABANDONED", "still running when the run ended")
+                raise
+
+    def _resumable(self, exc: grpc.aio.AioRpcError) -> bool:
+        return self.target.config.resume and not self._closing and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+    async def _reopen(self, attempts: int = 40) -> bool:
+        """A new Session stream for the job's next requests (its reader is the running `_read` loop)."""
+        for attempt in range(attempts):
+            try:
+                async with self._write_lock:
+                    self.call = self.target.stub.Session()
+                    await self.call.write(pb.ClientMessage(open=pb.Open(model=self.target.config.model,
+                                                                        client="flint-load")))
+                return True
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+        return False
+
+    async def _resume(self, state: RequestState, attempts: int = 40) -> None:
+        """Resume one request after its stream was lost: the missing deltas exactly once, then the rest."""
+        rid = _server_id(state)
+        for attempt in range(attempts):
+            last_seq = max((int(d[1]) for d in state.record.deltas), default=0)
+            state.record.resumes += 1
+            try:
+                call = self.target.stub.Resume(pb.ResumeRequest(request_id=rid, last_seq=last_seq),
+                                               timeout=self.target.config.request_timeout_s)
+                retry = False
+                async for message in call:
+                    kind = message.WhichOneof("kind")
+                    if kind == "error" and message.error.code == grpc.StatusCode.UNAVAILABLE.value[0]:
+                        retry = True   # the replica running it went away again: resume once more
+                        break
+                    if kind in ("delta", "accepted", "interrupted", "final", "error"):
+                        self._apply(state, kind, getattr(message, kind))
+                if not retry:
+                    if not state.done.is_set():
+                        state.finish("error", error_code="STREAM_ENDED",
+                                     error_message="the resumed stream ended early")
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and not state.record.deltas and not self._closing:
+                    # Lost before the server journaled it (nothing was streamed): send it again, under a new
+                    # id (the dead worker's claim on the old one may not have expired yet).
+                    state.server_id = f"{state.record.id}.r{state.record.resumes}"
+                    await self.send(state)
+                    return
+                if not self._resumable(exc) or attempt == attempts - 1:
+                    state.finish("error", error_code=exc.code().name, error_message=exc.details() or "")
+                    return
+            await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+        state.finish("error", error_code="UNAVAILABLE", error_message=f"still unavailable after {attempts} resumes")
 
     def _dispatch(self, message: pb.ServerMessage) -> None:
         kind = message.WhichOneof("kind")
@@ -122,6 +212,9 @@ class FlintSession(Session):
             if kind == "interrupted" and body.request_id in self.ended:
                 self.ended[body.request_id].ack(body.last_seq)
             return
+        self._apply(state, kind, body)
+
+    def _apply(self, state: RequestState, kind: str, body) -> None:
         if kind == "delta":
             state.delta(body.seq, body.token_count)
         elif kind == "accepted":
@@ -136,11 +229,18 @@ class FlintSession(Session):
             record.server = {"queue_ms": t.queue_ms, "prefill_ms": t.prefill_ms, "first_token_ms": t.first_token_ms,
                              "decode_ms": t.decode_ms, "total_ms": t.total_ms}
             state.finish(_FINISH.get(body.finish_reason, "unspecified"))
-            self.ended[body.request_id] = self.states.pop(body.request_id)
-        elif kind == "error":
-            state.finish("error", error_code=_CODE_NAMES.get(body.code, f"CODE_{body.code}"),
-                         error_message=body.message)
+            self.ended[body.request_id] = state
             self.states.pop(body.request_id, None)
+        elif kind == "error":
+            self.states.pop(body.request_id, None)
+            code = _CODE_NAMES.get(body.code, f"CODE_{body.code}")
+            if code == "UNAVAILABLE" and self.target.config.resume and not self._closing:
+                # Its replica went away: Resume runs it again on a live one and sends only what is missing.
+                task = asyncio.create_task(self._resume(state))
+                self._resuming.add(task)
+                task.add_done_callback(self._resuming.discard)
+                return
+            state.finish("error", error_code=code, error_message=body.message)
 
     def _fail_open(self, code: str, message: str) -> None:
         for state in list(self.states.values()):
@@ -149,6 +249,9 @@ class FlintSession(Session):
         self._opened.set()
 
     async def close(self) -> None:
+        self._closing = True
+        for task in list(self._resuming):
+            task.cancel()
         self._fail_open("ABANDONED", "still running when the run ended")
         with contextlib.suppress(Exception):
             async with self._write_lock:
