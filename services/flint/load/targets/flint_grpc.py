@@ -6,9 +6,11 @@ deltas that arrive after it (there must be none).
 
 Lost streams (`resume = true`, the default): when the Session stream ends
 UNAVAILABLE (its front-end worker died or drained), or one request ends
-UNAVAILABLE (its engine replica died), every request concerned is resumed with `Resume(request_id, last_seq)` on a new stream (any
-worker behind the address serves it), and the job's Session stream is opened
-again for its next requests. Deltas keep their seqs, so a record shows a gap
+UNAVAILABLE (its engine replica died), every request concerned is resumed
+with `Resume(request_id, last_seq)` on a new stream (any worker behind the
+address serves it), and the job's Session stream is opened again for its
+next requests. A request lost before the server journaled it (Resume says
+NOT_FOUND and nothing was streamed) is sent again under a new id. Deltas keep their seqs, so a record shows a gap
 or a repeat if the server lost or repeated a token; `record.resumes` counts
 the resumes a request needed.
 """
