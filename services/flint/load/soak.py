@@ -127,8 +127,6 @@ class Stack:
 
     # -------------------------------------------------------------- start
     def start_replicas(self, redis_url: str, engine_config) -> None:
-        import ray
-
         from flint.config import ReplicaConfig
         from flint.replica.host import start_replica_actors
 
@@ -136,18 +134,9 @@ class Stack:
                                        heartbeat_ttl_s=2.0, grace_period_s=2.0)
         for i in range(self.cfg.nodes):
             node = f"w{i + 1}"
-            for attempt in (1, 2):
-                try:
-                    [(actor, address)] = start_replica_actors(
-                        engine_config, replica_config, count=1, num_cpus=0, timeout_s=300, max_restarts=-1,
-                        resources={f"flint_node_{node}": 0.01})
-                    break
-                except ray.exceptions.RayActorError as exc:
-                    # Set-up, not the measured run: seen once on a busy machine right after another Ray
-                    # instance stopped ("the actor never ran"); say so and try once more.
-                    if attempt == 2:
-                        raise
-                    self.say(f"  replica on node {node} did not start ({exc.__class__.__name__}); retrying once")
+            [(actor, address)] = start_replica_actors(
+                engine_config, replica_config, count=1, num_cpus=0, timeout_s=300, max_restarts=-1,
+                resources={f"flint_node_{node}": 0.01})
             name = f"replica-{node}"
             self.replicas.append((name, actor))
             self._replica_gen[name] = 1
@@ -233,6 +222,10 @@ class Stack:
 
 def run_soak(cfg: SoakConfig, say=print) -> dict:
     """Bring the stack up, run the load with faults, take it down; returns the results (also written)."""
+    # The local cluster's nodes run with token auth off (see flint.cluster.local); the driver must too, set
+    # before Ray is imported: a parent process that ran a local Ray exports RAY_AUTH_MODE=token, and with it
+    # this driver's actors never started ("cancelled before it started running").
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
 
     from flint.cluster.local import LocalCluster, LocalClusterConfig
