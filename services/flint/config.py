@@ -101,6 +101,7 @@ class ReplicaConfig:
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0       # a replica that misses heartbeats this long drops out of routing
     grace_period_s: float = 5.0        # running streams get this long to finish on shutdown
+    deregister_delay_s: float = 1.0    # on shutdown, keep serving this long after leaving the registry
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
     observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
 
@@ -116,6 +117,7 @@ class ReplicaConfig:
             f"({self.heartbeat_interval_s}) or live replicas expire between heartbeats",
         )
         _check(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        _check(self.deregister_delay_s >= 0, f"deregister_delay_s must be >= 0, got {self.deregister_delay_s}")
 
     @property
     def published_host(self) -> str:

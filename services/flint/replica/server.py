@@ -159,6 +159,10 @@ class ReplicaServer:
         if self._registry is not None:
             with contextlib.suppress(Exception):
                 await self._registry.remove(self.replica_id)
+            # Front-ends route from a registry view up to a refresh interval old: requests routed here just
+            # before the removal still arrive. Serve them rather than refuse the connection (the scale-down
+            # test saw UNAVAILABLE "connection refused" without this). Bounded by the grace period.
+            await asyncio.sleep(min(self.config.deregister_delay_s, grace_s))
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace_s)
