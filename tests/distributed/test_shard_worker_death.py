@@ -12,37 +12,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
-from support.services import TEST_CONTEXT_TOKENS, long_edit, start_worker_process, stop_worker_process
+from support.services import (TEST_CONTEXT_TOKENS, long_edit, routable_replicas, start_worker_process,
+                              stop_worker_process, wait_for)
 
 from flint.distributed.serve import APP_NAME, DEPLOYMENT_NAME, ServeDeploymentConfig, deploy
-from flint.replica.registry import ReplicaRegistry
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
 KEY_PREFIX = "flint-shard-death"
-
-
-async def routable_ids(redis_url: str) -> set[str]:
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        return {r.replica_id for r in await ReplicaRegistry(redis, KEY_PREFIX).list() if r.routable}
-    finally:
-        await redis.aclose()
-
-
-async def wait_for(predicate, what: str, timeout_s: float = 180.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +54,8 @@ async def seeded_completion(stub, request_id: str) -> tuple[str, pb.Final]:
 
 async def test_a_dead_shard_worker_ends_streams_unavailable_and_the_replica_is_replaced(sharded_replica,
                                                                                        valkey_url):
-    [first_id] = await wait_for(lambda: routable_ids(valkey_url), "the sharded replica to register")
+    [first_id] = await wait_for(lambda: routable_replicas(valkey_url, KEY_PREFIX), "the sharded replica to register",
+                                timeout_s=180)
     info = await sharded_replica.info.remote()
     assert info["replica_id"] == first_id
     assert sorted(s["stage"] for s in info["shards"]) == [0, 1], info["shards"]
@@ -100,10 +81,10 @@ async def test_a_dead_shard_worker_ends_streams_unavailable_and_the_replica_is_r
 
             # Serve's health check sees the lost shard and starts a new replica (with new shard workers).
             async def replaced():
-                ids = await routable_ids(valkey_url)
+                ids = set(await routable_replicas(valkey_url, KEY_PREFIX))
                 return ids if ids and first_id not in ids else None
 
-            [second_id] = await wait_for(replaced, "Serve to replace the replica")
+            [second_id] = await wait_for(replaced, "Serve to replace the replica", timeout_s=180)
             info = await sharded_replica.info.remote()
             assert info["replica_id"] == second_id
             assert last_stage["pid"] not in {s["pid"] for s in info["shards"]}

@@ -11,60 +11,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
-from support.services import TEST_CONTEXT_TOKENS, long_edit, start_worker_process, stop_worker_process
+from support.services import (TEST_CONTEXT_TOKENS, long_edit, routable_replicas, start_worker_process,
+                              stop_worker_process, wait_for)
 
 from flint.config import ReplicaConfig
 from flint.engine.config import EngineConfig
 from flint.internal.v1 import engine_pb2, engine_pb2_grpc
-from flint.replica.host import start_replica_actors, stop_replica_actors
-from flint.replica.registry import ReplicaRegistry
+from flint.replica.host import start_replica_actors, stop_replica_actors, wait_until_serving
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
 KEY_PREFIX = "flint-ray-restart"
 
 
-async def routable(redis_url: str) -> dict[str, str]:
-    """replica id -> address of the routable replicas in the registry."""
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        return {r.replica_id: r.address for r in await ReplicaRegistry(redis, KEY_PREFIX).list() if r.routable}
-    finally:
-        await redis.aclose()
-
-
-async def wait_for(predicate, what: str, timeout_s: float = 90.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-
-
 async def running(address: str) -> int:
     async with grpc.aio.insecure_channel(address) as channel:
         return (await engine_pb2_grpc.EngineStub(channel).Load(engine_pb2.LoadRequest())).running
-
-
-async def restarted_address(actor, timeout_s: float = 120.0) -> str:
-    """The actor's server address once Ray has restarted it (calls fail while it restarts)."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await asyncio.to_thread(ray.get, actor.wait_started.remote(), timeout=timeout_s)
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
 
 
 @pytest.fixture
@@ -122,7 +87,7 @@ async def test_a_crashed_replica_ends_its_streams_unavailable_and_ray_restarts_i
 
             # Ray restarts the actor; the new instance starts its engine and server by itself (nobody calls
             # start on it) and registers under a new id and address.
-            address = await restarted_address(doomed_actor)
+            address = await asyncio.to_thread(wait_until_serving, doomed_actor, 120)
             assert address and address != doomed_address
             assert ray.get(doomed_actor.was_restarted.remote()) is True
             new_id = ray.get(doomed_actor.replica_id.remote())
@@ -151,5 +116,5 @@ async def test_a_crashed_replica_ends_its_streams_unavailable_and_ray_restarts_i
 
 
 async def _routable_without(valkey_url: str, dead_id: str, expect: set[str]) -> dict[str, str] | None:
-    replicas = await routable(valkey_url)
+    replicas = await routable_replicas(valkey_url, KEY_PREFIX)
     return replicas if dead_id not in replicas and set(replicas) == expect else None

@@ -167,3 +167,30 @@ def kinds(messages) -> list[str]:
 
 def delta_text(messages) -> str:
     return "".join(m.delta.text for m in messages if m.WhichOneof("kind") == "delta")
+
+
+async def routable_replicas(redis_url: str, key_prefix: str) -> dict[str, str]:
+    """replica id -> address of the routable replicas in the Redis registry under `key_prefix`."""
+    import redis.asyncio as aioredis
+
+    from flint.replica.registry import ReplicaRegistry
+
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        return {r.replica_id: r.address for r in await ReplicaRegistry(redis, key_prefix).list() if r.routable}
+    finally:
+        await redis.aclose()
+
+
+async def wait_for(predicate, what: str, timeout_s: float = 120.0, interval_s: float = 0.2):
+    """Poll the async `predicate` until it returns something truthy (returned); fail after `timeout_s`."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")

@@ -186,20 +186,14 @@ class Stack:
     def _kill_replica(self, t: float) -> None:
         import ray
 
+        from flint.replica.host import wait_until_serving
+
         index = sum(1 for f in self.faults if f["kind"] == "kill_replica") % len(self.replicas)
         name, actor = self.replicas[index]
         pid = ray.get(actor.pid.remote(), timeout=30)
         os.kill(pid, signal.SIGKILL)
         started = time.monotonic()
-        deadline = started + 300
-        while True:
-            try:
-                ray.get(actor.wait_started.remote(), timeout=300)
-                break
-            except ray.exceptions.ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.25)
+        wait_until_serving(actor, timeout_s=300)
         restarted_s = round(time.monotonic() - started, 1)
         self._replica_gen[name] += 1
         self._track_replica(name, actor)

@@ -144,6 +144,26 @@ def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count:
     return list(zip(actors, addresses))
 
 
+def wait_until_serving(actor, timeout_s: float = 300.0) -> str:
+    """The replica actor's server address once it serves, waiting through a Ray restart in progress.
+
+    Calls to an actor that Ray is restarting fail with ActorUnavailableError; they are retried until
+    `timeout_s` passes.
+    """
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(actor.wait_started.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
 def stop_replica_actors(actors, grace_s: float = 5.0) -> None:
     """Drain each replica, then end its actor."""
     import ray

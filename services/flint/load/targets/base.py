@@ -17,6 +17,7 @@ class RequestState:
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, clock: Clock):
         self.spec, self.record, self.clock = spec, record, clock
+        self.server_id = record.id   # the id the server knows it by (a new one if it had to be sent again)
         self.done = asyncio.Event()
         self.on_tokens: Callable[["RequestState"], None] | None = None   # runner's self-interrupt check
         self.tokens = 0

@@ -34,11 +34,6 @@ _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # 128K-token prompts are ~0.5 MB; leave room
 
 
-def _server_id(state: RequestState) -> str:
-    """The id the server knows the request by: the record's, or a new one after it was sent again."""
-    return getattr(state, "server_id", state.record.id)
-
-
 def to_proto(spec: RequestSpec, request_id: str, model: str):
     sampling = pb.Sampling(max_tokens=spec.max_tokens, temperature=spec.temperature, seed=spec.seed)
     context = [pb.ContextFile(path=p, content=c) for p, c in spec.context]
@@ -98,13 +93,13 @@ class FlintSession(Session):
             await self.call.write(message)
 
     async def send(self, state: RequestState, redirect_of: RequestState | None = None) -> None:
-        rid = _server_id(state)
+        rid = state.server_id
         request = to_proto(state.spec, rid, self.target.config.model)
         field = "edit" if state.spec.kind == "edit" else "complete"
         self.states[rid] = state
         if redirect_of is not None and not redirect_of.done.is_set():
             redirect_of.mark_interrupt("redirect")
-            message = pb.ClientMessage(redirect=pb.Redirect(interrupt_request_id=_server_id(redirect_of),
+            message = pb.ClientMessage(redirect=pb.Redirect(interrupt_request_id=redirect_of.server_id,
                                                             **{field: request}))
         else:
             message = pb.ClientMessage(**{field: request})
@@ -126,7 +121,7 @@ class FlintSession(Session):
         if state.done.is_set():
             return
         state.mark_interrupt("interrupt")
-        await self._write(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=_server_id(state))))
+        await self._write(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=state.server_id)))
 
     async def _read(self) -> None:
         while True:
@@ -169,7 +164,7 @@ class FlintSession(Session):
 
     async def _resume(self, state: RequestState, attempts: int = 40) -> None:
         """Resume one request after its stream was lost: the missing deltas exactly once, then the rest."""
-        rid = _server_id(state)
+        rid = state.server_id
         for attempt in range(attempts):
             last_seq = max((int(d[1]) for d in state.record.deltas), default=0)
             state.record.resumes += 1
