@@ -1,0 +1,93 @@
+"""Native CPU kernels of the engine, compiled on first use and cached.
+
+Each kernel is a small C++ file beside this module, built with
+`torch.utils.cpp_extension.load` for the machine it runs on (`-march=native`,
+so AVX2 / AVX-512 / VNNI are used where the CPU has them). The build goes to
+`<flint cache dir>/kernels/<name>-<hash>` where the hash covers the source, the
+torch version and the CPU's instruction-set flags: a second process, or a
+second start, loads the built library in milliseconds, and a machine with a
+different CPU builds its own.
+
+A kernel that cannot be built (no C++ compiler) raises `KernelUnavailable`
+with the compiler's message; callers fall back to plain PyTorch ops and say so
+once in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from types import ModuleType
+
+log = logging.getLogger(__name__)
+
+_HERE = Path(__file__).resolve().parent
+_lock = threading.Lock()
+_loaded: dict[str, ModuleType] = {}
+_failed: dict[str, str] = {}
+
+
+class KernelUnavailable(RuntimeError):
+    """The native kernel could not be built or loaded on this machine."""
+
+
+def cpu_flags() -> frozenset[str]:
+    """Instruction-set flags of this CPU (empty where /proc/cpuinfo is absent)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _build_dir(name: str, sources: list[Path], extra_cflags: list[str]) -> Path:
+    import torch
+
+    from flint import env
+
+    digest = hashlib.sha256()
+    for src in sources:
+        digest.update(src.read_bytes())
+    digest.update(torch.__version__.encode())
+    digest.update(platform.machine().encode())
+    digest.update(" ".join(sorted(cpu_flags())).encode())
+    digest.update(" ".join(extra_cflags).encode())
+    path = env.cache_dir() / "kernels" / f"{name}-{digest.hexdigest()[:16]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load(name: str, sources: list[str], extra_cflags: list[str] | None = None) -> ModuleType:
+    """Build (once per machine and source) and import the extension `name` from `sources`.
+
+    `sources` are file names beside this module. Raises `KernelUnavailable`.
+    """
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        if name in _failed:
+            raise KernelUnavailable(_failed[name])
+        paths = [_HERE / s for s in sources]
+        cflags = ["-O3", "-march=native", "-fopenmp", "-ffast-math", *(extra_cflags or [])]
+        try:
+            from torch.utils import cpp_extension
+
+            build = _build_dir(name, paths, cflags)
+            module = cpp_extension.load(
+                name=name, sources=[str(p) for p in paths], extra_cflags=cflags,
+                extra_ldflags=["-fopenmp"], build_directory=str(build),
+                verbose=os.environ.get("FLINT_KERNELS_VERBOSE") == "1",
+            )
+        except Exception as exc:  # compiler missing, build error, ABI mismatch
+            message = f"native kernel {name!r} unavailable: {type(exc).__name__}: {exc}"
+            _failed[name] = message
+            log.warning("%s; falling back to PyTorch ops", message)
+            raise KernelUnavailable(message) from exc
+        _loaded[name] = module
+        return module
