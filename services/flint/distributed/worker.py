@@ -113,7 +113,7 @@ class ShardWorker:
 
     def _step(self, msg: wire.StepMessage) -> None:
         for handle, slots in msg.registered:
-            self.slot_maps[handle] = slots.clone()
+            self.slot_maps[handle] = slots.to(self.device, copy=True)   # kept on the KV cache's device
         for handle in msg.released:
             self.slot_maps.pop(handle, None)
         seqs = [(self.slot_maps[h], s, n) for h, s, n in
@@ -121,11 +121,11 @@ class ShardWorker:
         positions = self.attn.begin_step(seqs)                                      # [T]
         m, cfg = self.model, self.cfg
         if m.is_first:
-            x = m(msg.input_ids.to(self.device), positions.to(self.device), self.attn)   # [T, d]
+            x = m(msg.input_ids.to(self.device), positions, self.attn)   # [T, d]
         else:
             hidden = torch.empty(msg.input_ids.shape[0], m.config.hidden_size, dtype=m.dtype, device=self.device)
             dist.recv(hidden, src=cfg.rank(self.stage - 1, self.tp_rank), group=self.data_group)
-            x = m(None, positions.to(self.device), self.attn, hidden_states=hidden)
+            x = m(None, positions, self.attn, hidden_states=hidden)
         if not m.is_last:
             dist.send(x.contiguous(), dst=cfg.rank(self.stage + 1, self.tp_rank), group=self.data_group)
         elif self.tp_rank == 0:

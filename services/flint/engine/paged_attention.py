@@ -43,6 +43,7 @@ class PagedAttention:
         self.num_heads = num_heads
         self.num_kv_heads = k_cache.shape[2]
         self.sliding_window = sliding_window
+        self.device = k_cache.device                           # slot maps arrive here; indices are built here
         self._gqa = bool(num_heads != self.num_kv_heads)       # plain bool: torch.compile-friendly
         self._flash = k_cache.device.type == "cpu" and hasattr(
             torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
@@ -53,14 +54,18 @@ class PagedAttention:
         self._decode_mask: torch.Tensor | None = None          # [B, 1, 1, Lmax] bool or None
 
     def begin_step(self, seqs: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
-        """seqs: (slot map, cached tokens, new tokens) per sequence in packing order -> positions [T]."""
+        """seqs: (slot map, cached tokens, new tokens) per sequence in packing order -> positions [T].
+
+        Slot maps must be on the cache's device (the runner moves them); positions and every index
+        tensor are built there.
+        """
         if len(seqs) == 1 and seqs[0][2] == 1 and self.sliding_window is None:
             return self._begin_single_decode(*seqs[0])
         writes, positions, chunks, dec_rows, dec_slots = [], [], [], [], []
         row = 0
         for slots, start, n in seqs:
             writes.append(slots[start : start + n])
-            positions.append(torch.arange(start, start + n))
+            positions.append(torch.arange(start, start + n, device=self.device))
             keys = slots[: start + n]
             if n == 1:
                 if self.sliding_window is not None and start + 1 > self.sliding_window:
@@ -72,14 +77,14 @@ class PagedAttention:
             row += n
         self._write_slots = torch.cat(writes) if len(writes) > 1 else writes[0]
         self._chunks = chunks
-        self._decode_rows = torch.tensor(dec_rows, dtype=torch.int64) if dec_rows else None
+        self._decode_rows = torch.tensor(dec_rows, dtype=torch.int64, device=self.device) if dec_rows else None
         self._decode_slots, self._decode_mask = None, None
         if dec_slots:
             lens = [len(s) for s in dec_slots]
             self._decode_slots = pad_sequence(dec_slots, batch_first=True)          # [B, Lmax]
             if min(lens) != max(lens):
-                lens_t = torch.tensor(lens, dtype=torch.int64)
-                mask = torch.arange(max(lens))[None, :] < lens_t[:, None]           # [B, Lmax]
+                lens_t = torch.tensor(lens, dtype=torch.int64, device=self.device)
+                mask = torch.arange(max(lens), device=self.device)[None, :] < lens_t[:, None]   # [B, Lmax]
                 self._decode_mask = mask[:, None, None, :]
         self._single_decode = len(dec_rows) == row  # every row is a decode row
         return torch.cat(positions) if len(positions) > 1 else positions[0]
@@ -92,7 +97,7 @@ class PagedAttention:
         self._decode_slots = slots[: start + 1][None]                               # [1, L]
         self._decode_mask = None
         self._single_decode = True
-        return torch.tensor([start], dtype=torch.int64)
+        return torch.tensor([start], dtype=torch.int64, device=self.device)
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q [T, H, D]; k, v [T, KV, D] -> out [T, H, D]

@@ -61,12 +61,20 @@ class ModelRunner(Protocol):
 
 
 class LocalRunner:
-    """The whole model in this process, over a paged KV cache it owns (or is given)."""
+    """The whole model in this process, over a paged KV cache it owns (or is given).
+
+    The engine builds step inputs on the host; `execute` moves every one of them (token ids, slot maps, logit
+    rows) to the model's device, and PagedAttention builds positions and its index tensors there. A slot map is
+    moved once per sequence (it is fixed from admission to release) and kept until `release`; on the CPU every
+    move is a no-op. tests/engine/test_device_discipline.py runs the model on the meta device to prove it.
+    """
 
     def __init__(self, model, *, k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None):
         self.model = model
         self.config: ModelConfig = model.config
+        self.device: torch.device = model.device
         self.attn: PagedAttention | None = None
+        self._slots: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}   # key -> (host map, device copy)
         # Set by `flint.engine.compiled.enable` (compile=true): runs pure decode steps.
         self.compiled_decode = None
         if k_cache is not None and v_cache is not None:
@@ -85,15 +93,26 @@ class LocalRunner:
     def execute(self, batch: StepBatch) -> torch.Tensor:
         if self.attn is None:
             raise RuntimeError("LocalRunner.execute before init_kv")
-        positions = self.attn.begin_step([(slots, start, n) for _, slots, start, n in batch.seqs])  # [T]
+        positions = self.attn.begin_step([(self._slot_map(key, slots), start, n)
+                                          for key, slots, start, n in batch.seqs])                 # [T]
         forward = self.model
         if self.compiled_decode is not None and batch.num_tokens == len(batch.seqs):   # 1 token per sequence
             forward = self.compiled_decode
-        hidden = forward(batch.input_ids, positions, self.attn)                                 # [T, d]
-        return self.model.compute_logits(hidden[batch.logit_rows])                              # [N, V]
+        dev = self.device
+        hidden = forward(batch.input_ids.to(dev, non_blocking=True), positions, self.attn)       # [T, d]
+        return self.model.compute_logits(hidden[batch.logit_rows.to(dev, non_blocking=True)])    # [N, V]
+
+    def _slot_map(self, key: Hashable, slots: torch.Tensor) -> torch.Tensor:
+        if slots.device == self.device:
+            return slots
+        cached = self._slots.get(key)
+        if cached is None or cached[0] is not slots:      # a request keeps one slot map tensor for its life
+            cached = self._slots[key] = (slots, slots.to(self.device))
+        return cached[1]
 
     def release(self, key: Hashable) -> None:
-        pass
+        self._slots.pop(key, None)
 
     def close(self) -> None:
         self.attn = None
+        self._slots.clear()
