@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HF
@@ -52,10 +54,51 @@ REQ = GenerateRequest(request_id="r", prefix="def add(a, b):\n    return ", suff
 ])
 def test_family_is_chosen_from_special_tokens_and_lays_out_prefix_suffix_middle(make_tok, family, expected):
     tok = make_tok(family)
-    prompt = build_prompt(tok, REQ)
-    assert prompt.template == family
+    prompt = build_prompt(tok, REQ, layout="psm")
+    assert (prompt.template, prompt.layout) == (family, "psm")
     assert text(tok, prompt.token_ids) == expected.format(p=REQ.prefix, s=REQ.suffix)
     assert tok.eos_token_ids <= prompt.stop_token_ids
+
+
+@pytest.mark.parametrize("family, layout, expected", [
+    ("qwen", "psm", "<|fim_prefix|>{p}<|fim_suffix|>{s}<|fim_middle|>"),
+    ("deepseek", "psm", "<｜fim▁begin｜>{p}<｜fim▁hole｜>{s}<｜fim▁end｜>"),
+    ("starcoder", "spm", "<fim_prefix><fim_suffix>{s}<fim_middle>{p}"),
+    ("codellama", "spm", "▁<PRE>▁<SUF>{s}▁<MID>{p}"),
+])
+def test_auto_layout_puts_the_suffix_first_for_families_trained_with_spm(make_tok, family, layout, expected):
+    tok = make_tok(family)
+    prompt = build_prompt(tok, REQ)
+    assert prompt.layout == layout
+    assert text(tok, prompt.token_ids) == expected.format(p=REQ.prefix, s=REQ.suffix)
+
+
+def test_psm_keeps_a_bounded_suffix_window_and_spm_the_whole_suffix(make_tok):
+    tok = make_tok("qwen")
+    req = GenerateRequest(request_id="r", prefix="x = ", suffix="y = 1\n" * 100)
+    suffix_ids = tok.encode(req.suffix, continuation=True)
+    psm = build_prompt(tok, req, suffix_window_tokens=10).token_ids
+    assert psm == build_prompt(tok, GenerateRequest(request_id="r", prefix="x = ", suffix=""), suffix_window_tokens=10
+                               ).token_ids[:-2] + (tok.special_id("<|fim_suffix|>"), *suffix_ids[:10],
+                                                   tok.special_id("<|fim_middle|>"))
+    assert len(build_prompt(tok, req, layout="spm").token_ids) == len(suffix_ids) + len(tok.encode("x = ")) + 3
+    with pytest.raises(InvalidArgument, match="unknown FIM layout 'mps'"):
+        build_prompt(tok, req, layout="mps")
+
+
+def test_one_character_keystroke_at_the_cursor_changes_only_the_prompt_tail(make_tok):
+    """What the prefix cache keeps: the tokens before the first difference between two keystrokes' prompts."""
+    tok = make_tok("qwen")
+    text = "import os\n\n" + "def f(x):\n    return x + 1\n\n" * 200
+    cursor = len(text) // 2
+    for layout, window, bound in (("spm", 0, 16), ("psm", 64, 64 + 16)):
+        before = build_prompt(tok, GenerateRequest(request_id="r", prefix=text[:cursor], suffix=text[cursor:]),
+                              layout=layout, suffix_window_tokens=window).token_ids
+        typed = text[:cursor] + "z"
+        after = build_prompt(tok, GenerateRequest(request_id="r", prefix=typed, suffix=text[cursor:]),
+                             layout=layout, suffix_window_tokens=window).token_ids
+        common = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+        assert 0 < len(after) - common <= bound, layout
 
 
 def test_family_stop_tokens(make_tok):
@@ -66,23 +109,25 @@ def test_family_stop_tokens(make_tok):
     assert tok.special_id("▁<EOT>") in build_prompt(tok, REQ).stop_token_ids
 
 
-def test_qwen_repo_level_context_files_come_before_the_current_file(make_tok):
+def test_qwen_repo_level_context_files_come_before_the_current_file_sorted_by_path(make_tok):
     tok = make_tok("qwen")
     req = GenerateRequest(request_id="r", prefix="x = ", suffix="\n", path="proj/main.py",
                           context=(ContextFile("proj/util.py", "def f():\n    pass"), ContextFile("proj/b.py", "B = 1")))
     got = text(tok, build_prompt(tok, req).token_ids)
-    assert got == ("<|repo_name|>proj\n<|file_sep|>proj/util.py\ndef f():\n    pass\n<|file_sep|>proj/b.py\nB = 1\n"
+    assert got == ("<|repo_name|>proj\n<|file_sep|>proj/b.py\nB = 1\n<|file_sep|>proj/util.py\ndef f():\n    pass\n"
                    "<|file_sep|>proj/main.py\n<|fim_prefix|>x = <|fim_suffix|>\n<|fim_middle|>")
+    # a stable order (by path), never the order of the request: the next keystroke reuses the cached context
+    assert build_prompt(tok, replace(req, context=req.context[::-1])).token_ids == build_prompt(tok, req).token_ids
 
 
 def test_starcoder2_and_starcoder1_context(make_tok):
     req = GenerateRequest(request_id="r", prefix="p", suffix="s", path="a.py", context=(ContextFile("b.py", "B"),))
     tok = make_tok("starcoder")
     assert text(tok, build_prompt(tok, req).token_ids) == (
-        "<repo_name>repo\n<file_sep>b.py\nB\n<file_sep>a.py\n<fim_prefix>p<fim_suffix>s<fim_middle>")
+        "<repo_name>repo\n<file_sep>b.py\nB\n<file_sep>a.py\n<fim_prefix><fim_suffix>s<fim_middle>p")
     tok = make_tok("starcoder1")
     assert text(tok, build_prompt(tok, req).token_ids) == (
-        "<filename>b.py\nB\n<filename>a.py\n<fim_prefix>p<fim_suffix>s<fim_middle>")
+        "<filename>b.py\nB\n<filename>a.py\n<fim_prefix><fim_suffix>s<fim_middle>p")
 
 
 def test_families_without_repo_tokens_put_context_files_first_as_path_comments(make_tok):
@@ -147,7 +192,7 @@ def test_edit_with_chatml_tokens_is_a_chat_turn(make_tok):
 
 def test_codellama_text_after_template_tokens_gets_no_start_of_text_space(llama_checkpoint):
     tok = Tokenizer.from_dir(llama_checkpoint)           # SentencePiece-style, with CodeLlama FIM tokens
-    prompt = build_prompt(tok, GenerateRequest(request_id="r", prefix="x = f(", suffix=")\n"))
+    prompt = build_prompt(tok, GenerateRequest(request_id="r", prefix="x = f(", suffix=")\n"), layout="psm")
     assert prompt.template == "codellama"
     ids = list(prompt.token_ids)
     assert ids[:2] == [tok.bos_token_id, tok.special_id("▁<PRE>")]

@@ -16,6 +16,7 @@ from flint.errors import InvalidArgument
 
 DTYPES = ("float32", "bfloat16", "float16")
 SPECULATION_MODES = ("off", "edit", "all")
+FIM_LAYOUTS = ("auto", "spm", "psm")   # flint.engine.fim.LAYOUTS (kept here: config imports nothing heavy)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class EngineConfig:
     max_tokens_complete: int = 256       # default max_tokens per request kind
     max_tokens_edit: int = 1024
     max_waiting: int = 1024              # queue bound; more is ResourceExhausted
+    # FIM prompt layout (engine/fim.py): auto = suffix first (spm) for families trained with it (starcoder,
+    # codellama), prefix-suffix-middle (psm) with a bounded suffix window for the others (qwen, deepseek).
+    fim_layout: str = "auto"
+    # psm only: suffix tokens kept after the cursor, which a keystroke re-prefills; 0 = the whole suffix
+    fim_suffix_window_tokens: int = 64
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -69,6 +75,9 @@ class EngineConfig:
         _int_at_least("max_tokens_complete", self.max_tokens_complete, 1)
         _int_at_least("max_tokens_edit", self.max_tokens_edit, 1)
         _int_at_least("max_waiting", self.max_waiting, 1)
+        _check(self.fim_layout in FIM_LAYOUTS,
+               f"fim_layout must be one of {', '.join(FIM_LAYOUTS)}, got {self.fim_layout!r}")
+        _int_at_least("fim_suffix_window_tokens", self.fim_suffix_window_tokens, 0)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> "EngineConfig":

@@ -66,7 +66,8 @@ class Engine:
         if prompt_fn is None:
             from flint.engine.fim import build_prompt
 
-            prompt_fn = functools.partial(build_prompt, tokenizer)
+            prompt_fn = functools.partial(build_prompt, tokenizer, layout=config.fim_layout,
+                                          suffix_window_tokens=config.fim_suffix_window_tokens)
         self.builder = RequestBuilder(config, tokenizer, prompt_fn, model_name=model_name,
                                       max_context_tokens=self.max_context_tokens,
                                       kv_capacity_tokens=self.kv.capacity_tokens)

@@ -6,7 +6,7 @@ special-token parsing off (`Tokenizer.encode`), so text in the editor can
 never forge a template token.
 
 FIM families (auto-chosen from the tokenizer's special tokens, in this order;
-override with `template=`):
+override with `template=`), shown in prefix-suffix-middle (PSM) order:
     qwen       <|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>  (Qwen2.5-Coder, the demo model); with context
                files: <|repo_name|>R\\n<|file_sep|>path\\ncontent\\n ... <|file_sep|>path\\n<FIM>
     starcoder  <fim_prefix>P<fim_suffix>S<fim_middle>; context as <repo_name>/<file_sep> (StarCoder2)
@@ -14,7 +14,18 @@ override with `template=`):
     deepseek   <｜fim▁begin｜>P<｜fim▁hole｜>S<｜fim▁end｜>; context files as path comments before
     codellama  ▁<PRE>P▁<SUF>S▁<MID> (PSM); context files as path comments before
     plain      no FIM tokens: prefix only, the suffix is dropped and the Prompt says so in `notes`
-Extra context files always come before the current file.
+Extra context files always come before the current file, sorted by path (a stable
+order, never by recency: a keystroke must not reorder what is already in the KV cache).
+
+Layout (`layout=`, EngineConfig.fim_layout): what comes first decides what a keystroke re-prefills, since
+the prefix cache keeps only the tokens before the first change and a keystroke changes the end of the prefix.
+    spm   suffix before prefix: <PRE><SUF>S<MID>P. Only the edited end of the prefix is re-prefilled.
+          Default ("auto") for the families trained with it: starcoder, codellama.
+    psm   prefix-suffix-middle with the suffix cut to its first `suffix_window_tokens` tokens (the code right
+          after the cursor), so a keystroke re-prefills the edited prefix end, that window and <MID>.
+          Default for families trained only with PSM: qwen, deepseek. 0 = the whole suffix.
+Prefix and suffix may come as token ids (`prefix_ids=`, `suffix_ids=`, a document's incremental
+tokenization, flint.engine.incremental) instead of text; they must equal encoding the text.
 
 Edit (`kind=EDIT`): the code region and the instruction, then the start of a
 fenced code block; the model writes the replacement, which mostly copies the
@@ -22,9 +33,11 @@ region (so prompt-lookup speculation pays), and the closing fence stops it.
 Tokenizers with ChatML tokens (<|im_start|>) get it as a chat turn.
 
 Public API (stable):
-    build_prompt(tokenizer, request: GenerateRequest, *, template=None) -> Prompt
+    build_prompt(tokenizer, request: GenerateRequest, *, template=None, layout="auto",
+                 suffix_window_tokens=DEFAULT_SUFFIX_WINDOW_TOKENS, prefix_ids=None, suffix_ids=None) -> Prompt
+    LAYOUTS; layout_of(template, layout) -> "spm" | "psm"
     choose_template(tokenizer, name=None) -> FimTemplate;  TEMPLATE_NAMES
-    Prompt(token_ids, stop_token_ids, stop_strings, template, notes)
+    Prompt(token_ids, stop_token_ids, stop_strings, template, notes, layout)
 """
 
 from __future__ import annotations
@@ -33,11 +46,14 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+from flint.engine.config import FIM_LAYOUTS
 from flint.engine.tokenizer import Tokenizer
 from flint.engine.types import ContextFile, GenerateRequest, RequestKind
 from flint.errors import InvalidArgument
 
-Segment = str | int   # text to encode, or a token id
+Segment = str | int | tuple   # text to encode, a token id, or token ids already encoded (a tuple)
+LAYOUTS = FIM_LAYOUTS
+DEFAULT_SUFFIX_WINDOW_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,7 @@ class Prompt:
     stop_strings: tuple[str, ...] = ()
     template: str = ""
     notes: tuple[str, ...] = ()
+    layout: str = ""     # "spm" | "psm" for FIM prompts
 
 
 @dataclass(frozen=True)
@@ -58,13 +75,15 @@ class FimTemplate:
     stops: tuple[str, ...]
     repo_token: str = ""  # starts repo-level context
     file_token: str = ""  # precedes each file path
+    spm: bool = False     # trained with suffix-prefix-middle too, so "auto" lays it out suffix first
 
     def available(self, tok: Tokenizer) -> bool:
         return all(tok.special_id(t) is not None for t in (self.prefix, self.suffix, self.middle) if t)
 
-    def segments(self, tok: Tokenizer, prefix: str, suffix: str, path: str,
-                 context: Sequence[ContextFile]) -> list[Segment]:
+    def segments(self, tok: Tokenizer, prefix: Segment, suffix: Segment, path: str,
+                 context: Sequence[ContextFile], *, spm: bool = False) -> list[Segment]:
         out: list[Segment] = []
+        context = sorted(context, key=lambda c: c.path)
         file_id = tok.special_id(self.file_token) if self.file_token else None
         if context and file_id is not None:
             repo_id = tok.special_id(self.repo_token) if self.repo_token else None
@@ -79,8 +98,10 @@ class FimTemplate:
                 out.append(_path_comment(path))
         if not self.prefix:
             return out + [prefix]
-        return out + [tok.special_id(self.prefix), prefix, tok.special_id(self.suffix), suffix,  # type: ignore[list-item]
-                      tok.special_id(self.middle)]  # type: ignore[list-item]
+        pre, suf, mid = (tok.special_id(t) for t in (self.prefix, self.suffix, self.middle))
+        if spm:
+            return out + [pre, suf, suffix, mid, prefix]  # type: ignore[list-item]
+        return out + [pre, prefix, suf, suffix, mid]  # type: ignore[list-item]
 
 
 TEMPLATES = (
@@ -89,10 +110,10 @@ TEMPLATES = (
                 repo_token="<|repo_name|>", file_token="<|file_sep|>"),
     FimTemplate("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
                 ("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<filename>"),
-                repo_token="<repo_name>", file_token="<file_sep>"),
+                repo_token="<repo_name>", file_token="<file_sep>", spm=True),
     FimTemplate("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
                 ("<｜end▁of▁sentence｜>", "<|EOT|>")),
-    FimTemplate("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", ("▁<EOT>", "</s>")),
+    FimTemplate("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", ("▁<EOT>", "</s>"), spm=True),
     FimTemplate("plain", "", "", "", ()),
 )
 TEMPLATE_NAMES = tuple(t.name for t in TEMPLATES)
@@ -120,32 +141,50 @@ def supported_templates(tok: Tokenizer) -> list[str]:
 def _starcoder1(t: FimTemplate, tok: Tokenizer) -> FimTemplate:
     """StarCoder (1) has <filename> instead of StarCoder2's <repo_name>/<file_sep>."""
     if t.name == "starcoder" and tok.special_id("<file_sep>") is None and tok.special_id("<filename>") is not None:
-        return FimTemplate(t.name, t.prefix, t.suffix, t.middle, t.stops, file_token="<filename>")
+        return FimTemplate(t.name, t.prefix, t.suffix, t.middle, t.stops, file_token="<filename>", spm=t.spm)
     return t
 
 
-def build_prompt(tok: Tokenizer, request: GenerateRequest, *, template: str | None = None) -> Prompt:
+def layout_of(fim: FimTemplate, layout: str = "auto") -> str:
+    if layout not in LAYOUTS:
+        raise InvalidArgument(f"unknown FIM layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    return ("spm" if fim.spm else "psm") if layout == "auto" else layout
+
+
+def build_prompt(tok: Tokenizer, request: GenerateRequest, *, template: str | None = None, layout: str = "auto",
+                 suffix_window_tokens: int = DEFAULT_SUFFIX_WINDOW_TOKENS, prefix_ids: Sequence[int] | None = None,
+                 suffix_ids: Sequence[int] | None = None) -> Prompt:
     fim = choose_template(tok, template)
     if request.kind is RequestKind.EDIT:
         chat = tok.special_id("<|im_start|>") is not None and tok.special_id("<|im_end|>") is not None
         segments = _edit_segments(tok, request, chat)
-        name, stop_strings, notes = ("edit-chat" if chat else "edit"), ("```",), ()
+        name, stop_strings, notes, arrangement = ("edit-chat" if chat else "edit"), ("```",), (), ""
     else:
-        segments = fim.segments(tok, request.prefix, request.suffix, request.path, request.context)
-        name, stop_strings, notes = fim.name, (), ()
+        spm = bool(fim.prefix) and layout_of(fim, layout) == "spm"
+        prefix: Segment = tuple(prefix_ids) if prefix_ids is not None else request.prefix
+        suffix: Segment = request.suffix
+        if fim.prefix and not spm and suffix_window_tokens > 0:   # PSM: only the suffix nearest the cursor
+            ids = suffix_ids if suffix_ids is not None else tok.encode(request.suffix, continuation=True)
+            suffix = tuple(ids[:suffix_window_tokens])
+        elif suffix_ids is not None:
+            suffix = tuple(suffix_ids)
+        segments = fim.segments(tok, prefix, suffix, request.path, request.context, spm=spm)
+        name, stop_strings, notes, arrangement = fim.name, (), (), ("spm" if spm else "psm") if fim.prefix else ""
         if not fim.prefix and request.suffix:
             notes = ("this tokenizer has no FIM tokens: the suffix was ignored (prefix-only completion)",)
     ids: list[int] = [tok.bos_token_id] if tok.add_bos and tok.bos_token_id is not None else []
     for i, seg in enumerate(segments):
         if isinstance(seg, int):
             ids.append(seg)
+        elif isinstance(seg, tuple):
+            ids.extend(seg)
         elif seg:  # text after a template token continues it (no SentencePiece start-of-text space)
             ids.extend(tok.encode(seg, continuation=i > 0))
     stops = set(tok.eos_token_ids)
     stops.update(i for s in fim.stops if (i := tok.special_id(s)) is not None)
     if name == "edit-chat":
         stops.add(tok.special_id("<|im_end|>"))  # type: ignore[arg-type]
-    return Prompt(tuple(ids), frozenset(stops), stop_strings, name, notes)
+    return Prompt(tuple(ids), frozenset(stops), stop_strings, name, notes, arrangement)
 
 
 def _edit_segments(tok: Tokenizer, r: GenerateRequest, chat: bool) -> list[Segment]:

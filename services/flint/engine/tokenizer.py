@@ -11,6 +11,7 @@ Public API (stable):
     .encode(text, continuation=False) -> list[int]   (no BOS, specials not parsed; continuation=True:
                                           the text continues earlier text, so SentencePiece-style
                                           tokenizers do not add their start-of-text "▁")
+    .encode_with_offsets(text, continuation=False) -> (ids, [(start, end) char offsets])
     .decode(ids, skip_special_tokens=True) -> str
     .special_id(token) -> int | None      (id of an added/special token, by its text)
     .eos_token_ids: frozenset[int]; .bos_token_id; .add_bos; .vocab_size
@@ -89,6 +90,12 @@ class Tokenizer:
     def encode(self, text: str, *, continuation: bool = False) -> list[int]:
         encoder = self._continuation if continuation else self._encoder
         return encoder.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str, *, continuation: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode` plus each token's (start, end) character offsets into `text`."""
+        encoder = self._continuation if continuation else self._encoder
+        enc = encoder.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
