@@ -9,6 +9,7 @@ loadtests/results/engine.md).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -25,9 +26,9 @@ class EngineConfig:
     model_name: str = ""                 # name reported to clients; "" = the directory name
     dtype: str = "float32"
     device: str = "cpu"
-    # torch intra-op threads (process-wide); 0 = torch's default. 1 because on the 2-core machines the
-    # replica shares with front-ends and Ray, 2 threads decoded 3-7x slower than 1 in every benchmark run.
-    num_threads: int = 1
+    # torch intra-op threads (process-wide); 0 = the cores this engine is given: the replica actor's Ray
+    # num_cpus when Ray hosts it, else the process's CPU affinity (`cores_given`). Measured reason: README.
+    num_threads: int = 0
     kv_cache_bytes: int = 1 << 30        # KV budget (k and v, all layers)
     block_size: int = 16                 # tokens per KV block
     max_batch_size: int = 32             # running requests per step
@@ -94,11 +95,23 @@ class EngineConfig:
             values["compile_batch_sizes"] = tuple(values["compile_batch_sizes"])
         return cls(**values)
 
+    def threads(self) -> int:
+        """The torch thread count this config runs with: `num_threads`, or for 0 the cores given."""
+        return self.num_threads or cores_given()
+
     @property
     def torch_dtype(self):
         import torch
 
         return getattr(torch, self.dtype)
+
+
+def cores_given() -> int:
+    """How many CPUs this process may run on (its affinity mask; `os.cpu_count()` where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 def _check(ok: bool, message: str) -> None:

@@ -12,7 +12,8 @@ templates, detokenization and stop tokens behave as with a real coder model.
 Public API (stable):
     ensure_demo_checkpoint(cache_dir=None) -> Path
     make_checkpoint(path, *, layers, hidden, heads, kv_heads, intermediate, vocab_size,
-                    max_position_embeddings, seed, tie_word_embeddings, tokenizer_from) -> Path
+                    max_position_embeddings, seed, tie_word_embeddings, tokenizer_from,
+                    architecture="qwen2" | "llama") -> Path
     train_tokenizer(vocab_size, *, corpus_bytes) -> tokenizers.Tokenizer
     DEMO_NOTE (what `flint serve` prints about the demo model)
 Creation is atomic (temp dir + rename), so racing processes end with one valid copy.
@@ -34,6 +35,7 @@ QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
     "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 )
+_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 DEMO_NOTE = (
     "flint is serving its built-in demo model: random weights, so completions are not meaningful. "
     "Pass --model PATH with an HF checkpoint directory (e.g. Qwen2.5-Coder) for real output."
@@ -81,8 +83,9 @@ def make_checkpoint(
     tie_word_embeddings: bool = True,
     tokenizer_from: str | Path | None = None,
     corpus_bytes: int = 3_000_000,
+    architecture: str = "qwen2",
 ) -> Path:
-    """Write a random Qwen2 HF checkpoint with a trained BPE tokenizer to `path`.
+    """Write a random Qwen2 (or Llama: no q/k/v bias) HF checkpoint with a trained BPE tokenizer to `path`.
 
     `tokenizer_from` copies tokenizer.json from an existing checkpoint instead of
     training one (seconds saved when tests/benchmarks make several models).
@@ -100,9 +103,11 @@ def make_checkpoint(
         tok.save(str(path / "tokenizer.json"))
     vocab = max(vocab_size, tok.get_vocab_size())
     eos = tok.token_to_id("<|endoftext|>")
+    if architecture not in _ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(_ARCHITECTURES)}, got {architecture!r}")
     config = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+        "architectures": [_ARCHITECTURES[architecture]],
+        "model_type": architecture,
         "hidden_act": "silu",
         "hidden_size": hidden,
         "intermediate_size": intermediate,
@@ -156,16 +161,17 @@ def _save_random_weights(file: Path, c: dict, seed: int) -> None:
         return torch.randn(shape, generator=g) * std
 
     t = {"model.embed_tokens.weight": rand(c["vocab_size"], d), "model.norm.weight": torch.ones(d)}
+    bias = c["model_type"] == "qwen2"
     if not c["tie_word_embeddings"]:
         t["lm_head.weight"] = rand(c["vocab_size"], d)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
+        t.update({p + "input_layernorm.weight": torch.ones(d), p + "post_attention_layernorm.weight": torch.ones(d)})
+        for name, rows in (("q", q), ("k", kv), ("v", kv)):
+            t[p + f"self_attn.{name}_proj.weight"] = rand(rows, d)
+            if bias:                            # Qwen2; drawn in this order so a seed keeps its weights
+                t[p + f"self_attn.{name}_proj.bias"] = rand(rows)
         t.update({
-            p + "input_layernorm.weight": torch.ones(d),
-            p + "post_attention_layernorm.weight": torch.ones(d),
-            p + "self_attn.q_proj.weight": rand(q, d), p + "self_attn.q_proj.bias": rand(q),
-            p + "self_attn.k_proj.weight": rand(kv, d), p + "self_attn.k_proj.bias": rand(kv),
-            p + "self_attn.v_proj.weight": rand(kv, d), p + "self_attn.v_proj.bias": rand(kv),
             p + "self_attn.o_proj.weight": rand(d, q),
             p + "mlp.gate_proj.weight": rand(inter, d),
             p + "mlp.up_proj.weight": rand(inter, d),

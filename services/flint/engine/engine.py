@@ -87,8 +87,9 @@ class Engine:
         from flint.engine.loader import load_model
         from flint.engine.tokenizer import Tokenizer
 
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
+        torch.set_num_threads(config.threads())
+        log.info("engine runs with %d torch thread(s)%s", torch.get_num_threads(),
+                 "" if config.num_threads else " (num_threads=0: the cores given)")
         path = Path(config.model).expanduser() if config.model else ensure_demo_checkpoint()
         model = load_model(path, dtype=config.torch_dtype, device=config.device)
         tokenizer = Tokenizer.from_dir(path)

@@ -22,6 +22,7 @@ a Ray cluster whose driver is elsewhere.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 
@@ -73,7 +74,7 @@ class ReplicaHost:
         from flint.engine.async_engine import AsyncEngine
         from flint.replica.server import ReplicaServer
 
-        self._engine = await asyncio.to_thread(AsyncEngine.from_config, self._engine_config)
+        self._engine = await asyncio.to_thread(AsyncEngine.from_config, _with_given_cpus(self._engine_config))
         await self._engine.start()
         self._server = ReplicaServer(self._engine, self._replica_config)
         try:
@@ -81,6 +82,12 @@ class ReplicaHost:
         except BaseException:
             await self._engine.stop()
             raise
+
+    def num_threads(self) -> int:
+        """Torch threads the engine runs with (tests check it follows the actor's num_cpus)."""
+        import torch
+
+        return torch.get_num_threads()
 
     def replica_id(self) -> str:
         return self._server.replica_id if self._server else ""
@@ -96,6 +103,27 @@ class ReplicaHost:
             await self._engine.stop()
             self._engine = None
         self._starting = None
+
+
+def _with_given_cpus(engine_config):
+    """With num_threads=0 ("the cores given") inside a Ray actor: the actor's CPU resource, at least 1.
+
+    The process's affinity mask covers the whole node under Ray, not the share this replica holds.
+    An actor holding no CPU resource (num_cpus=0) keeps the affinity count.
+    """
+    if getattr(engine_config, "num_threads", None) != 0:
+        return engine_config
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return engine_config
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    except Exception:  # noqa: BLE001 - not inside a Ray worker
+        return engine_config
+    if cpus <= 0:
+        return engine_config
+    return dataclasses.replace(engine_config, num_threads=max(1, int(cpus)))
 
 
 def _restarted_by_ray() -> bool:
