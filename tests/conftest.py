@@ -6,6 +6,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The deployment's internal API secret (flint.security.internal): replicas and front-end workers the tests start,
+# in this process or in processes it spawns, share it as a deployment's would.
+os.environ.setdefault("FLINT_INTERNAL_TOKEN", "test-deployment-internal-token")
 
 pytest_plugins = [
     "support.checkpoints",

@@ -102,6 +102,7 @@ async def run_status(redis_url: str) -> int:
 
     from flint.frontend.store import Store
     from flint.replica.registry import ReplicaRegistry
+    from flint.security.redact import redact
     from flint.valkey import check_redis_async
 
     redis = aioredis.Redis.from_url(redis_url)
@@ -113,7 +114,7 @@ async def run_status(redis_url: str) -> int:
         running = await store.running_requests()
     finally:
         await redis.aclose()
-    print(f"Redis: {redis_url}")
+    print(f"Redis: {redact(redis_url)}")
     print(f"Engine replicas: {len(replicas)}")
     for r in replicas:
         state = "draining" if r.draining else ("healthy" if r.healthy else "unhealthy")

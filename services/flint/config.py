@@ -22,6 +22,7 @@ from flint.errors import InvalidArgument
 T = TypeVar("T")
 
 DEFAULT_PORT = 50051
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 
 
@@ -94,7 +95,8 @@ class ReplicaConfig:
 
     redis_url: str
     replica_id: str = ""               # "" = generated at start
-    host: str = "127.0.0.1"            # bind address of the internal gRPC server
+    host: str = "127.0.0.1"            # bind address of the internal gRPC server: a private interface, or
+                                       # "node" = the node IP Ray reports (never a wildcard such as 0.0.0.0)
     advertise_host: str = ""           # address published in Redis; "" = host
     port: int = 0                      # 0 = any free port
     key_prefix: str = "flint"
@@ -104,10 +106,16 @@ class ReplicaConfig:
     deregister_delay_s: float = 1.0    # on shutdown, keep serving this long after leaving the registry
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
     observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
+    # The deployment's internal API secret (flint.security.internal); "" = internal_token_file or the environment.
+    internal_token: str = field(default="", repr=False)
+    internal_token_file: str = ""
 
     def __post_init__(self) -> None:
         _check_tables(self, ("admission", "observability"))
         _check(bool(self.redis_url), "replica: redis_url is required")
+        _check(self.host.strip("[]") not in WILDCARD_HOSTS,
+               f"replica host {self.host!r} binds every interface; bind a private interface instead: 127.0.0.1 "
+               "(one machine), the node's private IP, or 'node' (the node IP Ray reports)")
         _check_id("replica_id", self.replica_id)
         _check_port("replica port", self.port)
         _check_positive("heartbeat_interval_s", self.heartbeat_interval_s)
@@ -119,9 +127,13 @@ class ReplicaConfig:
         _check(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
         _check(self.deregister_delay_s >= 0, f"deregister_delay_s must be >= 0, got {self.deregister_delay_s}")
 
-    @property
-    def published_host(self) -> str:
-        return self.advertise_host or self.host
+    def bind_host(self) -> str:
+        """The address to bind: `host`, with "node" resolved to the IP Ray reports for this node."""
+        if self.host != "node":
+            return self.host
+        import ray
+
+        return ray.util.get_node_ip_address()
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,9 @@ class FrontendConfig:
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
     security: dict[str, Any] = field(default_factory=dict)       # flint.security.config.SecurityConfig
     observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
+    # The deployment's internal API secret sent to replicas (flint.security.internal); "" = file or environment.
+    internal_token: str = field(default="", repr=False)
+    internal_token_file: str = ""
 
     def __post_init__(self) -> None:
         _check_tables(self, ("journal", "admission", "security", "observability"))

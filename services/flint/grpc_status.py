@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
+import secrets
 
 import grpc
 
@@ -49,26 +51,79 @@ def code_number(code: grpc.StatusCode) -> int:
     return code.value[0]
 
 
+# Statuses from another flint server whose message was written for the client and passes through unchanged.
+# Any other status (UNAVAILABLE, UNKNOWN, INTERNAL, CANCELLED, UNAUTHENTICATED on the internal API...) can carry
+# gRPC's own text (addresses, OS errors) and reaches clients as a generic message with an error id.
+_CLIENT_MESSAGES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.PERMISSION_DENIED})
+# host:port and gRPC's "ipv4:"/"ipv6:" peers: never part of a message a client receives.
+_ADDRESS = re.compile(r"(?:\bipv[46]:|\bunix:)\S+|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b|"
+                      r"\[[0-9A-Fa-f]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\](?::\d{1,5})?")
+
+
+def new_error_id() -> str:
+    return secrets.token_hex(6)
+
+
+def logged(message: str, detail: str, *, level: int = logging.WARNING, exc: BaseException | None = None) -> str:
+    """`message` for the client with a fresh error id; `detail` goes to the log under the same id."""
+    error_id = new_error_id()
+    log.log(level, "error id %s: %s", error_id, detail, exc_info=exc)
+    return f"{message} (error id {error_id})"
+
+
+def peer_unavailable(what: str, err: grpc.aio.AioRpcError, *, hint: str = "", retry_after_ms: int = 100,
+                     peer: str = "") -> errors.Unavailable:
+    """UNAVAILABLE for a client when a call to another server (an engine replica) broke; details are logged."""
+    detail = f"{what} failed: {err.code().name} from {peer or 'peer'}: {err.details()}"
+    return errors.Unavailable(logged(f"{what} went away{'; ' + hint if hint else ''}", detail),
+                              retry_after_ms=retry_after_ms)
+
+
 def as_flint_error(exc: BaseException) -> errors.FlintError:
-    """Any exception as a flint error; unexpected ones become Internal naming what broke."""
+    """Any exception as the flint error a client may see: its own message when flint wrote it for the client,
+    otherwise a stable generic message with an error id (the details go to the log under that id)."""
     if isinstance(exc, errors.FlintError):
-        return exc
+        peer_code = getattr(exc, "peer_code", None)
+        if peer_code is not None and peer_code not in _CLIENT_MESSAGES:
+            generic = errors.Unavailable if isinstance(exc, errors.Unavailable) else errors.Internal
+            return generic(logged("a flint component failed" if generic is errors.Internal
+                                  else "a flint component is unavailable; retry shortly",
+                                  f"{peer_code.name}: {exc.message}"), retry_after_ms=exc.retry_after_ms)
+        return _scrubbed(exc)
     if isinstance(exc, grpc.aio.AioRpcError):
-        return from_rpc_error(exc)
+        return as_flint_error(from_rpc_error(exc))
     if type(exc).__module__.startswith("redis."):  # redis-py's ConnectionError, TimeoutError, ...
-        return errors.Unavailable(f"Redis is unavailable: {exc}", retry_after_ms=1000)
-    return errors.Internal(f"internal error: {type(exc).__name__}: {exc}")
+        return errors.Unavailable(logged("flint's state store (Redis) is unavailable; retry shortly",
+                                         f"Redis call failed: {type(exc).__name__}: {exc}"), retry_after_ms=1000)
+    return errors.Internal(logged("internal error", f"unexpected {type(exc).__name__}: {exc}",
+                                  level=logging.ERROR, exc=exc))
+
+
+def _scrubbed(error: errors.FlintError) -> errors.FlintError:
+    """A backstop: credentials and network addresses never leave in a status message."""
+    from flint.security.redact import redact
+
+    clean = _ADDRESS.sub("[address]", redact(error.message))
+    if clean == error.message:
+        return error
+    scrubbed = type(error)(clean, retry_after_ms=error.retry_after_ms)
+    log.info("scrubbed a client-facing message: %s", error.message)
+    return scrubbed
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError, *, peer: str = "") -> errors.FlintError:
-    """The flint exception for a status received from another server."""
+    """The flint exception for a status received from another server (`peer_code` records the status)."""
     code = err.code()
     message = err.details() or code.name
     cls = _ERRORS.get(code)
     if cls is None:  # CANCELLED, UNKNOWN, ...: the other side broke or went away
         cls = errors.Unavailable if code == grpc.StatusCode.CANCELLED else errors.Internal
         message = f"{code.name}{' from ' + peer if peer else ''}: {message}"
-    return cls(message, retry_after_ms=retry_after_ms_of(err.trailing_metadata() or ()))
+    error = cls(message, retry_after_ms=retry_after_ms_of(err.trailing_metadata() or ()))
+    error.peer_code = code
+    return error
 
 
 def retry_after_ms_of(trailing_metadata) -> int:
@@ -111,9 +166,7 @@ def error_of(error) -> errors.FlintError:
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """End the RPC with the status of `exc` (raises, as `context.abort` does)."""
-    error = as_flint_error(exc)
-    if isinstance(error, errors.Internal) and not isinstance(exc, errors.Internal):
-        log.exception("unexpected error in an RPC handler", exc_info=exc)
+    error = as_flint_error(exc)  # logs the details of anything not meant for the client
     if error.retry_after_ms:  # the retry delay rides in the standard status details (and a plain key)
         context.set_trailing_metadata((
             (RETRY_AFTER_KEY, str(error.retry_after_ms)),

@@ -25,6 +25,8 @@ from typing import Callable
 from flint import env
 from flint.config import FrontendConfig, ReplicaConfig, ServeConfig
 from flint.errors import FlintError, InvalidArgument, Unavailable
+from flint.security import internal
+from flint.security.redact import install_log_redaction, redact
 from flint.valkey import EmbeddedValkey, check_redis
 
 
@@ -52,9 +54,12 @@ class Server:
         self._ray_started = False
         self._replicas: list = []
         self._workers: list[subprocess.Popen] = []
+        # The internal API secret shared by this run's replicas and workers: the operator's, or a fresh one.
+        self._internal_token = internal.resolve_token() or internal.new_token()
 
     # ------------------------------------------------------------------ start
     def start(self) -> str:
+        install_log_redaction()
         try:
             self._start_redis()
             engine_config = self._engine_config()
@@ -65,6 +70,8 @@ class Server:
             self.stop()
             raise
         state_file().parent.mkdir(parents=True, exist_ok=True)
+        state_file().touch(mode=0o600)  # holds the Redis URL, password included: this user's only
+        state_file().chmod(0o600)
         state_file().write_text(json.dumps({"address": self.address, "redis_url": self.redis_url,
                                             "pid": os.getpid()}))
         return self.address
@@ -72,11 +79,11 @@ class Server:
     def _start_redis(self) -> None:
         if self.redis_url:
             check_redis(self.redis_url)
-            self.say(f"Redis: {self.redis_url}")
+            self.say(f"Redis: {redact(self.redis_url)}")
             return
         self._valkey = EmbeddedValkey()
         self.redis_url = self._valkey.start()
-        self.say(f"Redis: embedded Valkey at {self.redis_url}")
+        self.say(f"Redis: embedded Valkey at {redact(self.redis_url)} (password protected)")
 
     def _engine_config(self):
         from flint.engine.config import EngineConfig
@@ -122,14 +129,19 @@ class Server:
                                       f"the local Ray instance has {have:g}; lower --replicas or "
                                       "--replica-num-cpus, or raise --ray-num-cpus")
         self.say(f"Engine: loading {engine_config.model} into {n} replica{'s' if n > 1 else ''}...")
-        replica_config = ReplicaConfig(redis_url=self.redis_url, host=self.config.host,
-                                       admission=self.config.admission)
+        replica_config = self.replica_config(self._internal_token)
         self._replicas = start_replica_actors(engine_config, replica_config, count=n,
                                               num_cpus=self.config.replica_num_cpus,
                                               timeout_s=self.config.startup_timeout_s,
                                               max_restarts=self.config.replica_max_restarts)
         for _, address in self._replicas:
             self.say(f"  engine replica serving at {address}")
+
+    def replica_config(self, internal_token: str) -> ReplicaConfig:
+        """Replicas bind privately whatever the public --host: loopback on one machine, the node IP Ray
+        reports in a cluster; only front-ends holding `internal_token` may call them."""
+        return ReplicaConfig(redis_url=self.redis_url, host="node" if self.config.ray_address else "127.0.0.1",
+                             admission=self.config.admission, internal_token=internal_token)
 
     def _start_workers(self) -> None:
         cfg = self.config
@@ -143,10 +155,10 @@ class Server:
             frontend = FrontendConfig(redis_url=self.redis_url, host=cfg.host, port=port, routing=cfg.routing,
                                       reuse_port=cfg.workers > 1, journal=cfg.journal, admission=cfg.admission,
                                       security=cfg.security, observability=observability)
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # the token goes by environment: a command line is visible to every user
                 [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(frontend)),
                  "--parent-pid", str(os.getpid())],
-                stdout=subprocess.PIPE, text=True)
+                stdout=subprocess.PIPE, text=True, env={**os.environ, internal.TOKEN_ENV: self._internal_token})
             self._workers.append(proc)
             ready = _read_ready_line(proc, timeout_s=60.0)
             port = ready["port"]  # port 0: later workers share the port the first one got

@@ -19,8 +19,9 @@ from support.services import (TEST_CONTEXT_TOKENS, long_edit, routable_replicas,
 
 from flint.config import ReplicaConfig
 from flint.engine.config import EngineConfig
-from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+from flint.internal.v1 import engine_pb2
 from flint.replica.host import start_replica_actors, stop_replica_actors, wait_until_serving
+from flint.security.internal import EngineClient, resolve_token
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
@@ -29,7 +30,7 @@ KEY_PREFIX = "flint-ray-restart"
 
 async def running(address: str) -> int:
     async with grpc.aio.insecure_channel(address) as channel:
-        return (await engine_pb2_grpc.EngineStub(channel).Load(engine_pb2.LoadRequest())).running
+        return (await EngineClient(channel, resolve_token()).Load(engine_pb2.LoadRequest())).running
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support.services import long_edit
 
-from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+from flint.internal.v1 import engine_pb2
+from flint.security.internal import EngineClient, resolve_token
 from flint.replica.registry import ReplicaRegistry
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
@@ -27,7 +28,7 @@ async def cancelled_total(redis_url: str, replica_address: str) -> int:
 
 async def engine_running(replica_address: str) -> int:
     async with grpc.aio.insecure_channel(replica_address) as channel:
-        report = await engine_pb2_grpc.EngineStub(channel).Load(engine_pb2.LoadRequest())
+        report = await EngineClient(channel, resolve_token()).Load(engine_pb2.LoadRequest())
     return report.running + report.waiting
 
 

@@ -100,6 +100,9 @@ async def _serving(checkpoint: str, args) -> dict:
     from flint.replica.server import ReplicaServer
     from flint.valkey import EmbeddedValkey
 
+    from flint.security.internal import ensure_process_token
+
+    ensure_process_token()  # replicas here and the worker processes share this run's internal API token
     valkey = EmbeddedValkey()
     redis_url = valkey.start()
     procs, host, fake = [], None, None

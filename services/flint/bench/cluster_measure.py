@@ -127,13 +127,14 @@ async def interrupt_latency(worker_a: str, worker_b: str, *, samples: int) -> di
 
 
 async def relay_overhead(worker: str, replica: str, *, samples: int) -> dict:
-    from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+    from flint.internal.v1 import engine_pb2
+    from flint.security.internal import EngineClient, resolve_token
     from flint.v1 import flint_pb2 as pb
     from flint.v1 import flint_pb2_grpc
 
     via, direct = [], []
     async with grpc.aio.insecure_channel(worker) as cw, grpc.aio.insecure_channel(replica) as cr:
-        front, engine = flint_pb2_grpc.FlintStub(cw), engine_pb2_grpc.EngineStub(cr)
+        front, engine = flint_pb2_grpc.FlintStub(cw), EngineClient(cr, resolve_token())
         for i in range(samples):
             prefix = f"def f_{i}(x):\n    return x + {i}\n"   # distinct prompts: no prefix-cache help
             t0 = time.perf_counter()

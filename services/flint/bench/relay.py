@@ -131,13 +131,14 @@ async def throughput(worker: str, pid: int, *, streams: int, seconds: float, tok
 
 
 async def ttft(worker: str, replica: str, *, samples: int) -> dict:
-    from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+    from flint.internal.v1 import engine_pb2
+    from flint.security.internal import EngineClient, resolve_token
     from flint.v1 import flint_pb2 as pb
     from flint.v1 import flint_pb2_grpc
 
     via, direct = [], []
     async with grpc.aio.insecure_channel(worker) as cw, grpc.aio.insecure_channel(replica) as cr:
-        front, engine = flint_pb2_grpc.FlintStub(cw), engine_pb2_grpc.EngineStub(cr)
+        front, engine = flint_pb2_grpc.FlintStub(cw), EngineClient(cr, resolve_token())
         for i in range(samples):   # alternate, so load swings hit both sides alike
             t0 = time.perf_counter()
             async for m in front.Complete(pb.CompleteRequest(prefix="x", sampling=pb.Sampling(max_tokens=1))):
@@ -184,6 +185,9 @@ async def relay_bench(*, streams: int = 8, seconds: float = 5.0, tokens: int = 2
     from flint.replica.server import ReplicaServer
     from flint.valkey import EmbeddedValkey
 
+    from flint.security.internal import ensure_process_token
+
+    ensure_process_token()  # replicas here and the worker processes share this run's internal API token
     valkey = EmbeddedValkey()
     redis_url = valkey.start()
     replicas, procs = [], []

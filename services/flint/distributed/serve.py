@@ -123,11 +123,6 @@ class EngineReplica:
 
             unique = serve.get_replica_context().replica_id.unique_id
             replica_config = dataclasses.replace(replica_config, replica_id=f"serve-{unique}")
-        if replica_config.host in ("0.0.0.0", "::") and not replica_config.advertise_host:
-            # Bound on every interface: publish this node's address, which front-ends on other machines reach.
-            import ray
-
-            replica_config = dataclasses.replace(replica_config, advertise_host=ray.util.get_node_ip_address())
         if sharding is None:
             self.host = ReplicaHost(engine_config, replica_config)
         else:

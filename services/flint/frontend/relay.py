@@ -20,10 +20,10 @@ from typing import Callable
 
 import grpc
 
-from flint.errors import FlintError, Unavailable
+from flint.errors import FlintError
 from flint.frontend.interrupts import InterruptResult
 from flint.frontend.store import RequestRecord, Store
-from flint.grpc_status import from_rpc_error
+from flint.grpc_status import from_rpc_error, peer_unavailable
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.internal.v1 import engine_pb2_grpc
 from flint.v1 import flint_pb2 as pb
@@ -146,9 +146,8 @@ class RequestRelay:
         except grpc.aio.AioRpcError as err:
             error = from_rpc_error(err, peer=f"engine replica {self._replica_address}")
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                error = Unavailable(f"engine replica {self.record.replica_id} at {self._replica_address} went away "
-                                    f"({err.details()}); resume the request (Resume with its id and last seq) "
-                                    "or send it again", retry_after_ms=100)
+                error = peer_unavailable("the engine replica serving this request", err, peer=self._replica_address,
+                                         hint="resume the request (Resume with its id and last seq) or send it again")
             if self._journal is not None and not error.retryable:  # retryable: a resume runs it again
                 from flint.frontend.session import request_error
 

@@ -13,21 +13,21 @@ import grpc
 
 from flint.errors import NotFound, Unavailable
 from flint.frontend.routing import RoutingPolicy
-from flint.internal.v1 import engine_pb2_grpc
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
+from flint.security.internal import EngineClient
 
 
 class ReplicaPool:
-    def __init__(self, registry: ReplicaRegistry, policy: RoutingPolicy, *, redis_url: str,
-                 wait_s: float, refresh_interval_s: float = 0.25):
+    def __init__(self, registry: ReplicaRegistry, policy: RoutingPolicy, *, wait_s: float, internal_token: str,
+                 refresh_interval_s: float = 0.25):
         self._registry = registry
         self._policy = policy
-        self._redis_url = redis_url
         self._wait_s = wait_s
         self._refresh_interval_s = refresh_interval_s
+        self._internal_token = internal_token
         self._cached: list[ReplicaInfo] = []
         self._cached_at = -1e9
-        self._channels: dict[str, tuple[grpc.aio.Channel, engine_pb2_grpc.EngineStub]] = {}
+        self._channels: dict[str, tuple[grpc.aio.Channel, EngineClient]] = {}
 
     async def replicas(self, *, fresh: bool = False) -> list[ReplicaInfo]:
         if fresh or time.monotonic() - self._cached_at > self._refresh_interval_s:
@@ -49,8 +49,8 @@ class ReplicaPool:
                                    "Leave `model` empty for the default")
                 return self._policy.choose(serving, affinity=affinity)
             if time.monotonic() > deadline:
-                raise Unavailable(f"no engine replica is registered in Redis at {self._redis_url} "
-                                  f"(waited {self._wait_s:g} s); start one with `flint serve`", retry_after_ms=1000)
+                raise Unavailable(f"no engine replica is available (waited {self._wait_s:g} s); retry shortly",
+                                  retry_after_ms=1000)
             fresh = True
             await asyncio.sleep(0.1)
 
@@ -58,14 +58,14 @@ class ReplicaPool:
         replicas = [r for r in await self.replicas() if r.routable]
         return min(replicas, key=lambda r: r.replica_id) if replicas else None
 
-    def stub(self, replica: ReplicaInfo) -> engine_pb2_grpc.EngineStub:
+    def stub(self, replica: ReplicaInfo) -> EngineClient:
         entry = self._channels.get(replica.address)
         if entry is None:
             channel = grpc.aio.insecure_channel(replica.address, options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ])
-            entry = (channel, engine_pb2_grpc.EngineStub(channel))
+            entry = (channel, EngineClient(channel, self._internal_token))  # calls carry the internal token
             self._channels[replica.address] = entry
         return entry[1]
 

@@ -58,7 +58,12 @@ class FrontendWorker:
 
         from flint.valkey import check_redis_async
 
+        from flint.security.internal import require_token
+        from flint.security.redact import install_log_redaction
+
+        install_log_redaction()  # no log line of this process carries the Redis password
         cfg = self.config
+        internal_token = require_token(token=cfg.internal_token, token_file=cfg.internal_token_file)
         self._redis = aioredis.Redis.from_url(cfg.redis_url)
         try:
             await check_redis_async(self._redis, cfg.redis_url)
@@ -70,7 +75,7 @@ class FrontendWorker:
                                      ack_timeout_s=cfg.interrupt_timeout_s)
             await self._bus.start()
             self._pool = ReplicaPool(ReplicaRegistry(self._redis, cfg.key_prefix), make_policy(cfg.routing),
-                                     redis_url=cfg.redis_url, wait_s=cfg.replica_wait_s)
+                                     wait_s=cfg.replica_wait_s, internal_token=internal_token)
             journal, resumer = await self._start_journal(store, local)
             servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
                                      local=local, journal=journal, resumer=resumer, guard=self._guard())

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 import msgpack
 
 from flint.errors import InvalidArgument
+from flint.records import unpack_record
 
 RUNNING = "running"
 TERMINAL_STATES = ("finished", "interrupted", "failed")
@@ -26,8 +27,11 @@ TERMINAL_STATES = ("finished", "interrupted", "failed")
 # flag: atomic, so two workers cannot both claim one client-chosen id.
 _CLAIM = """
 local current = redis.call('GET', KEYS[1])
-if current and cmsgpack.unpack(current)['state'] == 'running' then
-  return 0
+if current then
+  local ok, rec = pcall(cmsgpack.unpack, current)
+  if ok and type(rec) == 'table' and rec['state'] == 'running' then
+    return 0
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
@@ -35,11 +39,6 @@ return 1
 """
 
 
-def _unpack(cls, data: bytes | None):
-    if data is None:
-        return None
-    fields = msgpack.unpackb(data)
-    return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,8 @@ class Store:
 
     # ------------------------------------------------------------ sessions
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        return _unpack(SessionRecord, await self.redis.get(self.session_key(session_id)))
+        key = self.session_key(session_id)
+        return unpack_record(SessionRecord, await self.redis.get(key), where=key)
 
     async def put_session(self, session: SessionRecord) -> None:
         await self.redis.set(self.session_key(session.session_id), msgpack.packb(asdict(session)),
@@ -110,7 +110,8 @@ class Store:
                               "choose another id or leave it empty for a server-generated one")
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
-        return _unpack(RequestRecord, await self.redis.get(self.request_key(request_id)))
+        key = self.request_key(request_id)
+        return unpack_record(RequestRecord, await self.redis.get(key), where=key)
 
     async def finish_request(self, record: RequestRecord, state: str, last_seq: int) -> RequestRecord:
         done = replace(record, state=state, last_seq=last_seq)

@@ -124,6 +124,9 @@ class Stack:
         self._worker_seq = 0
         self._replica_gen: dict[str, int] = {}
         self.t0 = time.monotonic()
+        from flint.security.internal import ensure_process_token
+
+        ensure_process_token()  # the replicas and worker processes of this run share one internal API token
 
     # -------------------------------------------------------------- start
     def start_replicas(self, redis_url: str, engine_config) -> None:

@@ -37,12 +37,15 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(table: dict, level: str = "WARNING") -> None:
     """Root logging for a worker or replica process: JSON lines when `json_logs`, plain text otherwise."""
+    from flint.security.redact import RedactingFormatter, install_log_redaction
+
     config = ObservabilityConfig.from_dict(table)
+    install_log_redaction()
     handler = logging.StreamHandler()
     if config.json_logs:
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(RedactingFormatter(JsonFormatter()))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler.setFormatter(RedactingFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

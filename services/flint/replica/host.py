@@ -149,10 +149,16 @@ def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count:
     actor starts serving by itself (see the module docstring). Calls are not retried
     (`max_task_retries=0`): a stream cut by the crash is the client's to resume or retry.
     """
+    import dataclasses
+
     import ray
 
     from flint.errors import FlintError, Unavailable
+    from flint.security.internal import require_token
 
+    # Resolved here, in the driver: the actors' processes need not share its environment.
+    token = require_token(token=replica_config.internal_token, token_file=replica_config.internal_token_file)
+    replica_config = dataclasses.replace(replica_config, internal_token=token)
     actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
                            resources=dict(resources or {}))(ReplicaHost)
     actors = [actor_cls.remote(engine_config, replica_config, start_on_restart=True) for _ in range(count)]

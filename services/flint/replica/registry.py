@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import msgpack
 
+from flint.records import unpack_record
+
 
 @dataclass(frozen=True)
 class ReplicaInfo:
@@ -42,10 +44,9 @@ class ReplicaInfo:
         return msgpack.packb(asdict(self))
 
     @classmethod
-    def unpack(cls, data: bytes) -> "ReplicaInfo":
-        fields = msgpack.unpackb(data)
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in fields.items() if k in known})
+    def unpack(cls, data: bytes, *, where: str = "") -> "ReplicaInfo | None":
+        """The record, or None (logged) when `data` is not a valid replica record."""
+        return unpack_record(cls, data, where=where or "a replica key")
 
 
 class ReplicaRegistry:
@@ -83,4 +84,5 @@ class ReplicaRegistry:
         expired = [i for i, rec in zip(ids, records) if rec is None]
         if expired:
             await self._redis.srem(self.index_key, *expired)
-        return [ReplicaInfo.unpack(rec) for rec in records if rec is not None]
+        infos = (ReplicaInfo.unpack(rec, where=self.record_key(i)) for i, rec in zip(ids, records) if rec is not None)
+        return [info for info in infos if info is not None]  # junk records are logged and skipped

@@ -28,6 +28,8 @@ from flint.observability.setup import start_metrics
 from flint.internal.v1 import engine_pb2_grpc
 from flint.replica.convert import event_to_proto, request_from_proto
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
+from flint.security import internal
+from flint.security.redact import install_log_redaction
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +110,22 @@ class ReplicaServer:
 
         from flint.valkey import check_redis_async
 
+        install_log_redaction()  # no log line of this process carries the Redis password
+        token = internal.require_token(token=self.config.internal_token, token_file=self.config.internal_token_file)
+
         self._redis = aioredis.Redis.from_url(self.config.redis_url)
         await check_redis_async(self._redis, self.config.redis_url)
         self._registry = ReplicaRegistry(self._redis, self.config.key_prefix)
 
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+        server = grpc.aio.server(interceptors=[internal.InternalAuthInterceptor(token), ErrorInterceptor()],
                                  options=[("grpc.so_reuseport", 0)])
         engine_pb2_grpc.add_EngineServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        host = self.config.bind_host()  # a private interface (config refuses wildcards)
+        port = server.add_insecure_port(f"{host}:{self.config.port}")
         await server.start()
         self._server = server
-        self.address = f"{self.config.published_host}:{port}"
+        self.address = f"{self.config.advertise_host or host}:{port}"
         self.metrics_port = start_metrics(self.config.observability, engine_load=self._engine.load)
         await self._health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._publish()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from flint.errors import InvalidArgument
+from flint.errors import FlintError, InvalidArgument, Unauthenticated, Unavailable
 from flint.security.context import reset_tenant, set_tenant
 
 PUBLIC_SERVICE_PREFIX = "/flint.v1.Flint/"
@@ -123,12 +123,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not handler_call_details.method.startswith(PUBLIC_SERVICE_PREFIX):
             return handler
         key = presented_key(handler_call_details.invocation_metadata)
-        tenant = await self._keys.tenant_of(key) if key else None
+        try:
+            tenant = await self._keys.tenant_of(key) if key else None
+        except Exception as exc:  # noqa: BLE001 - Redis down: the key cannot be checked now
+            from flint.grpc_status import logged
+
+            return deny_handler(handler, Unavailable(
+                logged("API keys cannot be checked right now; retry shortly",
+                       f"API key lookup failed: {type(exc).__name__}: {exc}"), retry_after_ms=1000))
         if tenant is None:
             why = ("no API key sent: pass `authorization: Bearer <key>` metadata (flint.client: api_key=...)"
                    if not key else "the API key is not valid: ask your operator for a key (`flint keys create`)")
-            return _replace_behavior(handler, _deny(why))
+            return deny_handler(handler, Unauthenticated(why))
         return _replace_behavior(handler, _bind(handler, tenant))
+
+
+def deny_handler(handler, error: FlintError | str):
+    """`handler` replaced by one that ends the call with `error`'s status (a string: UNAUTHENTICATED)."""
+    return _replace_behavior(handler, _deny(Unauthenticated(error) if isinstance(error, str) else error))
 
 
 def _kind(handler) -> str:
@@ -144,14 +156,16 @@ def _replace_behavior(handler, make):
     return factory(make(kind, getattr(handler, kind)), handler.request_deserializer, handler.response_serializer)
 
 
-def _deny(message: str):
+def _deny(error: FlintError):
+    from flint.grpc_status import abort_with
+
     def make(kind, _behavior):
         async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            await abort_with(context, error)
 
         if kind.endswith("_stream"):
             async def deny_stream(request, context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                await abort_with(context, error)
                 yield None  # unreachable: makes this an async generator
 
             return deny_stream
