@@ -124,3 +124,21 @@ def test_shares_run_as_separate_commands_merge_into_one_run(tmp_path):
     scheduled = open_schedule(ArrivalConfig(rate_per_s=20), 5, 2.0, lambda i: 0.0)
     assert len(result.records) == len(scheduled) == result.report["summary"]["requests"]
     assert {r.generator for r in result.records} == {0, 1} and result.report["summary"]["errors"] == 0
+
+
+async def test_progress_counts_each_request_when_it_ends_not_when_its_keystroke_session_closes(mock_address):
+    # A keystroke job sends several requests over seconds on one session; the progress line showed "done 0"
+    # until whole sessions closed.
+    cfg = config(mock_address, scenario="keystroke", params={}, arrival={"kind": "constant", "rate_per_s": 2.0},
+                 bounds={"duration_s": 2.0, "drain_s": 5.0})
+    gen = Generator(cfg)
+    task = asyncio.create_task(gen.run())
+    early_done = 0
+    while not task.done():
+        ended = sum(1 for r in gen.records if r.t_end_ms is not None)
+        assert gen.counters.done == ended
+        if gen.records and any(r.t_end_ms is None for r in gen.records):
+            early_done = max(early_done, gen.counters.done)     # counted while its session is still open
+        await asyncio.sleep(0.02)
+    result = await task
+    assert early_done > 0 and gen.counters.done == len(result.records)

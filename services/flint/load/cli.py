@@ -53,7 +53,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="model name to request")
     g.add_argument("--server-metrics", metavar="URL", help="the server's Prometheus endpoint (loopback), scraped "
                    "before and after the run to check the client's figures against the server's")
-    g.add_argument("--fim-template", choices=["suffix", "qwen"], help="openai: how FIM prompts are sent")
+    g.add_argument("--fim-template", choices=["auto", "suffix", "qwen", "starcoder", "deepseek", "codellama", "plain"],
+                   help="openai: the model family's FIM tokens in the prompt (works on vLLM, SGLang, llama.cpp), "
+                        "'suffix' for servers that take the suffix field, or 'auto' (default): the family from the "
+                        "model name, else 'suffix'")
     g.add_argument("--i-own-the-target", action="store_true",
                    help="allow a target that is not on this machine (only for deployments you own)")
     g = p.add_argument_group("SLO and output")
@@ -137,18 +140,26 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _ms(value) -> str:
+def _ms(value, count: int | None = None, q: float = 0.0) -> str:
+    """Milliseconds, or "–" (with the samples it needs) for a percentile of too few samples."""
+    from flint.load.quantile import min_samples, reliable
+
+    if count is not None and not reliable(q, count):
+        return f"– (n={count}, needs {min_samples(q)})"
     return "–" if value is None else f"{value:.1f} ms"
 
 
 def _print_summary(s: dict) -> None:
     m, slo = s["metrics"], s["slo"]
-    pct = f"p{slo['percentile']:g}"
+    pct, q = f"p{slo['percentile']:g}", slo["percentile"] / 100.0
+    n_ttft, n_tpot = m["ttft_intended_ms"]["count"], m["tpot_ms"]["count"]
     print(f"requests {s['requests']} (errors {s['errors']}, interrupted {s['interrupted']}) | offered "
-          f"{s['offered_rps']:.2f}/s achieved {s['achieved_rps']:.2f}/s goodput {s['goodput_rps']:.2f}/s")
-    print(f"TTFT p50 {_ms(m['ttft_intended_ms']['p50'])} {pct} {_ms(slo['ttft_at_percentile_ms'])} | "
-          f"TPOT p50 {_ms(m['tpot_ms']['p50'])} {pct} {_ms(slo['tpot_at_percentile_ms'])} | "
-          f"SLO {slo['preset']}: {'PASS' if slo['pass'] else 'FAIL'}")
+          f"{s['offered_rps']:.2f}/s achieved {s['achieved_rps']:.2f}/s goodput {s['goodput_rps']:.2f}/s "
+          f"(good {(s['good_fraction'] or 0):.1%})")
+    print(f"TTFT p50 {_ms(m['ttft_intended_ms']['p50'], n_ttft, 0.5)} {pct} "
+          f"{_ms(slo['ttft_at_percentile_ms'], n_ttft, q)} | TPOT p50 {_ms(m['tpot_ms']['p50'], n_tpot, 0.5)} "
+          f"{pct} {_ms(slo['tpot_at_percentile_ms'], n_tpot, q)} | SLO {slo['preset']}: "
+          f"{'PASS' if slo['pass'] else 'FAIL'}")
     if s["fell_behind"]:
         print("WARNING: the load generator fell behind: " + "; ".join(s["fell_behind_reasons"]))
 
@@ -178,13 +189,15 @@ def cmd_capacity(args) -> int:
 
 def cmd_compare(args) -> int:
     from flint.load.compare import compare, format_comparison
+    from flint.load.progress import CountProgress, should_show
     from flint.load.report import load_run
     from flint.load.slo import SloConfig
 
     report_a, a = load_run(args.a)
     _, b = load_run(args.b)
     slo = SloConfig(**report_a["config"]["slo"])
-    result = compare(a, b, slo, resamples=args.resamples)
+    with CountProgress("bootstrap resamples", should_show(args.quiet)) as bar:
+        result = compare(a, b, slo, resamples=args.resamples, progress=bar.update)
     print(format_comparison(result, args.a, args.b))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -281,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="differences between two runs with bootstrap confidence intervals")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per figure (default 1000)")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
     p.add_argument("--json", help="also write the comparison as JSON here")
     p = sub.add_parser("report", help="re-render the HTML report of a run or capacity directory")
     p.add_argument("path")

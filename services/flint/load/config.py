@@ -50,15 +50,17 @@ class TargetConfig:
     allow_remote: bool = False               # the user owns a non-loopback target
     request_timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
-    fim_template: str = "suffix"             # openai: send `suffix`, or build a Qwen FIM prompt ("qwen")
+    fim_template: str = "auto"               # openai: a family's FIM prompt (auto: from the model name) or `suffix`
     metrics_url: str = ""                    # the server's Prometheus endpoint, scraped before and after
     resume: bool = True                      # flint: resume requests whose stream was lost (UNAVAILABLE)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise InvalidArgument(f"target protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
-        if self.fim_template not in ("suffix", "qwen"):
-            raise InvalidArgument("fim_template must be 'suffix' or 'qwen'")
+        from flint.load.targets.openai_http import FIM_TEMPLATES
+
+        if self.fim_template not in FIM_TEMPLATES:
+            raise InvalidArgument(f"fim_template must be one of {', '.join(FIM_TEMPLATES)}, got {self.fim_template!r}")
         if not self.allow_remote and not is_loopback(self.address):
             raise InvalidArgument(
                 f"target {self.address!r} is not on this machine; flint load only targets 127.0.0.1/::1/localhost "

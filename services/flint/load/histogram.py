@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from flint.load.quantile import rank
+
 DEFAULT_PRECISION = 0.01
 _ZERO = "z"
 
@@ -62,14 +64,15 @@ class LogHistogram:
         return math.exp((key + 0.5) * self._log_base)  # type: ignore[operator]
 
     def quantile(self, q: float) -> float | None:
-        """Value at quantile q in [0, 1] (None when empty); clamped to the exact min and max."""
+        """Value at quantile q in [0, 1] (None when empty): the bucket of the nearest-rank sample, clamped to
+        the exact min and max."""
         if self.count == 0:
             return None
-        rank = max(1, math.ceil(q * self.count))
+        k = rank(q, self.count)      # the shared nearest-rank definition (flint.load.quantile)
         seen = 0
         for key in self._sorted_keys():
             seen += self.counts[key]
-            if seen >= rank:
+            if seen >= k:
                 return min(max(self._value(key), self.min), self.max)
         return self.max
 

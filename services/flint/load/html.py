@@ -6,7 +6,8 @@ import json
 from html import escape
 
 from flint.load.histogram import LogHistogram
-from flint.load.svg import line_chart, stacked_bars
+from flint.load.quantile import min_samples, reliable
+from flint.load.svg import line_chart, spectrum_chart, stacked_bars
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#111827}
@@ -24,7 +25,9 @@ font-weight:600;font-size:12px;margin-right:6px}.pass{background:#dcfce7;color:#
 svg.chart{width:100%;height:auto}svg .grid{stroke:#eef0f3}svg .frame{fill:none;stroke:#d1d5db}
 svg .tick{font-size:11px;fill:#6b7280}svg .axis{font-size:12px;fill:#374151}svg .legend{font-size:11.5px;fill:#374151}
 svg .ref{stroke:#991b1b;stroke-dasharray:5 4;stroke-width:1.3}svg .knee{stroke:#166534}
-svg .reflabel{font-size:11px;fill:#991b1b}svg .barlabel{font-size:11px;fill:#fff;font-weight:600}
+svg .reflabel{font-size:11px;fill:#991b1b}svg .mark{fill:none;stroke:#991b1b;stroke-width:2.2}
+.explain{background:#fff;border:1px solid #e5e7eb;border-radius:10px;padding:8px 14px;color:#374151;font-size:13px}
+.hidden-q{color:#9ca3af;font-size:11px}svg .barlabel{font-size:11px;fill:#fff;font-weight:600}
 table{border-collapse:collapse;width:100%;background:#fff;font-variant-numeric:tabular-nums}
 th,td{text-align:right;padding:5px 9px;border-bottom:1px solid #eef0f3}th:first-child,td:first-child{text-align:left}
 th{background:#f3f4f6;font-weight:600;font-size:12.5px}tr.knee td{background:#ecfdf5;font-weight:600}
@@ -55,6 +58,25 @@ def _card(k: str, v, unit: str = "", digits: int = 1) -> str:
            f'<span class="u">{escape(unit)}</span></div></div>'
 
 
+def _pct_card(k: str, v, count: int, q: float, unit: str = "ms", digits: int = 1) -> str:
+    """A percentile card, or "–" with the sample count it needs when it has too few (flint.load.quantile)."""
+    if reliable(q, count):
+        return _card(k, v, unit, digits)
+    return (f'<div class="card"><div class="k">{escape(k)}</div><div class="v">– <span class="hidden-q">'
+            f'{count:,} samples; needs ≥ {min_samples(q):,}</span></div></div>')
+
+
+_QS = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p999": 0.999}
+
+
+def _pct(summary: dict, col: str) -> str:
+    """A table cell of a histogram summary; percentiles from too few samples print as "–"."""
+    q = _QS.get(col)
+    if q is not None and not reliable(q, summary["count"]):
+        return f'<span class="hidden-q" title="needs ≥ {min_samples(q):,} samples">–</span>'
+    return _num(summary[col])
+
+
 def _page(title: str, body: str) -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>'
@@ -71,6 +93,10 @@ def _badges(summary: dict) -> str:
     out = [f'<span class="{"pass" if slo["pass"] else "fail"}">SLO {slo["preset"]} (TTFT p{slo["percentile"]:g} ≤ '
            f'{slo["ttft_ms"]:g} ms, TPOT p{slo["percentile"]:g} ≤ {slo["tpot_ms"]:g} ms): '
            f'{"PASS" if slo["pass"] else "FAIL"}</span>']
+    n = summary["metrics"]["ttft_intended_ms"]["count"]
+    if not reliable(slo["percentile"] / 100.0, n):
+        out.append(f'<span class="warn">verdict indicative only: {n:,} TTFT samples, p{slo["percentile"]:g} needs '
+                   f'≥ {min_samples(slo["percentile"] / 100.0):,}</span>')
     if summary["fell_behind"]:
         out.append(f'<span class="warn">generator fell behind: {escape("; ".join(summary["fell_behind_reasons"]))}'
                    '</span>')
@@ -86,26 +112,32 @@ def run_sections(report: dict) -> str:
     s, partial = report["summary"], report["partial"]
     m, limits = s["metrics"], s["slo"]
     hists = {k: LogHistogram.from_dict(v) for k, v in partial["hists"].items()}
-    pct = f'p{limits["percentile"]:g}'
+    p, q = limits["percentile"], limits["percentile"] / 100.0
+    pct = f'p{p:g}'
+    n_ttft, n_tpot = m["ttft_intended_ms"]["count"], m["tpot_ms"]["count"]
     parts = [_badges(s), '<div class="cards">',
              _card("offered", s["offered_rps"], "req/s", 2), _card("achieved", s["achieved_rps"], "req/s", 2),
              _card("goodput", s["goodput_rps"], "req/s", 2), _card("good", (s["good_fraction"] or 0) * 100, "%"),
-             _card("TTFT p50", m["ttft_intended_ms"]["p50"], "ms"), _card(f"TTFT {pct}", s["slo"]["ttft_at_percentile_ms"], "ms"),
-             _card("TPOT p50", m["tpot_ms"]["p50"], "ms", 2), _card(f"TPOT {pct}", s["slo"]["tpot_at_percentile_ms"], "ms", 2),
+             _pct_card("TTFT p50", m["ttft_intended_ms"]["p50"], n_ttft, 0.5),
+             _pct_card(f"TTFT {pct}", s["slo"]["ttft_at_percentile_ms"], n_ttft, q),
+             _pct_card("TPOT p50", m["tpot_ms"]["p50"], n_tpot, 0.5, digits=2),
+             _pct_card(f"TPOT {pct}", s["slo"]["tpot_at_percentile_ms"], n_tpot, q, digits=2),
              _card("tokens/s", s["tokens_per_s"], ""), _card("requests", s["requests"]),
-             _card("interrupted", s["interrupted"]), _card("stalls", s["stalls"]), "</div>"]
-    cdf = lambda name: [(v, f * 100) for v, f in hists[name].cdf()]   # noqa: E731
-    lat = line_chart([("TTFT from intended", cdf("ttft_intended_ms")), ("TTFT from send", cdf("ttft_ms")),
-                      ("end-to-end", cdf("e2e_ms"))], x_label="milliseconds (log)", y_label="% of requests",
-                     log_x=True, vlines=[(limits["ttft_ms"], f'TTFT SLO {limits["ttft_ms"]:g} ms')], step=True)
-    tok = line_chart([("ITL per token", cdf("itl_ms")), ("TPOT per request", cdf("tpot_ms")),
-                      ("gap between deltas", cdf("delta_gap_ms"))], x_label="milliseconds (log)",
-                     y_label="% of samples", log_x=True, vlines=[(limits["tpot_ms"], f'TPOT SLO {limits["tpot_ms"]:g} ms')],
-                     step=True)
-    parts.append('<h2>Latency distributions</h2><div class="grid2">')
-    parts.append(_panel("Time to first token and end-to-end (CDF)", lat,
-                        "From intended time includes any delay in sending (coordinated omission corrected)."))
-    parts.append(_panel("Between tokens (CDF)", tok, "A delta carrying n tokens after a gap g counts n samples of g/n."))
+             _card("interrupted", s["interrupted"]), _card("stalls", s["stalls"]), "</div>", _explain_goodput(s)]
+    spec = lambda label, name: (label, hists[name].cdf(), hists[name].count)   # noqa: E731
+    lat = spectrum_chart([spec("TTFT from intended", "ttft_intended_ms"), spec("TTFT from send", "ttft_ms"),
+                          spec("end-to-end", "e2e_ms")], y_label="milliseconds",
+                         marks=[(p, limits["ttft_ms"], f'SLO: TTFT {pct} ≤ {limits["ttft_ms"]:g} ms')])
+    tok = spectrum_chart([spec("ITL per token", "itl_ms"), spec("TPOT per request", "tpot_ms"),
+                          spec("gap between deltas", "delta_gap_ms")], y_label="milliseconds",
+                         marks=[(p, limits["tpot_ms"], f'SLO: TPOT {pct} ≤ {limits["tpot_ms"]:g} ms')])
+    parts.append('<h2>Latency by percentile</h2><div class="grid2">')
+    parts.append(_panel("Time to first token and end-to-end", lat,
+                        "Each step is the latency at that percentile; the tail is spread out on a log scale "
+                        "(50%, 90%, 99%, 99.9% equally spaced), the largest sample at the right edge. The ring "
+                        "is the SLO target: the TTFT-from-intended line must pass below it. From intended time "
+                        "includes any delay in sending (coordinated omission corrected)."))
+    parts.append(_panel("Between tokens", tok, "A delta carrying n tokens after a gap g counts n samples of g/n."))
     parts.append("</div>")
     parts.append('<h2>Over time</h2><div class="grid2">' + _timeline(partial) + "</div>")
     parts.append('<h2>Where the time went</h2><div class="grid2">' + _panel("Mean TTFT by stage", _stages(m),
@@ -120,21 +152,39 @@ def run_sections(report: dict) -> str:
 
 
 def _timeline(partial: dict) -> str:
-    secs = sorted(int(k) for k in partial["timeline"])
-    tl = partial["timeline"]
-    rate = [("intended req/s", [(t, tl[str(t)].get("intended", 0)) for t in secs]),
-            ("sent req/s", [(t, tl[str(t)].get("sent", 0)) for t in secs]),
-            ("ended req/s", [(t, tl[str(t)].get("done", 0)) for t in secs]),
-            ("errors/s", [(t, tl[str(t)].get("errors", 0)) for t in secs])]
+    tl = {int(k): v for k, v in partial["timeline"].items()}
     ttft = {int(k): LogHistogram.from_dict(v) for k, v in partial["timeline_ttft"].items()}
-    lat = [("TTFT p50", [(t, ttft[t].quantile(0.5)) for t in sorted(ttft)]),
-           ("TTFT p99", [(t, ttft[t].quantile(0.99)) for t in sorted(ttft)])]
-    tokens = [("tokens/s", [(t, tl[str(t)].get("tokens", 0)) for t in secs])]
+    keys = list(tl) + list(ttft)
+    secs = list(range(min(keys), max(keys) + 1)) if keys else []   # every second: an idle one counts as 0
+    count = lambda key: [(t, tl.get(t, {}).get(key, 0)) for t in secs]   # noqa: E731
+    rate = [("intended req/s", count("intended")), ("sent req/s", count("sent")), ("ended req/s", count("done")),
+            ("errors/s", count("errors"))]
+
+    def per_second(q: float) -> list[tuple[int, float | None]]:   # None (a gap) where a second has too few
+        return [(t, ttft[t].quantile(q) if t in ttft and reliable(q, ttft[t].count) else None) for t in secs]
+
+    lat = [("TTFT max", [(t, ttft[t].max if t in ttft else None) for t in secs]), ("TTFT p90", per_second(0.9)),
+           ("TTFT p50", per_second(0.5))]
+    tokens = [("tokens/s", count("tokens"))]
     return (_panel("Request rate", line_chart(rate, x_label="seconds since start", y_label="requests per second",
                                               markers=True)) +
             _panel("TTFT by intended send second", line_chart(lat, x_label="seconds since start", y_label="ms",
-                                                             markers=True)) +
+                                                             markers=True),
+                   "A percentile is drawn only for seconds with enough requests for it (p50: 10, p90: 50); "
+                   "a second without any has no point, so lines break there instead of bridging it.") +
             _panel("Token throughput", line_chart(tokens, x_label="seconds since start", y_label="tokens per second")))
+
+
+def _explain_goodput(s: dict) -> str:
+    slo = s["slo"]
+    p = f'p{slo["percentile"]:g}'
+    return (f'<p class="explain"><b>good</b> is the share of judged requests that each met the SLO on their own '
+            f'(no error, TTFT from intended time ≤ {slo["ttft_ms"]:g} ms and TPOT ≤ {slo["tpot_ms"]:g} ms); '
+            f'<b>goodput</b> is how many such requests completed per second over the run '
+            f'({s["good"]:,} good in {s["span_s"]:g} s). The SLO verdict is a different question: whether the '
+            f'{p} of all requests stays under the limits, so a run can pass with good below 100%, and goodput '
+            f'is the rate a capacity plan can count on. Requests interrupted before their first token '
+            f'(superseded) are not judged.</p>')
 
 
 def _stages(m: dict) -> str:
@@ -164,9 +214,11 @@ def _outcomes(s: dict) -> str:
 def _metric_table(m: dict) -> str:
     cols = ("count", "mean", "p50", "p90", "p99", "p999", "max")
     head = "".join(f"<th>{c}</th>" for c in cols)
-    rows = "".join(f"<tr><td>{escape(label)}</td>" + "".join(f"<td>{_num(m[key][c])}</td>" for c in cols) + "</tr>"
+    rows = "".join(f"<tr><td>{escape(label)}</td>" + "".join(f"<td>{_pct(m[key], c)}</td>" for c in cols) + "</tr>"
                    for label, key in _ROWS if m.get(key, {}).get("count"))
-    return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
+    return (f"<table><tr><th>metric</th>{head}</tr>{rows}</table><p class='note'>– in a percentile column: too few "
+            "samples for it (at least 5 must lie at or above it: p50 needs 10, p90 50, p99 500, p99.9 5,000). "
+            "All percentiles are nearest-rank, as in <code>flint load compare</code>.</p>")
 
 
 def _consistency_table(checks: list[dict]) -> str:
@@ -207,6 +259,15 @@ def render_run(report: dict) -> str:
     return _page("flint load report", body)
 
 
+def _slo_pct(s: dict, which: str) -> str:
+    """A capacity step's TTFT/TPOT at the SLO percentile, "–" when the step had too few samples for it."""
+    metric = {"ttft": "ttft_intended_ms", "tpot": "tpot_ms"}[which]
+    q = s["slo"]["percentile"] / 100.0
+    if not reliable(q, s["metrics"][metric]["count"]):
+        return f'<span class="hidden-q" title="needs ≥ {min_samples(q):,} samples">–</span>'
+    return _num(s["slo"][f"{which}_at_percentile_ms"], 1 if which == "ttft" else 2)
+
+
 def render_capacity(cap: dict) -> str:
     steps = cap["steps"]
     unit, knee = cap["level_unit"], cap.get("knee")
@@ -243,7 +304,7 @@ def render_capacity(cap: dict) -> str:
         is_knee = knee is not None and st["level"] == knee["level"]
         rows.append(f"<tr class='{'knee' if is_knee else ''}'><td>{st['level']:g}</td><td>{s['offered_rps']:.2f}</td>"
                     f"<td>{s['achieved_rps']:.2f}</td><td>{s['goodput_rps']:.2f}</td>"
-                    f"<td>{_num(s['slo']['ttft_at_percentile_ms'])}</td><td>{_num(s['slo']['tpot_at_percentile_ms'], 2)}</td>"
+                    f"<td>{_slo_pct(s, 'ttft')}</td><td>{_slo_pct(s, 'tpot')}</td>"
                     f"<td>{s['error_rate'] * 100:.1f}%</td><td>{'yes' if s['fell_behind'] else 'no'}</td>"
                     f"<td>{'PASS' if s['slo']['pass'] else 'FAIL'}</td><td>{escape(st.get('dir', ''))}</td></tr>")
     body += ("<h2>Steps</h2><table><tr><th>load</th><th>offered req/s</th><th>achieved req/s</th><th>goodput req/s</th>"

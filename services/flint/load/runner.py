@@ -176,15 +176,15 @@ class Generator:
         finally:
             with contextlib.suppress(Exception):
                 await session.close()
-            for state in states:
-                self._account(state)
 
     def _new_state(self, job: Job, step: int, spec, t_intended: float) -> RequestState:
         record = RequestRecord(id=f"g{self.index}-j{job.index}-s{step}", job=job.index, step=step, label=spec.label,
                                kind=spec.kind, generator=self.index, t_intended_ms=round(t_intended, 4),
                                max_tokens=spec.max_tokens, prompt_chars=spec.prompt_chars)
         self.records.append(record)
-        return RequestState(spec, record, self.clock)
+        state = RequestState(spec, record, self.clock)
+        state.on_finish = self._account     # progress counts each request as it ends, not when its job does
+        return state
 
     async def _send(self, session: Session, state: RequestState, prev: RequestState | None) -> None:
         spec = state.spec

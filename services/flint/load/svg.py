@@ -45,13 +45,20 @@ def _fmt(v: float) -> str:
 
 def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label: str, y_label: str,
                log_x: bool = False, y_min: float | None = 0.0, hlines: list[tuple[float, str]] = (),
-               vlines: list[tuple[float, str]] = (), markers: bool = False, step: bool = False) -> str:
-    """Lines of (x, y) points; hlines/vlines are dashed reference lines with labels (SLO limits, the knee)."""
+               vlines: list[tuple[float, str]] = (), markers: bool = False, step: bool = False,
+               x_ticks: list[tuple[float, str]] | None = None, marks: list[tuple[float, float, str]] = ()) -> str:
+    """Lines of (x, y) points; hlines/vlines are dashed reference lines with labels (SLO limits, the knee).
+
+    A point with y None breaks its line (no line drawn across an empty second). Series are told apart by
+    colour, dash pattern and width: the first is drawn widest, so a later series on the same values runs
+    inside it instead of hiding it. `x_ticks` replaces the computed ticks with (value, label) pairs;
+    `marks` are labelled points (an SLO target on a percentile spectrum).
+    """
     pts = [p for _, s in series for p in s if p[1] is not None]
     if not pts:
         return '<p class="empty">no data</p>'
-    xs = [p[0] for p in pts] + [v for v, _ in vlines]
-    ys = [p[1] for p in pts] + [v for v, _ in hlines]
+    xs = [p[0] for p in pts] + [v for v, _ in vlines] + [m[0] for m in marks]
+    ys = [p[1] for p in pts] + [v for v, _ in hlines] + [m[1] for m in marks]
     if log_x:
         positive = [x for x in xs if x > 0] or [1.0]
         x_hi = max(positive)
@@ -60,7 +67,8 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label: 
         x_lo, x_hi = min(xs), max(xs)
     y_lo = min(ys) if y_min is None else y_min
     y_hi = max(ys) * 1.05 if max(ys) > y_lo else y_lo + 1
-    x_ticks = _log_ticks(x_lo, x_hi) if log_x else _nice_ticks(x_lo, x_hi)
+    tick_labels = dict(x_ticks) if x_ticks else {}
+    x_ticks = list(tick_labels) if x_ticks else (_log_ticks(x_lo, x_hi) if log_x else _nice_ticks(x_lo, x_hi))
     y_ticks = _nice_ticks(y_lo, y_hi)
     if not log_x:
         x_lo, x_hi = min(x_lo, x_ticks[0]), max(x_hi, x_ticks[-1])
@@ -83,7 +91,8 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label: 
     for t in x_ticks:
         if x_lo <= t <= x_hi:
             out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{_T}" y2="{_T + ph}" class="grid"/>'
-                       f'<text x="{sx(t):.1f}" y="{_T + ph + 16}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
+                       f'<text x="{sx(t):.1f}" y="{_T + ph + 16}" class="tick" text-anchor="middle">'
+                       f'{escape(tick_labels.get(t, _fmt(t)))}</text>')
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" class="frame"/>')
     out.append(f'<text x="{_L + pw / 2}" y="{_H - 6}" class="axis" text-anchor="middle">{escape(x_label)}</text>')
     out.append(f'<text x="14" y="{_T + ph / 2}" class="axis" text-anchor="middle" '
@@ -98,26 +107,89 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label: 
                       if sx(value) > _W - 160 else f'<text x="{sx(value) + 4:.1f}" y="{_T + 12}" class="reflabel">')
                    + f'{escape(label)}</text>')
     for i, (name, points) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
-        points = [(x, y) for x, y in points if y is not None]
-        if not points:
-            continue
-        coords = []
-        for j, (x, y) in enumerate(points):
-            if step and j:
-                coords.append(f"{sx(x):.1f},{sy(points[j - 1][1]):.1f}")
-            coords.append(f"{sx(x):.1f},{sy(y):.1f}")
-        out.append(f'<polyline points="{" ".join(coords)}" fill="none" stroke="{color}" stroke-width="2"/>')
-        if markers:
-            out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color}"/>' for x, y in points)
+        color, dash, width = _style(i, len(series))
+        for run in _runs(points):
+            coords = []
+            for j, (x, y) in enumerate(run):
+                if step and j:
+                    coords.append(f"{sx(x):.1f},{sy(run[j - 1][1]):.1f}")
+                coords.append(f"{sx(x):.1f},{sy(y):.1f}")
+            if len(coords) > 1:
+                out.append(f'<polyline points="{" ".join(coords)}" fill="none" stroke="{color}" '
+                           f'stroke-width="{width}"{dash} stroke-linejoin="round"/>')
+            if markers or len(coords) == 1:     # a lone point between gaps still shows
+                out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{1.2 + width:.1f}" fill="{color}"/>'
+                           for x, y in run)
+    for x, y, label in marks:
+        out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="6" class="mark"/>'
+                   f'<text x="{sx(x) - 9:.1f}" y="{sy(y) - 9:.1f}" class="reflabel" text-anchor="end">'
+                   f'{escape(label)}</text>')
     lx = float(_L)
     for i, (name, _) in enumerate(series):       # legend in a row above the plot, clear of the curves
-        color = PALETTE[i % len(PALETTE)]
-        out.append(f'<rect x="{lx:.1f}" y="{_T - 20}" width="12" height="4" fill="{color}"/>'
-                   f'<text x="{lx + 16:.1f}" y="{_T - 15}" class="legend">{escape(name)}</text>')
-        lx += 30 + 6.4 * len(name)
+        color, dash, _width = _style(i, len(series))
+        out.append(f'<line x1="{lx:.1f}" x2="{lx + 18:.1f}" y1="{_T - 17}" y2="{_T - 17}" stroke="{color}" '
+                   f'stroke-width="3"{dash}/>'
+                   f'<text x="{lx + 22:.1f}" y="{_T - 13}" class="legend">{escape(name)}</text>')
+        lx += 36 + 6.4 * len(name)
     out.append("</svg>")
     return "".join(out)
+
+
+def nines(fraction: float, n: int) -> float:
+    """x position of a percentile on a spectrum: -log10(1 - fraction), the largest of n samples at log10(n)."""
+    return -math.log10(max(1.0 - fraction, 1.0 / max(n, 1)))
+
+
+def spectrum_chart(series: list[tuple[str, list[tuple[float, float]], int]], *, y_label: str,
+                   marks: list[tuple[float, float, str]] = ()) -> str:
+    """Latency by percentile with a log-scale tail: x = 50%, 90%, 99%, 99.9% ... equally spaced.
+
+    `series` are (name, CDF points (value, fraction <= value), sample count); `marks` are (percentile
+    0-100, value, label), e.g. the SLO target, drawn as a ringed point.
+    """
+    top = max((n for _, _, n in series), default=1)
+    decades = max(2, min(5, math.ceil(math.log10(max(top, 10)))))
+    ticks = [(nines(0.5, top), "50%")] + [(float(d), _percent_label(1 - 10.0 ** -d))
+                                                        for d in range(1, decades + 1)]
+    lines = [(name, _spectrum_points(cdf, n)) for name, cdf, n in series]
+    return line_chart(lines, x_label="percentile (log scale of the tail)", y_label=y_label, step=True,
+                      x_ticks=ticks, marks=[(nines(p / 100.0, 10 ** decades), v, label) for p, v, label in marks])
+
+
+def _spectrum_points(cdf: list[tuple[float, float]], n: int) -> list[tuple[float, float]]:
+    """Value v of a CDF step (f_prev, f] holds from x(f_prev) to x(f): one point at each step's start."""
+    points, f_prev = [], 0.0
+    for v, f in cdf:
+        points.append((nines(f_prev, n), v))
+        f_prev = f
+    if cdf:
+        points.append((nines(f_prev, n), cdf[-1][0]))
+    return points
+
+
+def _percent_label(fraction: float) -> str:
+    return f"{fraction * 100:.10g}%"
+
+
+_DASHES = ("", "7 4", "2 3", "10 3 2 3")
+
+
+def _style(i: int, n: int) -> tuple[str, str, float]:
+    """Colour, dash attribute and width of series i of n: earlier series wider, so none hides another."""
+    dash = _DASHES[i % len(_DASHES)]
+    return PALETTE[i % len(PALETTE)], (f' stroke-dasharray="{dash}"' if dash else ""), 1.5 + 1.0 * (n - 1 - i)
+
+
+def _runs(points: list[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
+    """The points split where y is None: each run is drawn as its own line."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for x, y in points:
+        if y is None:
+            if runs[-1]:
+                runs.append([])
+        else:
+            runs[-1].append((x, y))
+    return [r for r in runs if r]
 
 
 def stacked_bars(rows: list[tuple[str, list[tuple[str, float]]]], *, unit: str = "ms") -> str:

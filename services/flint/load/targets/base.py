@@ -20,6 +20,7 @@ class RequestState:
         self.server_id = record.id   # the id the server knows it by (a new one if it had to be sent again)
         self.done = asyncio.Event()
         self.on_tokens: Callable[["RequestState"], None] | None = None   # runner's self-interrupt check
+        self.on_finish: Callable[["RequestState"], None] | None = None   # runner's live progress counts
         self.tokens = 0
 
     def accepted(self, prompt_tokens: int | None = None) -> None:
@@ -53,6 +54,8 @@ class RequestState:
         self.record.error_code = error_code
         self.record.error_message = error_message[:300]
         self.done.set()
+        if self.on_finish is not None:
+            self.on_finish(self)
 
 
 class Session(abc.ABC):

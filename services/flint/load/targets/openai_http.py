@@ -17,8 +17,39 @@ import json
 
 import aiohttp
 
+from flint.engine.fim import TEMPLATE_NAMES, TEMPLATES
 from flint.load.targets.base import Clock, RequestState, Session, Target
 from flint.load.workload import RequestSpec
+
+
+FIM_TEMPLATES = ("auto", "suffix", *TEMPLATE_NAMES)
+
+
+def fim_family(template: str, model: str) -> str:
+    """The FIM template to use: as configured, or for "auto" the family the model's name says, else "suffix"."""
+    if template != "auto":
+        return template
+    name = model.lower()
+    for key, family in (("qwen", "qwen"), ("starcoder", "starcoder"), ("deepseek", "deepseek"),
+                        ("codellama", "codellama"), ("code-llama", "codellama")):
+        if key in name:
+            return family
+    return "suffix"
+
+
+def fim_prompt(family: str, prefix: str, suffix: str) -> str:
+    """prefix and suffix in the family's FIM layout as text (the engine's token strings, flint.engine.fim).
+
+    vLLM, SGLang and llama.cpp parse special-token text in a completion prompt, so the same prompt works on
+    all three; vLLM refuses the `suffix` field, which is why "suffix" is only chosen for servers that take it
+    (flint's own /v1/completions).
+    """
+    t = next(t for t in TEMPLATES if t.name == family)
+    if not t.prefix:
+        return prefix
+    if t.prefix.startswith("\u2581"):      # CodeLlama's SentencePiece tokens: "<PRE> P <SUF>S <MID>" as text
+        return f"{t.prefix[1:]} {prefix} {t.suffix[1:]}{suffix} {t.middle[1:]}"
+    return f"{t.prefix}{prefix}{t.suffix}{suffix}{t.middle}"
 
 
 def request_body(spec: RequestSpec, model: str, fim_template: str) -> dict:
@@ -31,12 +62,13 @@ def request_body(spec: RequestSpec, model: str, fim_template: str) -> dict:
         prompt, suffix = context + spec.prefix, spec.suffix
     body = {"model": model, "max_tokens": spec.max_tokens, "temperature": spec.temperature, "seed": spec.seed,
             "stream": True, "stream_options": {"include_usage": True}}
-    if fim_template == "qwen":
-        body["prompt"] = f"<|fim_prefix|>{prompt}<|fim_suffix|>{suffix}<|fim_middle|>"
-    else:
+    family = fim_family(fim_template, model)
+    if family == "suffix" or not suffix:
         body["prompt"] = prompt
         if suffix:
             body["suffix"] = suffix
+    else:
+        body["prompt"] = fim_prompt(family, prompt, suffix)
     return body
 
 
@@ -51,6 +83,17 @@ class OpenAITarget(Target):
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s, connect=self.config.connect_timeout_s)
         self.http = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        self.model = self.config.model or await self._served_model()
+        self.info["model"] = self.model
+        self.info["fim_template"] = fim_family(self.config.fim_template, self.model)
+
+    async def _served_model(self) -> str:
+        """The first model of GET /v1/models (vLLM and SGLang reject a request without the served name)."""
+        with contextlib.suppress(aiohttp.ClientError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+            async with self.http.get(self.url.rsplit("/v1/", 1)[0] + "/v1/models") as response:
+                if response.status == 200:
+                    return (await response.json(content_type=None))["data"][0]["id"]
+        return ""
 
     async def open_session(self, job_index: int) -> "OpenAISession":
         return OpenAISession(self)
@@ -69,7 +112,7 @@ class OpenAISession(Session):
         if redirect_of is not None:
             await self.interrupt(redirect_of)
             redirect_of.record.interrupt_mode = "redirect"
-        body = request_body(state.spec, self.target.config.model, self.target.config.fim_template)
+        body = request_body(state.spec, self.target.model, self.target.config.fim_template)
         state.record.t_sent_ms = self.clock()
         self.tasks[state.record.id] = (state, asyncio.create_task(self._stream(state, body)))
 
