@@ -32,6 +32,17 @@ class ResourceExhausted(FlintError):
     retryable = True
 
 
+class FailedPrecondition(FlintError):
+    """The request is valid but the server's state differs from what it assumes (e.g. a document version).
+
+    `document_version` is the server's version of the document the request named (0 when not about one).
+    """
+
+    def __init__(self, message: str, *, document_version: int = 0, retry_after_ms: int = 0):
+        super().__init__(message, retry_after_ms=retry_after_ms)
+        self.document_version = document_version
+
+
 class Unavailable(FlintError):
     """A dependency (engine replica, Redis) is gone; retrying may succeed."""
 

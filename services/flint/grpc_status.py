@@ -29,6 +29,7 @@ _CODES: dict[type[errors.FlintError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
@@ -161,6 +162,9 @@ def error_of(error) -> errors.FlintError:
     """The flint exception for a flint.v1.RequestError (a per-request error on a Session stream)."""
     code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
     cls = _ERRORS.get(code, errors.Internal)
+    if cls is errors.FailedPrecondition:
+        return cls(error.message or code.name, document_version=error.document_version,
+                   retry_after_ms=error.retry_after_ms)
     return cls(error.message or code.name, retry_after_ms=error.retry_after_ms)
 
 

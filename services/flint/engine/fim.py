@@ -24,8 +24,9 @@ the prefix cache keeps only the tokens before the first change and a keystroke c
     psm   prefix-suffix-middle with the suffix cut to its first `suffix_window_tokens` tokens (the code right
           after the cursor), so a keystroke re-prefills the edited prefix end, that window and <MID>.
           Default for families trained only with PSM: qwen, deepseek. 0 = the whole suffix.
-Prefix and suffix may come as token ids (`prefix_ids=`, `suffix_ids=`, a document's incremental
-tokenization, flint.engine.incremental) instead of text; they must equal encoding the text.
+Prefix and suffix may come as token ids (`prefix_ids=`, `suffix_ids=` or the request's fields of the
+same name: a document's incremental tokenization, flint.replica.documents) instead of text; they must
+equal encoding the text (as a continuation: documents need a template with FIM tokens).
 
 Edit (`kind=EDIT`): the code region and the instruction, then the start of a
 fenced code block; the model writes the replacement, which mostly copies the
@@ -155,6 +156,8 @@ def build_prompt(tok: Tokenizer, request: GenerateRequest, *, template: str | No
                  suffix_window_tokens: int = DEFAULT_SUFFIX_WINDOW_TOKENS, prefix_ids: Sequence[int] | None = None,
                  suffix_ids: Sequence[int] | None = None) -> Prompt:
     fim = choose_template(tok, template)
+    prefix_ids = request.prefix_ids if prefix_ids is None else prefix_ids
+    suffix_ids = request.suffix_ids if suffix_ids is None else suffix_ids
     if request.kind is RequestKind.EDIT:
         chat = tok.special_id("<|im_start|>") is not None and tok.special_id("<|im_end|>") is not None
         segments = _edit_segments(tok, request, chat)

@@ -63,6 +63,10 @@ class GenerateRequest:
     cache_namespace: str = ""
     arrival_unix_s: float = 0.0       # 0 = now
     seq_offset: int = 0
+    # A session document's tokens, split at the cursor (flint.replica.documents); equal to encoding
+    # prefix and suffix, which are then empty. None = encode the text fields.
+    prefix_ids: tuple[int, ...] | None = None
+    suffix_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRIORITY_INTERACTIVE: _ClassVar[Priority]
     PRIORITY_BULK: _ClassVar[Priority]
 
+class PositionEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POSITION_ENCODING_UTF16: _ClassVar[PositionEncoding]
+    POSITION_ENCODING_UTF8: _ClassVar[PositionEncoding]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
@@ -22,6 +27,8 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_TIME_LIMIT: _ClassVar[FinishReason]
 PRIORITY_INTERACTIVE: Priority
 PRIORITY_BULK: Priority
+POSITION_ENCODING_UTF16: PositionEncoding
+POSITION_ENCODING_UTF8: PositionEncoding
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -56,7 +63,7 @@ class ContextFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("request_id", "prefix", "suffix", "context", "path", "sampling", "model", "priority")
+    __slots__ = ("request_id", "prefix", "suffix", "context", "path", "sampling", "model", "priority", "document", "context_documents")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SUFFIX_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +72,8 @@ class CompleteRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prefix: str
     suffix: str
@@ -73,7 +82,9 @@ class CompleteRequest(_message.Message):
     sampling: Sampling
     model: str
     priority: Priority
-    def __init__(self, request_id: _Optional[str] = ..., prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., context: _Optional[_Iterable[_Union[ContextFile, _Mapping]]] = ..., path: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., model: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    document: DocumentCursor
+    context_documents: _containers.RepeatedCompositeFieldContainer[DocumentRef]
+    def __init__(self, request_id: _Optional[str] = ..., prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., context: _Optional[_Iterable[_Union[ContextFile, _Mapping]]] = ..., path: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., model: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., document: _Optional[_Union[DocumentCursor, _Mapping]] = ..., context_documents: _Optional[_Iterable[_Union[DocumentRef, _Mapping]]] = ...) -> None: ...
 
 class EditRequest(_message.Message):
     __slots__ = ("request_id", "code", "instruction", "prefix", "suffix", "path", "context", "sampling", "model", "priority")
@@ -100,20 +111,96 @@ class EditRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., code: _Optional[str] = ..., instruction: _Optional[str] = ..., prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., path: _Optional[str] = ..., context: _Optional[_Iterable[_Union[ContextFile, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., model: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
-    __slots__ = ("open", "complete", "edit", "interrupt", "redirect", "resume")
+    __slots__ = ("open", "complete", "edit", "interrupt", "redirect", "resume", "open_document", "edit_document")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     EDIT_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     REDIRECT_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    OPEN_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    EDIT_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     open: Open
     complete: CompleteRequest
     edit: EditRequest
     interrupt: InterruptRequest
     redirect: Redirect
     resume: ResumeRequest
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., edit: _Optional[_Union[EditRequest, _Mapping]] = ..., interrupt: _Optional[_Union[InterruptRequest, _Mapping]] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ..., resume: _Optional[_Union[ResumeRequest, _Mapping]] = ...) -> None: ...
+    open_document: OpenDocument
+    edit_document: EditDocument
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., edit: _Optional[_Union[EditRequest, _Mapping]] = ..., interrupt: _Optional[_Union[InterruptRequest, _Mapping]] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ..., resume: _Optional[_Union[ResumeRequest, _Mapping]] = ..., open_document: _Optional[_Union[OpenDocument, _Mapping]] = ..., edit_document: _Optional[_Union[EditDocument, _Mapping]] = ...) -> None: ...
+
+class Position(_message.Message):
+    __slots__ = ("line", "character")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
+    line: int
+    character: int
+    def __init__(self, line: _Optional[int] = ..., character: _Optional[int] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: Position
+    end: Position
+    def __init__(self, start: _Optional[_Union[Position, _Mapping]] = ..., end: _Optional[_Union[Position, _Mapping]] = ...) -> None: ...
+
+class OpenDocument(_message.Message):
+    __slots__ = ("document_id", "path", "text", "version", "position_encoding")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    path: str
+    text: str
+    version: int
+    position_encoding: PositionEncoding
+    def __init__(self, document_id: _Optional[str] = ..., path: _Optional[str] = ..., text: _Optional[str] = ..., version: _Optional[int] = ..., position_encoding: _Optional[_Union[PositionEncoding, str]] = ...) -> None: ...
+
+class TextEdit(_message.Message):
+    __slots__ = ("range", "text")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    range: Range
+    text: str
+    def __init__(self, range: _Optional[_Union[Range, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class EditDocument(_message.Message):
+    __slots__ = ("document_id", "version", "edits")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EDITS_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    version: int
+    edits: _containers.RepeatedCompositeFieldContainer[TextEdit]
+    def __init__(self, document_id: _Optional[str] = ..., version: _Optional[int] = ..., edits: _Optional[_Iterable[_Union[TextEdit, _Mapping]]] = ...) -> None: ...
+
+class DocumentCursor(_message.Message):
+    __slots__ = ("document_id", "version", "cursor")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    version: int
+    cursor: Position
+    def __init__(self, document_id: _Optional[str] = ..., version: _Optional[int] = ..., cursor: _Optional[_Union[Position, _Mapping]] = ...) -> None: ...
+
+class DocumentRef(_message.Message):
+    __slots__ = ("document_id",)
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    def __init__(self, document_id: _Optional[str] = ...) -> None: ...
+
+class DocumentVersion(_message.Message):
+    __slots__ = ("document_id", "version")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    version: int
+    def __init__(self, document_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Open(_message.Message):
     __slots__ = ("session_id", "model", "client")
@@ -160,20 +247,22 @@ class ResumeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("opened", "accepted", "delta", "final", "error", "interrupted")
+    __slots__ = ("opened", "accepted", "delta", "final", "error", "interrupted", "document")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     opened: Opened
     accepted: Accepted
     delta: Delta
     final: Final
     error: RequestError
     interrupted: InterruptResponse
-    def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., interrupted: _Optional[_Union[InterruptResponse, _Mapping]] = ...) -> None: ...
+    document: DocumentVersion
+    def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., interrupted: _Optional[_Union[InterruptResponse, _Mapping]] = ..., document: _Optional[_Union[DocumentVersion, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
     __slots__ = ("session_id", "model", "max_context_tokens", "worker_id")
@@ -246,15 +335,19 @@ class Final(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., replica_id: _Optional[str] = ...) -> None: ...
 
 class RequestError(_message.Message):
-    __slots__ = ("request_id", "code", "message", "retryable", "retry_after_ms")
+    __slots__ = ("request_id", "code", "message", "retryable", "retry_after_ms", "document_version", "document_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     code: int
     message: str
     retryable: bool
     retry_after_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
+    document_version: int
+    document_id: str
+    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ..., document_version: _Optional[int] = ..., document_id: _Optional[str] = ...) -> None: ...

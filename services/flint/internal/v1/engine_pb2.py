@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lint/internal/v1/engine.proto\x12\x11\x66lint.internal.v1\",\n\x0b\x43ontextFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9a\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x10\n\x08has_seed\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x13\n\x0bmax_time_ms\x18\x08 \x01(\r\"\x9a\x03\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x35\n\x04kind\x18\x03 \x01(\x0e\x32\'.flint.internal.v1.GenerateRequest.Kind\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x0e\n\x06suffix\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x13\n\x0binstruction\x18\x07 \x01(\t\x12\x0c\n\x04path\x18\x08 \x01(\t\x12/\n\x07\x63ontext\x18\t \x03(\x0b\x32\x1e.flint.internal.v1.ContextFile\x12\x33\n\x08sampling\x18\n \x01(\x0b\x32!.flint.internal.v1.SamplingParams\x12\x0c\n\x04\x62ulk\x18\x0b \x01(\x08\x12\x17\n\x0f\x63\x61\x63he_namespace\x18\x0c \x01(\t\x12\x16\n\x0e\x61rrival_unix_s\x18\r \x01(\x01\x12\x12\n\nseq_offset\x18\x0e \x01(\x04\"\x1e\n\x04Kind\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x08\n\x04\x45\x44IT\x10\x01\" \n\x07Started\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\"7\n\x05\x44\x65lta\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"\x93\x02\n\x05\x46inal\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rfinish_reason\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\x12\x12\n\nprefill_ms\x18\x07 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x08 \x01(\x01\x12\x11\n\tdecode_ms\x18\t \x01(\x01\x12\x10\n\x08total_ms\x18\n \x01(\x01\x12\x14\n\x0c\x64raft_tokens\x18\x0b \x01(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\x0c \x01(\r\"\x9c\x01\n\rGenerateEvent\x12-\n\x07started\x18\x01 \x01(\x0b\x32\x1a.flint.internal.v1.StartedH\x00\x12)\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x18.flint.internal.v1.DeltaH\x00\x12)\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x18.flint.internal.v1.FinalH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\r\n\x0bLoadRequest\"\xaa\x01\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x18\n\x10kv_used_fraction\x18\x05 \x01(\x01\x12\x1a\n\x12max_context_tokens\x18\x06 \x01(\r\x12\x0f\n\x07healthy\x18\x07 \x01(\x08\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x32\xef\x01\n\x06\x45ngine\x12R\n\x08Generate\x12\".flint.internal.v1.GenerateRequest\x1a .flint.internal.v1.GenerateEvent0\x01\x12J\n\x05\x41\x62ort\x12\x1f.flint.internal.v1.AbortRequest\x1a .flint.internal.v1.AbortResponse\x12\x45\n\x04Load\x12\x1e.flint.internal.v1.LoadRequest\x1a\x1d.flint.internal.v1.LoadReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lint/internal/v1/engine.proto\x12\x11\x66lint.internal.v1\",\n\x0b\x43ontextFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9a\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x10\n\x08has_seed\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x13\n\x0bmax_time_ms\x18\x08 \x01(\r\"\x8b\x04\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x35\n\x04kind\x18\x03 \x01(\x0e\x32\'.flint.internal.v1.GenerateRequest.Kind\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x0e\n\x06suffix\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x13\n\x0binstruction\x18\x07 \x01(\t\x12\x0c\n\x04path\x18\x08 \x01(\t\x12/\n\x07\x63ontext\x18\t \x03(\x0b\x32\x1e.flint.internal.v1.ContextFile\x12\x33\n\x08sampling\x18\n \x01(\x0b\x32!.flint.internal.v1.SamplingParams\x12\x0c\n\x04\x62ulk\x18\x0b \x01(\x08\x12\x17\n\x0f\x63\x61\x63he_namespace\x18\x0c \x01(\t\x12\x16\n\x0e\x61rrival_unix_s\x18\r \x01(\x01\x12\x12\n\nseq_offset\x18\x0e \x01(\x04\x12\x32\n\x08\x64ocument\x18\x14 \x01(\x0b\x32 .flint.internal.v1.DocumentInput\x12;\n\x11\x63ontext_documents\x18\x15 \x03(\x0b\x32 .flint.internal.v1.DocumentInput\"\x1e\n\x04Kind\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x08\n\x04\x45\x44IT\x10\x01\"\x91\x01\n\rDocumentInput\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12.\n\x05\x65\x64its\x18\x04 \x03(\x0b\x32\x1f.flint.internal.v1.DocumentEdit\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\x04\x12\x0c\n\x04path\x18\x06 \x01(\t\"8\n\x0c\x44ocumentEdit\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x0c\n\x04text\x18\x03 \x01(\t\" \n\x07Started\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\"7\n\x05\x44\x65lta\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"\x93\x02\n\x05\x46inal\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rfinish_reason\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\x12\x12\n\nprefill_ms\x18\x07 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x08 \x01(\x01\x12\x11\n\tdecode_ms\x18\t \x01(\x01\x12\x10\n\x08total_ms\x18\n \x01(\x01\x12\x14\n\x0c\x64raft_tokens\x18\x0b \x01(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\x0c \x01(\r\"\x9c\x01\n\rGenerateEvent\x12-\n\x07started\x18\x01 \x01(\x0b\x32\x1a.flint.internal.v1.StartedH\x00\x12)\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x18.flint.internal.v1.DeltaH\x00\x12)\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x18.flint.internal.v1.FinalH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\r\n\x0bLoadRequest\"\xaa\x01\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x18\n\x10kv_used_fraction\x18\x05 \x01(\x01\x12\x1a\n\x12max_context_tokens\x18\x06 \x01(\r\x12\x0f\n\x07healthy\x18\x07 \x01(\x08\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x32\xef\x01\n\x06\x45ngine\x12R\n\x08Generate\x12\".flint.internal.v1.GenerateRequest\x1a .flint.internal.v1.GenerateEvent0\x01\x12J\n\x05\x41\x62ort\x12\x1f.flint.internal.v1.AbortRequest\x1a .flint.internal.v1.AbortResponse\x12\x45\n\x04Load\x12\x1e.flint.internal.v1.LoadRequest\x1a\x1d.flint.internal.v1.LoadReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=100
   _globals['_SAMPLINGPARAMS']._serialized_end=254
   _globals['_GENERATEREQUEST']._serialized_start=257
-  _globals['_GENERATEREQUEST']._serialized_end=667
-  _globals['_GENERATEREQUEST_KIND']._serialized_start=637
-  _globals['_GENERATEREQUEST_KIND']._serialized_end=667
-  _globals['_STARTED']._serialized_start=669
-  _globals['_STARTED']._serialized_end=701
-  _globals['_DELTA']._serialized_start=703
-  _globals['_DELTA']._serialized_end=758
-  _globals['_FINAL']._serialized_start=761
-  _globals['_FINAL']._serialized_end=1036
-  _globals['_GENERATEEVENT']._serialized_start=1039
-  _globals['_GENERATEEVENT']._serialized_end=1195
-  _globals['_ABORTREQUEST']._serialized_start=1197
-  _globals['_ABORTREQUEST']._serialized_end=1231
-  _globals['_ABORTRESPONSE']._serialized_start=1233
-  _globals['_ABORTRESPONSE']._serialized_end=1263
-  _globals['_LOADREQUEST']._serialized_start=1265
-  _globals['_LOADREQUEST']._serialized_end=1278
-  _globals['_LOADREPORT']._serialized_start=1281
-  _globals['_LOADREPORT']._serialized_end=1451
-  _globals['_ENGINE']._serialized_start=1454
-  _globals['_ENGINE']._serialized_end=1693
+  _globals['_GENERATEREQUEST']._serialized_end=780
+  _globals['_GENERATEREQUEST_KIND']._serialized_start=750
+  _globals['_GENERATEREQUEST_KIND']._serialized_end=780
+  _globals['_DOCUMENTINPUT']._serialized_start=783
+  _globals['_DOCUMENTINPUT']._serialized_end=928
+  _globals['_DOCUMENTEDIT']._serialized_start=930
+  _globals['_DOCUMENTEDIT']._serialized_end=986
+  _globals['_STARTED']._serialized_start=988
+  _globals['_STARTED']._serialized_end=1020
+  _globals['_DELTA']._serialized_start=1022
+  _globals['_DELTA']._serialized_end=1077
+  _globals['_FINAL']._serialized_start=1080
+  _globals['_FINAL']._serialized_end=1355
+  _globals['_GENERATEEVENT']._serialized_start=1358
+  _globals['_GENERATEEVENT']._serialized_end=1514
+  _globals['_ABORTREQUEST']._serialized_start=1516
+  _globals['_ABORTREQUEST']._serialized_end=1550
+  _globals['_ABORTRESPONSE']._serialized_start=1552
+  _globals['_ABORTRESPONSE']._serialized_end=1582
+  _globals['_LOADREQUEST']._serialized_start=1584
+  _globals['_LOADREQUEST']._serialized_end=1597
+  _globals['_LOADREPORT']._serialized_start=1600
+  _globals['_LOADREPORT']._serialized_end=1770
+  _globals['_ENGINE']._serialized_start=1773
+  _globals['_ENGINE']._serialized_end=2012
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., max_time_ms: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "session_id", "kind", "prefix", "suffix", "code", "instruction", "path", "context", "sampling", "bulk", "cache_namespace", "arrival_unix_s", "seq_offset")
+    __slots__ = ("request_id", "session_id", "kind", "prefix", "suffix", "code", "instruction", "path", "context", "sampling", "bulk", "cache_namespace", "arrival_unix_s", "seq_offset", "document", "context_documents")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         COMPLETE: _ClassVar[GenerateRequest.Kind]
@@ -57,6 +57,8 @@ class GenerateRequest(_message.Message):
     CACHE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     SEQ_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     session_id: str
     kind: GenerateRequest.Kind
@@ -71,7 +73,35 @@ class GenerateRequest(_message.Message):
     cache_namespace: str
     arrival_unix_s: float
     seq_offset: int
-    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., kind: _Optional[_Union[GenerateRequest.Kind, str]] = ..., prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., code: _Optional[str] = ..., instruction: _Optional[str] = ..., path: _Optional[str] = ..., context: _Optional[_Iterable[_Union[ContextFile, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., bulk: _Optional[bool] = ..., cache_namespace: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., seq_offset: _Optional[int] = ...) -> None: ...
+    document: DocumentInput
+    context_documents: _containers.RepeatedCompositeFieldContainer[DocumentInput]
+    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., kind: _Optional[_Union[GenerateRequest.Kind, str]] = ..., prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., code: _Optional[str] = ..., instruction: _Optional[str] = ..., path: _Optional[str] = ..., context: _Optional[_Iterable[_Union[ContextFile, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., bulk: _Optional[bool] = ..., cache_namespace: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., seq_offset: _Optional[int] = ..., document: _Optional[_Union[DocumentInput, _Mapping]] = ..., context_documents: _Optional[_Iterable[_Union[DocumentInput, _Mapping]]] = ...) -> None: ...
+
+class DocumentInput(_message.Message):
+    __slots__ = ("key", "version", "base_version", "edits", "cursor", "path")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EDITS_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    base_version: int
+    edits: _containers.RepeatedCompositeFieldContainer[DocumentEdit]
+    cursor: int
+    path: str
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., base_version: _Optional[int] = ..., edits: _Optional[_Iterable[_Union[DocumentEdit, _Mapping]]] = ..., cursor: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class DocumentEdit(_message.Message):
+    __slots__ = ("start", "end", "text")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    text: str
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Started(_message.Message):
     __slots__ = ("prompt_tokens",)
