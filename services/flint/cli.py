@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from flint import env
+from flint import __version__, env
 from flint.errors import FlintError, InvalidArgument
 
 # Subcommands implemented by other modules as `main(argv: list[str]) -> int`.
@@ -77,6 +77,8 @@ def _request_flags(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flint", description="Latency-first serving of code models: "
                                      "streaming completions and edits over gRPC.")
+    parser.add_argument("--version", action="version", version=f"flint {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
 
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("edit", help="stream an edit of a file region to the terminal",
                        description="Rewrite lines A-B of FILE following INSTRUCTION; prints the replacement.")
-    p.add_argument("--file", required=True)
+    p.add_argument("--file", required=True, help="the source file to edit")
     p.add_argument("--lines", required=True, metavar="A-B", help="1-based inclusive line range")
     p.add_argument("--instruction", "-i", required=True, help="what to change")
     _request_flags(p)
@@ -103,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     for words in DISPATCH:
         if len(words) == 1:
             sub.add_parser(words[0], help=f"(see `flint {words[0]} --help`)", add_help=False)
-    sub.add_parser("bench", help="benchmarks: `flint bench engine|cluster --help`", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks of the engine and of a cluster",
+                           description="Benchmarks; each writes JSON and Markdown results.")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    bench_sub.add_parser("engine", add_help=False,
+                         help="engine step latency and throughput on this machine (flint bench engine --help)")
+    bench_sub.add_parser("cluster", add_help=False,
+                         help="a multi-node local cluster under load (flint bench cluster --help)")
     return parser
 
 
@@ -126,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             from flint.cli_requests import run_status
 
             return asyncio.run(run_status(args.redis_url or default_redis_url()))
-        if args.command == "bench":
-            print("usage: flint bench engine|cluster [...]", file=sys.stderr)
-            return 2
     except FlintError as exc:
         print(f"flint {args.command}: {exc.message}", file=sys.stderr)
         return 1

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -35,10 +37,61 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, where: str = "config"
         raise InvalidArgument(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(names))}"
         )
+    check_types(cls, values, where=where)
     try:
         return cls(**values)
-    except TypeError as exc:  # wrong value types surface as TypeError from comparisons
+    except TypeError as exc:  # a type the check above cannot express
         raise InvalidArgument(f"{where}: {exc}") from exc
+
+
+def check_types(cls: type, values: Mapping[str, Any], *, where: str = "config") -> None:
+    """Raise InvalidArgument naming the first key whose value does not have its field's declared type.
+
+    Without this a string where a number belongs surfaced as "'<' not supported between instances of 'int'
+    and 'str'" from a range check, naming no key. Integers pass for floats; bools never pass for numbers.
+    Nested dataclasses (a sub-table) are checked by their own from_mapping.
+    """
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        expected = hints.get(name)
+        if expected is not None and not _has_type(value, expected):
+            raise InvalidArgument(f"{where}: {name} must be {_describe(expected)}, got {value!r} "
+                                  f"({type(value).__name__})")
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arm) for arm in typing.get_args(expected))
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if expected is type(None):
+        return value is None
+    if origin is not None:                      # list[int], dict[str, Any], tuple[int, ...]: the container only
+        expected = (list, tuple) if origin in (list, tuple) else origin
+    if dataclasses.is_dataclass(expected):
+        return isinstance(value, (expected, Mapping))
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected) if isinstance(expected, (type, tuple)) else True
+
+
+def _describe(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in typing.get_args(expected))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(expected))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null",
+             list: "a list", tuple: "a list", dict: "a table"}
+    base = origin or expected
+    if dataclasses.is_dataclass(base):
+        return f"a table of {base.__name__} keys"
+    return names.get(base, getattr(base, "__name__", str(base)))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

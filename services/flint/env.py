@@ -34,8 +34,9 @@ def server_address() -> str | None:
 
 
 def ray_address() -> str | None:
-    """`FLINT_RAY_ADDRESS`: default for `--ray-address` (unset = a local Ray instance)."""
-    return os.environ.get("FLINT_RAY_ADDRESS") or None
+    """`FLINT_RAY_ADDRESS`, else Ray's own `RAY_ADDRESS` (KubeRay sets it in every pod): default for
+    `--ray-address` (neither set = a local Ray instance)."""
+    return os.environ.get("FLINT_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
 
 
 def ci() -> bool:

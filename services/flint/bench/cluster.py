@@ -28,11 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flint bench cluster", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="", help="checkpoint directory; default: the demo checkpoint")
     p.add_argument("--ray-address", default="", help="use this Ray cluster instead of a local 3-node one")
-    p.add_argument("--out-dir", default="loadtests/results")
-    p.add_argument("--decode-steps", type=int, default=64)
-    p.add_argument("--interrupts", type=int, default=100)
-    p.add_argument("--relay-samples", type=int, default=50)
-    p.add_argument("--relay-seconds", type=float, default=5.0)
+    p.add_argument("--out-dir", default="loadtests/results", help="where the JSON and Markdown results go")
+    p.add_argument("--decode-steps", type=int, default=64, help="decode steps timed per configuration (default 64)")
+    p.add_argument("--interrupts", type=int, default=100, help="interrupts sent to time interrupt-to-stop (default 100)")
+    p.add_argument("--relay-samples", type=int, default=50, help="token-relay latency samples (default 50)")
+    p.add_argument("--relay-seconds", type=float, default=5.0, help="seconds of relay throughput measurement (default 5)")
     p.add_argument("--quick", action="store_true", help="smoke sizes (not figures to quote)")
     return p
 

@@ -278,10 +278,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="", help="where the state file and node logs live")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a head and N worker nodes")
-    up.add_argument("--workers", type=int, default=LocalClusterConfig.workers)
-    up.add_argument("--cpus-per-node", type=int, default=LocalClusterConfig.cpus_per_node)
-    up.add_argument("--shards-per-node", type=int, default=LocalClusterConfig.shards_per_node)
-    up.add_argument("--object-store-mb", type=int, default=LocalClusterConfig.object_store_mb)
+    up.add_argument("--workers", type=int, default=LocalClusterConfig.workers, help="Ray worker nodes (default %(default)s)")
+    up.add_argument("--cpus-per-node", type=int, default=LocalClusterConfig.cpus_per_node,
+                    help="CPUs each node offers to Ray (default %(default)s)")
+    up.add_argument("--shards-per-node", type=int, default=LocalClusterConfig.shards_per_node,
+                    help="shard slots (custom resource) per node (default %(default)s)")
+    up.add_argument("--object-store-mb", type=int, default=LocalClusterConfig.object_store_mb,
+                    help="object store size of each node in MB (default %(default)s)")
     sub.add_parser("down", help="stop the nodes started by `up`")
     sub.add_parser("status", help="show the nodes and whether they are alive")
     return p

@@ -93,6 +93,9 @@ class EngineConfig:
             )
         if "compile_batch_sizes" in values and isinstance(values["compile_batch_sizes"], list):
             values["compile_batch_sizes"] = tuple(values["compile_batch_sizes"])
+        from flint.config import check_types
+
+        check_types(cls, values, where="engine config")     # a wrong type names its key and the type wanted
         return cls(**values)
 
     def threads(self) -> int:

@@ -61,6 +61,13 @@ class SoakConfig:
             raise InvalidArgument("fault_interval_s must be >= 2 s")
 
 
+_HELP = {"duration_s": "seconds of load (then in-flight requests drain)",
+         "users": "simulated developers typing (keystroke scenario)",
+         "nodes": "Ray worker nodes, one engine replica on each", "workers": "front-end worker processes on one port",
+         "fault_interval_s": "seconds between injected faults", "model": "HF checkpoint directory ('' = the demo)",
+         "seed": "scenario seed", "out_dir": "where soak.json and soak.md go"}
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -313,7 +320,8 @@ def _valkey_pid(url: str) -> int:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="flint load soak", description=__doc__.split("\n\n")[0])
     for name, field in SoakConfig.__dataclass_fields__.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default)
+        p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default,
+                       help=f"{_HELP[name]} (default {field.default!r})")
     args = p.parse_args(argv)
     cfg = SoakConfig(**vars(args))
     results = run_soak(cfg)

@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--file", help="key file named by the front-end's security.api_keys_file")
     where.add_argument("--redis-url", help="store in Redis (front-ends with security.api_keys_in_redis)")
-    p.add_argument("--key-prefix", default="flint")
+    p.add_argument("--key-prefix", default="flint", help="Redis key prefix of the deployment (default flint)")
     args = parser.parse_args(argv)
     try:
         if args.file:
