@@ -1,6 +1,7 @@
 """`flint bench engine --quick` runs end to end and writes every figure the issue asks for."""
 
 import json
+import sys
 
 import pytest
 
@@ -8,14 +9,22 @@ from flint.bench.engine import main
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_all_figures(tmp_path):
-    assert main(["--quick", "--skip-hf", "--skip-compile", "--out-dir", str(tmp_path / "out"),
+def test_quick_bench_writes_all_figures(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)     # without the test extra: HF column skipped
+    assert main(["--quick", "--skip-compile", "--out-dir", str(tmp_path / "out"),
                  "--models-dir", str(tmp_path / "models")]) == 0
     r = json.loads((tmp_path / "out" / "engine.json").read_text())
     assert r["machine"]["cores"] >= 1 and r["machine"]["cpu_model"]
     assert r["model"]["params"] > 0 and r["model"]["bytes"] == 4 * r["model"]["params"]
     assert r["decode_tok_s"]["flint"] > 0 and r["bandwidth_bound_tok_s"] > 0
     assert r["host_overhead_ms_per_step"] > 0
+    assert "transformers not installed" in r["hf_note"] and "hf" not in r["decode_tok_s"]
+    assert {"flint", "flint_int8", "flint_int4", "llamacpp_f32", "llamacpp_q8_0", "llamacpp_q4_0"} <= set(
+        r["decode_tok_s"])
+    assert r["threads"]["one"] > 0 and r["threads"]["default"] > 0 and r["threads"]["loaded"]["one"] > 0
+    fp32 = r["precisions"]["fp32"]
+    assert fp32["weight_bytes_read_per_token"] == r["model"]["bytes"]      # tied embeddings: all read per token
+    assert fp32["pct_of_bound"] > 0 and fp32["aggregate_tok_s"]["16"] > 0 and fp32["step_profile"]
     assert set(r["aggregate_tok_s"]) == {"1", "4", "16"}
     assert set(r["keystroke_ttft_ms"]) == {"cached", "no_context", "no_prefix_cache"}
     assert len(r["prefill_tok_s"]) == 3 and all(v > 0 for v in r["prefill_tok_s"].values())

@@ -23,26 +23,30 @@ from pathlib import Path
 import torch
 
 from flint.bench import engine_measure as m
+from flint.bench import engine_precision as pr
 from flint.bench.engine_report import budgets, write_markdown
+from flint.engine.config import EngineConfig
 
 FULL = dict(
-    bench=dict(layers=4, hidden=512, heads=8, kv_heads=2, intermediate=2048, vocab_size=8192,
-               max_position_embeddings=16_384),
+    # issue 11's model: Llama, tied embeddings, 20.8M parameters
+    bench=dict(layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1536, vocab_size=16_000,
+               max_position_embeddings=16_384, architecture="llama"),
     micro=dict(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab_size=512,
                max_position_embeddings=4096),
     long=dict(layers=2, hidden=128, heads=2, kv_heads=1, intermediate=256, vocab_size=512,
               max_position_embeddings=135_168),
-    decode_tokens=128, repeats=3, hf_tokens=64, overhead_steps=200, agg_tokens=64,
+    decode_tokens=256, repeats=3, hf_tokens=64, overhead_steps=200, agg_tokens=64,
     keystroke_context=8192, keystroke_new=16, prefill=(8192, 32_768, 131_072), spec_tokens=128,
-    spec_region=384, bandwidth_mb=512, bandwidth_repeats=7,
+    spec_region=384, bandwidth_mb=512, bandwidth_repeats=7, burn_s=120, profile_steps=32,
 )
 QUICK = dict(
     FULL,
     bench=dict(layers=2, hidden=128, heads=4, kv_heads=2, intermediate=256, vocab_size=512,
-               max_position_embeddings=4096),
+               max_position_embeddings=4096, architecture="llama"),
     long=dict(FULL["long"], max_position_embeddings=4096),
     decode_tokens=16, repeats=1, hf_tokens=8, overhead_steps=20, agg_tokens=8, keystroke_context=512,
     prefill=(512, 1024, 2048), spec_tokens=32, spec_region=96, bandwidth_mb=64, bandwidth_repeats=3,
+    burn_s=30, profile_steps=4,
 )
 
 
@@ -53,10 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", default="", help="where the made checkpoints go (default: flint cache dir)")
     p.add_argument("--skip-hf", action="store_true", help="leave out the transformers baseline")
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile comparison")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch (and llama.cpp) threads for the figures; 0 = the engine default (the cores given)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     results = run(QUICK if args.quick else FULL, models_dir=args.models_dir, skip_hf=args.skip_hf,
-                  skip_compile=args.skip_compile, quick=args.quick)
+                  skip_compile=args.skip_compile, quick=args.quick, threads=args.threads)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "engine.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -70,7 +76,7 @@ def _log(msg: str) -> None:
 
 
 def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: bool = False,
-        quick: bool = False) -> dict:
+        quick: bool = False, threads: int = 0) -> dict:
     from flint import env
 
     root = Path(models_dir) if models_dir else env.cache_dir() / "bench-models"
@@ -86,25 +92,34 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: b
     bw = m.bandwidth_gbs(s["bandwidth_mb"], s["bandwidth_repeats"])
     r["bandwidth_gb_s"] = bw
 
-    _log("single-stream decode (1 and 2 threads)")
-    by_threads = {}
-    for threads in sorted({1, torch.get_num_threads()}):
-        engine = m.engine_for(bench, num_threads=threads)
-        by_threads[threads] = m.decode_tok_s(engine, s["decode_tokens"], s["repeats"])
-    threads = max(by_threads, key=by_threads.get)
+    default_threads = EngineConfig().threads()
+    threads = threads or default_threads
+    _log(f"single-stream decode at 1 and {default_threads} (default) threads, then under a CPU burner")
+    r["threads"] = pr.threads_figure(bench, s["decode_tokens"], s["repeats"], default_threads,
+                                     burn_s=s["burn_s"])
+    r["engine_threads"] = threads
     torch.set_num_threads(threads)
+
+    _log(f"decode by precision, flint and llama.cpp, {threads} thread(s), interleaved rounds")
+    prec = pr.precision_figures(bench, root / "gguf", threads=threads, tokens=s["decode_tokens"],
+                                rounds=s["repeats"], agg_tokens=s["agg_tokens"], profile_steps=s["profile_steps"])
+    r["precisions"], r["llamacpp"], r["decode_rounds"] = prec["precisions"], prec["llamacpp"], prec["rounds"]
     engine = m.engine_for(bench, num_threads=threads)
-    r["threads"] = threads
     r["model"] = m.model_info(engine)
-    r["model"]["checkpoint"] = "made by `flint bench engine` (random weights, demo format)"
+    r["model"]["checkpoint"] = "made by `flint bench engine` (random weights, Llama, tied embeddings)"
     read = r["model"]["weight_bytes_read_per_token"]
     r["bandwidth_bound_tok_s"] = bw * 1e9 / read
-    r["decode_tok_s"] = {"flint": by_threads[threads], "flint_by_threads": {str(k): v for k, v in by_threads.items()}}
+    r["decode_tok_s"] = prec["decode_tok_s"]
+    r["decode_tok_s"]["flint_by_threads"] = {"1": r["threads"]["one"], str(default_threads): r["threads"]["default"]}
     if not skip_hf:
-        _log("flint vs transformers generate(), interleaved")
-        both = m.flint_vs_hf(engine, bench, s["decode_tokens"], s["hf_tokens"], s["repeats"] + 2)
-        r["decode_tok_s"].update(flint=both["flint"], hf=both["hf"], flint_rounds=both["flint_rounds"],
-                                 hf_rounds=both["hf_rounds"])
+        hf_missing = m.hf_unavailable()
+        if hf_missing:
+            r["hf_note"] = hf_missing
+        else:
+            _log("flint vs transformers generate(), interleaved")
+            both = m.flint_vs_hf(engine, bench, s["decode_tokens"], s["hf_tokens"], s["repeats"] + 2)
+            r["decode_tok_s"].update(hf=both["hf"], flint_hf_rounds=both["flint_rounds"], hf_rounds=both["hf_rounds"])
+            r["decode_tok_s"]["flint_next_to_hf"] = both["flint"]
     r["decode_pct_of_bound"] = 100 * r["decode_tok_s"]["flint"] / r["bandwidth_bound_tok_s"]
 
     _log("host overhead per step (micro model)")

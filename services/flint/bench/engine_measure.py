@@ -44,15 +44,31 @@ def make_model(root: Path, name: str, tokenizer_from: Path | None, **dims) -> Pa
     return path
 
 
+def weight_bytes(model) -> tuple[int, int]:
+    """(bytes of all weights, bytes read per decode token), over the model's unique tensors.
+
+    Counts parameters and buffers (a quantized Linear keeps its packed weights and scales in either).
+    Per decode token every weight is read once, except the embedding table (one row), unless it is
+    also the tied lm_head, which reads it whole.
+    """
+    seen: dict[int, tuple[str, int]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        key = t.untyped_storage().data_ptr()
+        size = t.untyped_storage().nbytes()
+        if key not in seen or not name.startswith("embed."):
+            seen[key] = (name, size)
+    total = sum(size for _, size in seen.values())
+    read = sum(size for name, size in seen.values() if not name.startswith("embed."))
+    return total, read
+
+
 def model_info(engine: Engine) -> dict:
     model = engine.runner.model
     params = sum(p.numel() for p in model.parameters())
-    bytes_ = sum(p.numel() * p.element_size() for p in model.parameters())
+    bytes_, read = weight_bytes(model)
     c = model.config
-    embed = model.embed.weight
-    # Per decode token every weight is read once, except the embedding table (one row) unless
-    # it doubles as the tied lm_head, which reads it whole.
-    read = bytes_ if c.tie_word_embeddings else bytes_ - embed.numel() * embed.element_size()
     return {"params": params, "bytes": bytes_, "weight_bytes_read_per_token": read, "layers": c.num_layers,
             "hidden": c.hidden_size, "heads": c.num_heads, "kv_heads": c.num_kv_heads,
             "intermediate": c.intermediate_size, "vocab": c.vocab_size, "dtype": str(model.dtype).replace("torch.", "")}
@@ -87,16 +103,61 @@ def run_all(engine: Engine) -> None:
 # -- figures --------------------------------------------------------------------------------------
 def bandwidth_gbs(size_mb: int, repeats: int) -> float:
     """Read bandwidth of a large reduction on all cores, best of `repeats` (these machines are noisy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    x = torch.ones(size_mb * (1 << 20) // 4, dtype=torch.float32)
+    return read_bandwidth_gbs(size_mb * (1 << 20), os.cpu_count() or 1, repeats)
+
+
+def read_bandwidth_gbs(nbytes: int, threads: int, repeats: int = 20) -> float:
+    """Read bandwidth summing a buffer of `nbytes` with `threads` threads, best of `repeats`. With a
+    buffer the size of a model's weights (cache-resident if they fit), the bound for reading them per token."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         x.sum()
         best = min(best, time.perf_counter() - t)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(before)
     return x.numel() * 4 / best / 1e9
+
+
+def step_profile(engine: Engine, steps: int, top: int = 5) -> list[dict]:
+    """torch.profiler over `steps` batch-1 decode steps: the ops with the most self CPU time, % of all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    token_request(engine, "profile", prompt_ids(engine, 16), steps + 4)
+    for _ in range(3):
+        engine.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+    run_all(engine)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "pct": 100 * e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
+            for e in ranked]
+
+
+class CpuBurner:
+    """`n` processes spinning on the CPU for at most `seconds` (bounded even if the benchmark dies)."""
+
+    def __init__(self, n: int, seconds: float):
+        import subprocess
+        import sys
+
+        code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+    def __enter__(self) -> "CpuBurner":
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait()
 
 
 def decode_tok_s(engine: Engine, tokens: int, repeats: int, prompt: int = 16) -> float:
@@ -107,6 +168,15 @@ def decode_tok_s(engine: Engine, tokens: int, repeats: int, prompt: int = 16) ->
         run_all(engine)
         rates.append((req.num_output - 1) / (req.last_token_at - req.first_token_at))
     return float(np.median(rates))
+
+
+def hf_unavailable() -> str | None:
+    """None if transformers imports (the `test` extra), else a note saying the HF column is skipped."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        return f"transformers not installed ({exc}): HF generate() column skipped; pip install -e '.[test]' adds it"
+    return None
 
 
 class HFBaseline:

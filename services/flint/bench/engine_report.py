@@ -35,7 +35,7 @@ def budgets(r: dict) -> dict:
         f"{step['host_ms']:.2f} ms. The forward is ~{r['model']['layers'] * 12 + 4} small ops at ~25 us of "
         f"PyTorch dispatch each plus GEMVs that reach well under the reduction bandwidth (DESIGN.md)"
     )
-    return {
+    out = {
         "decode_vs_bandwidth_bound": _budget(d["flint"] / r["bandwidth_bound_tok_s"], 0.8, True, "fraction",
                                              decode_why),
         "decode_vs_hf": _budget(d["flint"] / hf if hf else None, 2.5, True, "x",
@@ -53,6 +53,63 @@ def budgets(r: dict) -> dict:
             "the 16 new tokens attend to the whole 8K cached context: attention over 8K keys per layer, "
             "plus gathering those keys from the paged cache"),
     }
+    out.update(precision_budgets(r))
+    return out
+
+
+def _profile_text(p: dict) -> str:
+    prof = ", ".join(f"{x['op']} {x['pct']:.0f}%" for x in p.get("step_profile", [])[:3])
+    return (f"{p['weight_bytes_read_per_token'] / 2**20:.1f} MiB of weights per token at "
+            f"{p['pct_of_bound']:.0f}% of the {p['read_bandwidth_gb_s_at_weight_size']:.1f} GB/s read bandwidth "
+            f"of a buffer that size; decode step profile (self CPU): {prof}")
+
+
+def precision_budgets(r: dict) -> dict:
+    """Issue 11: each flint precision >= llama.cpp at the matching one; int4 >= 1,000 tok/s; 16 streams >= 4x."""
+    d, per, out = r["decode_tok_s"], r["precisions"], {}
+    for precision, flint_key, ll in (("fp32", "flint", "f32"), ("int8", "flint_int8", "q8_0"),
+                                     ("int4", "flint_int4", "q4_0")):
+        mine, theirs, p = d.get(flint_key), d.get(f"llamacpp_{ll}"), per.get(precision, {})
+        ratio = mine / theirs if mine and theirs else None
+        bound = _profile_text(p) if mine else ""
+        out[f"{precision}_vs_llamacpp_{ll}"] = _budget(ratio, 1.0, True, "x", bound)
+        if ratio is None:
+            out[f"{precision}_vs_llamacpp_{ll}"]["note"] = (
+                p.get("note") or r["llamacpp"].get("note") or "not measured in this run")
+        if precision == "int4":
+            out["int4_decode_tok_s"] = _budget(mine, 1000.0, True, "tok/s", bound)
+        if mine:
+            out[f"aggregate_16_vs_1_{precision}"] = _budget(
+                p["aggregate_16_vs_1"], 4.0, True, "x",
+                "a Linear over 16 rows costs several times one row on this CPU (gemm_us_by_rows)")
+    return out
+
+
+def _precision_rows(r: dict, row, mark) -> None:
+    d, per, ll = r["decode_tok_s"], r["precisions"], r["llamacpp"]
+
+    def tok(v):
+        return f"{v:.1f}" if v else "not available"
+
+    for precision, flint_key, q in (("fp32", "flint", "f32"), ("int8", "flint_int8", "q8_0"),
+                                    ("int4", "flint_int4", "q4_0")):
+        p = per.get(precision, {})
+        mine = d.get(flint_key)
+        detail = (f" ({p['weight_bytes_read_per_token'] / 2**20:.1f} MiB read/token, {p['pct_of_bound']:.0f}% of "
+                  f"{p['bound_tok_s']:.0f} tok/s bound; 16 streams {p['aggregate_tok_s']['16']:.0f} tok/s = "
+                  f"{p['aggregate_16_vs_1']:.1f}x one)") if mine else ""
+        row(f"flint {precision} decode (tok/s)", tok(mine) + detail if mine else p.get("note", "not available"))
+        theirs = d.get(f"llamacpp_{q}")
+        row(f"llama.cpp {q} decode (tok/s)", tok(theirs) if theirs else ll.get("note", "not available"))
+        row(f"flint {precision} / llama.cpp {q}", f"{mine / theirs:.2f}x" if mine and theirs else "-", ">= 1.0x",
+            mark(f"{precision}_vs_llamacpp_{q}"))
+        if mine:
+            row(f"16 streams / 1 stream, {precision}", f"{p['aggregate_16_vs_1']:.2f}x", ">= 4x",
+                mark(f"aggregate_16_vs_1_{precision}"))
+    row("flint int4 decode >= 1,000 tok/s", tok(d.get("flint_int4")), ">= 1000", mark("int4_decode_tok_s"))
+    if ll.get("available"):
+        row("llama.cpp f32: leading greedy tokens equal to flint fp32",
+            f"{ll.get('f32_leading_tokens_equal_to_flint_fp32')} (checks both run the same model)")
 
 
 def write_markdown(path: Path, r: dict) -> None:
@@ -64,7 +121,8 @@ def write_markdown(path: Path, r: dict) -> None:
         + f"; run time {r['elapsed_s']:.0f} s. All figures come from one process run on one machine.",
         "",
         f"- Machine: {r['machine']['cpu_model']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}; "
-        f"engine runs with {r['threads']} torch thread(s) (the faster of 1 and the default; see decode rows). "
+        f"figures at {r['engine_threads']} torch thread(s) (the engine default, the cores given, unless "
+        f"--threads said otherwise); llama.cpp runs with the same count. "
         f"Load average (1 min) {r['machine'].get('load_avg_1m_at_start', float('nan')):.1f} at start, "
         f"{r['machine'].get('load_avg_1m_at_end', float('nan')):.1f} at end: other processes shared the cores.",
         f"- Benchmark model (random weights, fp32, made by the command): {mi['params'] / 1e6:.1f}M params, "
@@ -89,10 +147,18 @@ def write_markdown(path: Path, r: dict) -> None:
             return "not measured"
         return "yes" if x["met"] else f"no (missed by {x['missed_by']:.1f}x)"
 
-    threads = ", ".join(f"{t} thread(s): {v:.1f}" for t, v in d["flint_by_threads"].items())
-    row("single-stream decode, flint (tok/s)", f"{d['flint']:.1f} ({threads})")
-    row("single-stream decode, HF generate() (tok/s)", f"{d['hf']:.1f}" if "hf" in d else "skipped")
+    th = r["threads"]
+    row("single-stream decode fp32, 1 thread / default "
+        f"({th['default_count']}) threads (tok/s)", f"{th['one']:.1f} / {th['default']:.1f} "
+        f"(load avg {th['load_avg_1m']:.1f})")
+    lo = th["loaded"]
+    row(f"the same under {lo['burner_processes']} CPU burner process(es) (tok/s)",
+        f"{lo['one']:.1f} / {lo['default']:.1f} (load avg {lo['load_avg_1m']:.1f})")
+    row("single-stream decode, flint fp32 (tok/s)", f"{d['flint']:.1f}")
+    row("single-stream decode, HF generate() (tok/s)", f"{d['hf']:.1f}" if "hf" in d else
+        r.get("hf_note", "skipped"))
     row("flint / HF", f"{d['flint'] / d['hf']:.2f}x" if "hf" in d else "-", ">= 2.5x", mark("decode_vs_hf"))
+    _precision_rows(r, row, mark)
     row("bandwidth bound (tok/s)", f"{r['bandwidth_bound_tok_s']:.1f}")
     row("flint / bound", f"{r['decode_pct_of_bound']:.0f}%", ">= 80%", mark("decode_vs_bandwidth_bound"))
     row("host overhead per step, batch 1, micro model (ms)", f"{r['host_overhead_ms_per_step']:.3f} "
@@ -139,9 +205,13 @@ def write_markdown(path: Path, r: dict) -> None:
         f"A verification step runs k+1 rows through every Linear, and here 2 rows cost "
         f"{g['2'] / g['1']:.1f}x and 16 rows {g['16'] / g['1']:.1f}x one row (table above), so accepted drafts "
         "pay back less than on hardware where a step's cost is flat in the row count.",
-        "- Threads: with other processes on the 2 cores, 2 torch threads lose to 1 (OpenMP workers wait "
-        "for each other); the engine's `num_threads` defaults to torch's choice and the benchmark uses "
-        "the faster setting it measured.",
+        "- Threads: the engine defaults to the cores it is given (`num_threads = 0`); the first rows give "
+        "decode at 1 and at that count, on the machine as the run found it and under CPU burner processes "
+        "the command started (one per core). When other work shares the cores, 2 threads lose to 1: "
+        "every op ends at a barrier that waits for a descheduled thread.",
+        "- Bounds: each precision's bound is the read bandwidth of a buffer the size of its weights with "
+        "the same threads (these weights fit in a large L3, so the bound is a cache bandwidth); "
+        "`bandwidth bound` above is the DRAM figure (512 MB reduction) for the fp32 weights.",
         "- Prefill: tokens/s falls with length because attention work grows with length squared; the "
         "engine never materialises a score matrix (CPU flash kernel over the cached keys and the chunk, "
         "merged by log-sum-exp), so memory stays linear in length.",
