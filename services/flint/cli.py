@@ -57,6 +57,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--replica-num-cpus", type=float, help="Ray CPUs held by each replica (default 1)")
     p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--routing", choices=["affinity", "least_loaded"], help="replica routing policy")
+    p.add_argument("--quantization", choices=["none", "int8", "int4"],
+                   help="weight-only quantization at load: int8 per output channel, int4 in groups of "
+                   "engine.quant_group_size (default 64) columns; every Linear and the embedding (default none)")
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file whose keys mirror these flags "
                    "(plus an [engine] table of engine settings); flags override it")
 
@@ -155,6 +158,8 @@ def serve_config(args: argparse.Namespace):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
+    if args.quantization is not None:
+        values["engine"] = {**values.get("engine", {}), "quantization": args.quantization}
     return from_mapping(ServeConfig, values, where=args.config or "flags")
 
 

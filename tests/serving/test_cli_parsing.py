@@ -38,3 +38,12 @@ def test_flags_override_the_config_file_and_unknown_file_keys_fail(tmp_path):
     config.write_text('{"wrokers": 3}')
     with pytest.raises(InvalidArgument, match="unknown key"):
         serve_config(args)
+
+
+def test_quantization_flag_sets_the_engine_key_and_keeps_the_files_other_engine_keys(tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text("[engine]\nquant_group_size = 128\nquantization = \"int8\"\n")
+    args = build_parser().parse_args(["serve", "--config", str(config), "--quantization", "int4"])
+    assert serve_config(args).engine == {"quant_group_size": 128, "quantization": "int4"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--quantization", "int3"])

@@ -18,6 +18,8 @@ from flint.errors import InvalidArgument
 DTYPES = ("float32", "bfloat16", "float16")
 SPECULATION_MODES = ("off", "edit", "all")
 FIM_LAYOUTS = ("auto", "spm", "psm")   # flint.engine.fim.LAYOUTS (kept here: config imports nothing heavy)
+QUANTIZATION_MODES = ("none", "int8", "int4")   # flint.engine.quant.MODES (not imported: keeps torch out)
+QUANT_GROUP_SIZES = (32, 64, 128)
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class EngineConfig:
     model_name: str = ""                 # name reported to clients; "" = the directory name
     dtype: str = "float32"
     device: str = "cpu"
+    # Weight-only quantization at load: none | int8 (per output channel) | int4 (group-wise); every Linear and
+    # the embedding / lm_head (flint.engine.quant).
+    quantization: str = "none"
+    quant_group_size: int = 64           # int4 columns per scale/min: 32 | 64 | 128 (README, quantization)
     # torch intra-op threads (process-wide); 0 = the cores this engine is given: the replica actor's Ray
     # num_cpus when Ray hosts it, else the process's CPU affinity (`cores_given`). Measured reason: README.
     num_threads: int = 0
@@ -56,6 +62,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         _check(isinstance(self.device, str) and bool(self.device), "device must name a torch device, e.g. 'cpu'")
+        _check(self.quantization in QUANTIZATION_MODES,
+               f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}")
+        _check(self.quant_group_size in QUANT_GROUP_SIZES,
+               f"quant_group_size must be one of {', '.join(map(str, QUANT_GROUP_SIZES))}, got {self.quant_group_size!r}")
         _int_at_least("num_threads", self.num_threads, 0)
         _int_at_least("kv_cache_bytes", self.kv_cache_bytes, 1 << 16)
         _int_at_least("block_size", self.block_size, 1)

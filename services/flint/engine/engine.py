@@ -91,7 +91,8 @@ class Engine:
         log.info("engine runs with %d torch thread(s)%s", torch.get_num_threads(),
                  "" if config.num_threads else " (num_threads=0: the cores given)")
         path = Path(config.model).expanduser() if config.model else ensure_demo_checkpoint()
-        model = load_model(path, dtype=config.torch_dtype, device=config.device)
+        model = load_model(path, dtype=config.torch_dtype, device=config.device,
+                           quantization=config.quantization, quant_group_size=config.quant_group_size)
         tokenizer = Tokenizer.from_dir(path)
         name = config.model_name or path.name
         runner = LocalRunner(model)

@@ -11,9 +11,13 @@ safetensors slices, and a pipeline stage reads only its layers, so a shard
 never holds more than its part in memory.
 
 Public API (stable):
-    load_model(path, *, dtype=torch.float32, device="cpu", shard=None, all_reduce=None) -> CausalLM
+    load_model(path, *, dtype=torch.float32, device="cpu", shard=None, all_reduce=None,
+               quantization="none", quant_group_size=64) -> CausalLM
     load_config(path) -> ModelConfig
     parse_dtype("float32" | "bfloat16" | "float16" | torch.dtype) -> torch.dtype
+`quantization` "int8" / "int4" quantizes every Linear and the embedding after loading (see
+`flint.engine.quant`). A GPTQ checkpoint (`quantization_config` in config.json) loads its int4
+weights as they are (`flint.engine.quant.gptq`), whatever `quantization` says.
 Errors: NotFound for a missing directory/file/tensor (naming the path),
 InvalidArgument for malformed files or shapes that do not fit config.json.
 """
@@ -59,7 +63,11 @@ def load_model(
     device: torch.device | str = "cpu",
     shard: ShardSpec | None = None,
     all_reduce: AllReduce | None = None,
+    quantization: str = "none",
+    quant_group_size: int = 64,
 ) -> CausalLM:
+    from flint.engine import quant
+
     path = Path(path)
     config = load_config(path)
     dtype = parse_dtype(dtype)
@@ -68,7 +76,7 @@ def load_model(
         tensors = _read_shard(weights, config, model.shard, model.is_first, model.is_last)
     tensors = {name: t.to(device=device, dtype=dtype).contiguous() for name, t in tensors.items()}
     model.load_state(tensors)
-    return model
+    return quant.quantize_model(model, quantization, quant_group_size)
 
 
 class _Weights:

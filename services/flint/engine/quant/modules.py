@@ -1,0 +1,103 @@
+"""`QuantLinear` and `QuantEmbedding`: drop-in modules over a `QuantWeight`.
+
+QuantLinear.forward(x [..., K]) -> [..., N] in x's dtype:
+- up to `SMALL_M_ROWS` rows (decode, speculative verification): the native kernel
+  (kernels/quant_linear.cpp) dequantizes each weight vector in registers once for all rows;
+- more rows (prefill): the kernel writes the fp32 weight and torch.mm multiplies (a GEMM is
+  compute bound there, and the dequantization is a small part of it);
+- without the native kernel (no compiler; warned once): the PyTorch reference, dequantize + F.linear;
+- on CUDA: dequantize + F.linear (the formats are the same; no custom CUDA kernel).
+
+`input_scale` (optional, [K]) multiplies x column-wise first: a pre-quantized checkpoint keeps its
+integer grid while the RMSNorm weight that flint folds into the next Linear's columns is applied to
+the activation instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flint.engine.quant.formats import QuantWeight
+
+log = logging.getLogger(__name__)
+
+# Rows handled by the small-M kernel; larger M dequantizes and calls torch.mm (see README, quantization).
+SMALL_M_ROWS = 16
+
+_kernel = None
+_kernel_tried = False
+
+
+def kernel():
+    """The native module, or None where it cannot be built (warned once by the loader)."""
+    global _kernel, _kernel_tried
+    if not _kernel_tried:
+        _kernel_tried = True
+        from flint.engine import kernels
+
+        try:
+            _kernel = kernels.load("flint_quant_linear", ["quant_linear.cpp"])
+        except kernels.KernelUnavailable:
+            _kernel = None
+    return _kernel
+
+
+def dequantize(w: QuantWeight, *, padded: bool = False) -> torch.Tensor:
+    """fp32 [N, K] (or [N, Kp] with `padded`), through the kernel when it is there."""
+    k = kernel() if w.data.device.type == "cpu" else None
+    if k is None:
+        full = w.dequantize()
+        return F.pad(full, (0, w.padded_in_features - w.in_features)) if padded else full
+    full = k.dequant_int8(w.data, w.scale) if w.bits == 8 else k.dequant_int4(w.data, w.scale, w.mins, w.group_size)
+    return full if padded else full[:, : w.in_features]
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, weight: QuantWeight, bias: torch.Tensor | None = None,
+                 input_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.qweight = weight
+        self.in_features, self.out_features = weight.in_features, weight.out_features
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.input_scale = None if input_scale is None else input_scale.detach().float().contiguous()
+
+    def extra_repr(self) -> str:
+        w = self.qweight
+        group = f", group_size={w.group_size}" if w.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{w.bits}{group}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        w = self.qweight
+        k = kernel() if x.device.type == "cpu" else None
+        if k is not None and x2.shape[0] <= SMALL_M_ROWS:
+            if w.bits == 8:
+                y = k.linear_int8(x2, w.data, w.scale, self.input_scale, self.bias)
+            else:
+                y = k.linear_int4(x2, w.data, w.scale, w.mins, w.group_size, self.input_scale, self.bias)
+        else:
+            xf = x2.float()
+            if self.input_scale is not None:
+                xf = xf * self.input_scale
+            y = F.linear(xf, dequantize(w), self.bias)
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+
+class QuantEmbedding(nn.Module):
+    """Token embedding over a quantized [vocab, d] matrix (shared with a tied QuantLinear lm_head)."""
+
+    def __init__(self, weight: QuantWeight, dtype: torch.dtype):
+        super().__init__()
+        self.qweight = weight
+        self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        rows = dequantize(self.qweight.rows(flat))
+        return rows.to(self.dtype).reshape(*ids.shape, self.embedding_dim)

@@ -1,0 +1,90 @@
+"""The native quantized-Linear kernels against the PyTorch reference of the formats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flint.engine.quant import modules
+from flint.engine.quant.formats import QuantWeight, pack_int4, quantize_int4, quantize_int8, unpack_int4
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = modules.kernel()
+    assert k is not None, "the native kernel must build on a machine with g++ (the CI machines have it)"
+    return k
+
+
+def weights(n: int, k: int, bits: int, group: int, seed: int) -> QuantWeight:
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    return quantize_int8(w) if bits == 8 else quantize_int4(w, group)
+
+
+SHAPES = [  # (M, K, N): decode, verification, odd sizes that need padding, one output channel
+    (1, 512, 1024), (2, 64, 48), (3, 100, 77), (5, 1536, 512), (8, 96, 130), (9, 33, 7), (16, 256, 1), (13, 7, 300),
+]
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 64), (4, 128)])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_small_m_kernel_matches_reference(kernel, bits, group, m, k, n):
+    w = weights(n, k, bits, group, seed=m * 1000 + k + n)
+    g = torch.Generator().manual_seed(m)
+    x, bias, scale = torch.randn(m, k, generator=g), torch.randn(n, generator=g), torch.rand(k, generator=g) + 0.5
+    ref = (x * scale) @ w.dequantize().T + bias
+    got = modules.QuantLinear(w, bias, input_scale=scale)(x)
+    torch.testing.assert_close(got, ref, atol=1e-4 * k**0.5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 64)])
+def test_large_m_and_other_dtypes_take_the_dequantized_path(kernel, bits, group):
+    w = weights(40, 200, bits, group, seed=3)
+    x = torch.randn(2, 17, 200)                               # 34 rows > SMALL_M_ROWS, 3-D input
+    ref = x @ w.dequantize().T
+    torch.testing.assert_close(modules.QuantLinear(w)(x), ref, atol=1e-4, rtol=1e-4)
+    got = modules.QuantLinear(w)(x[0, :3].bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), x[0, :3].bfloat16().float() @ w.dequantize().T, atol=0.1, rtol=0.02)
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])
+def test_kernel_dequantize_matches_reference(kernel, bits, group):
+    w = weights(33, 300, bits, group, seed=5)
+    torch.testing.assert_close(modules.dequantize(w), w.dequantize(), atol=1e-6, rtol=1e-6)  # fma vs mul+add
+
+
+def test_without_the_kernel_the_pytorch_reference_gives_the_same_result(monkeypatch):
+    w = weights(24, 96, 4, 32, seed=6)
+    x = torch.randn(3, 96)
+    with_kernel = modules.QuantLinear(w)(x)
+    monkeypatch.setattr(modules, "_kernel", None)
+    monkeypatch.setattr(modules, "_kernel_tried", True)
+    torch.testing.assert_close(modules.QuantLinear(w)(x), with_kernel, atol=1e-4, rtol=1e-4)
+
+
+def test_int4_pack_round_trips_and_puts_column_j_plus_16_in_the_high_nibble():
+    q = torch.randint(0, 16, (3, 64), dtype=torch.uint8)
+    packed = pack_int4(q)
+    assert packed.shape == (3, 32)
+    assert torch.equal(unpack_int4(packed), q)
+    assert int(packed[1, 16 + 5]) == int(q[1, 32 + 5]) | int(q[1, 48 + 5]) << 4
+
+
+def test_quantization_error_is_within_the_format_step():
+    w = torch.randn(16, 256)
+    int8, int4 = quantize_int8(w), quantize_int4(w, 32)
+    assert (int8.dequantize() - w).abs().max() <= w.abs().amax() / 127 / 2 + 1e-6
+    groups = w.view(16, 8, 32)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15
+    assert ((int4.dequantize() - w).view(16, 8, 32).abs() <= step[..., None] / 2 + 1e-5).all()
+
+
+def test_rows_and_cat_fuse_along_output_channels():
+    a, b = weights(8, 64, 4, 32, seed=7), weights(5, 64, 4, 32, seed=8)
+    fused = QuantWeight.cat([a, b])
+    torch.testing.assert_close(fused.dequantize(), torch.cat([a.dequantize(), b.dequantize()]))
+    perm = torch.tensor([4, 0, 12, 3])
+    torch.testing.assert_close(fused.rows(perm).dequantize(), fused.dequantize()[perm])
+    with pytest.raises(Exception, match="different formats"):
+        QuantWeight.cat([a, weights(5, 64, 4, 64, seed=9)])
