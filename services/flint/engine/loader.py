@@ -16,8 +16,7 @@ Public API (stable):
     load_config(path) -> ModelConfig
     parse_dtype("float32" | "bfloat16" | "float16" | torch.dtype) -> torch.dtype
 `quantization` "int8" / "int4" quantizes every Linear and the embedding after loading (see
-`flint.engine.quant`). A GPTQ checkpoint (`quantization_config` in config.json) loads its int4
-weights as they are (`flint.engine.quant.gptq`), whatever `quantization` says.
+`flint.engine.quant`).
 Errors: NotFound for a missing directory/file/tensor (naming the path),
 InvalidArgument for malformed files or shapes that do not fit config.json.
 """
