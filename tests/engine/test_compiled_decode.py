@@ -51,6 +51,7 @@ def test_buckets_are_compiled_at_start_and_the_first_requests_compile_nothing(en
     eager, compiled = engines
     decode = compiled.runner.compiled_decode
     assert eager.runner.compiled_decode is None                     # compile=false: the eager fallback
+    assert compiled.runner.attn.native                              # the op runs the in-place kernel
     assert decode.compiled_buckets == BUCKETS and set(decode.compile_s) == set(BUCKETS)
     assert compiled.graphs_at_start == len(BUCKETS)                 # one whole-forward graph per bucket
     graphs = counters["stats"]["unique_graphs"]

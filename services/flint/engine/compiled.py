@@ -31,6 +31,10 @@ eager `PagedAttention`, for two reasons:
 - its key count grows every step and differs per sequence. Static shapes
   would mean a fixed key length per bucket: gathering (and attending over)
   the longest allowed context, 131,072 keys, for every row of every step.
+Inside the op, `PagedAttention` runs as in eager steps: on a CPU cache its
+native kernel (engine/kernels/paged_attention.cpp) reads each row's keys and
+values in place through the slot map, so compiled and eager decode share one
+attention kernel and neither copies a sequence's KV.
 
 Padding rows (token 0 at position 0) never reach PagedAttention: the op
 hands it only the B real rows (so pad rows write no KV slot and the block

@@ -6,26 +6,52 @@ whose layers call the backend with q/k/v of the packed tokens.
 
 Per layer:
 1. new k/v go to their slots with one `index_copy_` for the whole batch;
-2. decode rows (1 new token) of all sequences run as ONE padded SDPA call
-   (keys gathered into [B, Lmax] with a padding mask) — per-op overhead, not
-   FLOPs, is what costs on CPU at small batch;
-3. prefill chunks (n new tokens after `start` cached ones) attend without
-   ever materialising an [n, ctx] score matrix: the CPU flash kernel runs on
-   the cached part (no mask) and on the chunk itself (causal), and the two
-   partial softmaxes are merged with their log-sum-exps. Other devices, and
-   Mistral's sliding window, use SDPA with an explicit mask over query
-   sub-chunks, bounded at `_MASK_ELEMS` mask elements per call.
+2. sequences bringing at most `IN_PLACE_MAX_TOKENS` new tokens (decode rows,
+   speculative verification, a keystroke's few re-prefilled tokens after a
+   long cached context) attend in ONE call of the native kernel
+   (kernels/paged_attention.cpp) that reads their keys and values where they
+   lie in the cache, through the slot map: flash-decoding, the context split
+   across the thread pool and merged by log-sum-exp. Nothing is copied per
+   sequence, so a step reads each cached key and value of a layer once;
+3. longer prefill chunks (n new tokens after `start` cached ones) gather
+   their keys and attend without ever materialising an [n, ctx] score
+   matrix: the CPU flash kernel runs on the cached part (no mask) and on the
+   chunk itself (causal), and the two partial softmaxes are merged with their
+   log-sum-exps. Other devices, and Mistral's sliding window, use SDPA with
+   an explicit mask over query sub-chunks, bounded at `_MASK_ELEMS` mask
+   elements per call. At n new tokens the gather is one extra pass over
+   keys the chunk's n queries read anyway, so its share shrinks with n.
+
+Where the native kernel is unavailable (no C++ compiler, a non-CPU cache),
+the PyTorch fallback runs instead: decode rows of all sequences as ONE padded
+SDPA call over gathered [B, Lmax] keys, everything else as in 3.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+log = logging.getLogger(__name__)
+
 _MASK_ELEMS = 1 << 24
+# Sequences with at most this many new tokens attend in place (native kernel). Its cost per key grows
+# with the queries sharing a KV head (group * n); past a few dozen the gathered flash path's GEMMs win.
+IN_PLACE_MAX_TOKENS = 16
+
+
+def native_kernel():
+    """The built kernel module, or None (logged once by the loader) where it cannot be built."""
+    from flint.engine import kernels
+
+    try:
+        return kernels.load("paged_attention", ["paged_attention.cpp"])
+    except kernels.KernelUnavailable:
+        return None
 
 
 @dataclass
@@ -37,8 +63,11 @@ class _Chunk:
 
 
 class PagedAttention:
+    """`native`: None picks the kernel where it builds and the cache is on the CPU; False forces the
+    PyTorch fallback (what other devices run); True requires the kernel."""
+
     def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int,
-                 sliding_window: int | None = None):
+                 sliding_window: int | None = None, native: bool | None = None):
         self.k_cache, self.v_cache = k_cache, v_cache          # [L, S, KV, D]
         self.num_heads = num_heads
         self.num_kv_heads = k_cache.shape[2]
@@ -47,11 +76,26 @@ class PagedAttention:
         self._gqa = bool(num_heads != self.num_kv_heads)       # plain bool: torch.compile-friendly
         self._flash = k_cache.device.type == "cpu" and hasattr(
             torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+        self._kernel = None
+        if native is not False and k_cache.device.type == "cpu" and k_cache.dtype != torch.float64:
+            self._kernel = native_kernel()
+        if native and self._kernel is None:
+            raise RuntimeError("native paged attention kernel requested but unavailable on this machine/device")
+        self._in_place_max = IN_PLACE_MAX_TOKENS if self._kernel is not None else 1
+        self._scale = k_cache.shape[-1] ** -0.5
+        self._window = sliding_window or 0
         self._write_slots = torch.empty(0, dtype=torch.int64)
         self._chunks: list[_Chunk] = []
-        self._decode_rows: torch.Tensor | None = None
-        self._decode_slots: torch.Tensor | None = None         # [B, Lmax]
-        self._decode_mask: torch.Tensor | None = None          # [B, 1, 1, Lmax] bool or None
+        self._short_slots: list[torch.Tensor] = []             # native: slot map per short sequence
+        self._short_meta: torch.Tensor | None = None           # native: [B, 3] (row, start, n)
+        self._decode_rows: torch.Tensor | None = None          # fallback: decode rows, None = all rows
+        self._decode_slots: torch.Tensor | None = None         # fallback: [B, Lmax]
+        self._decode_mask: torch.Tensor | None = None          # fallback: [B, 1, 1, Lmax] bool or None
+
+    @property
+    def native(self) -> bool:
+        """True when short sequences attend in place through the native kernel."""
+        return self._kernel is not None
 
     def begin_step(self, seqs: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
         """seqs: (slot map, cached tokens, new tokens) per sequence in packing order -> positions [T].
@@ -59,62 +103,82 @@ class PagedAttention:
         Slot maps must be on the cache's device (the runner moves them); positions and every index
         tensor are built there.
         """
-        if len(seqs) == 1 and seqs[0][2] == 1 and self.sliding_window is None:
-            return self._begin_single_decode(*seqs[0])
-        writes, positions, chunks, dec_rows, dec_slots = [], [], [], [], []
+        if len(seqs) == 1:                                     # batch 1, the latency-critical case
+            slots, start, n = seqs[0]
+            self._write_slots = slots[start : start + n]
+            positions = torch.arange(start, start + n, device=self.device)
+            if n <= self._in_place_max:
+                self._chunks = []
+                self._begin_short([(0, start, n, slots)], all_rows=True)
+            else:
+                self._chunks = [_Chunk(0, start, n, slots[: start + n])]
+                self._begin_short([], all_rows=False)
+            return positions
+        writes, positions, short, chunks = [], [], [], []
         row = 0
         for slots, start, n in seqs:
             writes.append(slots[start : start + n])
             positions.append(torch.arange(start, start + n, device=self.device))
-            keys = slots[: start + n]
-            if n == 1:
-                if self.sliding_window is not None and start + 1 > self.sliding_window:
-                    keys = keys[start + 1 - self.sliding_window :]
-                dec_rows.append(row)
-                dec_slots.append(keys)
+            if n <= self._in_place_max:
+                short.append((row, start, n, slots))
             else:
-                chunks.append(_Chunk(row, start, n, keys))
+                chunks.append(_Chunk(row, start, n, slots[: start + n]))
             row += n
-        self._write_slots = torch.cat(writes) if len(writes) > 1 else writes[0]
+        self._write_slots = torch.cat(writes)
         self._chunks = chunks
-        self._decode_rows = torch.tensor(dec_rows, dtype=torch.int64, device=self.device) if dec_rows else None
-        self._decode_slots, self._decode_mask = None, None
-        if dec_slots:
-            lens = [len(s) for s in dec_slots]
-            self._decode_slots = pad_sequence(dec_slots, batch_first=True)          # [B, Lmax]
-            if min(lens) != max(lens):
-                lens_t = torch.tensor(lens, dtype=torch.int64, device=self.device)
-                mask = torch.arange(max(lens), device=self.device)[None, :] < lens_t[:, None]   # [B, Lmax]
-                self._decode_mask = mask[:, None, None, :]
-        self._single_decode = len(dec_rows) == row  # every row is a decode row
-        return torch.cat(positions) if len(positions) > 1 else positions[0]
+        self._begin_short(short, all_rows=not chunks)
+        return torch.cat(positions)
 
-    def _begin_single_decode(self, slots: torch.Tensor, start: int, n: int) -> torch.Tensor:
-        """Batch-1 decode, the latency-critical case: the fewest host-side tensor ops."""
-        self._write_slots = slots[start : start + 1]
-        self._chunks = []
-        self._decode_rows = None
-        self._decode_slots = slots[: start + 1][None]                               # [1, L]
-        self._decode_mask = None
-        self._single_decode = True
-        return torch.tensor([start], dtype=torch.int64, device=self.device)
+    def _begin_short(self, short: list[tuple[int, int, int, torch.Tensor]], all_rows: bool) -> None:
+        """Plan the sequences that take the short path: (row, start, n, slot map) each."""
+        self._all_short = all_rows and bool(short)
+        if self._kernel is not None:
+            self._short_slots = [s for *_, s in short]
+            self._short_meta = torch.tensor([m[:3] for m in short], dtype=torch.int64) if short else None
+            return
+        # Fallback: decode rows (n == 1) gathered into one padded [B, Lmax] SDPA call.
+        self._decode_rows = None if all_rows else (
+            torch.tensor([r for r, *_ in short], dtype=torch.int64, device=self.device) if short else None)
+        self._decode_slots, self._decode_mask = None, None
+        if not short:
+            return
+        keys = []
+        for _, start, _, slots in short:
+            lo = start + 1 - self.sliding_window if self.sliding_window and start + 1 > self.sliding_window else 0
+            keys.append(slots[lo : start + 1])
+        if len(keys) == 1:
+            self._decode_slots = keys[0][None]                                        # [1, L]
+            return
+        lens = [len(s) for s in keys]
+        self._decode_slots = pad_sequence(keys, batch_first=True)                     # [B, Lmax]
+        if min(lens) != max(lens):
+            lens_t = torch.tensor(lens, device=self.device)
+            mask = torch.arange(max(lens), device=self.device)[None, :] < lens_t[:, None]   # [B, Lmax]
+            self._decode_mask = mask[:, None, None, :]
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q [T, H, D]; k, v [T, KV, D] -> out [T, H, D]
         kc, vc = self.k_cache[layer_idx], self.v_cache[layer_idx]   # [S, KV, D]
         kc.index_copy_(0, self._write_slots, k)
         vc.index_copy_(0, self._write_slots, v)
-        if self._single_decode:
+        if self._kernel is not None:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            if self._short_slots:
+                if q.stride(-1) != 1:
+                    q = q.contiguous()
+                self._kernel.attend(out, q, kc, vc, self._short_slots, self._short_meta, self._window, self._scale)
+        elif self._all_short:
             return self._decode(q, kc, vc)
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        if self._decode_rows is not None:
-            out[self._decode_rows] = self._decode(q[self._decode_rows], kc, vc)
+        else:
+            out = torch.empty_like(q, memory_format=torch.contiguous_format)
+            if self._decode_rows is not None:
+                out[self._decode_rows] = self._decode(q[self._decode_rows], kc, vc)
         for c in self._chunks:
             out[c.row : c.row + c.n] = self._prefill(q[c.row : c.row + c.n], kc, vc, c)
         return out
 
     def _decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
-        # q [B, H, D] -> [B, H, D]
+        # Fallback. q [B, H, D] -> [B, H, D]
         b, lmax = self._decode_slots.shape
         flat = self._decode_slots.view(-1)
         # index_select, not advanced indexing: ~10x cheaper per call on CPU
