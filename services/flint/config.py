@@ -130,12 +130,13 @@ def _check_id(name: str, value: str) -> None:
 def _check_tables(config, names: tuple[str, ...]) -> None:
     """Validate nested config tables with their owners' dataclasses (imported lazily: no cycles)."""
     from flint.admission import AdmissionConfig
+    from flint.docstore import DocumentLimits
     from flint.frontend.journal import JournalConfig
     from flint.observability.config import ObservabilityConfig
     from flint.security.config import SecurityConfig
 
     owners = {"journal": JournalConfig, "admission": AdmissionConfig, "security": SecurityConfig,
-              "observability": ObservabilityConfig}
+              "observability": ObservabilityConfig, "documents": DocumentLimits}
     for name in names:
         value = getattr(config, name)
         _check(isinstance(value, dict), f"{name} must be a table of settings, got {value!r}")
@@ -159,6 +160,7 @@ class ReplicaConfig:
     deregister_delay_s: float = 1.0    # on shutdown, keep serving this long after leaving the registry
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
     observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
+    documents: dict[str, Any] = field(default_factory=dict)      # flint.docstore.DocumentLimits
     # The deployment's internal API secret (flint.security.internal); "" = internal_token_file or the environment.
     internal_token: str = field(default="", repr=False)
     internal_token_file: str = ""
@@ -212,12 +214,13 @@ class FrontendConfig:
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
     security: dict[str, Any] = field(default_factory=dict)       # flint.security.config.SecurityConfig
     observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
+    documents: dict[str, Any] = field(default_factory=dict)      # flint.docstore.DocumentLimits
     # The deployment's internal API secret sent to replicas (flint.security.internal); "" = file or environment.
     internal_token: str = field(default="", repr=False)
     internal_token_file: str = ""
 
     def __post_init__(self) -> None:
-        _check_tables(self, ("journal", "admission", "security", "observability"))
+        _check_tables(self, ("journal", "admission", "security", "observability", "documents"))
         _check(bool(self.redis_url), "front-end: redis_url is required")
         _check_id("worker_id", self.worker_id)
         _check_port("port", self.port)

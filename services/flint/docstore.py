@@ -83,6 +83,14 @@ class DocumentLimits:
     max_documents_per_tenant: int = 256
     compact_every_edits: int = 256          # log entries before the text is folded into a new base
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "DocumentLimits":
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InvalidArgument(f"documents: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        return cls(**data)
+
     def __post_init__(self) -> None:
         for name in ("max_document_chars", "max_documents_per_tenant", "compact_every_edits"):
             value = getattr(self, name)

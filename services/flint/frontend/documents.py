@@ -14,6 +14,8 @@ Public API (stable):
     await .open(msg: flint.v1.OpenDocument) -> flint.v1.DocumentVersion
     await .edit(msg: flint.v1.EditDocument) -> flint.v1.DocumentVersion
     await .engine_inputs(msg: flint.v1.CompleteRequest) -> (DocumentInput | None, [DocumentInput])
+    await .fill(msg, engine_request)   (sets the internal request's document fields)
+    names_documents(msg) -> bool
 """
 
 from __future__ import annotations
@@ -92,6 +94,15 @@ class SessionDocuments:
             context.append(self._input(copy, 0))
         return current, context
 
+    async def fill(self, msg, engine_request: ipb.GenerateRequest) -> None:
+        """Point the internal request at the completion's documents (no-op for requests without any)."""
+        if not names_documents(msg):
+            return
+        current, context = await self.engine_inputs(msg)
+        if current is not None:
+            engine_request.document.CopyFrom(current)
+        engine_request.context_documents.extend(context)
+
     # ---- internals ----
 
     def _input(self, copy: _Copy, cursor: int) -> ipb.DocumentInput:
@@ -119,3 +130,7 @@ class SessionDocuments:
         self._docs[document_id] = copy
         while len(self._docs) > MAX_CACHED_DOCUMENTS:
             self._docs.pop(next(iter(self._docs)))
+
+
+def names_documents(msg) -> bool:
+    return isinstance(msg, pb.CompleteRequest) and (msg.HasField("document") or len(msg.context_documents) > 0)

@@ -56,6 +56,7 @@ class FrontendWorker:
         """Connect to Redis (clear error naming the URL if unreachable), bind and serve; returns the port."""
         import redis.asyncio as aioredis
 
+        from flint.docstore import DocumentLimits, DocumentStore
         from flint.valkey import check_redis_async
 
         from flint.security.internal import require_token
@@ -79,6 +80,8 @@ class FrontendWorker:
             journal, resumer = await self._start_journal(store, local)
             servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
                                      local=local, journal=journal, resumer=resumer, guard=self._guard())
+            servicer.document_store = DocumentStore(self._redis, cfg.key_prefix, ttl_s=cfg.session_ttl_s,
+                                                    limits=DocumentLimits.from_dict(cfg.documents))
             self._server = self._build_server(servicer)
             from flint.security.transport import bind
 

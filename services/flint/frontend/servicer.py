@@ -17,6 +17,7 @@ import grpc
 from flint.errors import FlintError, InvalidArgument, NotFound
 from flint.grpc_status import error_of
 from flint.frontend.codec import check_decoded
+from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.interrupts import InterruptBus
 from flint.frontend.relay import RequestRelay
 from flint.frontend.replicas import ReplicaPool
@@ -43,11 +44,13 @@ class FlintServicer:
         self.pool = pool
         self.bus = bus
         self.local = local
+        self.document_store = None  # flint.docstore.DocumentStore: the Session streams' documents
 
     # ------------------------------------------------------------ shared by all RPCs
     async def start_request(self, msg: pb.CompleteRequest | pb.EditRequest, *, request_id: str,
                             session: SessionRecord | None, emit, fail,
-                            arrival_unix_s: float) -> tuple[RequestRelay, SessionRecord | None]:
+                            arrival_unix_s: float, documents: SessionDocuments | None = None,
+                            ) -> tuple[RequestRelay, SessionRecord | None]:
         """Validate, route, register in Redis and start relaying; returns the relay and the updated session."""
         model = msg.model or (session.model if session else "")
         tenant = current_tenant()
@@ -58,6 +61,11 @@ class FlintServicer:
             msg, request_id=request_id, session_id=session.session_id if session else "",
             max_context_tokens=replica.max_context_tokens, arrival_unix_s=arrival_unix_s)
         engine_request.cache_namespace = tenant  # one tenant's prefix cache never serves another's prompts
+        if documents is not None:
+            await documents.fill(msg, engine_request)
+        elif names_documents(msg):
+            raise InvalidArgument("documents live in Session streams: open the document there (open_document) "
+                                  "or send prefix and suffix")
         with stats.time_stage("admit"):
             release = await self.guard.admit(msg, request_id=request_id, tenant=tenant, replica=replica) \
                 if self.guard is not None else None

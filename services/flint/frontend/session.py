@@ -18,6 +18,7 @@ import grpc
 
 from flint.errors import FlintError, InvalidArgument, NotFound
 from flint.frontend.codec import Undecodable
+from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.store import SessionRecord
 from flint.frontend.validate import check_request_id, new_id, request_id_of
 from flint.security.context import current_tenant
@@ -27,11 +28,12 @@ from flint.v1 import flint_pb2 as pb
 _END = object()
 
 
-def request_error(request_id: str, exc: BaseException) -> pb.ServerMessage:
+def request_error(request_id: str, exc: BaseException, *, document_id: str = "") -> pb.ServerMessage:
     error = as_flint_error(exc)
     return pb.ServerMessage(error=pb.RequestError(
         request_id=request_id, code=code_number(status_code(error)), message=error.message,
-        retryable=error.retryable, retry_after_ms=error.retry_after_ms))
+        retryable=error.retryable, retry_after_ms=error.retry_after_ms, document_id=document_id,
+        document_version=getattr(error, "document_version", 0)))
 
 
 class SessionStream:
@@ -41,6 +43,8 @@ class SessionStream:
         self._session: SessionRecord | None = None
         self._relays = {}
         self._resumes: set[asyncio.Task] = set()
+        self._docs: SessionDocuments | None = None
+        self._docs_session = ""
 
     async def run(self, request_iterator):
         reader = asyncio.create_task(self._read(request_iterator), name="session reader")
@@ -79,7 +83,7 @@ class SessionStream:
             self._emit(request_error("", message.error()))
             return
         kind = message.WhichOneof("kind")
-        request_id = ""
+        request_id = document_id = ""
         try:
             if kind == "open":
                 await self._open(message.open)
@@ -96,12 +100,18 @@ class SessionStream:
             elif kind == "resume":
                 request_id = message.resume.request_id
                 self._resume(message.resume)
+            elif kind in ("open_document", "edit_document"):
+                document_id = getattr(message, kind).document_id
+                documents = await self._documents()
+                change = documents.open if kind == "open_document" else documents.edit
+                self._emit(pb.ServerMessage(document=await change(getattr(message, kind))))
             else:
-                raise InvalidArgument("empty ClientMessage: set one of open, complete, edit, interrupt, redirect")
+                raise InvalidArgument("empty ClientMessage: set one of open, complete, edit, interrupt, redirect, "
+                                      "resume, open_document, edit_document")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed request never ends the stream
-            self._emit(request_error(request_id, exc))
+            self._emit(request_error(request_id, exc, document_id=document_id))
 
     async def _open(self, open_msg: pb.Open) -> None:
         store = self._servicer.store
@@ -122,18 +132,32 @@ class SessionStream:
         self._session = session
         self._emit(pb.ServerMessage(opened=await self._servicer.opened(session)))
 
-    async def _start(self, request, request_id: str, arrival: float) -> None:
+    async def _ensure_session(self) -> SessionRecord:
         if self._session is None:  # implicit anonymous session
             self._session = SessionRecord(session_id=new_id("s"), created_unix_s=time.time(),
                                           tenant=current_tenant())
             await self._servicer.store.put_session(self._session)
+        return self._session
+
+    async def _documents(self) -> SessionDocuments:
+        """This stream's documents (of its session, which a reopen on another worker finds in Redis)."""
+        session = await self._ensure_session()
+        if self._docs is None or self._docs_session != session.session_id:
+            self._docs = SessionDocuments(self._servicer.document_store, session_id=session.session_id,
+                                          tenant=session.tenant, session_key=self._servicer.store.session_key(
+                                              session.session_id))
+            self._docs_session = session.session_id
+        return self._docs
+
+    async def _start(self, request, request_id: str, arrival: float) -> None:
+        await self._ensure_session()
 
         def fail(error: FlintError) -> None:
             self._emit(request_error(request_id, error))
 
         relay, self._session = await self._servicer.start_request(
             request, request_id=request_id, session=self._session, emit=self._emit, fail=fail,
-            arrival_unix_s=arrival)
+            arrival_unix_s=arrival, documents=await self._documents() if names_documents(request) else None)
         # Keep only live relays (the stream cancels them if the client disconnects).
         self._relays = {rid: r for rid, r in self._relays.items() if not r.done}
         self._relays[request_id] = relay

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from flint.admission import AdmissionConfig, check_replica_load
 from flint.config import ReplicaConfig
+from flint.docstore import DocumentStore
 from flint.engine.types import Final
 from flint.grpc_status import ErrorInterceptor
 from flint.internal.v1 import engine_pb2 as pb
@@ -27,6 +28,7 @@ from flint.observability.metrics import metrics
 from flint.observability.setup import start_metrics
 from flint.internal.v1 import engine_pb2_grpc
 from flint.replica.convert import event_to_proto, request_from_proto
+from flint.replica.documents import DocumentTokens
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.security import internal
 from flint.security.redact import install_log_redaction
@@ -45,10 +47,18 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         # Generate calls cancelled by their caller (interrupt, client gone): each closed its
         # engine iterator early, so the engine aborted it. Published in Redis for operators.
         self.cancelled_total = 0
+        self.document_store = None   # flint.docstore.DocumentStore, set when Redis is connected
+        self._documents = None       # flint.replica.documents.DocumentTokens, made on first use
 
     async def Generate(self, request, context):
         check_replica_load(self._admission, self._replica_id, self._engine.load())  # RESOURCE_EXHAUSTED, no hang
         engine_request = request_from_proto(request)
+        if request.HasField("document") or request.context_documents:   # prompt from session documents
+            if self._documents is None:
+                self._documents = DocumentTokens(self._engine.engine.tokenizer, self.document_store)
+            engine_request = await self._documents.resolve(
+                engine_request, request.document if request.HasField("document") else None,
+                request.context_documents)
         span = tracing.start_engine_span(request.request_id, context.invocation_metadata())
         finished = False
         try:
@@ -116,6 +126,7 @@ class ReplicaServer:
         self._redis = aioredis.Redis.from_url(self.config.redis_url)
         await check_redis_async(self._redis, self.config.redis_url)
         self._registry = ReplicaRegistry(self._redis, self.config.key_prefix)
+        self._servicer.document_store = DocumentStore(self._redis, self.config.key_prefix, ttl_s=0)  # reads only
 
         server = grpc.aio.server(interceptors=[internal.InternalAuthInterceptor(token), ErrorInterceptor()],
                                  options=[("grpc.so_reuseport", 0)])
