@@ -37,7 +37,9 @@ APP_NAME = "flint"
 class ServeDeploymentConfig:
     """Everything one Serve application of flint engine replicas needs."""
 
-    redis_url: str
+    # The Redis the front-ends use; "" = FLINT_REDIS_URL of each process (set from a Kubernetes Secret, so the
+    # password never sits in the Serve config, the dashboard or the RayService object)
+    redis_url: str = ""
     engine: dict = field(default_factory=dict)          # EngineConfig keys
     sharding: dict = field(default_factory=dict)        # ShardingConfig keys; {} = whole model in the replica
     replica: dict = field(default_factory=dict)         # ReplicaConfig keys besides redis_url
@@ -59,8 +61,9 @@ class ServeDeploymentConfig:
     max_replicas_per_node: int = 0                       # 0 = no limit
 
     def __post_init__(self) -> None:
-        if not self.redis_url:
-            raise InvalidArgument("serve: redis_url is required (replicas publish their address there)")
+        if not self.resolved_redis_url():
+            raise InvalidArgument("serve: redis_url is required (replicas publish their address there): set it, "
+                                  "or FLINT_REDIS_URL in the environment of every Ray node")
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
             raise InvalidArgument(f"serve: need 0 <= min_replicas ({self.min_replicas}) <= max_replicas "
                                   f"({self.max_replicas}) and max_replicas >= 1")
@@ -96,7 +99,13 @@ class ServeDeploymentConfig:
     def replica_config(self):
         from flint.config import ReplicaConfig, from_mapping
 
-        return from_mapping(ReplicaConfig, {**self.replica, "redis_url": self.redis_url}, where="serve replica")
+        return from_mapping(ReplicaConfig, {**self.replica, "redis_url": self.resolved_redis_url()},
+                            where="serve replica")
+
+    def resolved_redis_url(self) -> str:
+        from flint import env
+
+        return self.redis_url or env.redis_url() or ""
 
     def sharding_config(self):
         from flint.distributed.config import ShardingConfig

@@ -36,6 +36,9 @@ class EngineConfig:
     # num_cpus when Ray hosts it, else the process's CPU affinity (`cores_given`). Measured reason: README.
     num_threads: int = 0
     kv_cache_bytes: int = 1 << 30        # KV budget (k and v, all layers)
+    # > 0 (CUDA): the engine may use this share of the GPU's memory; KV gets what is left of it once the
+    # weights are loaded (kv_cache_bytes is then ignored), so one config fits 24 GB and 80 GB cards alike
+    kv_cache_memory_fraction: float = 0.0
     block_size: int = 16                 # tokens per KV block
     max_batch_size: int = 32             # running requests per step
     prefill_tokens_per_step: int = 2048  # token budget of one step (decode tokens count too)
@@ -68,6 +71,10 @@ class EngineConfig:
                f"quant_group_size must be one of {', '.join(map(str, QUANT_GROUP_SIZES))}, got {self.quant_group_size!r}")
         _int_at_least("num_threads", self.num_threads, 0)
         _int_at_least("kv_cache_bytes", self.kv_cache_bytes, 1 << 16)
+        _check(isinstance(self.kv_cache_memory_fraction, (int, float)) and 0 <= self.kv_cache_memory_fraction < 1
+               and (not self.kv_cache_memory_fraction or self.device.startswith("cuda")),
+               f"kv_cache_memory_fraction must be in [0, 1) and needs a cuda device (0 = use kv_cache_bytes), got "
+               f"{self.kv_cache_memory_fraction!r} on {self.device!r}")
         _int_at_least("block_size", self.block_size, 1)
         _int_at_least("max_batch_size", self.max_batch_size, 1)
         _int_at_least("prefill_tokens_per_step", self.prefill_tokens_per_step, 16)
@@ -107,6 +114,20 @@ class EngineConfig:
 
         check_types(cls, values, where="engine config")     # a wrong type names its key and the type wanted
         return cls(**values)
+
+    def kv_budget_bytes(self) -> int:
+        """The KV budget: kv_cache_bytes, or with kv_cache_memory_fraction what that share of the GPU leaves
+        after the memory in use now (call it once the weights are on the device)."""
+        if not self.kv_cache_memory_fraction:
+            return self.kv_cache_bytes
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(self.device))
+        budget = int(self.kv_cache_memory_fraction * total) - (total - free)
+        _check(budget >= 1 << 26, f"kv_cache_memory_fraction={self.kv_cache_memory_fraction} of {total / 2**30:.1f} "
+               f"GiB leaves {budget / 2**30:.2f} GiB for KV after the weights ({(total - free) / 2**30:.1f} GiB "
+               "in use): raise it, or use a GPU with more memory")
+        return budget
 
     def threads(self) -> int:
         """The torch thread count this config runs with: `num_threads`, or for 0 the cores given."""

@@ -56,7 +56,7 @@ class Engine:
         mc = runner.config
         self.max_context_tokens = config.max_context_tokens or mc.max_position_embeddings
         self.kv = PagedKVCache(num_layers=mc.num_layers, num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim,
-                               dtype=config.torch_dtype, budget_bytes=config.kv_cache_bytes,
+                               dtype=config.torch_dtype, budget_bytes=config.kv_budget_bytes(),
                                block_size=config.block_size, prefix_cache=config.prefix_cache)
         runner.init_kv(self.kv.capacity_tokens)
         self.scheduler = Scheduler(config, self.kv)

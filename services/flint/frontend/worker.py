@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = from_mapping(FrontendConfig, json.loads(args.config), where="front-end config")
+        from flint import env
+
+        values = json.loads(args.config)
+        if not values.get("redis_url"):     # from a Secret via FLINT_REDIS_URL: no password on the command line
+            values["redis_url"] = env.redis_url() or ""
+        config = from_mapping(FrontendConfig, values, where="front-end config")
         from flint.observability.setup import configure_logging
 
         configure_logging(config.observability, args.log_level)  # JSON lines when observability.json_logs

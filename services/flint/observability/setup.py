@@ -9,12 +9,20 @@ from flint.observability.config import ObservabilityConfig
 from flint.observability.metrics import metrics
 
 
-def start_metrics(table: dict, *, engine_load=None) -> int:
-    """Serve /metrics when `metrics_port` >= 0; returns the bound port, or -1 when off."""
+def start_metrics(table: dict, *, engine_load=None, replica_id=lambda: "") -> int:
+    """Serve /metrics when `metrics_port` >= 0; returns the bound port, or -1 when off.
+
+    An engine replica inside a Ray worker also exports its load gauges through Ray's metrics agent
+    (flint.observability.ray_metrics), which needs no port of its own.
+    """
     config = ObservabilityConfig.from_dict(table)
     stats = metrics()
     if engine_load is not None and "flint_replica_running" not in stats.registry._names_to_collectors:
         stats.engine_gauges(engine_load)
+        from flint.observability.ray_metrics import RayEngineGauges, in_ray_worker
+
+        if in_ray_worker():
+            RayEngineGauges(engine_load, replica_id).start()
     if config.metrics_port < 0:
         return -1
     return stats.serve(config.metrics_host, config.metrics_port)

@@ -137,7 +137,8 @@ class ReplicaServer:
         await server.start()
         self._server = server
         self.address = f"{self.config.advertise_host or host}:{port}"
-        self.metrics_port = start_metrics(self.config.observability, engine_load=self._engine.load)
+        self.metrics_port = start_metrics(self.config.observability, engine_load=self._engine.load,
+                                          replica_id=lambda: self.replica_id)
         await self._health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._publish()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.replica_id}")
