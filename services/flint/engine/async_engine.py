@@ -25,7 +25,7 @@ from typing import AsyncIterator
 
 from flint.engine.config import EngineConfig
 from flint.engine.engine import Engine
-from flint.engine.types import Event, Final, GenerateRequest, LoadInfo
+from flint.engine.types import Event, Failed, Final, GenerateRequest, LoadInfo
 from flint.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,9 @@ class AsyncEngine:
                 event = await queue.get()
                 if isinstance(event, BaseException):
                     raise event
+                if isinstance(event, Failed):
+                    finished = True
+                    raise event.error
                 if isinstance(event, Final):
                     finished = True
                 yield event

@@ -61,6 +61,13 @@ class EngineConfig:
     fim_layout: str = "auto"
     # psm only: suffix tokens kept after the cursor, which a keystroke re-prefills; 0 = the whole suffix
     fim_suffix_window_tokens: int = 64
+    # Scheduling (flint.engine.scheduler; measured reasons in loadtests/results/scheduler.md):
+    prefill_chunk_tokens: int = 512      # most prompt tokens one request computes in a step
+    contended_chunk_tokens: int = 0      # long prefills' chunk in a step carrying a keystroke (0 = pause)
+    kv_growth_tokens: int = 256          # decode KV is allocated this many positions at a time
+    starvation_steps: int = 64           # waiting / paused this many steps: goes first, never skipped
+    queue_timeout_interactive_ms: int = 2000   # not started by then: RESOURCE_EXHAUSTED with a retry delay
+    queue_timeout_bulk_ms: int = 30000
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -96,6 +103,15 @@ class EngineConfig:
         _check(self.fim_layout in FIM_LAYOUTS,
                f"fim_layout must be one of {', '.join(FIM_LAYOUTS)}, got {self.fim_layout!r}")
         _int_at_least("fim_suffix_window_tokens", self.fim_suffix_window_tokens, 0)
+        _int_at_least("prefill_chunk_tokens", self.prefill_chunk_tokens, 1)
+        _int_at_least("contended_chunk_tokens", self.contended_chunk_tokens, 0)
+        _check(self.contended_chunk_tokens <= self.prefill_chunk_tokens,
+               f"contended_chunk_tokens ({self.contended_chunk_tokens}) must be <= prefill_chunk_tokens "
+               f"({self.prefill_chunk_tokens})")
+        _int_at_least("kv_growth_tokens", self.kv_growth_tokens, 1)
+        _int_at_least("starvation_steps", self.starvation_steps, 1)
+        _int_at_least("queue_timeout_interactive_ms", self.queue_timeout_interactive_ms, 1)
+        _int_at_least("queue_timeout_bulk_ms", self.queue_timeout_bulk_ms, 1)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> "EngineConfig":

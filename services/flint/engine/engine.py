@@ -10,11 +10,13 @@
 `add_request` and `abort` may be called from other threads while one thread
 steps (the async wrapper does that); they only touch a locked inbox.
 
-One step = drain inbox and aborts -> schedule (continuous batching, chunked
-prefill, interactive first) -> draft tokens for speculative requests -> one
-forward pass over all scheduled tokens -> logits only at the rows that need a
-token -> sample / verify -> detokenize and emit -> release finished
-requests (their KV moves into the prefix cache).
+One step = drain inbox and aborts -> schedule (flint.engine.scheduler: how
+many tokens each request computes; preemptions; queue timeouts) -> build the
+batch, with draft tokens for speculative requests -> one forward pass over
+all scheduled tokens, logits only at the rows that need a token -> apply the
+output: sample / verify, detokenize and emit, release finished requests
+(their KV moves into the prefix cache). Every end of a request (finished,
+aborted, timed out, not started in time) goes through `_finish`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from flint.engine.runner import LocalRunner, StepBatch
 from flint.engine.sampler_step import TokenChooser
 from flint.engine.scheduler import Scheduler
 from flint.engine.speculative import NgramIndex
-from flint.engine.types import Event, FinishReason, GenerateRequest, LoadInfo, SamplingParams, Started
+from flint.engine.types import Event, Failed, FinishReason, GenerateRequest, LoadInfo, SamplingParams, Started
 from flint.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -171,12 +173,31 @@ class Engine:
 
     # -- the step ---------------------------------------------------------------------------------
     def step(self) -> list[Event]:
+        """schedule -> build the batch -> run -> apply the output (each a small function)."""
         t0 = time.perf_counter()
         events: list[Event] = []
         self._drain_inbox(t0, events)
-        scheduled = self.scheduler.schedule()
-        if not scheduled:
+        plan = self.scheduler.schedule(t0)
+        for req in plan.preempted:
+            self.metrics.preemptions.inc()
+            self.runner.release(req.request_id)       # its slot map changes when it is re-admitted
+        for req in plan.timed_out:
+            self.metrics.queue_timeouts.inc()
+            events.append(self._finish(req, None, t0, error=self._queue_timeout_error(req)))
+        if not plan.scheduled:
             return events
+        batch, work, prefill_tokens = self._build_batch(plan.scheduled, t0)
+        logits = self.runner.execute(batch)                                  # [N, V] float32
+        decode_tokens = self._emit(logits, work, events)
+        now = time.perf_counter()
+        self.metrics.record_step(now - t0, prefill_tokens, decode_tokens)
+        self.metrics.kv_usage.set(self.kv.used_fraction())
+        self.metrics.running.set(len(self.scheduler.running))
+        self.metrics.waiting.set(self.scheduler.num_waiting)
+        return events
+
+    def _build_batch(self, scheduled, t0: float):
+        """Pack the scheduled tokens; `work` lists the requests that sample this step, in row order."""
         ids, seqs, rows, work = [], [], [], []
         row = prefill_tokens = 0
         for s in scheduled:
@@ -188,6 +209,9 @@ class Engine:
                     self.metrics.cache_hit.inc(req.num_cached_prompt)
                 if self.kv.radix is not None:
                     self.metrics.cache_query.inc(req.prompt_len - 1)
+            if req.slots_grew:                         # the runner learns the longer slot map afresh
+                self.runner.release(req.request_id)
+                req.slots_grew = False
             start = req.num_computed
             if s.is_decode:
                 draft = self._draft(req)
@@ -199,31 +223,24 @@ class Engine:
             else:
                 n = s.num_tokens
                 prefill_tokens += n
-                if start + n == req.prompt_len:
+                if start + n == req.num_tokens:
                     rows.append(row + n - 1)
                     work.append((req, 1, None))
             ids.append(torch.from_numpy(req.tokens[start : start + n]))
-            seqs.append((req.request_id, req.slots, start, n))
+            seqs.append((req.request_id, req.slot_map, start, n))
             req.num_computed = start + n
             row += n
         batch = StepBatch(input_ids=torch.cat(ids) if len(ids) > 1 else ids[0], seqs=seqs,
                           logit_rows=torch.tensor(rows, dtype=torch.int64))
-        logits = self.runner.execute(batch)                                  # [N, V] float32
-        decode_tokens = self._emit(logits, work, events)
-        now = time.perf_counter()
-        self.metrics.record_step(now - t0, prefill_tokens, decode_tokens)
-        self.metrics.kv_usage.set(self.kv.used_fraction())
-        self.metrics.running.set(len(self.scheduler.running))
-        self.metrics.waiting.set(self.scheduler.num_waiting)
-        return events
+        return batch, work, prefill_tokens
 
     def _emit(self, logits: torch.Tensor, work, events: list[Event]) -> int:
-        """Choose tokens for every request that got logits this step; emit deltas and finals."""
+        """Apply the output: choose tokens for every request that got logits; emit deltas and finals."""
         now = time.perf_counter()
         chosen = self.chooser.choose(logits, work)
         produced = 0
         for (req, n, draft), tokens in zip(work, chosen):
-            if draft is None:                                    # the prompt's last chunk: first token
+            if not req.first_token_at:                           # the prompt's last chunk: first token
                 req.prefill_done_at = now
                 req.first_token_at = now
                 self.metrics.ttft.observe(now - req.arrival_mono)
@@ -254,6 +271,14 @@ class Engine:
                 events.append(self._finish(req, reason, now))
         return produced
 
+    def _queue_timeout_error(self, req: Request) -> ResourceExhausted:
+        timeout_ms = self.scheduler.queue_timeout_s(req) * 1e3
+        return ResourceExhausted(
+            f"request {req.request_id!r} could not start within {timeout_ms:.0f} ms: this replica's KV cache and "
+            f"batch are busy with {len(self.scheduler.running)} running request(s); retry after the delay, "
+            f"on another replica, or with a shorter prompt or lower max_tokens",
+            retry_after_ms=max(100, int(timeout_ms) // 4))
+
     def _draft(self, req: Request) -> list[int]:
         if req.ngram is None:
             return []
@@ -278,7 +303,8 @@ class Engine:
             self.metrics.aborts.inc()
             events.append(self._finish(req, FinishReason.TIME_LIMIT, now))
 
-    def _finish(self, req: Request, reason: FinishReason, now: float):
+    def _finish(self, req: Request, reason: FinishReason | None, now: float, *, error: Exception | None = None):
+        """The one place a request ends (done, aborted, timed out, rejected): KV, runner, bookkeeping."""
         if reason in (FinishReason.INTERRUPTED, FinishReason.TIME_LIMIT) and req.detok is not None:
             req.detok = None                      # held text is dropped: the stream ends at the abort
         self.scheduler.remove(req)
@@ -291,6 +317,8 @@ class Engine:
             self.recorded_outputs[req.request_id] = req.output_ids()
         with self._lock:
             self._known.discard(req.request_id)
+        if error is not None:
+            return Failed(req.request_id, error)
         return self.output.final(req, reason, now)
 
     # -- tests and benchmarks ---------------------------------------------------------------------

@@ -5,21 +5,23 @@ The KV tensors themselves belong to the model runner (`flint.engine.runner`:
 on each shard worker); slot = block * block_size + offset. A request's `slots` tensor maps each of its token
 positions to a slot: first the slots of its cached prefix (wherever the radix
 tree keeps them), then the slots of blocks it allocated at admission for the
-rest of its prompt, its output and the speculative lookahead. Allocating the
-whole need at admission means a running request never runs out of KV mid
-decode, so the scheduler needs no preemption; the price is reserving
-`max_tokens` per request, which the byte budget sizes for.
+rest of its prompt. Decode room is allocated on demand (`grow`), never
+reserved for `max_tokens` up front; when a grow cannot be met the scheduler
+preempts (flint.engine.scheduler).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from flint.engine.block_allocator import BlockAllocator
 from flint.engine.radix_cache import RadixCache
 from flint.engine.request import Request
+
+_NO_BLOCKS = np.empty(0, dtype=np.int64)
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -85,28 +87,78 @@ class PagedKVCache:
                    for r in requests if r.owned_blocks is not None)
         return min(1.0, held / self.num_blocks)
 
-    def admit(self, req: Request) -> bool:
-        """Match the cached prefix and allocate blocks for the rest; False if KV is short right now."""
-        match = None
-        if self.radix is not None:
-            # The last prompt token is always computed: its logits start the output.
-            match = self.radix.match(req.namespace, req.prompt_ids[: req.prompt_len - 1])
-            self.radix.lock(match.node)
+    def match(self, req: Request):
+        """Lock the longest cached prefix of what `req` must compute (all but its last token), or None."""
+        if self.radix is None:
+            return None
+        # The last token is always computed: its logits give the next token.
+        match = self.radix.match(req.namespace, req.tokens[: req.num_tokens - 1])
+        self.radix.lock(match.node)
+        return match
+
+    def unmatch(self, match) -> None:
+        if match is not None:
+            self.radix.unlock(match.node)
+
+    def blocks_to_admit(self, req: Request, match, positions: int) -> int:
         cached = match.length if match is not None else 0
-        need = self.blocks_for(req.capacity - cached)
-        if self.allocator.num_free < need and self.radix is not None:
-            self.radix.evict(need)
-        if self.allocator.num_free < need:
-            if match is not None:
-                self.radix.unlock(match.node)
+        return self.blocks_for(positions - cached)
+
+    def admit(self, req: Request, match, positions: int) -> bool:
+        """Give `req` the matched prefix and fresh blocks up to `positions`; False (match released) if short.
+
+        The slot map is one preallocated [capacity] tensor: the cached prefix's slots are copied in
+        once (one memcpy, no per-token work), later growth only writes the new blocks' slots.
+        """
+        need = self.blocks_to_admit(req, match, positions)
+        if not self.reserve(need):
+            self.unmatch(match)
             return False
-        owned = self.allocator.allocate(need)
-        fresh = (torch.from_numpy(owned)[:, None] * self.block_size + self._offsets).flatten()
-        req.slots = torch.cat([match.slots, fresh]) if cached else fresh    # [>= capacity]
-        req.owned_blocks = owned
+        cached = match.length if match is not None else 0
+        req.slots = torch.empty(req.capacity, dtype=torch.int64)
+        if cached:
+            req.slots[:cached] = match.slots
+        req.num_slots = cached
+        req.owned_blocks = _NO_BLOCKS
         req.cache_node = match.node if match is not None else None
-        req.num_computed = req.num_cached_prompt = cached
+        req.num_computed = cached
+        self._append_blocks(req, need)
         return True
+
+    def grow(self, req: Request, positions: int, *, evict: bool = True) -> bool:
+        """Make sure `req` has slots for its first `positions` token positions; False if KV is short.
+
+        `evict=False` takes only free blocks (room ahead of need is not worth the prefix cache)."""
+        positions = min(positions, req.capacity)
+        if req.num_slots >= positions:
+            return True
+        need = self.blocks_for(positions - req.num_slots)
+        if not (self.reserve(need) if evict else self.allocator.num_free >= need):
+            return False
+        self._append_blocks(req, need)
+        req.slots_grew = True
+        return True
+
+    def reserve(self, blocks: int) -> bool:
+        """True if `blocks` blocks are free, evicting unlocked prefix-cache entries to get there."""
+        if self.allocator.num_free < blocks and self.radix is not None:
+            self.radix.evict(blocks)
+        return self.allocator.num_free >= blocks
+
+    def reclaimable_blocks(self) -> int:
+        """Free blocks plus what evicting the whole unlocked prefix cache would free, at most."""
+        evictable = self.blocks_for(self.radix.evictable_tokens()) if self.radix is not None else 0
+        return self.allocator.num_free + evictable
+
+    def _append_blocks(self, req: Request, n: int) -> None:
+        if n == 0:
+            return
+        owned = self.allocator.allocate(n)
+        fresh = (torch.from_numpy(owned)[:, None] * self.block_size + self._offsets).flatten()   # [n * block]
+        room = min(len(fresh), req.capacity - req.num_slots)
+        req.slots[req.num_slots : req.num_slots + room] = fresh[:room]
+        req.num_slots += room
+        req.owned_blocks = np.concatenate([req.owned_blocks, owned])
 
     def release(self, req: Request) -> None:
         """Give back a request's blocks; its computed tokens stay in the prefix cache."""
@@ -118,7 +170,7 @@ class PagedKVCache:
                 self.radix.insert(req.namespace, req.tokens[:n], req.slots[:n])
             self.radix.unlock(req.cache_node)
         self.allocator.decref(req.owned_blocks)
-        req.owned_blocks, req.cache_node, req.slots = None, None, None
+        req.owned_blocks, req.cache_node, req.slots, req.num_slots = None, None, None, 0
 
     def all_free_after_clearing(self) -> bool:
         """Leak check for tests: with no request running, clearing the prefix cache frees every block."""

@@ -19,6 +19,8 @@ collectors, so several engines (tests) never clash. Names (all labelled
 | flint_engine_spec_draft_tokens_total | counter | speculative tokens proposed |
 | flint_engine_spec_accepted_tokens_total | counter | speculative tokens accepted |
 | flint_engine_aborts_total | counter | requests aborted (interrupt, client gone, time limit) |
+| flint_engine_preemptions_total | counter | running requests preempted for KV (recomputed later) |
+| flint_engine_queue_timeouts_total | counter | requests not started within the queue timeout (RESOURCE_EXHAUSTED) |
 | flint_engine_requests_running / _waiting | gauge | scheduler state |
 | flint_engine_step_seconds | histogram | one engine step (schedule + forward + sampling + detokenize) |
 """
@@ -60,6 +62,8 @@ class EngineMetrics:
         self.spec_draft = counter("flint_engine_spec_draft_tokens", "Speculative tokens proposed")
         self.spec_accepted = counter("flint_engine_spec_accepted_tokens", "Speculative tokens accepted")
         self.aborts = counter("flint_engine_aborts", "Requests aborted")
+        self.preemptions = counter("flint_engine_preemptions", "Running requests preempted for KV")
+        self.queue_timeouts = counter("flint_engine_queue_timeouts", "Requests not started within the queue timeout")
         self.running = gauge("flint_engine_requests_running", "Requests in the running batch")
         self.waiting = gauge("flint_engine_requests_waiting", "Requests waiting for admission")
         self._window_start = time.perf_counter()

@@ -2,8 +2,14 @@
 
 Token ids live in a preallocated int64 numpy array (prompt + room for the
 output and speculative lookahead): appending a token is a scalar store and a
-step hands the model a zero-copy view, never a converted Python list; `slots` likewise maps every token position to its KV slot.
-Derived values are properties.
+step hands the model a zero-copy view, never a converted Python list. `slots`
+likewise maps token positions to KV slots; it is filled as KV is allocated
+(the cached prefix and the prompt at admission, decode room on demand), so
+only `slots[:num_slots]` is valid. Derived values are properties.
+
+A request computes KV for `tokens[:num_tokens]` and samples at the last one:
+a new request's prompt, a decode step's last token, or, after preemption, the
+prompt plus the output so far (recomputed, mostly from the prefix cache).
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ class Request:
     num_tokens: int = field(init=False)            # prompt + output tokens so far
     num_computed: int = 0                          # tokens whose KV is in the cache
     num_cached_prompt: int = 0                     # prompt tokens served from the prefix cache
-    slots: torch.Tensor | None = None              # [capacity] int64 KV slot per token position
+    slots: torch.Tensor | None = None              # [capacity] int64 KV slot per position; [:num_slots] valid
+    num_slots: int = 0                             # positions that have a KV slot
+    slots_grew: bool = False                       # slot map grew since the runner last saw it
     owned_blocks: np.ndarray | None = None         # blocks this request allocated
     cache_node: Any = None                         # locked radix node of the matched prefix
     detok: Any = None                              # incremental detokenizer
@@ -60,6 +68,11 @@ class Request:
     abort_requested: bool = False
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
+    # Scheduling (flint.engine.scheduler): steps spent waiting for admission, consecutive steps a
+    # running prefill got no chunk, and how often this request was preempted.
+    waited_steps: int = 0
+    paused_steps: int = 0
+    num_preemptions: int = 0
     # Timestamps (perf_counter seconds); 0 = not yet.
     scheduled_at: float = 0.0
     first_token_at: float = 0.0
@@ -86,8 +99,24 @@ class Request:
         return self.num_tokens - self.prompt_len
 
     @property
+    def priority(self) -> int:
+        """0 = interactive, 1 = bulk (lower runs first)."""
+        return 0 if self.interactive else 1
+
+    @property
+    def num_uncomputed(self) -> int:
+        """Tokens whose KV is still to be computed (the last one is fed to sample the next)."""
+        return self.num_tokens - self.num_computed
+
+    @property
     def in_prefill(self) -> bool:
-        return self.num_computed < self.prompt_len
+        """More than one token to compute: a prompt, or a preempted request's recompute."""
+        return self.num_uncomputed > 1
+
+    @property
+    def slot_map(self) -> torch.Tensor:
+        """[num_slots] int64: the KV slots allocated so far (what the runner reads)."""
+        return self.slots[: self.num_slots]
 
     @property
     def finished(self) -> bool:

@@ -105,7 +105,15 @@ class Final:
     accepted_draft_tokens: int = 0
 
 
-Event = Started | Delta | Final
+@dataclass(frozen=True)
+class Failed:
+    """The engine gave up on a request it had accepted (e.g. not started within the queue timeout)."""
+
+    request_id: str
+    error: Exception      # a flint.errors.FlintError: the edge maps it to a status code
+
+
+Event = Started | Delta | Final | Failed
 
 
 @dataclass(frozen=True)
