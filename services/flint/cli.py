@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", default="", help="text after the cursor")
     p.add_argument("--file", help="source file; with --cursor, prefix/suffix are split at the cursor")
     p.add_argument("--cursor", help="LINE:COL (1-based) in --file; default: end of file")
+    p.add_argument("--document", action="store_true",
+                   help="document mode: open --file once on a Session stream, then complete at the cursor by "
+                   "reference (what an editor plugin does)")
+    p.add_argument("--type", dest="type_text", default="", metavar="TEXT",
+                   help="with --document: type TEXT at the cursor one character at a time, one edit and one "
+                   "completion per keystroke (use --stats to see each keystroke's timings)")
     _request_flags(p)
 
     p = sub.add_parser("edit", help="stream an edit of a file region to the terminal",

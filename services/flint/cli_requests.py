@@ -51,6 +51,8 @@ async def run_request(args: argparse.Namespace, address: str) -> int:
     from flint.client import FlintClient
 
     path = args.file or ""
+    if args.command == "complete" and getattr(args, "document", False):
+        return await run_document(args, address)
     if args.command == "complete":
         if args.file:
             prefix, suffix = split_at_cursor(read_source(args.file), args.cursor)
@@ -86,13 +88,47 @@ async def run_request(args: argparse.Namespace, address: str) -> int:
                               "Pass --address HOST:PORT") from None
     sys.stdout.write("\n")
     if args.stats and final is not None:
-        from flint.v1 import flint_pb2 as pb
+        _print_stats(final)
+    return 0
 
-        t = final.timings
-        print(f"[{final.completion_tokens} tokens, {pb.FinishReason.Name(final.finish_reason)}, prompt "
-              f"{final.prompt_tokens} tokens ({final.cached_prompt_tokens} cached), first token "
-              f"{t.first_token_ms:.1f} ms, total {t.total_ms:.1f} ms, replica {final.replica_id}]",
-              file=sys.stderr)
+
+def _print_stats(final, label: str = "") -> None:
+    from flint.v1 import flint_pb2 as pb
+
+    t = final.timings
+    print(f"[{label}{final.completion_tokens} tokens, {pb.FinishReason.Name(final.finish_reason)}, prompt "
+          f"{final.prompt_tokens} tokens ({final.cached_prompt_tokens} cached), first token "
+          f"{t.first_token_ms:.1f} ms, total {t.total_ms:.1f} ms, replica {final.replica_id}]", file=sys.stderr)
+
+
+async def run_document(args: argparse.Namespace, address: str) -> int:
+    """`flint complete --document`: open the file once, then complete (and type) at the cursor by reference."""
+    from flint import env
+    from flint.cli import read_source
+    from flint.client import FlintClient
+
+    if not args.file:
+        raise InvalidArgument("--document needs --file: the file is opened as a document of the session")
+    text = read_source(args.file)
+    cursor = len(split_at_cursor(text, args.cursor)[0])
+    async with FlintClient(address, api_key=env.api_key() or "") as client:
+        async with client.session(model=args.model) as session:
+            doc = await session.open_document(args.file, text, path=args.file)
+            for i, char in enumerate([""] + list(args.type_text)):
+                if char:
+                    doc.replace(cursor, cursor, char)   # pipelined: the stream keeps edit and completion in order
+                    cursor += 1
+                final = None
+                async for message in doc.complete(cursor, sampling_params=_sampling(args)):
+                    kind = message.WhichOneof("kind")
+                    if kind == "delta" and i == len(args.type_text):
+                        sys.stdout.write(message.delta.text)
+                        sys.stdout.flush()
+                    elif kind == "final":
+                        final = message.final
+                if args.stats and final is not None:
+                    _print_stats(final, f"keystroke {i} {char!r}: " if char else "opened: ")
+    sys.stdout.write("\n")
     return 0
 
 

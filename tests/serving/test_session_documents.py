@@ -8,9 +8,11 @@ from __future__ import annotations
 import signal
 
 import grpc
+import pytest
 from support.services import start_worker_process, stop_worker_process
 from test_session_stream import Conversation
 
+from flint.errors import FailedPrecondition
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
@@ -104,3 +106,23 @@ async def test_worker_killed_between_two_keystrokes_next_served_by_another_worke
                                               path="m.py", sampling=pb.Sampling(max_tokens=1)))
         assert document_tokens == await _prompt_tokens(conv, "kill-full")
         assert await conv.finish() == grpc.StatusCode.OK
+
+
+async def test_client_document_api_types_keystrokes_that_match_the_full_text_path(frontend_workers):
+    from flint.client import FlintClient
+
+    async with FlintClient(frontend_workers[0].address) as client:
+        async with client.session() as session:
+            doc = await session.open_document("c.py", TEXT + "x = 'é😀'\n", path="c.py")
+            cursor = doc.text.index("😀") + 1
+            for char in "ab":
+                doc.replace(cursor, cursor, char)                      # pipelined, not awaited
+                cursor += 1
+                finals = [m.final async for m in doc.complete(cursor, max_tokens=1) if m.WhichOneof("kind") == "final"]
+            full = [m.final async for m in session.complete(doc.text[:cursor], doc.text[cursor:], path="c.py",
+                                                            max_tokens=1) if m.WhichOneof("kind") == "final"]
+            assert finals[0].prompt_tokens == full[0].prompt_tokens
+            assert doc.version == 3
+            with pytest.raises(FailedPrecondition) as err:
+                await session.edit_document("c.py", 1, [((0, 0), (0, 0), "#")])
+            assert err.value.document_version == 3
