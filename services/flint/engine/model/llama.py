@@ -39,6 +39,7 @@ from torch import nn
 
 from flint.engine.model.attention import AttentionBackend
 from flint.engine.model.config import ModelConfig
+from flint.engine.model.linear import Linear, native_available
 from flint.engine.model.rope import Rotary, apply_rotary
 from flint.engine.model.shard import AllReduce, ShardSpec
 from flint.errors import InvalidArgument
@@ -61,12 +62,12 @@ class DecoderLayer(nn.Module):
         self.floor = floor   # 0-dim sqrt(d * eps), shared by the layers
         inter = shard.local_intermediate(config)[1]
         kw = dict(device=_META, dtype=dtype)
-        self.qkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv) * hd, bias=config.qkv_bias, **kw)
-        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False, **kw)
+        self.qkv = Linear(d, (self.n_heads + 2 * self.n_kv) * hd, bias=config.qkv_bias, **kw)
+        self.o_proj = Linear(self.n_heads * hd, d, bias=False, **kw)
         # Row-parallel bias is added once, after the all-reduce.
         self.o_bias = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if config.o_bias else None
-        self.gate_up = nn.Linear(d, 2 * inter, bias=False, **kw)
-        self.down = nn.Linear(inter, d, bias=False, **kw)
+        self.gate_up = Linear(d, 2 * inter, bias=False, **kw)
+        self.down = Linear(inter, d, bias=False, **kw)
 
     def forward(
         self,
@@ -122,7 +123,7 @@ class CausalLM(nn.Module):
             DecoderLayer(config, shard, dtype, floor) for _ in range(shard.layer_start, shard.layer_end)  # type: ignore[arg-type]
         )
         self.norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if self.is_last else None
-        self.lm_head = nn.Linear(d, config.vocab_size, bias=False, **kw) if self.is_last else None
+        self.lm_head = Linear(d, config.vocab_size, bias=False, **kw) if self.is_last else None
         self.rotary = Rotary(config, self.device, dtype)
         self.requires_grad_(False)
 
@@ -141,6 +142,8 @@ class CausalLM(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.requires_grad_(False)
         self.eval()
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            native_available()   # build the few-row kernel now (once per machine), not in the first request
 
     @torch.inference_mode()
     def forward(

@@ -1,0 +1,46 @@
+"""flint's few-row float32 Linear kernel (engine/kernels/skinny_f32.cpp) computes what F.linear does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flint.engine.model import linear
+from flint.engine.model.linear import MAX_ROWS, Linear
+
+
+def test_the_kernel_builds_on_this_machine():
+    assert linear.native_available(), "skinny_f32 did not build: see the log for the compiler's message"
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, MAX_ROWS])
+@pytest.mark.parametrize("k,n,bias", [(512, 3072, False), (37, 19, True), (64, 8, True), (1536, 512, False)])
+def test_few_rows_match_f_linear(rows, k, n, bias, monkeypatch):
+    g = torch.Generator().manual_seed(rows * 1000 + k + n)
+    layer = Linear(k, n, bias=bias).requires_grad_(False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(n, k, generator=g))
+        if bias:
+            layer.bias.copy_(torch.randn(n, generator=g))
+    x = torch.randn(rows, k, generator=g)
+    kernel, calls = linear._kernel(), []
+
+    class Spy:
+        def linear_f32(self, *args):
+            calls.append(args[0].shape)
+            return kernel.linear_f32(*args)
+
+    monkeypatch.setattr(linear, "_kernel", Spy)
+    got = layer(x)
+    assert calls == [x.shape], "few-row float32 products go to the kernel"
+    torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+
+
+def test_more_rows_and_other_dtypes_use_f_linear():
+    layer = Linear(16, 8).requires_grad_(False)
+    x = torch.randn(MAX_ROWS + 1, 16)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    half = Linear(16, 8, dtype=torch.bfloat16).requires_grad_(False)
+    xb = torch.randn(2, 16, dtype=torch.bfloat16)
+    torch.testing.assert_close(half(xb), F.linear(xb, half.weight, half.bias))
