@@ -63,10 +63,11 @@ class ModelRunner(Protocol):
 class LocalRunner:
     """The whole model in this process, over a paged KV cache it owns (or is given).
 
-    The engine builds step inputs on the host; `execute` moves every one of them (token ids, slot maps, logit
-    rows) to the model's device, and PagedAttention builds positions and its index tensors there. A slot map is
-    moved once per sequence (it is fixed from admission to release) and kept until `release`; on the CPU every
-    move is a no-op. tests/engine/test_device_discipline.py runs the model on the meta device to prove it.
+    The engine builds step inputs on the host; `execute` moves every one of them (token ids, the slot maps'
+    used prefixes, logit rows) to the model's device, and PagedAttention builds positions and its index tensors
+    there. Slot maps are moved every step (the engine writes new blocks' slots into them as a sequence grows);
+    on the CPU every move is a no-op. tests/engine/test_device_discipline.py runs the model on the meta
+    device to prove it.
     """
 
     def __init__(self, model, *, k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None):
@@ -74,7 +75,6 @@ class LocalRunner:
         self.config: ModelConfig = model.config
         self.device: torch.device = model.device
         self.attn: PagedAttention | None = None
-        self._slots: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}   # key -> (host map, device copy)
         # Set by `flint.engine.compiled.enable` (compile=true): runs pure decode steps.
         self.compiled_decode = None
         if k_cache is not None and v_cache is not None:
@@ -93,12 +93,60 @@ class LocalRunner:
     def execute(self, batch: StepBatch) -> torch.Tensor:
         if self.attn is None:
             raise RuntimeError("LocalRunner.execute before init_kv")
-        positions = self.attn.begin_step([(self._slot_map(key, slots), start, n)
-                                          for key, slots, start, n in batch.seqs])                 # [T]
+        dev = self.device
+        positions = self.attn.begin_step([(slots[: start + n].to(dev, non_blocking=True), start, n)
+                                          for _, slots, start, n in batch.seqs])                   # [T]
         forward = self.model
         if self.compiled_decode is not None and batch.num_tokens == len(batch.seqs):   # 1 token per sequence
             forward = self.compiled_decode
+        hidden = forward(batch.input_ids.to(dev, non_blocking=True), positions, self.attn)       # [T, d]
+        return self.model.compute_logits(hidden[batch.logit_rows.to(dev, non_blocking=True)])    # [N, V]
+
+    def release(self, key: Hashable) -> None:
+        """The sequence `key` will not appear again; its slot map may be forgotten."""
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """The whole model in this process, over a paged KV cache it owns (or is given).
+
+    The engine builds step inputs on the host; `execute` moves every one of them (token ids, the slot maps'
+    used prefixes, logit rows) to the model's device, and PagedAttention builds positions and its index tensors
+    there. Slot maps are moved every step (the engine writes new blocks' slots into them as a sequence grows);
+    on the CPU every move is a no-op. tests/engine/test_device_discipline.py runs the model on the meta
+    device to prove it.
+    """
+
+    def __init__(self, model, *, k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None):
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.device: torch.device = model.device
+        self.attn: PagedAttention | None = None
+        # Set by `flint.engine.compiled.enable` (compile=true): runs pure decode steps.
+        self.compiled_decode = None
+        if k_cache is not None and v_cache is not None:
+            self._attach(k_cache, v_cache)
+
+    def init_kv(self, num_slots: int) -> None:
+        m = self.model
+        shape = (m.num_local_layers, num_slots, m.layers[0].n_kv, self.config.head_dim)   # [L, S, KV, D]
+        self._attach(torch.zeros(shape, dtype=m.dtype, device=m.device),
+                     torch.zeros(shape, dtype=m.dtype, device=m.device))
+
+    def _attach(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.attn = PagedAttention(k, v, num_heads=self.model.layers[0].n_heads,
+                                   sliding_window=self.config.sliding_window)
+
+    def execute(self, batch: StepBatch) -> torch.Tensor:
+        if self.attn is None:
+            raise RuntimeError("LocalRunner.execute before init_kv")
         dev = self.device
+        positions = self.attn.begin_step([(slots[: start + n].to(dev, non_blocking=True), start, n)
+                                          for _, slots, start, n in batch.seqs])                   # [T]
+        forward = self.model
+        if self.compiled_decode is not None and batch.num_tokens == len(batch.seqs):   # 1 token per sequence
+            forward = self.compiled_decode
         hidden = forward(batch.input_ids.to(dev, non_blocking=True), positions, self.attn)       # [T, d]
         return self.model.compute_logits(hidden[batch.logit_rows.to(dev, non_blocking=True)])    # [N, V]
 
@@ -111,8 +159,7 @@ class LocalRunner:
         return cached[1]
 
     def release(self, key: Hashable) -> None:
-        self._slots.pop(key, None)
+        pass
 
     def close(self) -> None:
         self.attn = None
-        self._slots.clear()
