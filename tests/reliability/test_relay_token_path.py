@@ -25,7 +25,7 @@ async def test_an_interrupt_arriving_twice_still_ends_the_stream_with_one_final(
             rid = f"twice-{delay}"
             call = stub.Complete(pb.CompleteRequest(request_id=rid, prefix="p", sampling=pb.Sampling(max_tokens=8000)))
             messages = [await call.read(), await call.read()]
-            relay = worker._bus._local[rid]
+            relay = worker._bus._local.get(rid)
             first = asyncio.create_task(relay.interrupt())
             for _ in range(delay):
                 await asyncio.sleep(0)

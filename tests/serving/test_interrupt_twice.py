@@ -96,7 +96,7 @@ async def test_client_cancel_racing_an_interrupt_still_records_the_end(owner, ga
     worker, stub = owner
     request_id = f"twice-cancel-{gap}"
     call, messages = await started_stream(stub, request_id)
-    relay = worker._bus._local[request_id]
+    relay = worker._bus._local.get(request_id)
     interrupting = asyncio.ensure_future(relay.interrupt())
     await steps(gap)
     await relay.cancel()  # what the servicer does when the client goes away

@@ -39,8 +39,16 @@ class Interruptible(Protocol):
     async def interrupt(self) -> InterruptResult: ...
 
 
+class Owned(Protocol):
+    """The requests this worker owns (flint.frontend.owner.LocalRequests)."""
+
+    def get(self, request_id: str) -> Interruptible | None: ...
+    def ids(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+
+
 class InterruptBus:
-    def __init__(self, redis_url: str, store: Store, worker_id: str, local: dict[str, Interruptible], *,
+    def __init__(self, redis_url: str, store: Store, worker_id: str, local: Owned, *,
                  poll_interval_s: float, ack_timeout_s: float):
         self._redis_url = redis_url
         self._store = store
@@ -158,7 +166,7 @@ class InterruptBus:
             if not self._local:
                 continue
             try:
-                flagged = await self._store.interrupt_flags(list(self._local))
+                flagged = await self._store.interrupt_flags(self._local.ids())
             except Exception as exc:  # noqa: BLE001 - keep polling through Redis blips
                 log.warning("interrupt flag poll failed: %s", exc)
                 continue

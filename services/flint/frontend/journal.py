@@ -38,6 +38,8 @@ import msgpack
 
 from flint.config import from_mapping
 from flint.errors import InvalidArgument
+from flint.frontend import events as ev
+from flint.frontend.render import to_message
 from flint.observability.metrics import metrics
 
 log = logging.getLogger(__name__)
@@ -260,7 +262,7 @@ class WorkerLiveness:
 
 
 class RequestJournal:
-    """The journal of one request as its relay sees it: counts seq and text offsets, never raises."""
+    """The journal of one request as its owner sees it: counts text offsets, never raises."""
 
     def __init__(self, journal: Journal, request_id: str, *, chars: int = 0):
         self._journal = journal
@@ -268,15 +270,14 @@ class RequestJournal:
         self.chars = chars               # characters of completion text journaled so far
         self._gap_marked = False
 
-    async def record(self, message) -> bool:
-        """Journal a flint.v1.ServerMessage (accepted, delta, final or error) before it is sent."""
-        kind = message.WhichOneof("kind")
+    async def record(self, event) -> bool:
+        """Journal a front-end event (flint.frontend.events) before it is delivered."""
         seq = 0
-        if kind == "delta":
-            seq = message.delta.seq
-            self.chars += len(message.delta.text)
-        ok = await self._journal.append(self.request_id, message.SerializeToString(), seq=seq, chars=self.chars,
-                                        terminal=kind in TERMINAL_KINDS)
+        if isinstance(event, ev.Delta):
+            seq = event.seq
+            self.chars += len(event.text)
+        ok = await self._journal.append(self.request_id, to_message(event).SerializeToString(), seq=seq,
+                                        chars=self.chars, terminal=ev.is_terminal(event))
         if not ok and not self._gap_marked:
             self._gap_marked = True
             await self._journal.mark_gap(self.request_id)

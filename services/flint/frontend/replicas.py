@@ -19,7 +19,7 @@ from flint.security.internal import EngineClient
 
 class ReplicaPool:
     def __init__(self, registry: ReplicaRegistry, policy: RoutingPolicy, *, wait_s: float, internal_token: str,
-                 refresh_interval_s: float = 0.25):
+                 refresh_interval_s: float = 0.25, drop_s: float = 5.0):
         self._registry = registry
         self._policy = policy
         self._wait_s = wait_s
@@ -27,20 +27,25 @@ class ReplicaPool:
         self._internal_token = internal_token
         self._cached: list[ReplicaInfo] = []
         self._cached_at = -1e9
+        self._drop_s = drop_s
+        self._dropped: dict[str, float] = {}   # address -> monotonic time it may be routed to again
         self._channels: dict[str, tuple[grpc.aio.Channel, EngineClient]] = {}
 
     async def replicas(self, *, fresh: bool = False) -> list[ReplicaInfo]:
-        if fresh or time.monotonic() - self._cached_at > self._refresh_interval_s:
-            self._cached = await self._registry.list()
-            self._cached_at = time.monotonic()
+        now = time.monotonic()
+        if fresh or now - self._cached_at > self._refresh_interval_s:
+            self._dropped = {a: until for a, until in self._dropped.items() if until > now}
+            self._cached = [r for r in await self._registry.list() if r.address not in self._dropped]
+            self._cached_at = now
         return self._cached
 
-    async def pick(self, *, model: str = "", affinity: str = "") -> ReplicaInfo:
-        """A routable replica serving `model` ("" = any); waits up to `wait_s` for one to register."""
+    async def pick(self, *, model: str = "", affinity: str = "", exclude=frozenset()) -> ReplicaInfo:
+        """A routable replica serving `model` ("" = any) and not in `exclude` (ids); waits up to `wait_s`
+        for one to register."""
         deadline = time.monotonic() + self._wait_s
         fresh = False
         while True:
-            replicas = [r for r in await self.replicas(fresh=fresh) if r.routable]
+            replicas = [r for r in await self.replicas(fresh=fresh) if r.routable and r.replica_id not in exclude]
             if replicas:
                 serving = [r for r in replicas if not model or r.model == model]
                 if not serving:
@@ -49,10 +54,17 @@ class ReplicaPool:
                                    "Leave `model` empty for the default")
                 return self._policy.choose(serving, affinity=affinity)
             if time.monotonic() > deadline:
-                raise Unavailable(f"no engine replica is available (waited {self._wait_s:g} s); retry shortly",
+                but = " other than those that refused the connection" if exclude else ""
+                raise Unavailable(f"no engine replica{but} is available (waited {self._wait_s:g} s); retry shortly",
                                   retry_after_ms=1000)
             fresh = True
             await asyncio.sleep(0.1)
+
+    def drop(self, replica: ReplicaInfo) -> None:
+        """Stop routing to a replica that refused a connection, for as long as its heartbeat may still
+        list it (a replica restarted at a new address is routable at once)."""
+        self._dropped[replica.address] = time.monotonic() + self._drop_s
+        self._cached = [r for r in self._cached if r.address != replica.address]
 
     async def default_model(self) -> ReplicaInfo | None:
         replicas = [r for r in await self.replicas() if r.routable]

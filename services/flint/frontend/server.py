@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from flint.config import FrontendConfig
 from flint.frontend.codec import SERVICE, flint_handler
 from flint.frontend.interrupts import InterruptBus
+from flint.frontend.owner import LocalRequests
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.routing import make_policy
 from flint.frontend.servicer import FlintServicer
@@ -70,7 +71,7 @@ class FrontendWorker:
             await check_redis_async(self._redis, cfg.redis_url)
             store = Store(self._redis, cfg.key_prefix, session_ttl_s=cfg.session_ttl_s,
                           request_ttl_s=cfg.request_ttl_s)
-            local: dict = {}
+            local = LocalRequests()
             self._bus = InterruptBus(cfg.redis_url, store, self.worker_id, local,
                                      poll_interval_s=cfg.flag_poll_interval_ms / 1000.0,
                                      ack_timeout_s=cfg.interrupt_timeout_s)
@@ -104,7 +105,7 @@ class FrontendWorker:
                             security=self._security, redis=self._redis,
                             key_prefix=self.config.key_prefix)
 
-    async def _start_journal(self, store: Store, local: dict):
+    async def _start_journal(self, store: Store, local: LocalRequests):
         """The resume journal and this worker's liveness key (None, None when disabled)."""
         from flint.frontend.journal import Journal, JournalConfig, WorkerLiveness
         from flint.frontend.resume import Resumer

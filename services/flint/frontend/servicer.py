@@ -2,8 +2,10 @@
 
 Everything shared lives in Redis (`Store`), the replica registry
 (`ReplicaPool`) and the interrupt bus; the only process-local state is the
-set of relays this worker is streaming right now (`local`), which the bus
-reaches when an interrupt arrives from another worker.
+requests this worker owns right now (`LocalRequests`), which the bus
+reaches when an interrupt arrives from another worker. `start_request` is
+the live driver of a `RequestOwner`; any edge (this gRPC one, or another
+protocol) passes a sink that renders the owner's events.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Callable
 
 import grpc
 
-from flint.errors import FlintError, InvalidArgument, NotFound
-from flint.grpc_status import error_of
+from flint.errors import InvalidArgument, NotFound
+from flint.frontend import events as ev
 from flint.frontend.codec import check_decoded
 from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.interrupts import InterruptBus
-from flint.frontend.relay import RequestRelay
+from flint.frontend.owner import LocalRequests, RequestOwner
+from flint.frontend.render import to_message
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.session import SessionStream
 from flint.frontend.store import RequestRecord, SessionRecord, Store
@@ -34,7 +38,7 @@ RESUME_DISABLED = "Resume is disabled on this deployment (journal.enabled = fals
 
 class FlintServicer:
     def __init__(self, *, worker_id: str, store: Store, pool: ReplicaPool, bus: InterruptBus,
-                 local: dict[str, RequestRelay], journal=None, resumer=None, guard=None):
+                 local: LocalRequests, journal=None, resumer=None, guard=None):
         self.worker_id = worker_id
         self.guard = guard          # flint.admission.RequestGuard: limits, rate limit, saturation, tenant slots
         self._background: set[asyncio.Task] = set()
@@ -48,18 +52,18 @@ class FlintServicer:
 
     # ------------------------------------------------------------ shared by all RPCs
     async def start_request(self, msg: pb.CompleteRequest | pb.EditRequest, *, request_id: str,
-                            session: SessionRecord | None, emit, fail,
+                            session: SessionRecord | None, sink: Callable[[ev.Event], None],
                             arrival_unix_s: float, documents: SessionDocuments | None = None,
-                            ) -> tuple[RequestRelay, SessionRecord | None]:
-        """Validate, route, register in Redis and start relaying; returns the relay and the updated session."""
+                            ) -> tuple[RequestOwner, SessionRecord | None]:
+        """Validate, route, register in Redis and start the request's owner; returns it and the updated
+        session. The owner delivers the request's events to `sink`."""
         model = msg.model or (session.model if session else "")
         tenant = current_tenant()
         stats = metrics()
         with stats.time_stage("route"):
             replica = await self.pool.pick(model=model, affinity=session.replica_id if session else "")
-        engine_request = to_engine_request(
-            msg, request_id=request_id, session_id=session.session_id if session else "",
-            max_context_tokens=replica.max_context_tokens, arrival_unix_s=arrival_unix_s)
+        engine_request = to_engine_request(msg, request_id=request_id, max_context_tokens=replica.max_context_tokens,
+                                           arrival_unix_s=arrival_unix_s)
         engine_request.cache_namespace = tenant  # one tenant's prefix cache never serves another's prompts
         if documents is not None:
             await documents.fill(msg, engine_request)
@@ -71,18 +75,17 @@ class FlintServicer:
                 if self.guard is not None else None
         try:
             with stats.time_stage("register"):
-                relay, session = await self._register_and_relay(msg, request_id, tenant, replica, engine_request,
-                                                                session, emit, fail, release)
+                owner, session = await self._register_and_start(msg, request_id, tenant, replica, engine_request,
+                                                                session, sink, release)
         except BaseException:
             if release is not None:
                 await release()
             raise
-        return relay, session
+        return owner, session
 
-    async def _register_and_relay(self, msg, request_id, tenant, replica, engine_request, session, emit, fail,
-                                  release):
+    async def _register_and_start(self, msg, request_id, tenant, replica, engine_request, session, sink, release):
         record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
-                               session_id=engine_request.session_id, replica_id=replica.replica_id)
+                               session_id=session.session_id if session else "", replica_id=replica.replica_id)
         await self.store.claim_request(record)
         request_journal = None
         if self.journal is not None:
@@ -97,24 +100,21 @@ class FlintServicer:
             await self.store.put_session(session)
         span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
                                           replica.replica_id)
-        relay = RequestRelay(record=record, engine_request=engine_request, stub=self.pool.stub(replica),
-                             replica_address=replica.address, store=self.store, emit=emit, fail=fail,
-                             on_done=self._on_done(release, span), journal=request_journal,
-                             metadata=tracing.outgoing_metadata(span))
-        self.local[request_id] = relay
-        relay.start()
-        return relay, session
+        owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
+                             store=self.store, local=self.local, sink=sink, journal=request_journal,
+                             on_done=self._on_done(release, span), metadata=tracing.outgoing_metadata(span))
+        owner.start()
+        return owner, session
 
     def _on_done(self, release, span):
-        def done(relay: RequestRelay) -> None:
-            span.set_attribute("flint.outcome", relay.record.state)
+        def done(owner: RequestOwner) -> None:
+            span.set_attribute("flint.outcome", owner.record.state)
             span.end()
             stats = metrics()
-            kind = "edit" if relay._engine_request.kind == relay._engine_request.EDIT else "complete"
-            stats.requests.labels(kind, relay.record.state).inc()
-            stats.stage.labels("total").observe(max(0.0, time.time() - relay._engine_request.arrival_unix_s))
-            if self.local.get(relay.request_id) is relay:
-                del self.local[relay.request_id]
+            request = owner.engine_request
+            kind = "edit" if request.kind == request.EDIT else "complete"
+            stats.requests.labels(kind, owner.record.state).inc()
+            stats.stage.labels("total").observe(max(0.0, time.time() - request.arrival_unix_s))
             if release is not None:  # free the tenant's concurrency slot
                 task = asyncio.ensure_future(release())
                 self._background.add(task)
@@ -163,25 +163,25 @@ class FlintServicer:
         request = check_decoded(request)
         if self.resumer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, RESUME_DISABLED)
-        async for message in self.resumer.resume(request.request_id, request.last_seq, current_tenant()):
-            if message.WhichOneof("kind") == "error":
-                raise error_of(message.error)
-            yield message
+        async for event in self.resumer.resume(request.request_id, request.last_seq, current_tenant()):
+            if isinstance(event, ev.Failed):
+                raise event.error
+            yield to_message(event)
 
     async def _single(self, request):
         """One request per call: accepted, deltas, final; an error ends the call with its status."""
         arrival = time.time()
         request = check_decoded(request)
         out: asyncio.Queue = asyncio.Queue()
-        relay, _ = await self.start_request(request, request_id=request_id_of(request), session=None,
-                                            emit=out.put_nowait, fail=out.put_nowait, arrival_unix_s=arrival)
+        owner, _ = await self.start_request(request, request_id=request_id_of(request), session=None,
+                                            sink=out.put_nowait, arrival_unix_s=arrival)
         try:
             while True:
-                item = await out.get()
-                if isinstance(item, FlintError):
-                    raise item
-                yield item
-                if item.WhichOneof("kind") == "final":
+                event = await out.get()
+                if isinstance(event, ev.Failed):
+                    raise event.error
+                yield to_message(event)
+                if isinstance(event, ev.Final):
                     return
         finally:
-            await relay.cancel()  # the client went away mid-stream: free the engine slot now
+            await owner.cancel()  # the client went away mid-stream: free the engine slot now

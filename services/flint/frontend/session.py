@@ -2,8 +2,8 @@
 
 A reader task handles client messages in order (open, complete, edit,
 interrupt, redirect) while the handler yields from one outgoing queue fed by
-the reader and by every relay of the stream. A failed request becomes a
-RequestError; the stream stays open. When the client half-closes, running
+the reader and by the owner of each of the stream's requests. A failed
+request becomes a RequestError; the stream stays open. When the client half-closes, running
 requests finish before the stream ends; when it disconnects, they are
 cancelled so the engine frees their slots.
 """
@@ -19,21 +19,13 @@ import grpc
 from flint.errors import FlintError, InvalidArgument, NotFound
 from flint.frontend.codec import Undecodable
 from flint.frontend.documents import SessionDocuments, names_documents
+from flint.frontend.render import request_error, to_message
 from flint.frontend.store import SessionRecord
 from flint.frontend.validate import check_request_id, new_id, request_id_of
 from flint.security.context import current_tenant
-from flint.grpc_status import as_flint_error, code_number, status_code
 from flint.v1 import flint_pb2 as pb
 
 _END = object()
-
-
-def request_error(request_id: str, exc: BaseException, *, document_id: str = "") -> pb.ServerMessage:
-    error = as_flint_error(exc)
-    return pb.ServerMessage(error=pb.RequestError(
-        request_id=request_id, code=code_number(status_code(error)), message=error.message,
-        retryable=error.retryable, retry_after_ms=error.retry_after_ms, document_id=document_id,
-        document_version=getattr(error, "document_version", 0)))
 
 
 class SessionStream:
@@ -41,7 +33,7 @@ class SessionStream:
         self._servicer = servicer
         self._out: asyncio.Queue = asyncio.Queue()
         self._session: SessionRecord | None = None
-        self._relays = {}
+        self._owners = {}
         self._resumes: set[asyncio.Task] = set()
         self._docs: SessionDocuments | None = None
         self._docs_session = ""
@@ -58,20 +50,24 @@ class SessionStream:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            for relay in list(self._relays.values()):
-                await relay.cancel()
+            for owner in list(self._owners.values()):
+                await owner.cancel()
             for task in list(self._resumes):
                 task.cancel()
 
     def _emit(self, message: pb.ServerMessage) -> None:
         self._out.put_nowait(message)
 
+    def _deliver(self, event) -> None:
+        """A request owner's sink: render its event onto this stream."""
+        self._out.put_nowait(to_message(event))
+
     async def _read(self, request_iterator) -> None:
         try:
             async for message in request_iterator:
                 await self._handle(message)
-            for relay in list(self._relays.values()):  # half-closed: let running requests finish
-                await relay.wait()
+            for owner in list(self._owners.values()):  # half-closed: let running requests finish
+                await owner.wait()
             if self._resumes:
                 await asyncio.wait(set(self._resumes))
         finally:
@@ -152,15 +148,12 @@ class SessionStream:
     async def _start(self, request, request_id: str, arrival: float) -> None:
         await self._ensure_session()
 
-        def fail(error: FlintError) -> None:
-            self._emit(request_error(request_id, error))
-
-        relay, self._session = await self._servicer.start_request(
-            request, request_id=request_id, session=self._session, emit=self._emit, fail=fail,
-            arrival_unix_s=arrival, documents=await self._documents() if names_documents(request) else None)
-        # Keep only live relays (the stream cancels them if the client disconnects).
-        self._relays = {rid: r for rid, r in self._relays.items() if not r.done}
-        self._relays[request_id] = relay
+        owner, self._session = await self._servicer.start_request(
+            request, request_id=request_id, session=self._session, sink=self._deliver, arrival_unix_s=arrival,
+            documents=await self._documents() if names_documents(request) else None)
+        # Keep only running owners (the stream cancels them if the client disconnects).
+        self._owners = {rid: o for rid, o in self._owners.items() if not o.done}
+        self._owners[request_id] = owner
 
     def _resume(self, resume: pb.ResumeRequest) -> None:
         """Replay and follow a request from the journal into this stream, beside its other requests."""
@@ -175,8 +168,8 @@ class SessionStream:
 
         async def follow() -> None:
             try:
-                async for message in self._servicer.resumer.resume(resume.request_id, resume.last_seq, tenant):
-                    self._emit(message)
+                async for event in self._servicer.resumer.resume(resume.request_id, resume.last_seq, tenant):
+                    self._deliver(event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - becomes this request's RequestError

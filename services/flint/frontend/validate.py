@@ -72,11 +72,11 @@ def _context(files) -> list[ipb.ContextFile]:
     return [ipb.ContextFile(path=f.path, content=f.content) for f in files]
 
 
-def to_engine_request(msg: pb.CompleteRequest | pb.EditRequest, *, request_id: str, session_id: str,
+def to_engine_request(msg: pb.CompleteRequest | pb.EditRequest, *, request_id: str,
                       max_context_tokens: int, arrival_unix_s: float | None = None) -> ipb.GenerateRequest:
     """The internal request for a validated public Complete/Edit request."""
     out = ipb.GenerateRequest(
-        request_id=request_id, session_id=session_id, prefix=msg.prefix, suffix=msg.suffix, path=msg.path,
+        request_id=request_id, prefix=msg.prefix, suffix=msg.suffix, path=msg.path,
         context=_context(msg.context), sampling=_sampling(msg.sampling, max_context_tokens),
         bulk=msg.priority == pb.PRIORITY_BULK, arrival_unix_s=arrival_unix_s or time.time(),
     )

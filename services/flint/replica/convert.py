@@ -29,22 +29,19 @@ def request_from_proto(msg: pb.GenerateRequest) -> t.GenerateRequest:
         path=msg.path,
         context=tuple(t.ContextFile(path=c.path, content=c.content) for c in msg.context),
         sampling=sampling,
-        session_id=msg.session_id,
         bulk=msg.bulk,
         cache_namespace=msg.cache_namespace,
         arrival_unix_s=msg.arrival_unix_s,
-        seq_offset=msg.seq_offset,
     )
 
 
 def event_to_proto(event: t.Event) -> pb.GenerateEvent:
     if isinstance(event, t.Delta):
-        return pb.GenerateEvent(delta=pb.Delta(seq=event.seq, text=event.text, token_count=event.token_count))
+        return pb.GenerateEvent(delta=pb.Delta(text=event.text, token_count=event.token_count))
     if isinstance(event, t.Started):
         return pb.GenerateEvent(started=pb.Started(prompt_tokens=event.prompt_tokens))
     tm = event.timings
     return pb.GenerateEvent(final=pb.Final(
-        seq=event.seq,
         finish_reason=int(event.finish_reason),
         prompt_tokens=event.prompt_tokens,
         completion_tokens=event.completion_tokens,

@@ -1,7 +1,7 @@
 """An engine replica's internal gRPC server and its heartbeat into the Redis registry.
 
 `ReplicaServer` wraps a started `AsyncEngine`: it serves
-flint.internal.v1.Engine (Generate / Abort / Load) on its own `grpc.aio`
+flint.internal.v1.Engine (Generate, Load) on its own `grpc.aio`
 server, so tokens stream straight to front-end workers with no Ray call per
 token, and publishes its address, health and load to Redis every heartbeat.
 Built from an address (port 0 in tests); `stop()` drains gracefully.
@@ -77,24 +77,12 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
             span.set_attribute("flint.finished", finished)
             span.end()
 
-    async def Abort(self, request, context):
-        return pb.AbortResponse(found=await self._engine.abort(request.request_id))
-
     async def Load(self, request, context):
-        return self.load_report()
-
-    def load_report(self) -> pb.LoadReport:
         load = self._engine.load()
-        return pb.LoadReport(
-            replica_id=self._replica_id,
-            model=self._engine.model_name,
-            running=load.running,
-            waiting=load.waiting,
-            kv_used_fraction=load.kv_used_fraction,
-            max_context_tokens=load.max_context_tokens,
-            healthy=True,
-            draining=self._draining.is_set(),
-        )
+        return pb.LoadReport(replica_id=self._replica_id, model=self._engine.model_name, running=load.running,
+                             waiting=load.waiting, kv_used_fraction=load.kv_used_fraction,
+                             max_context_tokens=load.max_context_tokens, healthy=True,
+                             draining=self._draining.is_set())
 
 
 class ReplicaServer:
@@ -146,12 +134,12 @@ class ReplicaServer:
         return self.address
 
     def info(self) -> ReplicaInfo:
-        report = self._servicer.load_report()
+        load = self._engine.load()
         return ReplicaInfo(
-            replica_id=self.replica_id, address=self.address, model=report.model,
-            max_context_tokens=report.max_context_tokens or self._engine.max_context_tokens,
-            running=report.running, waiting=report.waiting, kv_used_fraction=report.kv_used_fraction,
-            healthy=report.healthy, draining=report.draining, cancelled_total=self._servicer.cancelled_total,
+            replica_id=self.replica_id, address=self.address, model=self._engine.model_name,
+            max_context_tokens=load.max_context_tokens or self._engine.max_context_tokens,
+            running=load.running, waiting=load.waiting, kv_used_fraction=load.kv_used_fraction,
+            healthy=True, draining=self._draining.is_set(), cancelled_total=self._servicer.cancelled_total,
         )
 
     async def _publish(self) -> None:

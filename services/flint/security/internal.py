@@ -4,9 +4,9 @@ A replica's gRPC server answers only callers that present the deployment's
 shared secret in the `x-flint-internal-token` metadata; the front-end's
 channels to replicas add it to every call. Health checks stay open for
 probes. Without this, anyone who can reach a replica could run `Generate`
-with another tenant's `cache_namespace` (and read its prefix-cache hits) or
-`Abort` any request: the tenant fields of the internal API are only
-trustworthy because the caller is an authenticated front-end.
+with another tenant's `cache_namespace` (and read its prefix-cache hits):
+the tenant fields of the internal API are only trustworthy because the
+caller is an authenticated front-end.
 
 Where the secret comes from, first match wins:
   1. `internal_token` of the component's config (set by `flint serve`, which
@@ -132,9 +132,6 @@ class EngineClient:
 
     def Generate(self, request, *, metadata=None, **kwargs):  # noqa: N802 - the RPC's name
         return self._stub.Generate(request, metadata=self._metadata(metadata), **kwargs)
-
-    def Abort(self, request, *, metadata=None, **kwargs):  # noqa: N802
-        return self._stub.Abort(request, metadata=self._metadata(metadata), **kwargs)
 
     def Load(self, request, *, metadata=None, **kwargs):  # noqa: N802
         return self._stub.Load(request, metadata=self._metadata(metadata), **kwargs)

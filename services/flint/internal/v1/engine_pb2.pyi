@@ -36,7 +36,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., max_time_ms: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "session_id", "kind", "prefix", "suffix", "code", "instruction", "path", "context", "sampling", "bulk", "cache_namespace", "arrival_unix_s", "seq_offset", "document", "context_documents")
+    __slots__ = ("request_id", "kind", "prefix", "suffix", "code", "instruction", "path", "context", "sampling", "bulk", "cache_namespace", "arrival_unix_s", "document", "context_documents")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         COMPLETE: _ClassVar[GenerateRequest.Kind]
@@ -44,7 +44,6 @@ class GenerateRequest(_message.Message):
     COMPLETE: GenerateRequest.Kind
     EDIT: GenerateRequest.Kind
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SUFFIX_FIELD_NUMBER: _ClassVar[int]
@@ -56,11 +55,9 @@ class GenerateRequest(_message.Message):
     BULK_FIELD_NUMBER: _ClassVar[int]
     CACHE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
-    SEQ_OFFSET_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    session_id: str
     kind: GenerateRequest.Kind
     prefix: str
     suffix: str
@@ -72,10 +69,9 @@ class GenerateRequest(_message.Message):
     bulk: bool
     cache_namespace: str
     arrival_unix_s: float
-    seq_offset: int
     document: DocumentInput
     context_documents: _containers.RepeatedCompositeFieldContainer[DocumentInput]
-    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., kind: _Optional[_Union[GenerateRequest.Kind, str]] = ..., prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., code: _Optional[str] = ..., instruction: _Optional[str] = ..., path: _Optional[str] = ..., context: _Optional[_Iterable[_Union[ContextFile, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., bulk: _Optional[bool] = ..., cache_namespace: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., seq_offset: _Optional[int] = ..., document: _Optional[_Union[DocumentInput, _Mapping]] = ..., context_documents: _Optional[_Iterable[_Union[DocumentInput, _Mapping]]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., kind: _Optional[_Union[GenerateRequest.Kind, str]] = ..., prefix: _Optional[str] = ..., suffix: _Optional[str] = ..., code: _Optional[str] = ..., instruction: _Optional[str] = ..., path: _Optional[str] = ..., context: _Optional[_Iterable[_Union[ContextFile, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., bulk: _Optional[bool] = ..., cache_namespace: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., document: _Optional[_Union[DocumentInput, _Mapping]] = ..., context_documents: _Optional[_Iterable[_Union[DocumentInput, _Mapping]]] = ...) -> None: ...
 
 class DocumentInput(_message.Message):
     __slots__ = ("key", "version", "base_version", "edits", "cursor", "path")
@@ -110,18 +106,15 @@ class Started(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("seq", "text", "token_count")
-    SEQ_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("text", "token_count")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
-    seq: int
     text: str
     token_count: int
-    def __init__(self, seq: _Optional[int] = ..., text: _Optional[str] = ..., token_count: _Optional[int] = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., token_count: _Optional[int] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("seq", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "queue_ms", "prefill_ms", "first_token_ms", "decode_ms", "total_ms", "draft_tokens", "accepted_draft_tokens")
-    SEQ_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "queue_ms", "prefill_ms", "first_token_ms", "decode_ms", "total_ms", "draft_tokens", "accepted_draft_tokens")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -133,7 +126,6 @@ class Final(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    seq: int
     finish_reason: int
     prompt_tokens: int
     completion_tokens: int
@@ -145,7 +137,7 @@ class Final(_message.Message):
     total_ms: float
     draft_tokens: int
     accepted_draft_tokens: int
-    def __init__(self, seq: _Optional[int] = ..., finish_reason: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, finish_reason: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("started", "delta", "final")
@@ -156,18 +148,6 @@ class GenerateEvent(_message.Message):
     delta: Delta
     final: Final
     def __init__(self, started: _Optional[_Union[Started, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
-
-class AbortRequest(_message.Message):
-    __slots__ = ("request_id",)
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
-
-class AbortResponse(_message.Message):
-    __slots__ = ("found",)
-    FOUND_FIELD_NUMBER: _ClassVar[int]
-    found: bool
-    def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ()

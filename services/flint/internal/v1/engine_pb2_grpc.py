@@ -39,11 +39,6 @@ class EngineStub:
                 request_serializer=flint_dot_internal_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=flint_dot_internal_dot_v1_dot_engine__pb2.GenerateEvent.FromString,
                 _registered_method=True)
-        self.Abort = channel.unary_unary(
-                '/flint.internal.v1.Engine/Abort',
-                request_serializer=flint_dot_internal_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
-                response_deserializer=flint_dot_internal_dot_v1_dot_engine__pb2.AbortResponse.FromString,
-                _registered_method=True)
         self.Load = channel.unary_unary(
                 '/flint.internal.v1.Engine/Load',
                 request_serializer=flint_dot_internal_dot_v1_dot_engine__pb2.LoadRequest.SerializeToString,
@@ -63,15 +58,9 @@ class EngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Abort(self, request, context):
-        """Abort a running request by id (idempotent).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def Load(self, request, context):
-        """Current load and health.
+        """This replica's engine load and health right now (the registry has it one heartbeat old): for
+        operators and tests that watch a replica free its slots.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,11 +73,6 @@ def add_EngineServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=flint_dot_internal_dot_v1_dot_engine__pb2.GenerateRequest.FromString,
                     response_serializer=flint_dot_internal_dot_v1_dot_engine__pb2.GenerateEvent.SerializeToString,
-            ),
-            'Abort': grpc.unary_unary_rpc_method_handler(
-                    servicer.Abort,
-                    request_deserializer=flint_dot_internal_dot_v1_dot_engine__pb2.AbortRequest.FromString,
-                    response_serializer=flint_dot_internal_dot_v1_dot_engine__pb2.AbortResponse.SerializeToString,
             ),
             'Load': grpc.unary_unary_rpc_method_handler(
                     servicer.Load,
@@ -123,33 +107,6 @@ class Engine:
             '/flint.internal.v1.Engine/Generate',
             flint_dot_internal_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
             flint_dot_internal_dot_v1_dot_engine__pb2.GenerateEvent.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Abort(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/flint.internal.v1.Engine/Abort',
-            flint_dot_internal_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
-            flint_dot_internal_dot_v1_dot_engine__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,381 @@
+"""One owner per request, from the engine call to the client.
+
+A `RequestOwner` makes the engine call (and makes it again on another
+replica when the first one refuses the connection), numbers the deltas the
+client sees (the only seq numbering there is), journals every event for
+resume, delivers it to its edge as a front-end event (flint.frontend.events),
+and ends the request with exactly one Final or Failed: live, interrupted,
+error, or after a takeover. It is driven two ways:
+
+- live: the servicer picks a replica, registers the request and starts an
+  owner whose sink is the client's stream;
+- takeover: a resume finds a request nobody produces any more, claims it and
+  starts an owner from the journal's `ResumePoint`; the owner runs the
+  request again and skips the text already journaled, verified character
+  for character (the front-end pins a sampling seed on every request, so a
+  run again reproduces it), with seqs continuing where the journal stopped.
+
+Ordering: with the journal on, every event is journaled before it is
+delivered, so whatever a client has seen a resume elsewhere can replay. To
+interrupt, the owner's task is cancelled (which cancels the engine call, so
+the engine frees the slot at its next step); the owner then delivers an
+interrupted Final and records the end in Redis *before* `interrupt()`
+returns, so the acknowledgement that follows can promise that no delta with
+a higher seq will come. `last_seq` is updated with no await between it and
+the delivery of that delta.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import grpc
+
+from flint.errors import FlintError, Internal, NotFound, Unavailable
+from flint.frontend import events as ev
+from flint.frontend.interrupts import InterruptResult
+from flint.frontend.store import RequestRecord, Store
+from flint.grpc_status import from_rpc_error, peer_unavailable
+from flint.internal.v1 import engine_pb2 as ipb
+
+log = logging.getLogger(__name__)
+
+_EOF = object()
+MAX_CONNECT_ATTEMPTS = 3  # replicas tried when each refuses the connection before sending anything
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a request's journal stops: a takeover's owner continues after it."""
+
+    seq: int = 0                  # seq of the last journaled delta
+    chars: int = 0                # completion characters journaled
+    tokens: int = 0               # tokens the journaled deltas cover
+    text: str | None = ""         # the journaled completion text (None once its start was trimmed)
+    accepted: bool = False        # an Accepted is journaled already
+
+
+START = ResumePoint()
+
+
+class LocalRequests:
+    """The requests this worker owns right now, by id: what interrupts and resumes reach locally."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, RequestOwner] = {}
+
+    def add(self, owner: "RequestOwner") -> None:
+        self._owners[owner.request_id] = owner
+
+    def discard(self, owner: "RequestOwner") -> None:
+        if self._owners.get(owner.request_id) is owner:
+            del self._owners[owner.request_id]
+
+    def get(self, request_id: str) -> "RequestOwner | None":
+        return self._owners.get(request_id)
+
+    def ids(self) -> list[str]:
+        return list(self._owners)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._owners
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+
+def _is_delta(item) -> bool:
+    return isinstance(item, ipb.GenerateEvent) and item.HasField("delta")
+
+
+class RequestOwner:
+    def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest, pool, replica,
+                 store: Store, local: LocalRequests, sink: Callable[[ev.Event], None], journal=None,
+                 resume_from: ResumePoint = START, model: str = "",
+                 on_done: Callable[["RequestOwner"], None] | None = None, metadata=()):
+        self.record = record
+        self.request_id = record.request_id
+        self.engine_request = engine_request
+        self.last_seq = resume_from.seq    # seq of the last delta delivered
+        self.prompt_tokens = 0
+        self._tokens = resume_from.tokens  # tokens covered by the deltas delivered (and journaled before)
+        self._pool = pool
+        self._replica = replica
+        self._model = model or replica.model
+        self._store = store
+        self._local = local
+        self._sink = sink
+        self._journal = journal           # flint.frontend.journal.RequestJournal, or None
+        self._on_done = on_done
+        self._metadata = metadata          # trace context for the engine call (flint.observability.tracing)
+        self._skip_chars = resume_from.chars
+        self._expected = resume_from.text
+        self._accepted = resume_from.accepted
+        self._seq = resume_from.seq        # seq given to the last delta built
+        self._produced = 0                 # completion characters (re)generated by the current engine call
+        self._ended = False                # a Final or Failed has been delivered
+        self._interrupting = False
+        self._stopping = False             # the task has been cancelled (interrupt() or cancel()): once only
+        self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
+        self._unsent: ev.Event | None = None  # journaled (or being journaled), not yet delivered
+        self._task: asyncio.Task | None = None
+        self._reader: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ control
+    def start(self) -> None:
+        self._local.add(self)
+        self._task = asyncio.create_task(self._run(), name=f"request {self.request_id}")
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
+    async def interrupt(self) -> InterruptResult:
+        """Stop, cancel the engine call, deliver the interrupted Final, record the end; then the caller may
+        acknowledge.
+
+        Idempotent: the owner hears one cross-worker interrupt twice (pub/sub and the flag poll), so every
+        caller after the first awaits the first one's stop and gets the same result; the shield keeps one
+        caller going away (a cancelled ack task) from abandoning the stop for the others."""
+        if self._interrupted is None:
+            if self._ended or self._task is None:
+                await self.wait()
+                return InterruptResult(self.request_id, False, self.last_seq)
+            self._interrupted = asyncio.ensure_future(self._stop_interrupting())
+        return await asyncio.shield(self._interrupted)
+
+    async def _stop_interrupting(self) -> InterruptResult:
+        self._interrupting = True  # also after cancel(): the request then still ends with an interrupted Final
+        self._cancel_once()
+        await asyncio.wait({self._task})
+        return InterruptResult(self.request_id, True, self.last_seq)
+
+    async def cancel(self) -> None:
+        """The client went away: cancel the engine call without delivering anything."""
+        if self._task is not None and not self._task.done():
+            self._cancel_once()
+            await asyncio.wait({self._task})
+
+    def _cancel_once(self) -> None:
+        """A second cancel would land in the owner's end-of-request work (see `_unstoppable`)."""
+        if not self._stopping:
+            self._stopping = True
+            self._task.cancel()
+
+    async def _unstoppable(self, work):
+        """Run end-of-request work to completion even if the task is cancelled again meanwhile: it is
+        already stopping, and cutting this short would lose the Final (the client's stream then never
+        ends) or the record of the end (the interrupting worker then never learns)."""
+        inner = asyncio.ensure_future(work)
+        while not inner.done():
+            try:
+                await asyncio.wait({inner})
+            except asyncio.CancelledError:
+                asyncio.current_task().uncancel()
+        return inner.result()
+
+    # ------------------------------------------------------------ the request
+    async def _run(self) -> None:
+        state = "failed"
+        try:
+            await self._generate()
+            state = "finished"
+        except asyncio.CancelledError:
+            state = "interrupted"
+            if not self._interrupting:
+                raise
+            await self._unstoppable(self._end_interrupted())
+        except FlintError as error:
+            if self._journal is not None and not error.retryable:  # retryable: a resume runs it again
+                await self._unstoppable(self._journal.record(ev.Failed(self.request_id, error)))
+            self._deliver(ev.Failed(self.request_id, error))
+        finally:
+            if self._reader is not None:
+                self._reader.cancel()
+            try:  # record first: an interrupt racing with the end then still finds this owner
+                self.record = await self._unstoppable(self._store.finish_request(self.record, state, self.last_seq))
+            except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
+                log.warning("could not record the end of request %s: %s", self.request_id, exc)
+            finally:
+                self._local.discard(self)
+                if self._on_done is not None:
+                    self._on_done(self)
+
+    async def _generate(self) -> None:
+        """Run the request on a replica to its Final; on a refused connection, on another replica."""
+        tried: set[str] = set()
+        while True:
+            call = self._pool.stub(self._replica).Generate(self.engine_request, metadata=self._metadata)
+            heard = False
+            try:
+                async for event in self._events(call):
+                    heard = True
+                    out = self._on_engine_event(event)
+                    if out is None:
+                        continue
+                    if self._journal is not None:
+                        self._unsent = out
+                        await self._journal.record(out)
+                    self._unsent = None
+                    self._deliver(out)
+                    if isinstance(out, ev.Final):
+                        return
+                raise Internal(f"engine replica {self._replica.replica_id} ended the stream of request "
+                               f"{self.request_id!r} without a final message")
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE and not heard and len(tried) + 1 < MAX_CONNECT_ATTEMPTS:
+                    tried.add(self._replica.replica_id)
+                    await self._next_replica(tried, err)
+                    continue
+                raise self._engine_error(err) from None
+            finally:
+                call.cancel()
+
+    async def _next_replica(self, tried: set[str], err: grpc.aio.AioRpcError) -> None:
+        """The replica refused before sending anything: drop it from routing and pick another."""
+        log.info("engine replica %s at %s refused request %s (%s); trying another", self._replica.replica_id,
+                 self._replica.address, self.request_id, err.details())
+        self._pool.drop(self._replica)
+        try:
+            self._replica = await self._pool.pick(model=self._model, exclude=tried)
+        except (Unavailable, NotFound):
+            raise self._engine_error(err) from None
+        self.record = replace(self.record, replica_id=self._replica.replica_id)
+
+    def _engine_error(self, err: grpc.aio.AioRpcError) -> FlintError:
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return peer_unavailable("the engine replica serving this request", err, peer=self._replica.address,
+                                    hint="resume the request (Resume with its id and last seq) or send it again")
+        return from_rpc_error(err, peer=f"engine replica {self._replica.address}")
+
+    async def _events(self, call):
+        """The engine's events. With the journal on, deltas that arrive while a journal write is in
+        flight are merged into one (text joined, token counts summed): a stream that is behind catches
+        up with one Redis append and one client message instead of one per token."""
+        if self._journal is None:
+            async for event in call:
+                yield event
+            return
+        buffer: collections.deque = collections.deque()
+        wake = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for event in call:
+                    buffer.append(event)
+                    wake.set()
+                buffer.append(_EOF)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the owner's task
+                buffer.append(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            finally:
+                wake.set()
+
+        if self._reader is not None:
+            self._reader.cancel()
+        self._reader = asyncio.create_task(read(), name=f"engine reader {self.request_id}")
+        while True:
+            if not buffer:
+                wake.clear()
+                await wake.wait()
+            event = buffer.popleft()
+            if event is _EOF:
+                return
+            if isinstance(event, BaseException):
+                raise event
+            if _is_delta(event) and buffer and _is_delta(buffer[0]):
+                merged = ipb.Delta()
+                merged.MergeFrom(event.delta)
+                while buffer and _is_delta(buffer[0]):
+                    d = buffer.popleft().delta
+                    merged.text += d.text
+                    merged.token_count += d.token_count
+                event = ipb.GenerateEvent(delta=merged)
+            yield event
+
+    # ------------------------------------------------------------ engine events -> front-end events
+    def _on_engine_event(self, event: ipb.GenerateEvent) -> ev.Event | None:
+        kind = event.WhichOneof("kind")
+        if kind == "delta":
+            return self._delta(event.delta.text, event.delta.token_count)
+        if kind == "started":
+            self.prompt_tokens = event.started.prompt_tokens
+            self._produced = 0  # completion characters (re)generated by this engine call
+            if self._accepted:
+                return None
+            self._accepted = True
+            return ev.Accepted(self.request_id, event.started.prompt_tokens)
+        if kind == "final":
+            if self._produced < self._skip_chars:
+                raise NotFound(f"request {self.request_id!r} cannot be resumed: running it again gave less text "
+                               "than was already sent; send the request again")
+            return self._final(event.final)
+        return None
+
+    def _delta(self, text: str, token_count: int) -> ev.Delta | None:
+        """The next delta, after skipping what a takeover's journal already holds."""
+        start = self._produced
+        self._produced += len(text)
+        if start < self._skip_chars:
+            kept = max(0, self._produced - self._skip_chars)
+            self._verify(start, text[: len(text) - kept])
+            if not kept:
+                return None
+            text = text[len(text) - kept:]
+        self._seq += 1
+        return ev.Delta(self.request_id, self._seq, text, token_count)
+
+    def _verify(self, start: int, text: str) -> None:
+        if self._expected is not None and self._expected[start:start + len(text)] != text:
+            raise NotFound(f"request {self.request_id!r} cannot be resumed: running it again gave different "
+                           "text than was already sent (model or sampling changed); send the request again")
+
+    def _final(self, f: ipb.Final) -> ev.Final:
+        return ev.Final(
+            request_id=self.request_id, seq=self._seq + 1, finish_reason=ev.FinishReason(f.finish_reason),
+            prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
+            cached_prompt_tokens=f.cached_prompt_tokens, draft_tokens=f.draft_tokens,
+            accepted_draft_tokens=f.accepted_draft_tokens, replica_id=self.record.replica_id,
+            timings=ev.Timings(queue_ms=f.queue_ms, prefill_ms=f.prefill_ms, first_token_ms=f.first_token_ms,
+                               decode_ms=f.decode_ms, total_ms=self._total_ms()))
+
+    def _final_interrupted(self) -> ev.Final:
+        return ev.Final(request_id=self.request_id, seq=self.last_seq + 1, finish_reason=ev.FinishReason.INTERRUPTED,
+                        prompt_tokens=self.prompt_tokens, completion_tokens=self._tokens,
+                        replica_id=self.record.replica_id, timings=ev.Timings(total_ms=self._total_ms()))
+
+    def _total_ms(self) -> float:
+        """Front-end arrival of the request (the first one, for a takeover) to now."""
+        return (time.time() - self.engine_request.arrival_unix_s) * 1000.0
+
+    # ------------------------------------------------------------ delivery
+    async def _end_interrupted(self) -> None:
+        if self._unsent is not None:  # already journaled: deliver it, so the Final's seq follows it
+            self._deliver(self._unsent)
+            self._unsent = None
+        if not self._ended:
+            final = self._final_interrupted()
+            if self._journal is not None:
+                await self._journal.record(final)
+            self._deliver(final)
+
+    def _deliver(self, event: ev.Event) -> None:
+        """Hand an event to the edge: no await between updating last_seq and delivering."""
+        if isinstance(event, ev.Delta):
+            self.last_seq = event.seq
+            self._tokens += event.token_count
+        elif ev.is_terminal(event):
+            if self._ended:
+                return
+            self._ended = True
+        self._sink(event)

@@ -1,0 +1,235 @@
+"""The request owner against a scripted engine stream (a real gRPC server) and real Redis (Valkey).
+
+Each test scripts what the engine replica sends and checks what the owner
+delivers, journals and records: seq numbering, every kind of ending, cancel
+and interrupt, a takeover's skip of journaled text, and a replica that
+refuses the connection.
+"""
+
+import asyncio
+import secrets
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from flint.errors import InvalidArgument, NotFound, Unavailable
+from flint.frontend import events as ev
+from flint.frontend.journal import Journal, JournalConfig, RequestJournal
+from flint.frontend.owner import LocalRequests, RequestOwner, ResumePoint
+from flint.frontend.render import from_message
+from flint.frontend.replicas import ReplicaPool
+from flint.frontend.routing import LeastLoaded
+from flint.frontend.store import RequestRecord, Store
+from flint.internal.v1 import engine_pb2 as ipb
+from flint.internal.v1 import engine_pb2_grpc
+from flint.replica.registry import ReplicaInfo, ReplicaRegistry
+from flint.v1 import flint_pb2 as pb
+
+HOLD = "hold"  # script step: send nothing more until cancelled
+
+
+def started(prompt_tokens=5):
+    return ipb.GenerateEvent(started=ipb.Started(prompt_tokens=prompt_tokens))
+
+
+def delta(text, tokens=1):
+    return ipb.GenerateEvent(delta=ipb.Delta(text=text, token_count=tokens))
+
+
+def final(completion_tokens, reason=pb.FINISH_REASON_LENGTH):
+    return ipb.GenerateEvent(final=ipb.Final(finish_reason=reason, prompt_tokens=5,
+                                             completion_tokens=completion_tokens, queue_ms=1.0))
+
+
+class ScriptedEngine(engine_pb2_grpc.EngineServicer):
+    """An engine replica whose Generate streams the next script; records what it was asked and cancelled."""
+
+    def __init__(self):
+        self.scripts: list[list] = []
+        self.requests: list[ipb.GenerateRequest] = []
+        self.cancelled = asyncio.Event()
+
+    async def Generate(self, request, context):
+        self.requests.append(request)
+        try:
+            for step in self.scripts.pop(0):
+                if step == HOLD:
+                    await asyncio.Event().wait()
+                elif isinstance(step, tuple):
+                    await context.abort(*step)
+                else:
+                    yield step
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+@pytest.fixture
+async def engine():
+    servicer = ScriptedEngine()
+    server = grpc.aio.server()
+    engine_pb2_grpc.add_EngineServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    servicer.address = f"127.0.0.1:{port}"
+    try:
+        yield servicer
+    finally:
+        await server.stop(0)
+
+
+class Harness:
+    def __init__(self, redis, prefix, engine):
+        self.redis = redis
+        self.prefix = prefix
+        self.engine = engine
+        self.store = Store(redis, prefix, session_ttl_s=60, request_ttl_s=60)
+        self.journal = Journal(redis, prefix, JournalConfig())
+        self.registry = ReplicaRegistry(redis, prefix)
+        self.pool = ReplicaPool(self.registry, LeastLoaded(), wait_s=0.5, internal_token="test-token")
+        self.local = LocalRequests()
+        self.replica = ReplicaInfo(replica_id="scripted", address=engine.address, model="m", max_context_tokens=64)
+        self.events: list = []
+
+    async def start(self, request_id="r-1", *, replica=None, resume_from=ResumePoint(), journal=True):
+        record = RequestRecord(request_id=request_id, owner="w-test", replica_id=(replica or self.replica).replica_id)
+        await self.store.claim_request(record)
+        request_journal = None
+        if journal:
+            await self.journal.begin(request_id, b"", model="m")
+            request_journal = RequestJournal(self.journal, request_id, chars=resume_from.chars)
+        owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id=request_id),
+                             pool=self.pool, replica=replica or self.replica, store=self.store, local=self.local,
+                             sink=self.events.append, journal=request_journal, resume_from=resume_from)
+        owner.start()
+        return owner
+
+    async def journaled(self, request_id="r-1") -> list:
+        return [from_message(pb.ServerMessage.FromString(e.message)) for e in await self.journal.read(request_id)]
+
+
+@pytest.fixture
+async def harness(valkey_url, engine):
+    redis = aioredis.Redis.from_url(valkey_url)
+    h = Harness(redis, f"owner-{secrets.token_hex(4)}", engine)
+    try:
+        yield h
+    finally:
+        await h.pool.close()
+        await redis.aclose()
+
+
+def deltas(events) -> list:
+    return [e for e in events if isinstance(e, ev.Delta)]
+
+
+def text(events) -> str:
+    return "".join(d.text for d in deltas(events))
+
+
+async def until(predicate, timeout_s=10.0):
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_live_request_numbers_deltas_and_ends_with_one_final_journaled_in_order(harness):
+    harness.engine.scripts.append([started(), delta("ab", 2), delta("c"), final(3)])
+    owner = await harness.start()
+    assert "r-1" in harness.local
+    await owner.wait()
+    accepted, *middle, end = harness.events
+    assert accepted == ev.Accepted("r-1", 5)
+    # Deltas that arrive while a journal write is in flight are merged: text and counts stay exact.
+    assert middle == deltas(harness.events) and [d.seq for d in middle] == list(range(1, len(middle) + 1))
+    assert text(middle) == "abc" and sum(d.token_count for d in middle) == 3
+    assert isinstance(end, ev.Final) and end.seq == len(middle) + 1 and end.finish_reason == ev.FinishReason.LENGTH
+    assert end.completion_tokens == 3 and end.replica_id == "scripted" and end.timings.queue_ms == 1.0
+    assert await harness.journaled() == harness.events  # the journal holds exactly what the client got
+    record = await harness.store.get_request("r-1")
+    assert (record.state, record.last_seq) == ("finished", len(middle))
+    assert "r-1" not in harness.local
+
+
+async def test_interrupt_ends_with_an_interrupted_final_after_the_last_delta_and_cancels_the_engine(harness):
+    harness.engine.scripts.append([started(), delta("a"), delta("b"), HOLD])
+    owner = await harness.start()
+    await until(lambda: text(harness.events) == "ab")
+    last = len(deltas(harness.events))
+    result = await owner.interrupt()
+    assert result.was_running and result.last_seq == last
+    end = harness.events[-1]
+    assert isinstance(end, ev.Final) and end.finish_reason == ev.FinishReason.INTERRUPTED
+    assert end.seq == last + 1 and end.completion_tokens == 2 and end.prompt_tokens == 5
+    await asyncio.wait_for(harness.engine.cancelled.wait(), 5)
+    record = await harness.store.get_request("r-1")
+    assert (record.state, record.last_seq) == ("interrupted", last)  # recorded before interrupt() returned
+    assert (await harness.journaled())[-1] == end
+    again = await owner.interrupt()  # a second interrupt (the flag poll) gets the same answer, no second Final
+    assert again == result
+    assert sum(isinstance(e, ev.Final) for e in harness.events) == 1
+
+
+async def test_cancel_delivers_nothing_more_and_frees_the_engine(harness):
+    harness.engine.scripts.append([started(), delta("a"), HOLD])
+    owner = await harness.start()
+    await until(lambda: len(harness.events) == 2)
+    await owner.cancel()
+    await asyncio.wait_for(harness.engine.cancelled.wait(), 5)
+    assert len(harness.events) == 2
+    record = await harness.store.get_request("r-1")
+    assert not record.running and "r-1" not in harness.local
+
+
+async def test_engine_error_is_journaled_and_delivered_as_failed(harness):
+    harness.engine.scripts.append([started(), delta("a"), (grpc.StatusCode.INVALID_ARGUMENT, "prompt too long")])
+    owner = await harness.start()
+    await owner.wait()
+    failed = harness.events[-1]
+    assert isinstance(failed, ev.Failed) and isinstance(failed.error, InvalidArgument)
+    assert "prompt too long" in failed.error.message
+    assert isinstance((await harness.journaled())[-1], ev.Failed)  # a resume answers the same error
+    assert (await harness.store.get_request("r-1")).state == "failed"
+
+
+async def test_replica_lost_mid_stream_fails_retryable_and_leaves_the_journal_open_for_a_resume(harness):
+    harness.engine.scripts.append([started(), delta("a"), (grpc.StatusCode.UNAVAILABLE, "gone")])
+    owner = await harness.start()
+    await owner.wait()
+    failed = harness.events[-1]
+    assert isinstance(failed, ev.Failed) and isinstance(failed.error, Unavailable) and failed.error.retryable
+    assert not any(isinstance(e, ev.Failed) for e in await harness.journaled())
+
+
+async def test_takeover_skips_journaled_text_and_continues_the_seqs(harness):
+    # The journal holds seqs 1-2 ("ab", "cd"); running it again must give the same text, then more.
+    harness.engine.scripts.append([started(), delta("a"), delta("bc"), delta("de"), delta("f"), final(6)])
+    point = ResumePoint(seq=2, chars=4, tokens=3, text="abcd", accepted=True)
+    owner = await harness.start(resume_from=point)
+    await owner.wait()
+    *middle, end = harness.events  # no second Accepted
+    assert middle == deltas(harness.events) and text(middle) == "ef"
+    assert [d.seq for d in middle] == list(range(3, 3 + len(middle))) and end.seq == 3 + len(middle)
+    assert end.completion_tokens == 6
+
+
+async def test_takeover_that_regenerates_different_text_fails_instead_of_sending_it(harness):
+    harness.engine.scripts.append([started(), delta("ax"), delta("yz"), final(2)])
+    owner = await harness.start(resume_from=ResumePoint(seq=1, chars=2, tokens=1, text="ab", accepted=True))
+    await owner.wait()
+    [failed] = harness.events
+    assert isinstance(failed, ev.Failed) and isinstance(failed.error, NotFound)
+    assert "different text" in failed.error.message
+
+
+async def test_replica_refusing_the_connection_is_dropped_and_another_serves(harness):
+    dead = ReplicaInfo(replica_id="dead", address="127.0.0.1:1", model="m", max_context_tokens=64)
+    await harness.registry.publish(dead, ttl_s=60)
+    await harness.registry.publish(harness.replica, ttl_s=60)
+    harness.engine.scripts.append([started(), delta("a"), final(1)])
+    owner = await harness.start(replica=dead)
+    await owner.wait()
+    assert [type(e) for e in harness.events] == [ev.Accepted, ev.Delta, ev.Final]
+    assert harness.events[-1].replica_id == "scripted"
+    assert [r.replica_id for r in await harness.pool.replicas(fresh=True)] == ["scripted"]
