@@ -68,7 +68,8 @@ async def run_request(args: argparse.Namespace, address: str) -> int:
 
     from flint import env
 
-    async with FlintClient(address, api_key=env.api_key() or "") as client:  # resumes and retries by itself
+    async with FlintClient(address, api_key=env.api_key() or "",
+                           allow_plaintext_key=env.allow_plaintext_key()) as client:  # resumes and retries by itself
         if args.command == "complete":
             stream = client.complete(prefix, suffix, path=path, model=args.model, sampling_params=_sampling(args))
         else:

@@ -24,6 +24,7 @@ redirect within one Session stream go through `client.session()`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import secrets
 import threading
@@ -39,6 +40,8 @@ from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+log = logging.getLogger(__name__)
 
 
 def sampling(*, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
@@ -94,10 +97,13 @@ class FlintClient:
     """Async client over one or more front-end addresses (failover rotates through them)."""
 
     def __init__(self, addresses: str | Sequence[str] = DEFAULT_ADDRESS, *, api_key: str = "",
-                 tls: ClientTLS | None = None, retry: RetryPolicy | None = None, resume: bool = True):
+                 tls: ClientTLS | None = None, retry: RetryPolicy | None = None, resume: bool = True,
+                 allow_plaintext_key: bool = False):
         self.addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not self.addresses:
             raise InvalidArgument("FlintClient needs at least one address host:port")
+        if api_key and tls is None:
+            _check_plaintext_key(self.addresses, allow_plaintext_key)
         self.retry = retry or RetryPolicy()
         self.resume_enabled = resume
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -240,6 +246,18 @@ class FlintClient:
         self._fail_over()
         await asyncio.sleep(delay_s)
         return attempt + 1
+
+
+def _check_plaintext_key(addresses: list[str], allowed: bool) -> None:
+    """An API key over a plaintext channel: refused off loopback unless allowed; always a loud warning."""
+    from flint.addresses import is_loopback
+
+    remote = [a for a in addresses if not is_loopback(a)]
+    if remote and not allowed:
+        raise InvalidArgument(f"refusing to send the API key in plaintext to {', '.join(remote)}: pass tls=ClientTLS(...), "
+                              "or allow_plaintext_key=True (FLINT_ALLOW_PLAINTEXT_KEY=1 for `flint complete`) when "
+                              "the network is trusted")
+    log.warning("SECURITY: the API key is sent in plaintext (no TLS) to %s", ", ".join(addresses))
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -47,3 +47,22 @@ def ci() -> bool:
 def api_key() -> str | None:
     """`FLINT_API_KEY`: API key `flint complete/edit` send when the service requires one."""
     return os.environ.get("FLINT_API_KEY") or None
+
+
+def allow_plaintext_key() -> bool:
+    """`FLINT_ALLOW_PLAINTEXT_KEY`: let `flint complete/edit` send FLINT_API_KEY without TLS to a non-loopback address."""
+    return os.environ.get("FLINT_ALLOW_PLAINTEXT_KEY", "").strip().lower() not in ("", "0", "false", "no")
+
+
+INTERNAL_TOKEN = "FLINT_INTERNAL_TOKEN"
+INTERNAL_TOKEN_FILE = "FLINT_INTERNAL_TOKEN_FILE"
+
+
+def internal_token() -> str:
+    """`FLINT_INTERNAL_TOKEN`: the deployment's internal engine API secret (flint.security.internal)."""
+    return os.environ.get(INTERNAL_TOKEN, "").strip()
+
+
+def internal_token_file() -> str:
+    """`FLINT_INTERNAL_TOKEN_FILE`: a file holding that secret (read when FLINT_INTERNAL_TOKEN is unset)."""
+    return os.environ.get(INTERNAL_TOKEN_FILE, "")

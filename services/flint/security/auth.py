@@ -1,106 +1,26 @@
-"""API keys per tenant, checked by one interceptor on the public service.
+"""API keys per tenant, checked by one interceptor on the public service (keys live in `keystore`).
 
-A key is a random token shown once at creation; only its SHA-256 is stored,
-in a JSON file (`api_keys_file`) or a Redis hash (`{prefix}:apikeys`,
-sha256 hex -> tenant), so a leaked key store reveals no key. The keys are
-256-bit random, so a fast hash is enough (no password stretching needed).
 Calls to flint.v1.Flint must carry `authorization: Bearer <key>` (or
 `x-api-key: <key>`); health checks and reflection stay open for probes.
 The interceptor binds the call's tenant (`flint.security.context`) for
 everything its handler runs: request records, sessions, journals and the
-prefix-cache namespace are all tagged with it.
+prefix-cache namespace are all tagged with it. A streaming call whose key
+is revoked while it runs ends UNAUTHENTICATED within the key store's
+`recheck_s`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import inspect
-import json
-import secrets
-import time
-from pathlib import Path
 
 import grpc
 
-from flint.errors import FlintError, InvalidArgument, Unauthenticated, Unavailable
+from flint.errors import FlintError, Unauthenticated, Unavailable
 from flint.security.context import reset_tenant, set_tenant
+from flint.security.keystore import KeyStore
 
 PUBLIC_SERVICE_PREFIX = "/flint.v1.Flint/"
-_TENANT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key() -> str:
-    return f"flk_{secrets.token_urlsafe(32)}"
-
-
-def check_tenant(tenant: str) -> str:
-    if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_CHARS:
-        raise InvalidArgument(f"tenant {tenant!r} must be 1-64 characters of [A-Za-z0-9._-]")
-    return tenant
-
-
-def read_key_file(path: str | Path) -> dict[str, str]:
-    """sha256 -> tenant from a key file (missing file = no keys)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {entry["sha256"]: check_tenant(entry["tenant"]) for entry in data["keys"]}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"API key file {path} is malformed ({exc}); expected "
-                              '{"keys": [{"tenant": ..., "sha256": ...}]}') from None
-
-
-def add_key_to_file(path: str | Path, tenant: str) -> str:
-    """Create a key for `tenant`, store its hash in the file; returns the key (shown once)."""
-    path = Path(path).expanduser()
-    keys = read_key_file(path)
-    key = new_key()
-    keys[hash_key(key)] = check_tenant(tenant)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"keys": [{"tenant": t, "sha256": h} for h, t in keys.items()]}, indent=1))
-    tmp.chmod(0o600)
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return key
-
-
-async def add_key_to_redis(redis, key_prefix: str, tenant: str) -> str:
-    key = new_key()
-    await redis.hset(f"{key_prefix}:apikeys", hash_key(key), check_tenant(tenant))
-    return key
-
-
-class KeyStore:
-    """Looks up the tenant of a presented key: file keys (loaded once), then Redis (cached briefly)."""
-
-    def __init__(self, *, file_keys: dict[str, str], redis=None, key_prefix: str = "flint",
-                 cache_ttl_s: float = 5.0):
-        self._file_keys = file_keys
-        self._redis = redis
-        self._hash_key = f"{key_prefix}:apikeys"
-        self._cache: dict[str, tuple[str | None, float]] = {}
-        self._cache_ttl_s = cache_ttl_s
-
-    async def tenant_of(self, key: str) -> str | None:
-        digest = hash_key(key)
-        tenant = self._file_keys.get(digest)
-        if tenant is not None or self._redis is None:
-            return tenant
-        cached = self._cache.get(digest)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        value = await self._redis.hget(self._hash_key, digest)
-        tenant = value.decode() if value is not None else None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (tenant, time.monotonic() + self._cache_ttl_s)
-        return tenant
 
 
 def presented_key(metadata) -> str:
@@ -135,7 +55,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             why = ("no API key sent: pass `authorization: Bearer <key>` metadata (flint.client: api_key=...)"
                    if not key else "the API key is not valid: ask your operator for a key (`flint keys create`)")
             return deny_handler(handler, Unauthenticated(why))
-        return _replace_behavior(handler, _bind(handler, tenant))
+        return _replace_behavior(handler, _bind(tenant, self._keys, key))
 
 
 def deny_handler(handler, error: FlintError | str):
@@ -174,14 +94,28 @@ def _deny(error: FlintError):
     return make
 
 
-def _bind(handler, tenant: str):
+REVOKED = "the API key was revoked while this call ran; ask your operator for a valid key"
+
+
+def _bind(tenant: str, keys: KeyStore, key: str):
+    """Run the handler with `tenant` bound; a streaming response ends UNAUTHENTICATED if the key is revoked."""
+
     def make(kind, behavior):
+        watched = kind.endswith("_stream")
+
         if inspect.isasyncgenfunction(behavior):
             async def bound_stream(request, context):
                 token = set_tenant(tenant)
+                revocation = _Revocation()
                 try:
-                    async for item in behavior(request, context):
-                        yield item
+                    with keys.watch(key, revocation.cancel_current_task):
+                        async for item in behavior(request, context):
+                            yield item
+                except asyncio.CancelledError:
+                    if not revocation.revoked:
+                        raise
+                    asyncio.current_task().uncancel()
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
                 finally:
                     reset_tenant(token)
 
@@ -189,11 +123,32 @@ def _bind(handler, tenant: str):
 
         async def bound(request, context):
             token = set_tenant(tenant)
+            revocation = _Revocation()
             try:
-                return await behavior(request, context)
+                if not watched:
+                    return await behavior(request, context)
+                with keys.watch(key, revocation.cancel_current_task):
+                    return await behavior(request, context)
+            except asyncio.CancelledError:
+                if not revocation.revoked:
+                    raise
+                asyncio.current_task().uncancel()
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
             finally:
                 reset_tenant(token)
 
         return bound
 
     return make
+
+
+class _Revocation:
+    """Cancels the task serving a call when its key is revoked (no per-message cost while it is valid)."""
+
+    def __init__(self):
+        self.revoked = False
+        self._task = asyncio.current_task()
+
+    def cancel_current_task(self) -> None:
+        self.revoked = True
+        self._task.cancel()

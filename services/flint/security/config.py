@@ -14,10 +14,12 @@ class SecurityConfig:
     # API keys (authentication is on when either source is set). Keys are stored as SHA-256 hashes only.
     api_keys_file: str = ""              # JSON {"keys": [{"tenant": ..., "sha256": ...}]} (see `flint keys`)
     api_keys_in_redis: bool = False      # hash {prefix}:apikeys  sha256 -> tenant
+    key_recheck_s: float = 2.0           # a revoked key stops working (open streams included) within this
     # TLS for the public port; mTLS when client_ca_file is set (clients must present a cert it signed).
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    allow_plaintext_keys: bool = False   # API keys without TLS on a non-loopback address (a TLS proxy in front)
     # Per-tenant rate limit shared through Redis: requests per second (0 = off), with bursts up to `rate_burst`.
     rate_limit_per_s: float = 0.0
     rate_burst: int = 0                  # 0 = one second's worth
@@ -36,6 +38,8 @@ class SecurityConfig:
             path = getattr(self, name)
             if path and not Path(path).expanduser().is_file():
                 raise InvalidArgument(f"security.{name}: {path!r} is not a readable file")
+        if not 0.05 <= self.key_recheck_s <= 300:
+            raise InvalidArgument(f"security.key_recheck_s must be in [0.05, 300] seconds, got {self.key_recheck_s!r}")
         if self.rate_limit_per_s < 0 or self.rate_burst < 0:
             raise InvalidArgument("security: rate_limit_per_s and rate_burst must be >= 0")
         for name in ("max_prompt_bytes", "max_context_files", "max_context_file_bytes",

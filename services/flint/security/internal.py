@@ -29,10 +29,11 @@ from pathlib import Path
 
 import grpc
 
+from flint import env
 from flint.errors import InvalidArgument
 
-TOKEN_ENV = "FLINT_INTERNAL_TOKEN"
-TOKEN_FILE_ENV = "FLINT_INTERNAL_TOKEN_FILE"
+TOKEN_ENV = env.INTERNAL_TOKEN
+TOKEN_FILE_ENV = env.INTERNAL_TOKEN_FILE
 METADATA_KEY = "x-flint-internal-token"
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _MIN_TOKEN_CHARS = 16
@@ -56,10 +57,10 @@ def resolve_token(*, token: str = "", token_file: str = "") -> str:
         found = token
     elif token_file:
         found = _read_token_file(token_file, "internal_token_file")
-    elif os.environ.get(TOKEN_ENV):
-        found = os.environ[TOKEN_ENV].strip()
-    elif os.environ.get(TOKEN_FILE_ENV):
-        found = _read_token_file(os.environ[TOKEN_FILE_ENV], TOKEN_FILE_ENV)
+    elif env.internal_token():
+        found = env.internal_token()
+    elif env.internal_token_file():
+        found = _read_token_file(env.internal_token_file(), TOKEN_FILE_ENV)
     else:
         return ""
     if len(found) < _MIN_TOKEN_CHARS:

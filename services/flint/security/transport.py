@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
 
+from flint.addresses import is_loopback
+from flint.errors import InvalidArgument
 from flint.security.config import SecurityConfig
+
+log = logging.getLogger(__name__)
+
+
+def check_plaintext_keys(host: str, config: SecurityConfig) -> None:
+    """API keys without TLS: refused on a non-loopback address unless allowed, and always a loud warning."""
+    if not config.auth_enabled or config.tls_enabled:
+        return
+    if not is_loopback(host) and not config.allow_plaintext_keys:
+        raise InvalidArgument(f"API keys are on but TLS is off on {host}: keys would cross the network in plaintext. "
+                              "Set security.tls_cert_file and tls_key_file, or security.allow_plaintext_keys = true "
+                              "if a TLS proxy in front of flint terminates TLS")
+    log.warning("SECURITY: API keys are checked without TLS on %s; clients send them in plaintext", host)
 
 
 def _read(path: str) -> bytes:
@@ -37,8 +53,8 @@ def interceptors(config: SecurityConfig, *, redis, key_prefix: str) -> list:
     """The auth interceptor when API keys are configured (none otherwise)."""
     if not config.auth_enabled:
         return []
-    from flint.security.auth import AuthInterceptor, KeyStore, read_key_file
+    from flint.security.auth import AuthInterceptor
+    from flint.security.keystore import KeyStore
 
-    file_keys = read_key_file(config.api_keys_file) if config.api_keys_file else {}
-    return [AuthInterceptor(KeyStore(file_keys=file_keys, redis=redis if config.api_keys_in_redis else None,
-                                     key_prefix=key_prefix))]
+    return [AuthInterceptor(KeyStore(key_file=config.api_keys_file, redis=redis if config.api_keys_in_redis else None,
+                                     key_prefix=key_prefix, recheck_s=config.key_recheck_s))]
