@@ -118,25 +118,29 @@ def test_a_request_that_does_not_fit_never_blocks_smaller_ones_behind_it():
 
 
 def test_an_interactive_request_arriving_during_a_long_bulk_prefill_gets_its_first_token_next_step():
-    sched, _ = _setup(budget=2048, prefill_chunk_tokens=512)
-    sched.add(_req("bulk", 4000, bulk=True))
-    assert _ids(_step(sched)) == {"bulk": 512}
-    keystroke = _req("key", 8, first_token=5000)
+    sched, _ = _setup(budget=2048, prefill_chunk_tokens=512, interactive_chunk_tokens=64)
+    sched.add(_req("bulk", 4000, bulk=True, arrival=0.0))
+    assert _ids(_step(sched, now=0.0)) == {"bulk": 512}
+    keystroke = _req("key", 8, first_token=5000, max_tokens=2, arrival=1.0)
     sched.add(keystroke)
-    step = _step(sched)
+    step = _step(sched, now=1.0)
     assert _ids(step) == {"key": 8}                                # the long prefill pauses this step
     assert keystroke.num_output == 1                               # first token after 1 step
-    assert _ids(_step(sched)) == {"key": 1, "bulk": 512}           # then both run
+    assert _ids(_step(sched, now=1.1)) == {"key": 1, "bulk": 64}   # then both run, the long one in small chunks
+    assert _ids(_step(sched, now=2.5)) == {"bulk": 512}            # no interactive work about: full chunks
 
 
 def test_long_prefill_chunks_shrink_while_a_keystroke_prefills_and_interactive_long_ones_too():
-    sched, _ = _setup(budget=2048, kv_tokens=16384, prefill_chunk_tokens=512, contended_chunk_tokens=32)
-    sched.add(_req("long_interactive", 4000))
-    sched.add(_req("long_bulk", 4000, bulk=True, first_token=9000))
-    assert _ids(_step(sched)) == {"long_interactive": 512, "long_bulk": 512}
-    sched.add(_req("key", 20, first_token=20000))
-    assert _ids(_step(sched)) == {"key": 20, "long_interactive": 32, "long_bulk": 32}
-    assert _ids(_step(sched)) == {"key": 1, "long_interactive": 512, "long_bulk": 512}
+    sched, _ = _setup(budget=2048, kv_tokens=16384, prefill_chunk_tokens=512, contended_chunk_tokens=32,
+                      interactive_chunk_tokens=64, interactive_window_ms=1000)
+    sched.add(_req("long_interactive", 4000, arrival=0.0))
+    sched.add(_req("long_bulk", 4000, bulk=True, first_token=9000, arrival=0.0))
+    assert _ids(_step(sched, now=0.5)) == {"long_interactive": 64, "long_bulk": 64}     # interactive arrival
+    assert _ids(_step(sched, now=1.5)) == {"long_interactive": 512, "long_bulk": 512}
+    sched.add(_req("key", 20, first_token=20000, max_tokens=2, arrival=5.0))
+    assert _ids(_step(sched, now=5.0)) == {"key": 20, "long_interactive": 32, "long_bulk": 32}
+    assert _ids(_step(sched, now=5.1)) == {"key": 1, "long_interactive": 64, "long_bulk": 64}
+    assert _ids(_step(sched, now=6.1)) == {"long_interactive": 512, "long_bulk": 512}
 
 
 def test_kv_grows_on_demand_so_huge_max_tokens_do_not_reserve_the_cache():
@@ -209,7 +213,7 @@ def test_a_starving_request_goes_first_and_smaller_ones_stop_overtaking_it():
 
 
 def test_a_long_prefill_paused_by_keystrokes_still_progresses():
-    sched, _ = _setup(budget=2048, prefill_chunk_tokens=64, starvation_steps=3)
+    sched, _ = _setup(budget=2048, prefill_chunk_tokens=64, interactive_chunk_tokens=64, starvation_steps=3)
     sched.add(_req("bulk", 4000, bulk=True))
     _step(sched)
     chunks = []

@@ -48,6 +48,7 @@ class EngineConfig:
     spec_draft_tokens: int = 8           # draft tokens verified per step
     spec_ngram_max: int = 4              # longest n-gram looked up in the history
     spec_ngram_min: int = 2
+    spec_prompt_window_tokens: int = 8192   # drafts come from the prompt's last this-many tokens (and the output)
     # torch.compile the decode step, compiled at start (engine/compiled.py); false = eager. Off by default:
     # ~1.0x of eager on the 2-core CPU (loadtests/results/engine.md); CUDA graphs on GPU come with it.
     compile: bool = False
@@ -64,6 +65,8 @@ class EngineConfig:
     # Scheduling (flint.engine.scheduler; measured reasons in loadtests/results/scheduler.md):
     prefill_chunk_tokens: int = 512      # most prompt tokens one request computes in a step
     contended_chunk_tokens: int = 0      # long prefills' chunk in a step carrying a keystroke (0 = pause)
+    interactive_chunk_tokens: int = 64   # long prefills' chunk while interactive requests arrive or stream
+    interactive_window_ms: int = 1000    # "arrive": an interactive request arrived this recently
     kv_growth_tokens: int = 256          # decode KV is allocated this many positions at a time
     starvation_steps: int = 64           # waiting / paused this many steps: goes first, never skipped
     queue_timeout_interactive_ms: int = 2000   # not started by then: RESOURCE_EXHAUSTED with a retry delay
@@ -92,6 +95,7 @@ class EngineConfig:
         _int_at_least("spec_draft_tokens", self.spec_draft_tokens, 1)
         _int_at_least("spec_ngram_min", self.spec_ngram_min, 1)
         _int_at_least("spec_ngram_max", self.spec_ngram_max, self.spec_ngram_min)
+        _int_at_least("spec_prompt_window_tokens", self.spec_prompt_window_tokens, 1)
         _check(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         sizes = tuple(self.compile_batch_sizes)
         _check(bool(sizes) and all(isinstance(b, int) and b >= 1 for b in sizes),
@@ -108,6 +112,11 @@ class EngineConfig:
         _check(self.contended_chunk_tokens <= self.prefill_chunk_tokens,
                f"contended_chunk_tokens ({self.contended_chunk_tokens}) must be <= prefill_chunk_tokens "
                f"({self.prefill_chunk_tokens})")
+        _int_at_least("interactive_chunk_tokens", self.interactive_chunk_tokens, 1)
+        _check(self.interactive_chunk_tokens <= self.prefill_chunk_tokens,
+               f"interactive_chunk_tokens ({self.interactive_chunk_tokens}) must be <= prefill_chunk_tokens "
+               f"({self.prefill_chunk_tokens})")
+        _int_at_least("interactive_window_ms", self.interactive_window_ms, 0)
         _int_at_least("kv_growth_tokens", self.kv_growth_tokens, 1)
         _int_at_least("starvation_steps", self.starvation_steps, 1)
         _int_at_least("queue_timeout_interactive_ms", self.queue_timeout_interactive_ms, 1)

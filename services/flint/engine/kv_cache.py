@@ -117,7 +117,7 @@ class PagedKVCache:
         cached = match.length if match is not None else 0
         req.slots = torch.empty(req.capacity, dtype=torch.int64)
         if cached:
-            req.slots[:cached] = match.slots
+            match.copy_slots_into(req.slots[:cached])
         req.num_slots = cached
         req.owned_blocks = _NO_BLOCKS
         req.cache_node = match.node if match is not None else None

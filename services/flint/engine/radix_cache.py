@@ -16,8 +16,10 @@ tokens go to fresh blocks (no copy-on-write needed).
   (see `BlockAllocator`), so blocks are freed exactly when their last cached
   token is evicted.
 
-Matching walks the tree once per request admission (cost ~ prompt length in
-numpy comparisons), never per decode step.
+Matching walks the tree once per request admission, never per decode step:
+one Python iteration per edge on the path (not per token) and one vectorised
+comparison of the prompt against the edges' keys; the matched slots are
+copied once, straight into the request's slot map (`Match.copy_slots_into`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,17 @@ class Node:
 class Match:
     node: Node                  # deepest node covering the match (lock it while in use)
     length: int                 # matched tokens
-    slots: torch.Tensor         # [length] int64
+    parts: list[torch.Tensor]   # the matched edges' slot runs, root first (sum of lengths = length)
+
+    @property
+    def slots(self) -> torch.Tensor:
+        """[length] int64 (a new tensor; `copy_slots_into` writes the same without the temporary)."""
+        return torch.cat(self.parts) if len(self.parts) > 1 else (self.parts[0] if self.parts else _EMPTY_SLOTS)
+
+    def copy_slots_into(self, out: torch.Tensor) -> None:
+        """out [length] int64 <- the matched slots: one concatenation, no temporary, no per-token work."""
+        if self.parts:
+            torch.cat(self.parts, out=out)
 
 
 def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
@@ -92,8 +104,7 @@ class RadixCache:
             child.last_access = now
             parts.append(child.slots)
             node, i = child, i + n
-        slots = torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else _EMPTY_SLOTS)
-        return Match(node=node, length=i, slots=slots)
+        return Match(node=node, length=i, parts=parts)
 
     def insert(self, namespace: str, tokens: np.ndarray, slots: torch.Tensor) -> int:
         """Cache `tokens` whose KV lives in `slots`; returns how many tokens were new.

@@ -24,8 +24,12 @@ requests (one place: `Engine._finish`). The policy, read top to bottom:
    before long ones within a class. In a step that carries an interactive
    short prefill (a keystroke), long prefills of other requests shrink to
    `contended_chunk_tokens` (0 = pause for that step) so the keystroke's step
-   costs what it costs on an idle replica; a long prefill paused for
-   `starvation_steps` consecutive steps gets its chunk anyway.
+   costs what it costs on an idle replica. While interactive requests keep
+   arriving (one within `interactive_window_ms`) or streaming, long prefills
+   run chunks of at most `interactive_chunk_tokens`: a keystroke can only
+   land behind a step already under way, so that step must be short too.
+   A long prefill paused for `starvation_steps` consecutive steps gets its
+   chunk anyway.
 
 Why these numbers: loadtests/results/scheduler.md and README (scheduling).
 """
@@ -66,6 +70,7 @@ class Scheduler:
         self.kv = kv
         self.waiting: tuple[deque[Request], deque[Request]] = (deque(), deque())   # by priority
         self.running: list[Request] = []
+        self.last_interactive_arrival = float("-inf")   # arrival_mono of the latest interactive request
 
     @property
     def num_waiting(self) -> int:
@@ -76,6 +81,8 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         self.waiting[req.priority].append(req)
+        if req.interactive:
+            self.last_interactive_arrival = max(self.last_interactive_arrival, req.arrival_mono)
 
     def remove(self, req: Request) -> None:
         """Take a request out (finished or aborted); the caller releases its KV."""
@@ -93,8 +100,14 @@ class Scheduler:
         budget = self.config.prefill_tokens_per_step
         budget -= self._schedule_decodes(plan)
         self._admit_waiting(plan, now, budget)
-        self._schedule_prefills(plan, budget)
+        self._schedule_prefills(plan, budget, self._long_chunk_tokens(plan, now))
         return plan
+
+    def _long_chunk_tokens(self, plan: StepPlan, now: float) -> int:
+        """Chunk of a long prefill this step: small while interactive work is about (see the docstring)."""
+        recent = now - self.last_interactive_arrival <= self.config.interactive_window_ms / 1e3
+        streaming = any(s.req.interactive for s in plan.scheduled)
+        return self.config.interactive_chunk_tokens if recent or streaming else self.config.prefill_chunk_tokens
 
     def _schedule_decodes(self, plan: StepPlan) -> int:
         used = 0
@@ -124,15 +137,15 @@ class Scheduler:
             for req in q:
                 req.waited_steps += 1
 
-    def _schedule_prefills(self, plan: StepPlan, budget: int) -> None:
+    def _schedule_prefills(self, plan: StepPlan, budget: int, long_chunk: int) -> None:
         chunk = self.config.prefill_chunk_tokens
         decoding = {id(s.req) for s in plan.scheduled}
         prefilling = sorted((r for r in self.running if id(r) not in decoding), key=self._prefill_rank)
         keystroke = any(r.interactive and r.num_uncomputed <= chunk for r in prefilling)
         for req in prefilling:
-            n = min(req.num_uncomputed, chunk, budget)
-            contended = keystroke and req.num_uncomputed > chunk and not self._starving(req)
-            if contended:
+            long = req.num_uncomputed > chunk
+            n = min(req.num_uncomputed, long_chunk if long else chunk, budget)
+            if keystroke and long and not self._starving(req):
                 n = min(n, self.config.contended_chunk_tokens)
             if n <= 0:
                 req.paused_steps += 1
