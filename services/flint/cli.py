@@ -19,6 +19,7 @@ from flint.errors import FlintError, InvalidArgument
 DISPATCH = {
     ("bench", "engine"): "flint.bench.engine",
     ("bench", "cluster"): "flint.bench.cluster",
+    ("bench", "keystroke"): "flint.bench.keystroke",
     ("load",): "flint.load.cli",
     ("cluster",): "flint.cluster.local",
     ("keys",): "flint.security.keys",
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="engine step latency and throughput on this machine (flint bench engine --help)")
     bench_sub.add_parser("cluster", add_help=False,
                          help="a multi-node local cluster under load (flint bench cluster --help)")
+    bench_sub.add_parser("keystroke", add_help=False,
+                         help="keystroke TTFT end to end, document vs full-text mode, 0-128K context "
+                         "(flint bench keystroke --help)")
     return parser
 
 

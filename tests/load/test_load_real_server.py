@@ -70,3 +70,42 @@ def test_run_figures_match_the_front_ends_own_prometheus_metrics(valkey_url, eng
     assert checks["requests ended: client vs front-end counter"]["server"] == len(records)
     # Latency checks are reported (client vs Final, vs front-end histograms) but not asserted: they are timings.
     assert "mean TTFT: client vs server first_token_ms" in checks
+
+
+def test_editor_workload_in_document_mode_opens_once_and_sends_edits(frontend_workers, tmp_path):
+    out = tmp_path / "documents"
+    params = {"file_tokens": [64, 160], "suffix_tokens": [16, 48], "lines": [1, 2], "max_tokens": [2, 4],
+              "temperature": 1.0, "documents": True, "debounce_ms": 30.0}
+    flags = [a for k, v in params.items() for a in ("--param", f"{k}={json.dumps(v)}")]
+    code = load_main(["run", "--scenario", "keystroke", "--seed", "5", *flags, "--arrival", "poisson", "--rate", "1",
+                      "--duration-s", "3", "--drain-s", "30", "--address", frontend_workers[0].address,
+                      "--out", str(out), "--quiet"])
+    assert code == 0
+    report, records = load_run(out)
+    assert report["summary"]["errors"] == 0, report["summary"]["errors_by_code"]
+    by_job: dict = {}
+    for r in records:
+        by_job.setdefault(r.job, []).append(r)
+    assert any(len(rs) > 1 for rs in by_job.values()), "a job must type more than one keystroke"
+    finished = [r for r in records if r.finish_reason in ("length", "eos", "stop")]
+    assert finished and all(r.prompt_tokens > 0 for r in finished)   # prompts built from the documents
+
+
+def test_document_messages_bring_the_servers_copy_to_the_new_text():
+    from flint.doctext import DocText
+    from flint.load.targets.flint_grpc import document_messages
+    from flint.load.workload import RequestSpec
+
+    docs: dict = {}
+    first, cursor = document_messages(RequestSpec(prefix="def f(x):\n    ret", suffix="\n\nprint(1)\n",
+                                                  document_id="a.py", path="a.py"), docs)
+    assert first[0].WhichOneof("kind") == "open_document" and cursor.version == 1
+    assert (cursor.cursor.line, cursor.cursor.character) == (1, 7)
+    second, cursor = document_messages(RequestSpec(prefix="def f(x):\n    return x", suffix="\n\nprint(1)\n",
+                                                   document_id="a.py", path="a.py"), docs)
+    edit = second[0].edit_document
+    assert (edit.version, cursor.version, edit.edits[0].text) == (1, 2, "urn x")
+    r = edit.edits[0].range
+    old = DocText("def f(x):\n    ret\n\nprint(1)\n")
+    start, end = old.offset(r.start.line, r.start.character), old.offset(r.end.line, r.end.character)
+    assert old.apply(start, end, edit.edits[0].text).text == "def f(x):\n    return x\n\nprint(1)\n"

@@ -111,6 +111,7 @@ class KeystrokeParams(CommonParams):
     max_tokens: Range = (16, 48)
     overlap: str = "redirect"               # what a new request does to the previous one still streaming
     files: int = 16                         # distinct files the simulated users edit
+    documents: bool = False                 # document mode: open the file once, then edits + cursor completions
 
 
 class Keystroke(Scenario):
@@ -140,7 +141,8 @@ class Keystroke(Scenario):
                 steps.append(Step(t_key + p.debounce_ms, RequestSpec(
                     prefix=head + text, suffix=tail, path=f"src/file_{file_seed}.py",
                     max_tokens=_randint(rng, p.max_tokens), temperature=p.temperature,
-                    seed=rng.randrange(1 << 31), on_overlap=p.overlap if steps else "none", label=self.name)))
+                    seed=rng.randrange(1 << 31), on_overlap=p.overlap if steps else "none", label=self.name,
+                    document_id=f"src/file_{file_seed}.py" if p.documents else "")))
         t0 = steps[0].offset_ms if steps else 0.0
         return Job(index, self.name, tuple(Step(s.offset_ms - t0, s.spec) for s in steps))
 

@@ -33,6 +33,10 @@ class RequestSpec:
     # What to do with the job's previous request if it still streams when this one is sent.
     on_overlap: str = "none"
     label: str = ""
+    # Document mode (flint target): the job's Session opens this document with prefix + suffix on its first
+    # request, then sends each later request's change as one EditDocument and completes at the cursor by
+    # reference (the text is not sent again). "" = full text in every request.
+    document_id: str = ""
 
     @property
     def prompt_chars(self) -> int:

@@ -11,6 +11,10 @@ Names (all prefixed `flint_`), documented here and in README:
   flint_journal_dropped_total                    journal appends dropped (Redis slow or down)
   flint_resumes_total / flint_takeovers_total    Resume calls served / requests regenerated after their owner died
   flint_replica_generate_total{outcome}          Generate calls ended at a replica (finished / ended_early)
+  flint_document_tokens_total{how}               a replica's document token cache per document request: hit,
+                                                 incremental (windows re-tokenized around edits), loaded (read
+                                                 from Redis, whole text tokenized), full_retokenize (an edit
+                                                 whose window could not be proven stable)
   flint_replica_running / _waiting / _kv_used_fraction   engine load gauges, sampled at scrape time
   flint_ray_call_seconds{op}                     Ray calls made by flint: replica_start, replica_stop (the
                                                  token path never calls Ray)
@@ -44,6 +48,8 @@ class Metrics:
         self.takeovers = Counter("flint_takeovers", "Requests regenerated after their owner stopped", registry=r)
         self.replica_generate = Counter("flint_replica_generate", "Generate calls ended at a replica", ["outcome"],
                                         registry=r)
+        self.document_tokens = Counter("flint_document_tokens", "Document token cache outcomes at a replica",
+                                       ["how"], registry=r)
         self._server = None
 
     def time_stage(self, stage: str):

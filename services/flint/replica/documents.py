@@ -13,7 +13,8 @@ The prompt's prefix and suffix ids then come from `IncrementalTokenizer.split`
 at the cursor; they equal encoding the text (tests/serving/test_documents.py).
 
 The cache is bounded (`max_documents`, least recently used out) and counted
-in `stats` (hit, incremental, loaded; the tokenizer's full re-encodes).
+in `stats` and the `flint_document_tokens_total{how}` metric (hit, incremental,
+loaded, full_retokenize: an edit whose window could not be proven stable).
 
 Public API (stable):
     DocumentTokens(tokenizer, store, *, max_documents=64)
@@ -32,6 +33,7 @@ from flint.doctext import Edit
 from flint.engine.incremental import IncrementalTokenizer, TokenizedText
 from flint.engine.types import ContextFile, GenerateRequest
 from flint.errors import InvalidArgument
+from flint.observability.metrics import metrics
 
 
 class DocumentTokens:
@@ -78,7 +80,7 @@ class DocumentTokens:
     async def _tokens_locked(self, ref) -> TokenizedText:
         cached = self._docs.get(ref.key)
         if cached is not None and cached[0] == ref.version:
-            self.stats["hit"] += 1
+            self._count("hit")
             return cached[1]
         if cached is not None and cached[0] < ref.version:
             edits: list[Edit] | None = None
@@ -87,11 +89,17 @@ class DocumentTokens:
             else:
                 edits = await self._store.edits(ref.key, cached[0], int(ref.version))
             if edits is not None:
-                doc = cached[1]
+                doc, full_before = cached[1], self._inc.stats.full
                 for e in edits:
                     doc = self._inc.edit(doc, e.start, e.end, e.text)
-                self.stats["incremental"] += 1
+                self._count("incremental")
+                for _ in range(self._inc.stats.full - full_before):
+                    self._count("full_retokenize")
                 return doc
         stored = await self._store.load(ref.key, int(ref.version))
-        self.stats["loaded"] += 1
+        self._count("loaded")
         return await asyncio.to_thread(self._inc.full, stored.text)
+
+    def _count(self, how: str) -> None:
+        self.stats[how] = self.stats.get(how, 0) + 1
+        metrics().document_tokens.labels(how).inc()

@@ -13,6 +13,13 @@ next requests. A request lost before the server journaled it (Resume says
 NOT_FOUND and nothing was streamed) is sent again under a new id. Deltas keep their seqs, so a record shows a gap
 or a repeat if the server lost or repeated a token; `record.resumes` counts
 the resumes a request needed.
+
+Document mode (`RequestSpec.document_id`): the first request of a document
+opens it with prefix + suffix; each later one sends what changed since the
+previous request as one EditDocument (the common head and tail of the two
+texts are kept) and a CompleteRequest naming the cursor, so the wire carries
+the keystrokes, not the file. A rejected edit (stale version) shows up as
+the completion's FAILED_PRECONDITION error.
 """
 
 from __future__ import annotations
@@ -32,6 +39,45 @@ _FINISH = {pb.FINISH_REASON_EOS: "eos", pb.FINISH_REASON_LENGTH: "length", pb.FI
            pb.FINISH_REASON_UNSPECIFIED: "unspecified"}
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # 128K-token prompts are ~0.5 MB; leave room
+
+
+def document_messages(spec: RequestSpec, documents: dict) -> tuple[list, pb.DocumentCursor]:
+    """Messages that bring the server's copy of `spec.document_id` to prefix + suffix, and the cursor there."""
+    from flint.doctext import DocText
+
+    text = spec.prefix + spec.suffix
+    known = documents.get(spec.document_id)   # (version, DocText) the server holds
+    if known is None:
+        out = [pb.ClientMessage(open_document=pb.OpenDocument(document_id=spec.document_id, path=spec.path,
+                                                              text=text, version=1))]
+        version, doc = 1, DocText(text)
+    else:
+        version, old = known
+        head = _common_head(old.text, text)
+        tail = _common_head(old.text[head:][::-1], text[head:][::-1])
+        start, end = (old.position(o) for o in (head, len(old.text) - tail))
+        edit = pb.TextEdit(range=pb.Range(start=pb.Position(line=start[0], character=start[1]),
+                                          end=pb.Position(line=end[0], character=end[1])),
+                           text=text[head:len(text) - tail])
+        out = [pb.ClientMessage(edit_document=pb.EditDocument(document_id=spec.document_id, version=version,
+                                                              edits=[edit]))]
+        version, doc = version + 1, old.apply(head, len(old.text) - tail, text[head:len(text) - tail])
+    documents[spec.document_id] = (version, doc)
+    line, character = doc.position(len(spec.prefix))
+    return out, pb.DocumentCursor(document_id=spec.document_id, version=version,
+                                  cursor=pb.Position(line=line, character=character))
+
+
+def _common_head(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    lo, hi = 0, n
+    while lo < hi:                      # binary search on slices: C speed for long texts
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def to_proto(spec: RequestSpec, request_id: str, model: str):
@@ -81,6 +127,7 @@ class FlintSession(Session):
         self._reader: asyncio.Task | None = None
         self._resuming: set[asyncio.Task] = set()
         self._closing = False
+        self.documents: dict = {}   # document mode: document id -> (version, DocText) the server holds
 
     async def open(self) -> None:
         self.call = self.target.stub.Session()
@@ -97,6 +144,13 @@ class FlintSession(Session):
         request = to_proto(state.spec, rid, self.target.config.model)
         field = "edit" if state.spec.kind == "edit" else "complete"
         self.states[rid] = state
+        if state.spec.document_id and field == "complete":
+            before, cursor = document_messages(state.spec, self.documents)
+            request.ClearField("prefix")
+            request.ClearField("suffix")
+            request.document.CopyFrom(cursor)
+            for message in before:
+                await self._write(message)
         if redirect_of is not None and not redirect_of.done.is_set():
             redirect_of.mark_interrupt("redirect")
             message = pb.ClientMessage(redirect=pb.Redirect(interrupt_request_id=redirect_of.server_id,
@@ -151,6 +205,7 @@ class FlintSession(Session):
 
     async def _reopen(self, attempts: int = 40) -> bool:
         """A new Session stream for the job's next requests (its reader is the running `_read` loop)."""
+        self.documents.clear()     # a new stream is a new session: documents are opened again
         for attempt in range(attempts):
             try:
                 async with self._write_lock:
@@ -202,6 +257,8 @@ class FlintSession(Session):
         if kind == "opened":
             self.target.info.update(model=message.opened.model, max_context_tokens=message.opened.max_context_tokens)
             self._opened.set()
+            return
+        if kind == "document":       # document mode: the server's version after an open/edit
             return
         body = getattr(message, kind)
         state = self.states.get(body.request_id)
