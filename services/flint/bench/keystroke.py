@@ -266,14 +266,15 @@ async def under_long_prefill(stub, pb, tok, idle_text: str, *, count: int, long_
         ttfts = [r["ttft_ms"] for r in records if r["i"] > 0]
         out[label] = {**_pct(ttfts), "long_prompt_tokens": long_tokens, "long_request": state,
                       "keystrokes_during_prefill": len(ttfts)}
-        say(f"under a {label} {long_final.prompt_tokens}-token prefill: {out[label]}")
+        say(f"under a {label} ~{long_tokens}-token prefill: {out[label]}")
     return out
 
 
 # ---------------------------------------------------------------- the run
 
 async def keystroke_bench(*, contexts=CONTEXTS, count: int = 20, long_tokens: int = 32768,
-                          kv_cache_bytes: int = 3 << 29) -> dict:
+                          kv_cache_bytes: int = 3 << 29, partial_path: str = "") -> dict:
+    """The whole run; with `partial_path`, what is measured so far is also written there after each point."""
     import grpc
 
     from flint.bench.relay import start_worker
@@ -332,6 +333,9 @@ async def keystroke_bench(*, contexts=CONTEXTS, count: int = 20, long_tokens: in
                     }
                     say(f"{mode} @ {ctx}: ttft {ttft[mode][str(ctx)]}, {breakdown[f'{mode}/{ctx}']} "
                         f"({time.perf_counter() - t0:.0f} s)")
+                    if partial_path:
+                        with open(partial_path, "w") as f:
+                            json.dump({**result, "keystroke_ttft_ms": ttft, "per_keystroke": breakdown}, f, indent=2)
             idle_text = make_source(tok, 64, seed=5)
             editor = Editor(stub)
             idle = await keystrokes(editor, pb, idle_text, len(idle_text) // 2, mode="document", count=count,
@@ -454,8 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     contexts = tuple(int(c) for c in args.contexts.split(",") if c.strip())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stopped: still stop the processes it started
-    result = asyncio.run(keystroke_bench(contexts=contexts, count=args.keystrokes, long_tokens=args.long_tokens))
+    os.makedirs(args.out_dir, exist_ok=True)
+    result = asyncio.run(keystroke_bench(contexts=contexts, count=args.keystrokes, long_tokens=args.long_tokens,
+                                         partial_path=os.path.join(args.out_dir, "keystroke.partial.json")))
     write_report(result, args.out_dir)
+    os.remove(os.path.join(args.out_dir, "keystroke.partial.json"))
     print(json.dumps({k: result[k] for k in ("keystroke_ttft_ms", "wire_bytes_per_keystroke", "kv_read_bound_ms",
                                              "under_long_prefill_ttft_ms", "idle_ttft_ms")}, indent=2))
     return 0
