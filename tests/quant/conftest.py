@@ -26,6 +26,8 @@ def trained_checkpoint(tmp_path_factory, bytefallback_tokenizer_file) -> Path:
     ids = torch.tensor(tok.encode("".join(python_source_corpus(200_000))).ids)
     config = LlamaConfig(**DIMS, num_hidden_layers=2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # small matrices: one thread is fastest, and it does not fight the other tests
     model = LlamaForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     seq, batch = 64, 16
@@ -37,6 +39,7 @@ def trained_checkpoint(tmp_path_factory, bytefallback_tokenizer_file) -> Path:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     assert loss.item() < 3.5, f"training did not converge (loss {loss.item():.2f})"
     path = tmp_path_factory.mktemp("trained-llama")
     model.save_pretrained(path)

@@ -75,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bandwidth reference (torch.sum): {dram:.1f} GB/s over 256 MiB, {cached:.1f} GB/s over "
           f"{nbytes['int4 g64'] / 2**20:.1f} MiB (int4 model size)\n")
     rows = [int(r) for r in args.rows.split(",")]
-    print("| weights | MiB | " + " | ".join(f"M={m} ms | M={m} GB/s" for m in rows) + " |")
-    print("|---|---|" + "---|---|" * len(rows))
-    for name, mods in variants.items():
+    print("| weights | kernel | MiB | " + " | ".join(f"M={m} ms | M={m} GB/s" for m in rows) + " |")
+    print("|---|---|---|" + "---|---|" * len(rows))
+    paths = [("vnni", True), ("fp32-dequant", False)] if getattr(k, "has_vnni", False) else [("fp32-dequant", False)]
+    for (name, mods), (path, vnni) in ((v, p) for v in variants.items() for p in paths):
+        if name == "fp32 F.linear" and not vnni and len(paths) > 1:
+            continue
+        if k is not None:
+            k.use_vnni(vnni)
+        path = "torch" if name == "fp32 F.linear" else path
         cells = []
         for m in rows:
             x = torch.randn(m, D, generator=g)
@@ -92,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                         mod(xi if mod.in_features == INTER else x)
             ms = best_ms(run, args.repeat)
             cells.append(f"{ms:.3f} | {nbytes[name] / ms / 1e6:.1f}")
-        print(f"| {name} | {nbytes[name] / 2**20:.1f} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {path} | {nbytes[name] / 2**20:.1f} | " + " | ".join(cells) + " |")
+    if k is not None:
+        k.use_vnni(True)
     return 0
 
 

@@ -16,7 +16,8 @@ Public API (stable):
     load_config(path) -> ModelConfig
     parse_dtype("float32" | "bfloat16" | "float16" | torch.dtype) -> torch.dtype
 `quantization` "int8" / "int4" quantizes every Linear and the embedding after loading (see
-`flint.engine.quant`).
+`flint.engine.quant`). A GPTQ int4 checkpoint (`quantization_config` in config.json) loads its
+Linears as they are (`flint.engine.quant.gptq`); `quantization` then applies to the embedding/lm_head.
 Errors: NotFound for a missing directory/file/tensor (naming the path),
 InvalidArgument for malformed files or shapes that do not fit config.json.
 """
@@ -71,7 +72,11 @@ def load_model(
     config = load_config(path)
     dtype = parse_dtype(dtype)
     model = CausalLM(config, shard, dtype=dtype, device=device, all_reduce=all_reduce)
+    gptq = quant.gptq.gptq_config(path)
     with _Weights(path) as weights:
+        if gptq is not None:
+            return quant.quantize_model(quant.gptq.load(model, weights, gptq, quant_group_size), quantization,
+                                        quant_group_size)
         tensors = _read_shard(weights, config, model.shard, model.is_first, model.is_last)
     tensors = {name: t.to(device=device, dtype=dtype).contiguous() for name, t in tensors.items()}
     model.load_state(tensors)

@@ -20,6 +20,7 @@ from flint.engine.config import QUANTIZATION_MODES as MODES
 from flint.engine.config import EngineConfig
 from flint.engine.quant.formats import GROUP_SIZES, QuantWeight, quantize
 from flint.engine.quant.modules import QuantEmbedding, QuantLinear
+from flint.engine.quant import gptq  # noqa: E402  (flint.engine.loader uses quant.gptq)
 
 DEFAULT_GROUP_SIZE = EngineConfig.quant_group_size
 
