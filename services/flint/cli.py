@@ -53,6 +53,8 @@ def _serve_parser(sub) -> None:
                    "(env FLINT_RAY_ADDRESS)")
     p.add_argument("--host", help="address the front-end workers bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="public gRPC port, shared by all workers (default 50051; 0 = any)")
+    p.add_argument("--http-port", type=int, help="OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+                   "/v1/models), /health and /metrics, shared by all workers (default 8000; 0 = any; -1 = off)")
     p.add_argument("--workers", type=int, help="front-end worker processes (default 1)")
     p.add_argument("--replicas", type=int, help="engine replicas (default 1)")
     p.add_argument("--replica-num-cpus", type=float, help="Ray CPUs held by each replica (default 1)")
@@ -163,7 +165,7 @@ def serve_config(args: argparse.Namespace):
     values = {k.replace("-", "_"): v for k, v in values.items()}
     values.setdefault("redis_url", env.redis_url() or "")
     values.setdefault("ray_address", env.ray_address() or "")
-    for name in ("model", "redis_url", "ray_address", "host", "port", "workers", "replicas", "replica_num_cpus",
+    for name in ("model", "redis_url", "ray_address", "host", "port", "http_port", "workers", "replicas", "replica_num_cpus",
                  "ray_num_cpus", "routing"):
         value = getattr(args, name)
         if value is not None:

@@ -24,6 +24,7 @@ from flint.errors import InvalidArgument
 T = TypeVar("T")
 
 DEFAULT_PORT = 50051
+DEFAULT_HTTP_PORT = 8000               # the OpenAI-compatible HTTP door, /health and /metrics (vLLM's port)
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 
@@ -119,6 +120,10 @@ def _check_port(name: str, port: int) -> None:
     _check(isinstance(port, int) and 0 <= port <= 65535, f"{name} must be an integer in [0, 65535], got {port!r}")
 
 
+def _check_http_port(port: int) -> None:
+    _check(isinstance(port, int) and -1 <= port <= 65535, f"http_port must be -1 (off) or in [0, 65535], got {port!r}")
+
+
 def _check_positive(name: str, value: float) -> None:
     _check(isinstance(value, (int, float)) and value > 0, f"{name} must be > 0, got {value!r}")
 
@@ -199,6 +204,7 @@ class FrontendConfig:
     worker_id: str = ""                # "" = generated at start
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT           # 0 = any free port
+    http_port: int = -1                # HTTP door (OpenAI API, /health, /metrics); -1 = off, 0 = any free port
     reuse_port: bool = True            # several worker processes share one port (SO_REUSEPORT)
     key_prefix: str = "flint"
     routing: str = "affinity"          # "affinity" (session's replica, else least loaded) | "least_loaded"
@@ -224,6 +230,7 @@ class FrontendConfig:
         _check(bool(self.redis_url), "front-end: redis_url is required")
         _check_id("worker_id", self.worker_id)
         _check_port("port", self.port)
+        _check_http_port(self.http_port)
         _check(self.routing in ("affinity", "least_loaded"),
                f"routing must be 'affinity' or 'least_loaded', got {self.routing!r}")
         for name in ("session_ttl_s", "request_ttl_s", "interrupt_timeout_s", "flag_poll_interval_ms",
@@ -241,6 +248,7 @@ class ServeConfig:
     ray_address: str = ""              # "" = start a local Ray instance
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    http_port: int = DEFAULT_HTTP_PORT  # OpenAI-compatible HTTP door on every worker; -1 = off
     workers: int = 1                   # front-end worker processes
     replicas: int = 1                  # engine replicas
     replica_num_cpus: float = 1.0      # Ray CPU resource held by each replica actor
@@ -257,6 +265,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
+        _check_http_port(self.http_port)
         _check(isinstance(self.workers, int) and 1 <= self.workers <= 64,
                f"workers must be an integer in [1, 64], got {self.workers!r}")
         _check(isinstance(self.replicas, int) and 1 <= self.replicas <= 64,

@@ -66,3 +66,12 @@ def internal_token() -> str:
 def internal_token_file() -> str:
     """`FLINT_INTERNAL_TOKEN_FILE`: a file holding that secret (read when FLINT_INTERNAL_TOKEN is unset)."""
     return os.environ.get(INTERNAL_TOKEN_FILE, "")
+
+
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """`PROMETHEUS_MULTIPROC_DIR`: set by `flint serve` for its front-end workers so that metrics are
+    collected across them (read by prometheus_client itself when it is imported, and here at scrape time)."""
+    return os.environ.get(PROMETHEUS_MULTIPROC_ENV) or None

@@ -147,15 +147,35 @@ def retry_after_ms_of(trailing_metadata) -> int:
     return fallback
 
 
-def status_details(code: grpc.StatusCode, message: str, retry_after_ms: int) -> bytes:
-    """A google.rpc.Status carrying RetryInfo, serialized for the `grpc-status-details-bin` trailer."""
-    from google.rpc import error_details_pb2, status_pb2
+ERROR_DOMAIN = "flint.v1"
+# "sampling.temperature must be ...", "`max_tokens` must be ...": the field a message is about, when it leads.
+_FIELD = re.compile(r"^`?([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)`? (?:must|is|has|may|needs|cannot)\b")
 
-    info = error_details_pb2.RetryInfo()
-    info.retry_delay.FromMilliseconds(retry_after_ms)
+
+def rich_status(code: grpc.StatusCode, message: str, retry_after_ms: int = 0):
+    """google.rpc.Status of an error: ErrorInfo (reason = the status name, domain flint.v1) always,
+    BadRequest naming the field for INVALID_ARGUMENT when the message leads with one, RetryInfo when
+    the client should wait. Built with grpcio-status (`rpc_status.to_status`)."""
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
     status = status_pb2.Status(code=code_number(code), message=message)
-    status.details.add().Pack(info)
-    return status.SerializeToString()
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=code.name, domain=ERROR_DOMAIN))
+    field = _FIELD.match(message) if code == grpc.StatusCode.INVALID_ARGUMENT else None
+    if field is not None:
+        bad = error_details_pb2.BadRequest()
+        bad.field_violations.add(field=field.group(1), description=message)
+        status.details.add().Pack(bad)
+    if retry_after_ms:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(retry_after_ms)
+        status.details.add().Pack(info)
+    return rpc_status.to_status(status)
+
+
+def status_details(code: grpc.StatusCode, message: str, retry_after_ms: int) -> bytes:
+    """The google.rpc.Status above, serialized for the `grpc-status-details-bin` trailer."""
+    return dict(rich_status(code, message, retry_after_ms).trailing_metadata)[STATUS_DETAILS_KEY]
 
 
 def error_of(error) -> errors.FlintError:
@@ -171,11 +191,10 @@ def error_of(error) -> errors.FlintError:
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """End the RPC with the status of `exc` (raises, as `context.abort` does)."""
     error = as_flint_error(exc)  # logs the details of anything not meant for the client
-    if error.retry_after_ms:  # the retry delay rides in the standard status details (and a plain key)
-        context.set_trailing_metadata((
-            (RETRY_AFTER_KEY, str(error.retry_after_ms)),
-            (STATUS_DETAILS_KEY, status_details(status_code(error), error.message, error.retry_after_ms)),
-        ))
+    metadata = [(STATUS_DETAILS_KEY, status_details(status_code(error), error.message, error.retry_after_ms))]
+    if error.retry_after_ms:  # the retry delay rides in RetryInfo (and a plain key for simple clients)
+        metadata.append((RETRY_AFTER_KEY, str(error.retry_after_ms)))
+    context.set_trailing_metadata(tuple(metadata))
     await context.abort(status_code(error), error.message)
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict
@@ -50,6 +52,8 @@ class Server:
         self.say = say
         self.redis_url = config.redis_url
         self.address = ""
+        self.http_address = ""
+        self._metrics_dir = ""            # the workers' shared prometheus_client multiprocess directory
         self._valkey: EmbeddedValkey | None = None
         self._ray_started = False
         self._replicas: list = []
@@ -72,7 +76,8 @@ class Server:
         state_file().parent.mkdir(parents=True, exist_ok=True)
         state_file().touch(mode=0o600)  # holds the Redis URL, password included: this user's only
         state_file().chmod(0o600)
-        state_file().write_text(json.dumps({"address": self.address, "redis_url": self.redis_url,
+        state_file().write_text(json.dumps({"address": self.address, "http_address": self.http_address,
+                                            "redis_url": self.redis_url,
                                             "pid": os.getpid()}))
         return self.address
 
@@ -145,25 +150,35 @@ class Server:
 
     def _start_workers(self) -> None:
         cfg = self.config
-        port = cfg.port
+        port, http_port = cfg.port, cfg.http_port
         if port:
             _check_port_free(cfg.host, port)
+        if http_port > 0:
+            _check_port_free(cfg.host, http_port, flag="--http-port")
+        # All workers write their metrics here and whichever one answers a scrape reports them all.
+        self._metrics_dir = tempfile.mkdtemp(prefix="flint-metrics-")
         for i in range(cfg.workers):
             observability = dict(cfg.observability)
             if observability.get("metrics_port", -1) > 0:  # one /metrics port per worker process
                 observability["metrics_port"] += i
-            frontend = FrontendConfig(redis_url=self.redis_url, host=cfg.host, port=port, routing=cfg.routing,
+            frontend = FrontendConfig(redis_url=self.redis_url, host=cfg.host, port=port, http_port=http_port,
+                                      routing=cfg.routing,
                                       reuse_port=cfg.workers > 1, journal=cfg.journal, admission=cfg.admission,
                                       security=cfg.security, observability=observability)
             proc = subprocess.Popen(  # the token goes by environment: a command line is visible to every user
                 [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(frontend)),
                  "--parent-pid", str(os.getpid())],
-                stdout=subprocess.PIPE, text=True, env={**os.environ, internal.TOKEN_ENV: self._internal_token})
+                stdout=subprocess.PIPE, text=True, env={**os.environ, internal.TOKEN_ENV: self._internal_token,
+                                                        env.PROMETHEUS_MULTIPROC_ENV: self._metrics_dir})
             self._workers.append(proc)
             ready = _read_ready_line(proc, timeout_s=60.0)
             port = ready["port"]  # port 0: later workers share the port the first one got
+            http_port = ready.get("http_port", -1)
             self.say(f"  front-end worker {i + 1}/{cfg.workers} ({ready['worker_id']}, pid {proc.pid})")
         self.address = f"{cfg.host}:{port}"
+        if http_port >= 0:
+            self.http_address = f"http://{cfg.host}:{http_port}"
+            self.say(f"  OpenAI-compatible HTTP API, /health and /metrics at {self.http_address}")
 
     # ------------------------------------------------------------------ run / stop
     def wait(self) -> int:
@@ -193,6 +208,9 @@ class Server:
                 proc.kill()
                 proc.wait()
         self._workers = []
+        if self._metrics_dir:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            self._metrics_dir = ""
         if self._replicas:
             from flint.replica.host import stop_replica_actors
 
@@ -210,14 +228,14 @@ class Server:
             state_file().unlink(missing_ok=True)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
     # Workers set SO_REUSEPORT, which would silently share a port with another server of
     # ours still running there; a plain bind first turns that into a clear error.
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise InvalidArgument(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port "
+            raise InvalidArgument(f"cannot listen on {host}:{port}: {exc.strerror}; pick another {flag} "
                                   "(or stop the server using it)") from exc
 
 

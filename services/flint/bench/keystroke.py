@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="cached context sizes in tokens, comma-separated (default %(default)s)")
     p.add_argument("--keystrokes", type=int, default=20, help="keystrokes per context and mode")
     p.add_argument("--long-tokens", type=int, default=32768, help="the concurrent prefill's prompt tokens")
-    p.add_argument("--out-dir", default="loadtests/results")
+    p.add_argument("--out-dir", default="loadtests/results", help="where the JSON and Markdown results go")
     args = p.parse_args(argv)
     contexts = tuple(int(c) for c in args.contexts.split(",") if c.strip())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stopped: still stop the processes it started

@@ -28,7 +28,8 @@ from flint.errors import InvalidArgument
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.v1 import flint_pb2 as pb
 
-_ENCODING = {pb.POSITION_ENCODING_UTF16: "utf-16", pb.POSITION_ENCODING_UTF8: "utf-8"}
+_ENCODING = {pb.POSITION_ENCODING_UNSPECIFIED: "utf-16", pb.POSITION_ENCODING_UTF16: "utf-16",
+             pb.POSITION_ENCODING_UTF8: "utf-8"}   # unset = UTF-16, as LSP
 MAX_CACHED_DOCUMENTS = 64   # per stream; more are read back from Redis when used
 
 

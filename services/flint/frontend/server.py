@@ -9,15 +9,16 @@ any request because the state they share is in Redis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from flint.config import FrontendConfig
 from flint.frontend.codec import SERVICE, flint_handler
+from flint.frontend import reflection
 from flint.frontend.interrupts import InterruptBus
 from flint.frontend.owner import LocalRequests
 from flint.frontend.replicas import ReplicaPool
@@ -45,6 +46,9 @@ class FrontendWorker:
 
         self._security = SecurityConfig.from_dict(config.security)
         self.metrics_port = -1
+        self.http_port = -1
+        self._http = None               # flint.frontend.http_door.HttpDoor when http_port >= 0
+        self.readiness = None           # flint.observability.health.Readiness: Redis and a routable replica
         self._liveness = None
         self.journal = None
         self.resumer = None
@@ -91,14 +95,34 @@ class FrontendWorker:
 
             self.port = bind(self._server, f"{cfg.host}:{cfg.port}", self._security)  # TLS when configured
             await self._server.start()
+            self.metrics_port = start_metrics(self.config.observability)
+            from flint.observability.health import Readiness
+
+            self.readiness = Readiness(self._redis, self._pool, self._set_health)
+            await self.readiness.start()
+            if cfg.http_port >= 0:
+                self.http_port = await self._start_http(servicer)
         except BaseException:
             await self.stop(0)
             raise
-        self.metrics_port = start_metrics(self.config.observability)
-        for service in ("", SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("front-end worker %s listening on %s", self.worker_id, self.address)
         return self.port
+
+    async def _set_health(self, serving: bool, reason: str) -> None:
+        """gRPC health follows readiness: NOT_SERVING while Redis or every replica is unreachable."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE):
+            await self._health.set(service, status)
+
+    async def _start_http(self, servicer: FlintServicer) -> int:
+        from flint.frontend.http_door import HttpDoor
+
+        from flint.security.transport import key_store
+
+        keys = key_store(self._security, redis=self._redis, key_prefix=self.config.key_prefix)  # gRPC's keys
+        self._http = HttpDoor(servicer=servicer, pool=self._pool, readiness=self.readiness, keys=keys,
+                              host=self.config.host, port=self.config.http_port, reuse_port=self.config.reuse_port)
+        return await self._http.start()
 
     def _guard(self):
         """Limits, rate limits, replica saturation and tenant slots checked before a request runs."""
@@ -136,17 +160,23 @@ class FrontendWorker:
         ])
         server.add_generic_rpc_handlers((flint_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        reflection.enable(server, (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         return server
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, give running streams `grace_s` to finish, then release Redis."""
         grace_s = self.config.grace_period_s if grace_s is None else grace_s
+        if self.readiness is not None:
+            await self.readiness.stop()
+            self.readiness = None
+        http_drain = asyncio.ensure_future(self._http.stop(grace_s)) if self._http is not None else None
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
-            await self._server.stop(grace_s)
+            await self._server.stop(grace_s)      # both doors drain at once, within one grace period
             self._server = None
+        if http_drain is not None:
+            await http_drain
+            self._http = None
         if self.journal is not None:
             await self.journal.close()
         if self._liveness is not None:

@@ -62,6 +62,7 @@ class FlintServicer:
         stats = metrics()
         with stats.time_stage("route"):
             replica = await self.pool.pick(model=model, affinity=session.replica_id if session else "")
+        sink = stats.request(replica.model, arrival_unix_s).observing(sink)   # the vLLM-style request metrics
         engine_request = to_engine_request(msg, request_id=request_id, max_context_tokens=replica.max_context_tokens,
                                            arrival_unix_s=arrival_unix_s)
         engine_request.cache_namespace = tenant  # one tenant's prefix cache never serves another's prompts

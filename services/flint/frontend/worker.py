@@ -23,7 +23,8 @@ from flint.frontend.server import FrontendWorker
 async def serve(config: FrontendConfig, parent_pid: int = 0) -> None:
     worker = FrontendWorker(config)
     await worker.start()
-    print(json.dumps({"event": "listening", "worker_id": worker.worker_id, "port": worker.port}), flush=True)
+    print(json.dumps({"event": "listening", "worker_id": worker.worker_id, "port": worker.port,
+                      "http_port": worker.http_port}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

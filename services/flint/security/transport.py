@@ -51,10 +51,22 @@ def server_options(config: SecurityConfig) -> list[tuple[str, int]]:
 
 def interceptors(config: SecurityConfig, *, redis, key_prefix: str) -> list:
     """The auth interceptor when API keys are configured (none otherwise)."""
-    if not config.auth_enabled:
+    keys = key_store(config, redis=redis, key_prefix=key_prefix)
+    if keys is None:
         return []
     from flint.security.auth import AuthInterceptor
+
+    return [AuthInterceptor(keys)]
+
+
+def key_store(config: SecurityConfig, *, redis, key_prefix: str):
+    """The API keys of the deployment (file and/or Redis), or None when authentication is off.
+
+    One store per worker process, used by both of its public doors (gRPC and HTTP).
+    """
+    if not config.auth_enabled:
+        return None
     from flint.security.keystore import KeyStore
 
-    return [AuthInterceptor(KeyStore(key_file=config.api_keys_file, redis=redis if config.api_keys_in_redis else None,
-                                     key_prefix=key_prefix, recheck_s=config.key_recheck_s))]
+    return KeyStore(key_file=config.api_keys_file, redis=redis if config.api_keys_in_redis else None,
+                    key_prefix=key_prefix, recheck_s=config.key_recheck_s)

@@ -9,13 +9,15 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    PRIORITY_INTERACTIVE: _ClassVar[Priority]
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
     PRIORITY_BULK: _ClassVar[Priority]
+    PRIORITY_INTERACTIVE: _ClassVar[Priority]
 
 class PositionEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    POSITION_ENCODING_UTF16: _ClassVar[PositionEncoding]
+    POSITION_ENCODING_UNSPECIFIED: _ClassVar[PositionEncoding]
     POSITION_ENCODING_UTF8: _ClassVar[PositionEncoding]
+    POSITION_ENCODING_UTF16: _ClassVar[PositionEncoding]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,10 +27,12 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_INTERRUPTED: _ClassVar[FinishReason]
     FINISH_REASON_TIME_LIMIT: _ClassVar[FinishReason]
-PRIORITY_INTERACTIVE: Priority
+PRIORITY_UNSPECIFIED: Priority
 PRIORITY_BULK: Priority
-POSITION_ENCODING_UTF16: PositionEncoding
+PRIORITY_INTERACTIVE: Priority
+POSITION_ENCODING_UNSPECIFIED: PositionEncoding
 POSITION_ENCODING_UTF8: PositionEncoding
+POSITION_ENCODING_UTF16: PositionEncoding
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
