@@ -44,3 +44,15 @@ def test_more_rows_and_other_dtypes_use_f_linear():
     half = Linear(16, 8, dtype=torch.bfloat16).requires_grad_(False)
     xb = torch.randn(2, 16, dtype=torch.bfloat16)
     torch.testing.assert_close(half(xb), F.linear(xb, half.weight, half.bias))
+
+
+@pytest.mark.parametrize("rows", [1, 3, MAX_ROWS])
+def test_unit_rms_and_silu_mul_match_torch(rows):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 96, generator=g) * 3
+    floor = torch.tensor(0.05)
+    assert linear._few_rows(x) is not None
+    torch.testing.assert_close(linear.unit_rms(x, floor, 0.05),
+                               x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor))
+    gate, up = x.chunk(2, dim=-1)
+    torch.testing.assert_close(linear.silu_mul(x), F.silu(gate) * up)

@@ -38,7 +38,7 @@ from flint.engine.paged_attention import PagedAttention
 class StepBatch:
     input_ids: torch.Tensor                                   # [T] int64
     seqs: list[tuple[Hashable, torch.Tensor, int, int]]       # (key, slot map [>= start+n] int64, start, n)
-    logit_rows: torch.Tensor                                  # [N] int64
+    logit_rows: torch.Tensor                                  # [N] int64, increasing rows of T
 
     @property
     def num_tokens(self) -> int:
@@ -100,63 +100,9 @@ class LocalRunner:
         if self.compiled_decode is not None and batch.num_tokens == len(batch.seqs):   # 1 token per sequence
             forward = self.compiled_decode
         hidden = forward(batch.input_ids.to(dev, non_blocking=True), positions, self.attn)       # [T, d]
-        return self.model.compute_logits(hidden[batch.logit_rows.to(dev, non_blocking=True)])    # [N, V]
-
-    def release(self, key: Hashable) -> None:
-        """The sequence `key` will not appear again; its slot map may be forgotten."""
-
-    def close(self) -> None: ...
-
-
-class LocalRunner:
-    """The whole model in this process, over a paged KV cache it owns (or is given).
-
-    The engine builds step inputs on the host; `execute` moves every one of them (token ids, the slot maps'
-    used prefixes, logit rows) to the model's device, and PagedAttention builds positions and its index tensors
-    there. Slot maps are moved every step (the engine writes new blocks' slots into them as a sequence grows);
-    on the CPU every move is a no-op. tests/engine/test_device_discipline.py runs the model on the meta
-    device to prove it.
-    """
-
-    def __init__(self, model, *, k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None):
-        self.model = model
-        self.config: ModelConfig = model.config
-        self.device: torch.device = model.device
-        self.attn: PagedAttention | None = None
-        # Set by `flint.engine.compiled.enable` (compile=true): runs pure decode steps.
-        self.compiled_decode = None
-        if k_cache is not None and v_cache is not None:
-            self._attach(k_cache, v_cache)
-
-    def init_kv(self, num_slots: int) -> None:
-        m = self.model
-        shape = (m.num_local_layers, num_slots, m.layers[0].n_kv, self.config.head_dim)   # [L, S, KV, D]
-        self._attach(torch.zeros(shape, dtype=m.dtype, device=m.device),
-                     torch.zeros(shape, dtype=m.dtype, device=m.device))
-
-    def _attach(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.attn = PagedAttention(k, v, num_heads=self.model.layers[0].n_heads,
-                                   sliding_window=self.config.sliding_window)
-
-    def execute(self, batch: StepBatch) -> torch.Tensor:
-        if self.attn is None:
-            raise RuntimeError("LocalRunner.execute before init_kv")
-        dev = self.device
-        positions = self.attn.begin_step([(slots[: start + n].to(dev, non_blocking=True), start, n)
-                                          for _, slots, start, n in batch.seqs])                   # [T]
-        forward = self.model
-        if self.compiled_decode is not None and batch.num_tokens == len(batch.seqs):   # 1 token per sequence
-            forward = self.compiled_decode
-        hidden = forward(batch.input_ids.to(dev, non_blocking=True), positions, self.attn)       # [T, d]
-        return self.model.compute_logits(hidden[batch.logit_rows.to(dev, non_blocking=True)])    # [N, V]
-
-    def _slot_map(self, key: Hashable, slots: torch.Tensor) -> torch.Tensor:
-        if slots.device == self.device:
-            return slots
-        cached = self._slots.get(key)
-        if cached is None or cached[0] is not slots:      # a request keeps one slot map tensor for its life
-            cached = self._slots[key] = (slots, slots.to(self.device))
-        return cached[1]
+        if batch.logit_rows.shape[0] != batch.num_tokens:     # else every row, in order (decode): no gather
+            hidden = hidden[batch.logit_rows.to(dev, non_blocking=True)]                         # [N, d]
+        return self.model.compute_logits(hidden)                                                 # [N, V]
 
     def release(self, key: Hashable) -> None:
         pass

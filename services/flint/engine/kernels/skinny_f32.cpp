@@ -1,4 +1,6 @@
-// fp32 Linear for a few rows: y[M, N] = x[M, K] @ w[N, K]^T + bias, M <= 8 (decode, speculative verification).
+// fp32 kernels of the decode step (few rows: decode, speculative verification), called by model/linear.py.
+//
+// linear_f32: y[M, N] = x[M, K] @ w[N, K]^T + bias, M <= 8.
 //
 // A decode step is a chain of matrix-vector products, bound by reading the weights. Each weight row is read
 // once and multiplied into every row of x while it sits in L1; output channels are split over torch's
@@ -6,6 +8,8 @@
 // 48-63 GB/s for torch's F.linear (MKL), and 21 vs 11 GB/s for a 16,000 x 512 lm_head that misses the L3.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#include <cmath>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -61,6 +65,41 @@ torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, const c
   return y;
 }
 
+// x [T, d] / hypot(|x|, floor) per row: RMSNorm with its weight and sqrt(d) folded into the next Linear
+// (model/llama.py). One call instead of vector_norm, hypot and div.
+torch::Tensor unit_rms_f32(const torch::Tensor& x, double floor) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "unit_rms_f32: contiguous [T, d]");
+  const int64_t t = x.size(0), d = x.size(1);
+  auto y = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const double floor2 = floor * floor;
+  for (int64_t r = 0; r < t; ++r) {
+    const float* xr = xp + r * d;
+    const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dot(xr, xr, d)) + floor2));
+    for (int64_t i = 0; i < d; ++i) yp[r * d + i] = xr[i] * inv;
+  }
+  return y;
+}
+
+// gate_up [T, 2I] -> silu(gate) * up [T, I]: one call instead of chunk, silu and mul.
+torch::Tensor silu_mul_f32(const torch::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.scalar_type() == at::kFloat && gate_up.is_contiguous() &&
+              gate_up.size(1) % 2 == 0, "silu_mul_f32: contiguous [T, 2I]");
+  const int64_t t = gate_up.size(0), inter = gate_up.size(1) / 2;
+  auto y = torch::empty({t, inter}, gate_up.options());
+  const float* gp = gate_up.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t r = 0; r < t; ++r) {
+    const float* g = gp + r * 2 * inter;
+    const float* u = g + inter;
+    for (int64_t i = 0; i < inter; ++i) yp[r * inter + i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  }
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_f32", &linear_f32, "y = x @ w^T + bias for a few float32 rows");
+  m.def("unit_rms_f32", &unit_rms_f32, "x / hypot(|x|, floor) per row");
+  m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up from [T, 2I]");
 }

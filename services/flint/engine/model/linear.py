@@ -1,9 +1,10 @@
-"""`Linear`: the model's nn.Linear, with few-row float32 CPU products on flint's native kernel.
+"""`Linear`, `unit_rms`, `silu_mul`: the decode step's few-row float32 CPU work on flint's native kernels.
 
 Decode (one row per sequence) and speculative verification (k + 1 rows) multiply a handful of rows
 by every weight matrix; torch's F.linear (MKL on CPU) reaches about half of what the CPU can read
 there. `flint/engine/kernels/skinny_f32.cpp` reads each weight row once for up to `MAX_ROWS` rows.
-Everything else (more rows: prefill; other dtypes and devices; inside torch.compile) is F.linear.
+`unit_rms` (3 torch ops) and `silu_mul` (3) are one call each there. Everything else (more rows:
+prefill; other dtypes and devices; inside torch.compile) runs the plain torch ops.
 The kernel is built on first use and cached per machine (`flint.engine.kernels`); without a C++
 compiler the model runs F.linear and says so once in the log. `FLINT_NATIVE_LINEAR=0` turns it off
 (for A/B measurements).
@@ -40,11 +41,36 @@ def native_available() -> bool:
     return _kernel() is not None
 
 
+def _few_rows(x: torch.Tensor):
+    """The native kernels if `x` is a few float32 CPU rows outside torch.compile, else None."""
+    if (x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()):
+        return _kernel()
+    return None
+
+
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
-                and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()):
-            kernel = _kernel()
-            if kernel is not None:
-                return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias)
+        kernel = _few_rows(x)
+        if kernel is not None and self.weight.dtype == torch.float32:
+            return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias)
         return F.linear(x, self.weight, self.bias)
+
+
+def unit_rms(x: torch.Tensor, floor: torch.Tensor, floor_value: float) -> torch.Tensor:
+    """x [T, d] / hypot(|x|, floor): RMSNorm without its weight and sqrt(d) (folded into the next Linear).
+
+    `floor` is the 0-dim tensor sqrt(d * eps) (graph-friendly), `floor_value` the same as a float."""
+    kernel = _few_rows(x)
+    if kernel is not None:
+        return kernel.unit_rms_f32(x.contiguous(), floor_value)
+    return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] -> silu(gate) * up [T, I]."""
+    kernel = _few_rows(gate_up)
+    if kernel is not None:
+        return kernel.silu_mul_f32(gate_up.contiguous())
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

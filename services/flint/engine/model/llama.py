@@ -39,17 +39,12 @@ from torch import nn
 
 from flint.engine.model.attention import AttentionBackend
 from flint.engine.model.config import ModelConfig
-from flint.engine.model.linear import Linear, native_available
+from flint.engine.model.linear import Linear, native_available, silu_mul, unit_rms
 from flint.engine.model.rope import Rotary, apply_rotary
 from flint.engine.model.shard import AllReduce, ShardSpec
 from flint.errors import InvalidArgument
 
 _META = torch.device("meta")
-
-
-def unit_rms(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    """x [T, d] / hypot(|x|, sqrt(d * eps)): RMSNorm without its weight and sqrt(d) (folded into the next Linear)."""
-    return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor)
 
 
 class DecoderLayer(nn.Module):
@@ -60,6 +55,7 @@ class DecoderLayer(nn.Module):
         self.n_kv = shard.local_kv_heads(config)[1]
         self.head_dim = hd
         self.floor = floor   # 0-dim sqrt(d * eps), shared by the layers
+        self.floor_value = math.sqrt(d * config.rms_norm_eps)
         inter = shard.local_intermediate(config)[1]
         kw = dict(device=_META, dtype=dtype)
         self.qkv = Linear(d, (self.n_heads + 2 * self.n_kv) * hd, bias=config.qkv_bias, **kw)
@@ -79,7 +75,7 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         h, hd, kv = self.n_heads, self.head_dim, self.n_kv
-        qkv = self.qkv(unit_rms(x, self.floor))                 # [T, (H + 2KV) * D] (input norm folded in)
+        qkv = self.qkv(unit_rms(x, self.floor, self.floor_value))  # [T, (H + 2KV) * D] (input norm folded in)
         qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), rotation)  # [T, H + KV, D]
         q, k = qk[:, :h], qk[:, h:]
         v = qkv[:, (h + kv) * hd :].view(t, kv, hd)             # [T, KV, D]
@@ -90,8 +86,8 @@ class DecoderLayer(nn.Module):
         if self.o_bias is not None:
             o = o + self.o_bias
         x = x + o
-        gate, up = self.gate_up(unit_rms(x, self.floor)).chunk(2, dim=-1)  # [T, I] each (post norm folded in)
-        m = self.down(F.silu(gate) * up)                        # [T, d] (partial sum under TP)
+        gate_up = self.gate_up(unit_rms(x, self.floor, self.floor_value))  # [T, 2I] (post norm folded in)
+        m = self.down(silu_mul(gate_up))                        # [T, d] (partial sum under TP)
         if all_reduce is not None:
             m = all_reduce(m)
         return x + m
