@@ -55,3 +55,46 @@ def test_suffix_template_sends_the_suffix_field_and_bad_names_are_refused():
     assert request_body(spec(), "m", "suffix")["suffix"] == SUFFIX
     with pytest.raises(InvalidArgument, match="fim_template must be one of auto, suffix, qwen"):
         TargetConfig(protocol="openai", address="http://127.0.0.1:1", fim_template="gpt")
+
+
+@pytest.mark.parametrize("owner, sent_suffix", [("flint", True), ("vllm", False)])
+async def test_auto_sends_suffix_to_flint_and_family_tokens_to_other_servers(owner, sent_suffix):
+    # A Qwen model name: vLLM/SGLang/llama.cpp get Qwen FIM tokens in the prompt; flint's own door gets
+    # `suffix` (it lays out FIM itself and never parses template tokens in user text).
+    from aiohttp import web
+
+    from flint.load.targets import RequestState
+    from flint.load.targets.openai_http import OpenAITarget
+    from flint.load.record import RequestRecord
+
+    bodies = []
+
+    async def models(request):
+        return web.json_response({"data": [{"id": "Qwen/Qwen2.5-Coder-1.5B", "owned_by": owner}]})
+
+    async def completions(request):
+        bodies.append(await request.json())
+        return web.Response(text="data: [DONE]\n\n", content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    target = OpenAITarget(TargetConfig(protocol="openai", address=f"http://127.0.0.1:{port}"), clock=lambda: 0.0)
+    try:
+        await target.start()
+        session = await target.open_session(0)
+        state = RequestState(spec(), RequestRecord(id="r", job=0, step=0, label="t"), lambda: 0.0)
+        await session.send(state)
+        await state.done.wait()
+        await session.close()
+    finally:
+        await target.close()
+        await runner.cleanup()
+    assert bodies[0]["model"] == "Qwen/Qwen2.5-Coder-1.5B"
+    assert ("suffix" in bodies[0]) == sent_suffix
+    assert bodies[0]["prompt"].startswith("<|fim_prefix|>") != sent_suffix

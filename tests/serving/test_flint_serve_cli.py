@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import urllib.request
 
 import pytest
 
@@ -33,6 +34,17 @@ def test_flint_serve_starts_answers_complete_and_stops_on_sigterm(demo_checkpoin
                      "--stats", "--address", address, env=env)
         assert edit.returncode == 0, edit.stderr
         assert "[6 tokens, FINISH_REASON_LENGTH" in edit.stderr and len(edit.stdout) > 1  # streamed text + newline
+
+        # The HTTP door is on by default, and one scrape of it covers both workers' requests.
+        http = next(m.group(1) for line in out.lines if (m := re.search(r"/health and /metrics at (\S+)", line)))
+        with urllib.request.urlopen(http + "/health", timeout=10) as reply:
+            assert reply.status == 200
+        for _ in range(3):   # whichever worker answers
+            with urllib.request.urlopen(http + "/metrics", timeout=10) as reply:
+                text = reply.read().decode()
+            ended = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("flint_request_success_total{"))
+            assert ended == 2 and "_created" not in text
 
         status = flint("status", env=env)  # finds Redis through the state file of the running serve
         assert status.returncode == 0, status.stderr

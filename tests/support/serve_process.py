@@ -50,13 +50,14 @@ class Served:
 
 @contextlib.contextmanager
 def flint_serve(tmp_path: Path, *args: str, config: str, timeout_s: float = 240):
-    """`flint serve --port 0 --config <config> *args` with its own cache dir; killed if still running at exit."""
+    """`flint serve --port 0 --http-port 0 --config <config> *args` with its own cache dir; killed if still
+    running at exit."""
     env = {**os.environ, "FLINT_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("FLINT_ADDRESS", None)
     config_file = tmp_path / "serve.toml"
     config_file.write_text(config)
-    proc = subprocess.Popen([sys.executable, "-m", "flint.cli", "serve", "--port", "0", "--config", str(config_file),
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "flint.cli", "serve", "--port", "0", "--http-port", "0",
+                             "--config", str(config_file), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
         out = Output(proc)

@@ -83,17 +83,23 @@ class OpenAITarget(Target):
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s, connect=self.config.connect_timeout_s)
         self.http = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
-        self.model = self.config.model or await self._served_model()
+        served, owner = await self._served_model()
+        self.model = self.config.model or served
         self.info["model"] = self.model
-        self.info["fim_template"] = fim_family(self.config.fim_template, self.model)
+        # flint's own door takes `suffix` and lays out FIM itself (it never parses template tokens in user text)
+        template = "suffix" if owner == "flint" and self.config.fim_template == "auto" else self.config.fim_template
+        self.fim_template = template
+        self.info["fim_template"] = fim_family(template, self.model)
 
-    async def _served_model(self) -> str:
-        """The first model of GET /v1/models (vLLM and SGLang reject a request without the served name)."""
+    async def _served_model(self) -> tuple[str, str]:
+        """(id, owned_by) of the first model of GET /v1/models (vLLM and SGLang reject a request without the
+        served name); ("", "") when the server does not say."""
         with contextlib.suppress(aiohttp.ClientError, json.JSONDecodeError, KeyError, IndexError, TypeError):
             async with self.http.get(self.url.rsplit("/v1/", 1)[0] + "/v1/models") as response:
                 if response.status == 200:
-                    return (await response.json(content_type=None))["data"][0]["id"]
-        return ""
+                    model = (await response.json(content_type=None))["data"][0]
+                    return model["id"], model.get("owned_by", "")
+        return "", ""
 
     async def open_session(self, job_index: int) -> "OpenAISession":
         return OpenAISession(self)
@@ -112,7 +118,7 @@ class OpenAISession(Session):
         if redirect_of is not None:
             await self.interrupt(redirect_of)
             redirect_of.record.interrupt_mode = "redirect"
-        body = request_body(state.spec, self.target.model, self.target.config.fim_template)
+        body = request_body(state.spec, self.target.model, self.target.fim_template)
         state.record.t_sent_ms = self.clock()
         self.tasks[state.record.id] = (state, asyncio.create_task(self._stream(state, body)))
 
