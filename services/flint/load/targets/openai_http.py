@@ -156,6 +156,9 @@ class OpenAISession(Session):
                         if choice.get("text"):
                             seq += 1
                             state.delta(seq, 1)
+                            # let a self-interrupt this delta triggered close the stream before the next
+                            # buffered chunk is read (buffered chunks would otherwise all count)
+                            await asyncio.sleep(0)
                         reason = choice.get("finish_reason") or reason
                 state.finish(reason)
         except asyncio.CancelledError:
