@@ -76,7 +76,8 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=2e-2
 
 @pytest.mark.parametrize("native", [NATIVE, FALLBACK])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("heads, kv, d", [(4, 2, 64), (8, 1, 32), (6, 6, 16)], ids=["gqa2", "mqa8", "mha"])
+@pytest.mark.parametrize("heads, kv, d", [(4, 2, 64), (8, 1, 32), (6, 6, 16), (2, 1, 128)],
+                         ids=["gqa2", "mqa8", "mha", "d128"])
 @pytest.mark.parametrize("window", [None, 40], ids=["full", "window40"])
 def test_mixed_batch_of_decodes_and_short_extends_equals_sdpa_over_gathered_keys(native, dtype, heads, kv, d,
                                                                                  window):

@@ -8,12 +8,13 @@
 // Causal within the new tokens; with window > 0 (Mistral) a query at position i sees keys
 // j with i - window < j <= i. Grouped-query attention: query head h reads KV head h / (H / KV).
 //
-// No key or value is copied into a per-sequence buffer. The visible keys of every
-// (sequence, KV head) are cut into splits; each split, one task of the thread pool, runs
-// an online softmax over its keys, tile by tile, for all the queries sharing that KV head
-// (group * n of them: each key and value row is read once per split, not once per query
-// head), and leaves an unnormalised partial (max, sum, acc[D]). A final pass merges the
-// partials of a (sequence, KV head) with their log-sum-exps.
+// No key or value is copied into a per-sequence buffer. The visible keys of every sequence
+// are cut into splits; each split, one task of the thread pool, reads its cache rows (all KV
+// heads of a slot are one contiguous row, so a block of slots is one sequential stream) and
+// runs an online softmax over them, tile by tile, for all the sequence's queries (each key
+// and value is read once per split, not once per query head: grouped-query heads share it),
+// leaving unnormalised partials (max, sum, acc[D]). A final pass merges the partials of a
+// sequence with their log-sum-exps.
 
 #include <torch/extension.h>
 
@@ -30,6 +31,7 @@ namespace {
 constexpr int kTile = 32;                 // keys per online-softmax update
 constexpr int64_t kMinSplitKeys = 512;    // a split is worth its merge only past this many keys
 constexpr int kTasksPerThread = 4;        // load balance across threads of unequal speed
+constexpr int64_t kDotMaxQueries = 8;     // up to this many queries per KV head, scores by dot products
 constexpr float kNeg = -1e30f;            // "minus infinity" that -ffast-math cannot break
 
 inline float to_float(float x) { return x; }
@@ -44,8 +46,8 @@ struct Seq {
 };
 
 struct Task {
-  int64_t seq, kv_head, lo, hi;
-  int64_t part;             // offset of its partials: [Q, D + 2] floats
+  int64_t seq, lo, hi;      // keys [lo, hi) of sequence seq, every KV head
+  int64_t part;             // offset of its partials: [H * n, D + 2] floats
 };
 
 template <typename T>
@@ -68,40 +70,68 @@ inline const float* row_as_float(const T* src, float* buf, int64_t d) {
   }
 }
 
-template <typename T>
+// Online-softmax state of the queries of one task: query qa = g * group * n + j * group + r is
+// token j of head g * group + r (the group * n queries of KV head g are contiguous).
+struct State {
+  std::vector<float> q, acc, m, l, sc;   // [Q, D] pre-scaled, [Q, D], [Q], [Q], scores [Q, kTile]
+};
+
+// kD: head_dim known at compile time (0: read from st.d), so the inner loops unroll into registers.
+template <typename T, int kD>
 void run_task(const Step<T>& st, const Seq& s, const Task& task, float* part) {
-  const int64_t d = st.d, group = st.group, n = s.n, nq = group * n;
-  const int64_t g = task.kv_head;
-  // Queries of this KV head, query row qi = j * group + r (token j, head g * group + r), pre-scaled.
-  std::vector<float> qf(nq * d), acc(nq * d, 0.f), m(nq, kNeg), l(nq, 0.f);
-  std::vector<float> sc(nq * kTile), kbuf(d), vbuf(d);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t r = 0; r < group; ++r) {
-      const T* src = st.q + (s.row + j) * st.q_row + (g * group + r) * st.q_head;
-      float* dst = qf.data() + (j * group + r) * d;
-      for (int64_t i = 0; i < d; ++i) dst[i] = to_float(src[i]) * st.scale;
-    }
-  const T* kbase = st.kc + g * d;
-  const T* vbase = st.vc + g * d;
+  const int64_t d = kD ? kD : st.d, group = st.group, n = s.n, per_head = group * n, nq = st.kv_heads * per_head;
+  State z{std::vector<float>(nq * d), std::vector<float>(nq * d, 0.f), std::vector<float>(nq, kNeg),
+          std::vector<float>(nq, 0.f), std::vector<float>(nq * kTile)};
+  std::vector<float> kt(d * kTile), vbuf(d);
+  for (int64_t g = 0; g < st.kv_heads; ++g)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t r = 0; r < group; ++r) {
+        const T* src = st.q + (s.row + j) * st.q_row + (g * group + r) * st.q_head;
+        float* dst = z.q.data() + (g * per_head + j * group + r) * d;
+        for (int64_t i = 0; i < d; ++i) dst[i] = to_float(src[i]) * st.scale;
+      }
   const int64_t last = s.start + n - 1;       // position of the last query
-  const T* krow[kTile];
-  const T* vrow[kTile];
+  int64_t off[kTile];
 
   for (int64_t t0 = task.lo; t0 < task.hi; t0 += kTile) {
     const int64_t tn = std::min<int64_t>(kTile, task.hi - t0);
-    for (int64_t t = 0; t < tn; ++t) {
-      const int64_t slot = s.slots[(t0 + t) * s.slot_stride];
-      krow[t] = kbase + slot * st.slot_stride;
-      vrow[t] = vbase + slot * st.slot_stride;
-    }
-    // Scores [nq, tn].
-    for (int64_t t = 0; t < tn; ++t) {
-      const float* k = row_as_float(krow[t], kbuf.data(), d);
-      for (int64_t qi = 0; qi < nq; ++qi) {
-        const float* qv = qf.data() + qi * d;
-        float dot = 0.f;
-        for (int64_t i = 0; i < d; ++i) dot += qv[i] * k[i];
-        sc[qi * kTile + t] = dot;
+    for (int64_t t = 0; t < tn; ++t) off[t] = s.slots[(t0 + t) * s.slot_stride] * st.slot_stride;
+    // Scores [Q, kTile] (columns past tn kNeg), per KV head.
+    for (int64_t g = 0; g < st.kv_heads; ++g) {
+      if (per_head <= kDotMaxQueries) {
+        // Few queries per key (decode): dot products straight from the cache row.
+        for (int64_t t = 0; t < tn; ++t) {
+          const float* k = row_as_float(st.kc + off[t] + g * d, vbuf.data(), d);
+          for (int64_t qa = g * per_head; qa < (g + 1) * per_head; ++qa) {
+            const float* qv = z.q.data() + qa * d;
+            float dot = 0.f;
+            for (int64_t i = 0; i < d; ++i) dot += qv[i] * k[i];
+            z.sc[qa * kTile + t] = dot;
+          }
+        }
+        for (int64_t qa = g * per_head; qa < (g + 1) * per_head; ++qa)
+          for (int64_t t = tn; t < kTile; ++t) z.sc[qa * kTile + t] = kNeg;
+        continue;
+      }
+      // Many queries per key (extends): the tile's keys transposed to kt [D, kTile] (columns past
+      // tn zero), so scores are broadcast-FMAs along the tile, no horizontal sums.
+      for (int64_t t = 0; t < tn; ++t) {
+        const T* k = st.kc + off[t] + g * d;
+        for (int64_t i = 0; i < d; ++i) kt[i * kTile + t] = to_float(k[i]);
+      }
+      if (tn < kTile)
+        for (int64_t i = 0; i < d; ++i)
+          for (int64_t t = tn; t < kTile; ++t) kt[i * kTile + t] = 0.f;
+      for (int64_t qa = g * per_head; qa < (g + 1) * per_head; ++qa) {
+        const float* qv = z.q.data() + qa * d;
+        float acc_t[kTile] = {0.f};
+        for (int64_t i = 0; i < d; ++i) {
+          const float x = qv[i];
+          const float* col = kt.data() + i * kTile;
+          for (int t = 0; t < kTile; ++t) acc_t[t] += x * col[t];
+        }
+        float* out = z.sc.data() + qa * kTile;
+        for (int t = 0; t < kTile; ++t) out[t] = t < tn ? acc_t[t] : kNeg;
       }
     }
     // Mask where some query of the tile must not see some key: causal inside the new tokens,
@@ -114,72 +144,74 @@ void run_task(const Step<T>& st, const Seq& s, const Task& task, float* part) {
         for (int64_t t = 0; t < tn; ++t) {
           const int64_t key = t0 + t;
           if (key > pos || (st.window > 0 && pos - key >= st.window))
-            for (int64_t r = 0; r < group; ++r) sc[(j * group + r) * kTile + t] = kNeg;
+            for (int64_t g = 0; g < st.kv_heads; ++g)
+              for (int64_t r = 0; r < group; ++r) z.sc[(g * per_head + j * group + r) * kTile + t] = kNeg;
         }
       }
     }
-    // Online softmax update, then acc += p @ V.
-    for (int64_t qi = 0; qi < nq; ++qi) {
-      float* p = sc.data() + qi * kTile;
+    // Online softmax update (masked scores are kNeg: exp gives 0), then acc += p @ V.
+    for (int64_t qa = 0; qa < nq; ++qa) {
+      float* p = z.sc.data() + qa * kTile;
       float mt = kNeg;
-      for (int64_t t = 0; t < tn; ++t) mt = std::max(mt, p[t]);
+      for (int t = 0; t < kTile; ++t) mt = std::max(mt, p[t]);
       if (mt <= 0.5f * kNeg) {                 // every key of the tile masked for this query
-        for (int64_t t = 0; t < tn; ++t) p[t] = 0.f;
+        for (int t = 0; t < kTile; ++t) p[t] = 0.f;
         continue;
       }
-      const float mnew = std::max(m[qi], mt);
-      if (mnew > m[qi]) {
-        const float alpha = std::exp(m[qi] - mnew);
-        l[qi] *= alpha;
-        float* a = acc.data() + qi * d;
+      const float mnew = std::max(z.m[qa], mt);
+      if (mnew > z.m[qa]) {
+        const float alpha = std::exp(z.m[qa] - mnew);
+        z.l[qa] *= alpha;
+        float* a = z.acc.data() + qa * d;
         for (int64_t i = 0; i < d; ++i) a[i] *= alpha;
-        m[qi] = mnew;
+        z.m[qa] = mnew;
       }
       float sum = 0.f;
-      for (int64_t t = 0; t < tn; ++t) {
-        const float e = p[t] <= 0.5f * kNeg ? 0.f : std::exp(p[t] - mnew);
-        p[t] = e;
-        sum += e;
+      for (int t = 0; t < kTile; ++t) {
+        p[t] = std::exp(p[t] - mnew);
+        sum += p[t];
       }
-      l[qi] += sum;
+      z.l[qa] += sum;
     }
-    for (int64_t t = 0; t < tn; ++t) {
-      const float* v = row_as_float(vrow[t], vbuf.data(), d);
-      for (int64_t qi = 0; qi < nq; ++qi) {
-        const float w = sc[qi * kTile + t];
-        float* a = acc.data() + qi * d;
-        for (int64_t i = 0; i < d; ++i) a[i] += w * v[i];
+    // acc += p @ V.
+    for (int64_t t = 0; t < tn; ++t)
+      for (int64_t g = 0; g < st.kv_heads; ++g) {
+        const float* v = row_as_float(st.vc + off[t] + g * d, vbuf.data(), d);
+        for (int64_t qa = g * per_head; qa < (g + 1) * per_head; ++qa) {
+          const float w = z.sc[qa * kTile + t];
+          float* __restrict__ a = z.acc.data() + qa * d;
+          for (int64_t i = 0; i < d; ++i) a[i] += w * v[i];
+        }
       }
-    }
   }
-  for (int64_t qi = 0; qi < nq; ++qi) {
-    float* dst = part + qi * (d + 2);
-    dst[0] = m[qi];
-    dst[1] = l[qi];
-    std::copy(acc.data() + qi * d, acc.data() + (qi + 1) * d, dst + 2);
+  for (int64_t qa = 0; qa < nq; ++qa) {
+    float* dst = part + qa * (d + 2);
+    dst[0] = z.m[qa];
+    dst[1] = z.l[qa];
+    std::copy(z.acc.data() + qa * d, z.acc.data() + (qa + 1) * d, dst + 2);
   }
 }
 
-// Merge the partials of the tasks [first, last) of one (sequence, KV head) into out.
+// Merge the partials of the tasks [first, last) of one sequence into its rows of out.
 template <typename T>
 void merge(const Step<T>& st, const Seq& s, const std::vector<Task>& tasks, int64_t first, int64_t last,
            const float* parts) {
-  const int64_t d = st.d, group = st.group, nq = group * s.n, g = tasks[first].kv_head;
+  const int64_t d = st.d, group = st.group, per_head = group * s.n, nq = st.kv_heads * per_head;
   std::vector<float> o(d);
-  for (int64_t qi = 0; qi < nq; ++qi) {
+  for (int64_t qa = 0; qa < nq; ++qa) {
     float mx = kNeg;
-    for (int64_t k = first; k < last; ++k) mx = std::max(mx, parts[tasks[k].part + qi * (d + 2)]);
+    for (int64_t k = first; k < last; ++k) mx = std::max(mx, parts[tasks[k].part + qa * (d + 2)]);
     std::fill(o.begin(), o.end(), 0.f);
     float l = 0.f;
     for (int64_t k = first; k < last; ++k) {
-      const float* p = parts + tasks[k].part + qi * (d + 2);
+      const float* p = parts + tasks[k].part + qa * (d + 2);
       if (p[1] == 0.f) continue;
       const float w = std::exp(p[0] - mx);
       l += w * p[1];
       for (int64_t i = 0; i < d; ++i) o[i] += w * p[2 + i];
     }
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int64_t j = qi / group, r = qi % group;
+    const int64_t g = qa / per_head, j = (qa % per_head) / group, r = qa % group;
     T* dst = st.out + (s.row + j) * st.out_row + (g * group + r) * st.out_head;
     for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<T>(o[i] * inv);
   }
@@ -187,35 +219,37 @@ void merge(const Step<T>& st, const Seq& s, const std::vector<Task>& tasks, int6
 
 template <typename T>
 void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
-  // Split every (sequence, KV head)'s visible keys so the pool gets about kTasksPerThread tasks per thread.
+  // Split every sequence's visible keys so the pool gets about kTasksPerThread tasks per thread.
   int64_t total = 0;
-  for (auto& s : seqs) total += (s.hi - s.lo) * st.kv_heads;
+  for (auto& s : seqs) total += s.hi - s.lo;
   const int64_t threads = std::max(1, at::get_num_threads());
   const int64_t split = std::max(kMinSplitKeys, (total + threads * kTasksPerThread - 1) / (threads * kTasksPerThread));
   std::vector<Task> tasks;
-  std::vector<int64_t> groups{0};           // tasks of (sequence, KV head) i are [groups[i], groups[i + 1])
+  std::vector<int64_t> first{0};            // tasks of sequence b are [first[b], first[b + 1])
   int64_t floats = 0;
   for (int64_t b = 0; b < (int64_t)seqs.size(); ++b) {
     const Seq& s = seqs[b];
     const int64_t keys = s.hi - s.lo;
     const int64_t nsplit = std::max<int64_t>(1, (keys + split - 1) / split);
     const int64_t per = ((keys + nsplit - 1) / nsplit + kTile - 1) / kTile * kTile;
-    for (int64_t g = 0; g < st.kv_heads; ++g) {
-      for (int64_t lo = s.lo; lo < s.hi; lo += per) {
-        tasks.push_back({b, g, lo, std::min(s.hi, lo + per), floats});
-        floats += st.group * s.n * (st.d + 2);
-      }
-      groups.push_back((int64_t)tasks.size());
+    for (int64_t lo = s.lo; lo < s.hi; lo += per) {
+      tasks.push_back({b, lo, std::min(s.hi, lo + per), floats});
+      floats += st.heads * s.n * (st.d + 2);
     }
+    first.push_back((int64_t)tasks.size());
   }
   std::vector<float> parts(floats);
   at::parallel_for(0, (int64_t)tasks.size(), 1, [&](int64_t a, int64_t z) {
-    for (int64_t i = a; i < z; ++i) run_task(st, seqs[tasks[i].seq], tasks[i], parts.data() + tasks[i].part);
+    for (int64_t i = a; i < z; ++i) {
+      float* part = parts.data() + tasks[i].part;
+      const Seq& s = seqs[tasks[i].seq];
+      if (st.d == 64) run_task<T, 64>(st, s, tasks[i], part);
+      else if (st.d == 128) run_task<T, 128>(st, s, tasks[i], part);
+      else run_task<T, 0>(st, s, tasks[i], part);
+    }
   });
-  const int64_t ngroups = (int64_t)groups.size() - 1;
-  at::parallel_for(0, ngroups, 8, [&](int64_t a, int64_t z) {
-    for (int64_t i = a; i < z; ++i)
-      merge(st, seqs[tasks[groups[i]].seq], tasks, groups[i], groups[i + 1], parts.data());
+  at::parallel_for(0, (int64_t)seqs.size(), 4, [&](int64_t a, int64_t z) {
+    for (int64_t b = a; b < z; ++b) merge(st, seqs[b], tasks, first[b], first[b + 1], parts.data());
   });
 }
 
