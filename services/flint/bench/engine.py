@@ -37,7 +37,8 @@ FULL = dict(
               max_position_embeddings=135_168),
     decode_tokens=256, repeats=3, hf_tokens=64, overhead_steps=200, agg_tokens=64,
     keystroke_context=8192, keystroke_new=16, prefill=(8192, 32_768, 131_072), spec_tokens=128,
-    spec_region=384, bandwidth_mb=512, bandwidth_repeats=7, burn_s=120, profile_steps=32,
+    spec_region=384, bandwidth_mb=512, bandwidth_repeats=7, burn_s=600, profile_steps=32,
+    thread_tokens=128, thread_repeats=2,
 )
 QUICK = dict(
     FULL,
@@ -46,7 +47,7 @@ QUICK = dict(
     long=dict(FULL["long"], max_position_embeddings=4096),
     decode_tokens=16, repeats=1, hf_tokens=8, overhead_steps=20, agg_tokens=8, keystroke_context=512,
     prefill=(512, 1024, 2048), spec_tokens=32, spec_region=96, bandwidth_mb=64, bandwidth_repeats=3,
-    burn_s=30, profile_steps=4,
+    burn_s=120, profile_steps=4, thread_tokens=16, thread_repeats=1,
 )
 
 
@@ -95,7 +96,7 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: b
     default_threads = EngineConfig().threads()
     threads = threads or default_threads
     _log(f"single-stream decode at 1 and {default_threads} (default) threads, then under a CPU burner")
-    r["threads"] = pr.threads_figure(bench, s["decode_tokens"], s["repeats"], default_threads,
+    r["threads"] = pr.threads_figure(bench, s["thread_tokens"], s["thread_repeats"], default_threads,
                                      burn_s=s["burn_s"])
     r["engine_threads"] = threads
     torch.set_num_threads(threads)

@@ -45,23 +45,23 @@ def make_model(root: Path, name: str, tokenizer_from: Path | None, **dims) -> Pa
 
 
 def weight_bytes(model) -> tuple[int, int]:
-    """(bytes of all weights, bytes read per decode token), over the model's unique tensors.
+    """(bytes of all weights, bytes one decode step reads).
 
-    Counts parameters and buffers (a quantized Linear keeps its packed weights and scales in either).
-    Per decode token every weight is read once, except the embedding table (one row), unless it is
-    also the tied lm_head, which reads it whole.
+    Read per step: every Linear's weight once, quantized or not, tied ones once
+    (`flint.engine.quant.weight_bytes`); the embedding table only through the tied lm_head.
+    All: the unique tensors of the state dict plus the quantized matrices (held outside it).
     """
-    seen: dict[int, tuple[str, int]] = {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        if t.device.type == "meta" or t.numel() == 0:
-            continue
-        key = t.untyped_storage().data_ptr()
-        size = t.untyped_storage().nbytes()
-        if key not in seen or not name.startswith("embed."):
-            seen[key] = (name, size)
-    total = sum(size for _, size in seen.values())
-    read = sum(size for name, size in seen.values() if not name.startswith("embed."))
-    return total, read
+    from flint.engine.quant import weight_bytes as read_per_step
+
+    seen: set[int] = set()
+    total = 0
+    for t in model.state_dict(keep_vars=True).values():
+        if t.device.type != "meta" and t.numel() and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+    quantized = {id(m.qweight): m.qweight for m in model.modules() if hasattr(m, "qweight")}
+    total += sum(w.nbytes for w in quantized.values())
+    return total, read_per_step(model)
 
 
 def model_info(engine: Engine) -> dict:
