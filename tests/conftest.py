@@ -10,6 +10,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # in this process or in processes it spawns, share it as a deployment's would.
 os.environ.setdefault("FLINT_INTERNAL_TOKEN", "test-deployment-internal-token")
 
+
+
+def pytest_sessionstart(session):
+    """Build the native kernels once, in parallel, before any test starts a replica that needs them."""
+    import sys
+
+    from flint.engine import kernels
+
+    kernels.prebuild(say=lambda line: print(line, file=sys.__stderr__, flush=True))
+
+
 pytest_plugins = [
     "support.checkpoints",
     "support.services",

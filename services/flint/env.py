@@ -23,6 +23,16 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("flint"))
 
 
+def kernel_cache_dir() -> Path:
+    """Where native kernels are built and cached (`flint.engine.kernels`).
+
+    `FLINT_KERNEL_CACHE_DIR` overrides `<cache dir>/kernels`; tests that use a fresh
+    `FLINT_CACHE_DIR` keep the machine's built kernels through it.
+    """
+    override = os.environ.get("FLINT_KERNEL_CACHE_DIR")
+    return Path(override).expanduser() if override else cache_dir() / "kernels"
+
+
 def redis_url() -> str | None:
     """`FLINT_REDIS_URL`: default for `--redis-url` (unset = embedded Valkey)."""
     return os.environ.get("FLINT_REDIS_URL") or None

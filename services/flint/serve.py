@@ -133,6 +133,10 @@ class Server:
                 raise InvalidArgument(f"{n} replica(s) x {self.config.replica_num_cpus:g} CPU need {need:g} CPUs but "
                                       f"the local Ray instance has {have:g}; lower --replicas or "
                                       "--replica-num-cpus, or raise --ray-num-cpus")
+        if engine_config.device == "cpu" and not self.config.ray_address:
+            from flint.engine import kernels
+
+            kernels.prebuild(say=self.say)  # once per machine; replicas then load them in milliseconds
         self.say(f"Engine: loading {engine_config.model} into {n} replica{'s' if n > 1 else ''}...")
         replica_config = self.replica_config(self._internal_token)
         self._replicas = start_replica_actors(engine_config, replica_config, count=n,

@@ -47,7 +47,7 @@ def two_replicas(cluster_ray, valkey_url, demo_checkpoint):
         redis_url=valkey_url, min_replicas=2, max_replicas=2, max_replicas_per_node=1, num_cpus=0.5,
         engine={"model": str(demo_checkpoint), "max_context_tokens": TEST_CONTEXT_TOKENS,
                 "kv_cache_bytes": 1 << 24},
-        replica={"key_prefix": KEY_PREFIX, "host": "0.0.0.0", "advertise_host": "127.0.0.1",
+        replica={"key_prefix": KEY_PREFIX, "host": "127.0.0.1", "advertise_host": "127.0.0.1",
                  "heartbeat_interval_s": 0.5, "heartbeat_ttl_s": 2.0},
         drain_grace_s=5.0,
     )

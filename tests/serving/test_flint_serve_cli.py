@@ -7,11 +7,15 @@ import urllib.request
 
 import pytest
 
+from flint import env as flint_env
+
 from support.serve_process import flint, flint_serve
 
 
 def test_flint_complete_without_a_server_says_how_to_point_at_one(tmp_path):
-    env = {**os.environ, "FLINT_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "FLINT_CACHE_DIR": str(tmp_path),
+           # a fresh cache for the demo checkpoint, the machine's built native kernels
+           "FLINT_KERNEL_CACHE_DIR": str(flint_env.kernel_cache_dir())}
     done = flint("complete", "--address", "127.0.0.1:9", "x = ", env=env)
     assert done.returncode == 1
     assert "cannot reach flint at 127.0.0.1:9" in done.stderr and "--address" in done.stderr

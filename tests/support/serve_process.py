@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from flint import env as flint_env
+
 
 def flint(*args: str, env: dict, timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flint.cli", *args], capture_output=True, text=True, env=env,
@@ -52,7 +54,9 @@ class Served:
 def flint_serve(tmp_path: Path, *args: str, config: str, timeout_s: float = 240):
     """`flint serve --port 0 --http-port 0 --config <config> *args` with its own cache dir; killed if still
     running at exit."""
-    env = {**os.environ, "FLINT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "FLINT_CACHE_DIR": str(tmp_path / "cache"),
+           # a fresh cache for the demo checkpoint, the machine's built native kernels
+           "FLINT_KERNEL_CACHE_DIR": str(flint_env.kernel_cache_dir())}
     env.pop("FLINT_ADDRESS", None)
     config_file = tmp_path / "serve.toml"
     config_file.write_text(config)

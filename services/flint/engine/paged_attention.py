@@ -49,7 +49,7 @@ def native_kernel():
     from flint.engine import kernels
 
     try:
-        return kernels.load("paged_attention", ["paged_attention.cpp"])
+        return kernels.load("paged_attention")
     except kernels.KernelUnavailable:
         return None
 

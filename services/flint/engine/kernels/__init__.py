@@ -11,6 +11,11 @@ different CPU builds its own.
 A kernel that cannot be built (no C++ compiler) raises `KernelUnavailable`
 with the compiler's message; callers fall back to plain PyTorch ops and say so
 once in the log.
+
+Building one kernel takes ~30 s of CPU (most of it parsing torch's headers), so
+`flint serve` calls `prebuild` before it starts replicas: the missing kernels
+build in parallel processes, with a progress line, instead of inside each
+replica's start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ import hashlib
 import logging
 import os
 import platform
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +38,14 @@ _HERE = Path(__file__).resolve().parent
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType] = {}
 _failed: dict[str, str] = {}
+
+# Every native kernel: extension name -> its C++ sources (beside this module).
+KERNELS: dict[str, list[str]] = {
+    "skinny_f32": ["skinny_f32.cpp"],
+    "flint_quant_linear": ["quant_linear.cpp"],
+    "paged_attention": ["paged_attention.cpp"],
+}
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math"]
 
 
 class KernelUnavailable(RuntimeError):
@@ -58,23 +75,23 @@ def _build_dir(name: str, sources: list[Path], extra_cflags: list[str]) -> Path:
     digest.update(platform.machine().encode())
     digest.update(" ".join(sorted(cpu_flags())).encode())
     digest.update(" ".join(extra_cflags).encode())
-    path = env.cache_dir() / "kernels" / f"{name}-{digest.hexdigest()[:16]}"
+    path = env.kernel_cache_dir() / f"{name}-{digest.hexdigest()[:16]}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def load(name: str, sources: list[str], extra_cflags: list[str] | None = None) -> ModuleType:
+def load(name: str, sources: list[str] | None = None, extra_cflags: list[str] | None = None) -> ModuleType:
     """Build (once per machine and source) and import the extension `name` from `sources`.
 
-    `sources` are file names beside this module. Raises `KernelUnavailable`.
+    `sources` are file names beside this module (default: `KERNELS[name]`). Raises `KernelUnavailable`.
     """
     with _lock:
         if name in _loaded:
             return _loaded[name]
         if name in _failed:
             raise KernelUnavailable(_failed[name])
-        paths = [_HERE / s for s in sources]
-        cflags = ["-O3", "-march=native", "-fopenmp", "-ffast-math", *(extra_cflags or [])]
+        paths = [_HERE / s for s in (sources or KERNELS[name])]
+        cflags = [*_CFLAGS, *(extra_cflags or [])]
         try:
             from torch.utils import cpp_extension
 
@@ -91,3 +108,42 @@ def load(name: str, sources: list[str], extra_cflags: list[str] | None = None) -
             raise KernelUnavailable(message) from exc
         _loaded[name] = module
         return module
+
+
+def is_built(name: str) -> bool:
+    """True when `name`'s library for this source, torch and CPU is already in the cache."""
+    return (_build_dir(name, [_HERE / s for s in KERNELS[name]], _CFLAGS) / f"{name}.so").exists()
+
+
+def prebuild(say: Callable[[str], None] = print, jobs: int = 2) -> dict[str, str]:
+    """Build every kernel missing from the cache, `jobs` at a time in child processes.
+
+    Returns {name: error} for kernels that failed to build (they run on PyTorch ops);
+    says one line before and one after, nothing when every kernel is cached.
+    """
+    missing = [name for name in KERNELS if not is_built(name)]
+    if not missing:
+        return {}
+    say(f"Building native kernels ({', '.join(missing)}): first start on this machine only, about a minute...")
+    started = time.monotonic()
+    errors: dict[str, str] = {}
+    pending = list(missing)
+    running: dict[str, subprocess.Popen] = {}
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            name = pending.pop(0)
+            code = f"from flint.engine import kernels; kernels.load({name!r})"
+            running[name] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True)
+        for name, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            stderr = proc.stderr.read() if proc.stderr else ""
+            if proc.returncode != 0 or not is_built(name):
+                errors[name] = (stderr.strip().splitlines() or ["build failed"])[-1]
+        time.sleep(0.05)
+    built = len(missing) - len(errors)
+    say(f"  native kernels: {built} built in {time.monotonic() - started:.0f} s"
+        + (f"; {len(errors)} unavailable, PyTorch ops used instead: {errors}" if errors else ""))
+    return errors

@@ -31,7 +31,7 @@ def _kernel():
     from flint.engine import kernels
 
     try:
-        return kernels.load("skinny_f32", ["skinny_f32.cpp"])
+        return kernels.load("skinny_f32")
     except kernels.KernelUnavailable:
         return None
 

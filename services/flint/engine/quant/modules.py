@@ -40,7 +40,7 @@ def kernel():
         from flint.engine import kernels
 
         try:
-            _kernel = kernels.load("flint_quant_linear", ["quant_linear.cpp"])
+            _kernel = kernels.load("flint_quant_linear")
         except kernels.KernelUnavailable:
             _kernel = None
     return _kernel
