@@ -17,7 +17,7 @@ from support.services import stop_worker_process
 from test_disconnect_and_health import cancelled_total, engine_running, wait_until
 
 from flint.config import FrontendConfig
-from flint.security.keystore import add_key_to_file
+from flint.security.keystore import add_key_to_file, revoke_in_file
 
 SEEDED = dict(temperature=1.0, seed=7)    # the demo checkpoint's greedy FIM output is special tokens (no text)
 
@@ -161,7 +161,8 @@ async def test_health_and_one_scrape_covering_both_workers(http_workers, client)
 async def test_bearer_api_keys_are_the_flint_keys(valkey_url, engine_replica, tmp_path):
     keys = tmp_path / "keys.json"
     key = add_key_to_file(keys, "team-a")
-    proc, ready = start_worker(valkey_url, tmp_path, "http-auth", security={"api_keys_file": str(keys)})
+    proc, ready = start_worker(valkey_url, tmp_path, "http-auth",
+                               security={"api_keys_file": str(keys), "key_recheck_s": 0.2})
     try:
         base = f"http://127.0.0.1:{ready['http_port']}/v1"
         good = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
@@ -174,5 +175,14 @@ async def test_bearer_api_keys_are_the_flint_keys(valkey_url, engine_replica, tm
         async with aiohttp.ClientSession() as http:
             async with http.get(base[:-3] + "/health") as r:   # probes need no key
                 assert r.status == 200
+            # a key revoked while its stream runs ends that stream, as on gRPC
+            body = {"prompt": "a", "max_tokens": 900, "stream": True, **SEEDED}
+            async with http.post(base + "/completions", json=body,
+                                 headers={"Authorization": f"Bearer {key}"}) as r:
+                assert r.status == 200
+                await r.content.readline()
+                revoke_in_file(keys, key=key)
+                with pytest.raises(aiohttp.ClientPayloadError):   # the server cuts the stream short
+                    await r.content.read()
     finally:
         stop_worker_process(proc)

@@ -95,15 +95,17 @@ class HttpDoor:
     async def _auth(self, request: web.Request, handler):
         if not request.path.startswith("/v1/") or self.keys is None:   # no keys configured: tenant "" as on gRPC
             return await handler(request)
-        token = set_tenant(await self._tenant(request))
+        header = request.headers.get("Authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        token = set_tenant(await self._tenant(key))
         try:
-            return await handler(request)
+            # a key revoked while its stream runs ends the stream (and so the request), as on gRPC
+            with self.keys.watch(key, asyncio.current_task().cancel):
+                return await handler(request)
         finally:
             reset_tenant(token)
 
-    async def _tenant(self, request: web.Request) -> str:
-        header = request.headers.get("Authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    async def _tenant(self, key: str) -> str:
         if not key:
             raise Unauthenticated("no API key sent: pass `Authorization: Bearer <key>` (a flint API key, "
                                   "`flint keys create`)")
