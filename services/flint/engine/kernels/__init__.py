@@ -3,8 +3,8 @@
 Each kernel is a small C++ file beside this module, built with
 `torch.utils.cpp_extension.load` for the machine it runs on (`-march=native`,
 so AVX2 / AVX-512 / VNNI are used where the CPU has them). The build goes to
-`<flint cache dir>/kernels/<name>-<hash>` where the hash covers the source, the
-torch version and the CPU's instruction-set flags: a second process, or a
+`<flint cache dir>/kernels/<name>-<hash>` where the hash covers the source (its
+path and text), the torch version and the CPU's instruction-set flags: a second process, or a
 second start, loads the built library in milliseconds, and a machine with a
 different CPU builds its own.
 
@@ -70,6 +70,8 @@ def _build_dir(name: str, sources: list[Path], extra_cflags: list[str]) -> Path:
 
     digest = hashlib.sha256()
     for src in sources:
+        # the path too: ninja rebuilds when the same build dir is handed another checkout's source path
+        digest.update(str(src).encode())
         digest.update(src.read_bytes())
     digest.update(torch.__version__.encode())
     digest.update(platform.machine().encode())
