@@ -121,8 +121,10 @@ def write_markdown(path: Path, r: dict) -> None:
         + f"; run time {r['elapsed_s']:.0f} s. All figures come from one process run on one machine.",
         "",
         f"- Machine: {r['machine']['cpu_model']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}; "
-        f"figures at {r['engine_threads']} torch thread(s) (the engine default, the cores given, unless "
-        f"--threads said otherwise); llama.cpp runs with the same count. "
+        f"figures at {r['engine_threads']} torch thread(s) "
+        + ("(the engine default: the cores given)" if r['engine_threads'] == r['threads']['default_count']
+           else f"(--threads; the engine default here is {r['threads']['default_count']})")
+        + "; llama.cpp runs with the same count. "
         f"Load average (1 min) {r['machine'].get('load_avg_1m_at_start', float('nan')):.1f} at start, "
         f"{r['machine'].get('load_avg_1m_at_end', float('nan')):.1f} at end: other processes shared the cores.",
         f"- Benchmark model (random weights, fp32, made by the command): {mi['params'] / 1e6:.1f}M params, "
