@@ -72,6 +72,20 @@ def check_routable(config: AdmissionConfig, replica) -> None:
                                 retry_after_ms=config.retry_after_ms)
 
 
+async def add_expiring_member(redis, key: str, member: str, ttl_s: float) -> int:
+    """Add `member` to the sorted set `key` (scored by its expiry), drop expired members; returns the count.
+
+    Members held by a worker that died expire by themselves."""
+    now = time.time()
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zadd(key, {member: now + ttl_s})
+        pipe.zcard(key)
+        pipe.pexpire(key, int(ttl_s * 1000))
+        _, _, count, _ = await pipe.execute()
+    return count
+
+
 class TenantSlots:
     """Concurrent requests per tenant, shared by all front-end workers through Redis."""
 
@@ -88,14 +102,7 @@ class TenantSlots:
         limit = self._config.max_inflight_per_tenant
         if not limit:
             return False
-        now = time.time()
-        key = self.key(tenant)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(key, "-inf", now)
-            pipe.zadd(key, {request_id: now + self._config.slot_ttl_s})
-            pipe.zcard(key)
-            pipe.pexpire(key, int(self._config.slot_ttl_s * 1000))
-            _, _, count, _ = await pipe.execute()
+        count = await add_expiring_member(self._redis, self.key(tenant), request_id, self._config.slot_ttl_s)
         if count > limit:
             await self.release(tenant, request_id)
             raise ResourceExhausted(f"tenant {tenant or 'anonymous'} already has {limit} requests running (its "
@@ -118,7 +125,8 @@ class RequestGuard:
     tenant's concurrency slot. `admit` returns the release callback for the slot.
     """
 
-    def __init__(self, *, admission: AdmissionConfig, security, redis, key_prefix: str):
+    def __init__(self, *, admission: AdmissionConfig, security, redis, key_prefix: str, session_ttl_s: float = 3600.0):
+        from flint.security.limits import TenantCaps, TenantSessions
         from flint.security.ratelimit import RateLimiter
 
         self.admission = admission
@@ -126,11 +134,20 @@ class RequestGuard:
         self.slots = TenantSlots(redis, key_prefix, admission)
         self.rate = (RateLimiter(redis, key_prefix, per_s=security.rate_limit_per_s, burst=security.rate_burst)
                      if security.rate_limit_per_s else None)
+        self.caps = TenantCaps({"stream": security.max_streams_per_tenant, "resume": security.max_resumes_per_tenant})
+        self.sessions = TenantSessions(redis, key_prefix, limit=security.max_sessions_per_tenant, ttl_s=session_ttl_s)
 
-    async def admit(self, request, *, request_id: str, tenant: str, replica):
-        from flint.security.limits import check_request_limits
+    async def check_rate(self, tenant: str) -> None:
+        """The tenant's rate limit for calls that start no request (Interrupt, Resume, Open): one Redis INCR."""
+        if self.rate is not None:
+            await self.rate.check(tenant)
+
+    async def admit(self, request, *, request_id: str, tenant: str, replica, engine_request=None):
+        from flint.security.limits import check_fits_context, check_request_limits
 
         check_request_limits(request, self.security)
+        if engine_request is not None:
+            check_fits_context(engine_request, replica)  # before the replica tokenizes it or Redis stores it
         if self.rate is not None:
             await self.rate.check(tenant)
         check_routable(self.admission, replica)

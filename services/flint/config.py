@@ -163,6 +163,7 @@ class ReplicaConfig:
     heartbeat_ttl_s: float = 5.0       # a replica that misses heartbeats this long drops out of routing
     grace_period_s: float = 5.0        # running streams get this long to finish on shutdown
     deregister_delay_s: float = 1.0    # on shutdown, keep serving this long after leaving the registry
+    prepare_workers: int = 1           # threads tokenizing prompts, shared round-robin between tenants
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
     observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
     documents: dict[str, Any] = field(default_factory=dict)      # flint.docstore.DocumentLimits
@@ -186,6 +187,8 @@ class ReplicaConfig:
         )
         _check(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
         _check(self.deregister_delay_s >= 0, f"deregister_delay_s must be >= 0, got {self.deregister_delay_s}")
+        _check(isinstance(self.prepare_workers, int) and 1 <= self.prepare_workers <= 64,
+               f"prepare_workers must be an integer in [1, 64], got {self.prepare_workers!r}")
 
     def bind_host(self) -> str:
         """The address to bind: `host`, with "node" resolved to the IP Ray reports for this node."""

@@ -33,3 +33,12 @@ async def cluster(valkey_url, key_prefix, rel_checkpoint):
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture
+def tenant_keys(tmp_path):
+    """A key file with one key for tenant-a and one for tenant-b: (path, key_a, key_b)."""
+    from flint.security.keystore import add_key_to_file
+
+    path = tmp_path / "keys.json"
+    return str(path), add_key_to_file(path, "tenant-a"), add_key_to_file(path, "tenant-b")

@@ -4,6 +4,7 @@ Real Valkey (password-protected where the test is about credentials), real
 gRPC servers and the real engine on the tiny checkpoint (rel_support.py).
 """
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -191,3 +192,38 @@ async def test_the_documented_redis_acl_user_is_enough_to_serve(locked_redis, ke
             await stream.aclose()
     finally:
         await cluster.close()
+
+
+async def test_interrupt_listener_subscribes_again_after_a_redis_restart(locked_redis, key_prefix, rel_checkpoint):
+    url, server, port = locked_redis
+    cluster = Cluster(url, key_prefix, rel_checkpoint)
+    try:
+        await cluster.add_replica("r1")
+        # Flags polled once a minute: only the pub/sub path can deliver the interrupt in time.
+        a = await cluster.add_worker("wa", flag_poll_interval_ms=60_000.0, interrupt_timeout_s=5.0)
+        b = await cluster.add_worker("wb", flag_poll_interval_ms=60_000.0, interrupt_timeout_s=5.0)
+        server.stop()
+        restarted = ValkeyServer(port=port, save="", appendonly="no")
+        restarted.start(timeout=15)
+        restarted.client().config_set("requirepass", PASSWORD)
+        try:
+            async def registered():
+                redis = aioredis.Redis.from_url(url)
+                try:
+                    return bool(await ReplicaRegistry(redis, key_prefix).list())
+                finally:
+                    await redis.aclose()
+            from rel_support import eventually
+            await eventually(registered, timeout_s=20)  # the replica's heartbeat re-registers it
+            await asyncio.sleep(6.0)  # time for the listeners' backoff to reach a subscription
+            async with FlintClient(a.address, retry=NO_RETRY) as ca, FlintClient(b.address, retry=NO_RETRY) as cb:
+                stream = ca.complete("after restart", max_tokens=8000, request_id="after-restart")
+                await stream.__anext__()
+                ack = await asyncio.wait_for(cb.interrupt("after-restart"), 10)
+                assert ack.was_running
+                await stream.aclose()
+        finally:
+            await cluster.close()
+            restarted.stop()
+    finally:
+        pass

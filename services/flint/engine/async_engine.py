@@ -42,6 +42,7 @@ class AsyncEngine:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.prepare_runner = None  # async (tenant, fn, request) -> prepared request; None = the default pool
 
     @classmethod
     def from_config(cls, config: EngineConfig, *, metrics_registry=None) -> "AsyncEngine":
@@ -85,8 +86,12 @@ class AsyncEngine:
             raise Unavailable(f"engine for {self.model_name} is not running" +
                               (f": {self._error!r}" if self._error else ""))
         loop = asyncio.get_running_loop()
-        # Validation and tokenization off the loop: a 131K-token prompt takes a while to encode.
-        request = await asyncio.to_thread(self.engine.prepare, req)
+        # Validation and tokenization off the loop: a 131K-token prompt takes a while to encode. A replica
+        # sets `prepare_runner` (flint.replica.prepare_pool) to bound that work and share it between tenants.
+        if self.prepare_runner is None:
+            request = await asyncio.to_thread(self.engine.prepare, req)
+        else:
+            request = await self.prepare_runner(req.cache_namespace, self.engine.prepare, req)
         queue: asyncio.Queue = asyncio.Queue()
         with self._streams_lock:
             if req.request_id in self._streams:

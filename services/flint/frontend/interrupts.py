@@ -71,10 +71,37 @@ class InterruptBus:
         import redis.asyncio as aioredis
 
         self._sub_redis = aioredis.Redis.from_url(self._redis_url)
+        await self._subscribe()
+        self._spawn(self._listen_forever(), "interrupt listener")
+        self._spawn(self._poll_flags(), "interrupt flag poller")
+
+    async def _subscribe(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
         self._pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self.interrupt_channel(self._worker_id), self.ack_channel(self._worker_id))
-        self._spawn(self._listen(), "interrupt listener")
-        self._spawn(self._poll_flags(), "interrupt flag poller")
+
+    async def _listen_forever(self) -> None:
+        """`_listen`, subscribing again with backoff (0.1 s doubling to 5 s) when Redis goes away."""
+        backoff_s = 0.1
+        while True:
+            try:
+                await self._listen()
+                raise ConnectionError("the pub/sub connection ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis restarted or unreachable: subscribe again
+                log.warning("interrupt listener lost its subscription (%s); subscribing again in %.1f s",
+                            exc, backoff_s)
+            await asyncio.sleep(backoff_s)
+            try:
+                await self._subscribe()
+                log.info("interrupt listener subscribed again")
+                backoff_s = 0.1
+            except Exception as exc:  # noqa: BLE001 - still down: wait longer
+                log.warning("interrupt listener could not subscribe yet: %s", exc)
+                backoff_s = min(5.0, backoff_s * 2)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -144,6 +171,8 @@ class InterruptBus:
                         future.set_result(InterruptResult(payload["request_id"], payload["was_running"],
                                                           payload["last_seq"]))
                 else:
+                    if not all(isinstance(payload[k], str) for k in ("request_id", "nonce", "reply_to")):
+                        raise TypeError("request_id, nonce and reply_to must be strings")
                     self._spawn(self._serve_interrupt(payload), "interrupt")
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring malformed pub/sub message on %s: %s", message["channel"], exc)
@@ -161,11 +190,17 @@ class InterruptBus:
         await self._store.redis.publish(self.ack_channel(payload["reply_to"]), msgpack.packb(reply))
 
     async def _poll_flags(self) -> None:
+        """Poll the interrupt flags of local requests; every third of the record TTL, refresh their records."""
+        refresh_every_s = self._store.request_ttl_ms / 3000.0
+        refreshed = time.monotonic()
         while True:
             await asyncio.sleep(self._poll_interval_s)
             if not self._local:
                 continue
             try:
+                if time.monotonic() - refreshed >= refresh_every_s:
+                    refreshed = time.monotonic()
+                    await self._store.refresh_requests(self._local.ids())
                 flagged = await self._store.interrupt_flags(self._local.ids())
             except Exception as exc:  # noqa: BLE001 - keep polling through Redis blips
                 log.warning("interrupt flag poll failed: %s", exc)

@@ -40,6 +40,7 @@ from flint.config import from_mapping
 from flint.errors import InvalidArgument
 from flint.frontend import events as ev
 from flint.frontend.render import to_message
+from flint.records import unpack_record
 from flint.observability.metrics import metrics
 
 log = logging.getLogger(__name__)
@@ -191,12 +192,8 @@ class Journal:
 
     # ------------------------------------------------------------ reading
     async def meta(self, request_id: str) -> JournalMeta | None:
-        data = await self.redis.get(self.meta_key(request_id))
-        if data is None:
-            return None
-        fields = msgpack.unpackb(data)
-        return JournalMeta(request=fields["request"], tenant=fields.get("tenant", ""), model=fields.get("model", ""),
-                           created_unix_s=fields.get("created_unix_s", 0.0))
+        key = self.meta_key(request_id)
+        return unpack_record(JournalMeta, await self.redis.get(key), where=key)
 
     async def has_gap(self, request_id: str) -> bool:
         return bool(await self.redis.exists(self.gap_key(request_id)))
@@ -264,14 +261,29 @@ class WorkerLiveness:
 class RequestJournal:
     """The journal of one request as its owner sees it: counts text offsets, never raises."""
 
-    def __init__(self, journal: Journal, request_id: str, *, chars: int = 0):
+    def __init__(self, journal: Journal, request_id: str, *, chars: int = 0, begin=None):
         self._journal = journal
         self.request_id = request_id
         self.chars = chars               # characters of completion text journaled so far
         self._gap_marked = False
+        self._begin = begin              # writes the journal's metadata; run before the first event is journaled
 
     async def record(self, event) -> bool:
-        """Journal a front-end event (flint.frontend.events) before it is delivered."""
+        """Journal a front-end event (flint.frontend.events) before it is delivered.
+
+        The metadata (the whole engine request, which may be large) is written with the first event, the
+        Accepted the engine's Started becomes; a request that ends before that (the engine refused it) leaves
+        nothing in Redis: there is nothing to resume."""
+        if self._begin is not None:
+            if ev.is_terminal(event):
+                return True
+            begin, self._begin = self._begin, None
+            try:
+                await begin()
+            except Exception as exc:  # noqa: BLE001 - never raises: a request without a journal still runs
+                log.warning("journal of %s not started: %s", self.request_id, exc)
+                self._gap_marked = True
+                return False
         seq = 0
         if isinstance(event, ev.Delta):
             seq = event.seq

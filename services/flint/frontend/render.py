@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flint.frontend import events as ev
+from flint.frontend.validate import public_request_id as public
 from flint.grpc_status import as_flint_error, code_number, error_of, status_code
 from flint.v1 import flint_pb2 as pb
 
@@ -11,22 +12,23 @@ def request_error(request_id: str, exc: BaseException, *, document_id: str = "")
     """A per-request (or per-document) error as a Session stream carries it (the stream stays open)."""
     error = as_flint_error(exc)
     return pb.ServerMessage(error=pb.RequestError(
-        request_id=request_id, code=code_number(status_code(error)), message=error.message,
+        request_id=public(request_id), code=code_number(status_code(error)), message=error.message,
         retryable=error.retryable, retry_after_ms=error.retry_after_ms, document_id=document_id,
         document_version=getattr(error, "document_version", 0)))
 
 
 def to_message(event: ev.Event) -> pb.ServerMessage:
+    """The message a client receives: ids as the client knows them (tenant scoping is internal)."""
     if isinstance(event, ev.Delta):
-        return pb.ServerMessage(delta=pb.Delta(request_id=event.request_id, seq=event.seq, text=event.text,
+        return pb.ServerMessage(delta=pb.Delta(request_id=public(event.request_id), seq=event.seq, text=event.text,
                                                token_count=event.token_count))
     if isinstance(event, ev.Accepted):
-        return pb.ServerMessage(accepted=pb.Accepted(request_id=event.request_id,
+        return pb.ServerMessage(accepted=pb.Accepted(request_id=public(event.request_id),
                                                      prompt_tokens=event.prompt_tokens))
     if isinstance(event, ev.Final):
         t = event.timings
         return pb.ServerMessage(final=pb.Final(
-            request_id=event.request_id, seq=event.seq, finish_reason=int(event.finish_reason),
+            request_id=public(event.request_id), seq=event.seq, finish_reason=int(event.finish_reason),
             prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
             cached_prompt_tokens=event.cached_prompt_tokens, draft_tokens=event.draft_tokens,
             accepted_draft_tokens=event.accepted_draft_tokens, replica_id=event.replica_id,

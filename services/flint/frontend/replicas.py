@@ -11,10 +11,11 @@ import time
 
 import grpc
 
-from flint.errors import NotFound, Unavailable
+from flint.errors import Unavailable
 from flint.frontend.routing import RoutingPolicy
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.security.internal import EngineClient
+from flint.security.limits import unknown_model
 
 
 class ReplicaPool:
@@ -50,8 +51,7 @@ class ReplicaPool:
                 serving = [r for r in replicas if not model or r.model == model]
                 if not serving:
                     models = ", ".join(sorted({r.model for r in replicas}))
-                    raise NotFound(f"model {model!r} is not served here; served models: {models}. "
-                                   "Leave `model` empty for the default")
+                    raise unknown_model(model, models)
                 return self._policy.choose(serving, affinity=affinity)
             if time.monotonic() > deadline:
                 but = " other than those that refused the connection" if exclude else ""

@@ -28,7 +28,8 @@ from flint.frontend.journal import Journal, RequestJournal, WorkerLiveness
 from flint.frontend.owner import LocalRequests, RequestOwner, ResumePoint
 from flint.frontend.render import from_message
 from flint.frontend.store import RUNNING, RequestRecord, Store
-from flint.frontend.validate import check_request_id
+from flint.frontend.validate import check_request_id, public_request_id
+from flint.records import unpack_record
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.observability.metrics import metrics
 from flint.v1 import flint_pb2 as pb
@@ -55,7 +56,7 @@ class Resumer:
     async def resume(self, request_id: str, last_seq: int, tenant: str = ""):
         """Yield the missing events of `request_id` after `last_seq`, then the live rest, ending at its
         Final (or Failed: the edge turns it into a status)."""
-        check_request_id(request_id)
+        check_request_id(public_request_id(request_id))
         meta = await self.journal.meta(request_id)
         if meta is None or meta.tenant != tenant:  # another tenant's id looks exactly like an unknown one
             raise NotFound(f"no resumable request with id {request_id!r} (unknown, expired, or not yours); "
@@ -98,6 +99,8 @@ class Resumer:
                 await owner.cancel()  # the resuming client went away: free the engine slot
 
     async def _someone_produces(self, request_id: str) -> bool:
+        if request_id in self.local:  # running here, whatever Redis says (its record may have been lost)
+            return True
         record = await self.store.get_request(request_id)
         if record is None or not record.running:
             return False
@@ -107,7 +110,7 @@ class Resumer:
 
     async def _take_over(self, request_id: str, meta, point: ResumePoint, sink) -> RequestOwner | None:
         """Claim the request (CAS on its record) and run it again here; None if another worker got it."""
-        record = await self._claim(request_id)
+        record = await self._claim(request_id, meta.tenant)
         if record is None:
             return None
         self.taken_over += 1
@@ -130,13 +133,14 @@ class Resumer:
                  extra={"request_id": request_id, "worker_id": self.worker_id})
         return owner
 
-    async def _claim(self, request_id: str) -> RequestRecord | None:
+    async def _claim(self, request_id: str, tenant: str) -> RequestRecord | None:
+        """The request's record, now owned here; its tenant is the journal's (the record may be gone)."""
         key = self.store.request_key(request_id)
         async with self.store.redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(key)
                 data = await pipe.get(key)
-                old = _unpack_record(data)
+                old = unpack_record(RequestRecord, data, where=key)
                 if old is not None and old.running and (
                         old.owner == self.worker_id or await self.liveness.alive(old.owner)):
                     return None  # alive again, or claimed by another resume meanwhile
@@ -144,7 +148,7 @@ class Resumer:
                                        last_seq=old.last_seq if old else 0,
                                        session_id=old.session_id if old else "",
                                        replica_id=old.replica_id if old else "", created_unix_s=time.time(),
-                                       tenant=old.tenant if old else "")
+                                       tenant=tenant)
                 pipe.multi()
                 pipe.set(key, msgpack.packb(asdict(record)), px=self.store._request_ttl_ms)
                 pipe.delete(self.store.flag_key(request_id))
@@ -154,13 +158,6 @@ class Resumer:
                 if type(exc).__name__ == "WatchError":
                     return None
                 raise
-
-
-def _unpack_record(data: bytes | None) -> RequestRecord | None:
-    if data is None:
-        return None
-    fields = msgpack.unpackb(data)
-    return RequestRecord(**{k: v for k, v in fields.items() if k in RequestRecord.__dataclass_fields__})
 
 
 class _Replay:

@@ -50,6 +50,7 @@ class FrontendWorker:
         self._http = None               # flint.frontend.http_door.HttpDoor when http_port >= 0
         self.readiness = None           # flint.observability.health.Readiness: Redis and a routable replica
         self._liveness = None
+        self._liveness_redis = None
         self.journal = None
         self.resumer = None
 
@@ -130,7 +131,7 @@ class FrontendWorker:
 
         return RequestGuard(admission=AdmissionConfig.from_dict(self.config.admission),
                             security=self._security, redis=self._redis,
-                            key_prefix=self.config.key_prefix)
+                            key_prefix=self.config.key_prefix, session_ttl_s=self.config.session_ttl_s)
 
     async def _start_journal(self, store: Store, local: LocalRequests):
         """The resume journal and this worker's liveness key (None, None when disabled)."""
@@ -140,7 +141,13 @@ class FrontendWorker:
         config = JournalConfig.from_dict(self.config.journal)
         if not config.enabled:
             return None, None
-        self._liveness = WorkerLiveness(self._redis, self.config.key_prefix, self.worker_id, config.worker_ttl_s)
+        import redis.asyncio as aioredis
+
+        # Its own connection: a flood of blocking journal reads on the shared pool must never delay the
+        # heartbeat, or other workers would take this one for dead and take its requests over.
+        self._liveness_redis = aioredis.Redis.from_url(self.config.redis_url, max_connections=4)
+        self._liveness = WorkerLiveness(self._liveness_redis, self.config.key_prefix, self.worker_id,
+                                        config.worker_ttl_s)
         await self._liveness.start()
         self.journal = Journal(self._redis, self.config.key_prefix, config)
         self.resumer = Resumer(worker_id=self.worker_id, store=store, journal=self.journal,
@@ -182,6 +189,9 @@ class FrontendWorker:
         if self._liveness is not None:
             await self._liveness.stop()
             self._liveness = None
+        if self._liveness_redis is not None:
+            await self._liveness_redis.aclose()
+            self._liveness_redis = None
         if self._bus is not None:
             await self._bus.stop()
             self._bus = None

@@ -11,6 +11,7 @@ protocol) passes a sink that renders the owner's events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 from typing import Callable
@@ -30,7 +31,8 @@ from flint.frontend.store import RequestRecord, SessionRecord, Store
 from flint.observability import tracing
 from flint.observability.metrics import metrics
 from flint.security.context import current_tenant
-from flint.frontend.validate import check_request_id, request_id_of, to_engine_request
+from flint.security.limits import check_model_name
+from flint.frontend.validate import check_request_id, request_id_of, scope_request_id, to_engine_request
 from flint.v1 import flint_pb2 as pb
 
 RESUME_DISABLED = "Resume is disabled on this deployment (journal.enabled = false): send the request again"
@@ -57,7 +59,7 @@ class FlintServicer:
                             ) -> tuple[RequestOwner, SessionRecord | None]:
         """Validate, route, register in Redis and start the request's owner; returns it and the updated
         session. The owner delivers the request's events to `sink`."""
-        model = msg.model or (session.model if session else "")
+        model = check_model_name(msg.model) or (session.model if session else "")
         tenant = current_tenant()
         stats = metrics()
         with stats.time_stage("route"):
@@ -72,8 +74,8 @@ class FlintServicer:
             raise InvalidArgument("documents live in Session streams: open the document there (open_document) "
                                   "or send prefix and suffix")
         with stats.time_stage("admit"):
-            release = await self.guard.admit(msg, request_id=request_id, tenant=tenant, replica=replica) \
-                if self.guard is not None else None
+            release = await self.guard.admit(msg, request_id=request_id, tenant=tenant, replica=replica,
+                                             engine_request=engine_request) if self.guard is not None else None
         try:
             with stats.time_stage("register"):
                 owner, session = await self._register_and_start(msg, request_id, tenant, replica, engine_request,
@@ -93,9 +95,12 @@ class FlintServicer:
             from flint.frontend.journal import RequestJournal, pin_seed
 
             pin_seed(engine_request)
-            await self.journal.begin(request_id, engine_request.SerializeToString(), tenant=tenant,
-                                     model=replica.model)
-            request_journal = RequestJournal(self.journal, request_id)
+            journal, model = self.journal, replica.model
+
+            async def begin() -> None:  # once the engine accepted it: a refused prompt is never stored
+                await journal.begin(request_id, engine_request.SerializeToString(), tenant=tenant, model=model)
+
+            request_journal = RequestJournal(self.journal, request_id, begin=begin)
         if session is not None and session.replica_id != replica.replica_id:
             session = replace(session, replica_id=replica.replica_id)
             await self.store.put_session(session)
@@ -124,13 +129,18 @@ class FlintServicer:
         return done
 
     async def check_owner(self, request_id: str) -> str:
-        """NOT_FOUND unless `request_id` belongs to the calling tenant (ids of others look unknown)."""
-        check_request_id(request_id)
-        record = await self.store.get_request(request_id)
-        if record is not None and record.tenant != current_tenant():
+        """The internal id of the calling tenant's `request_id`; NOT_FOUND unless its record (or, with the
+        record gone, the request this worker runs) belongs to that tenant: ids of others look unknown."""
+        tenant = current_tenant()
+        scoped = scope_request_id(check_request_id(request_id), tenant)
+        record = await self.store.get_request(scoped)
+        if record is None:
+            local = self.local.get(scoped)
+            record = local.record if local is not None else None
+        if record is None or record.tenant != tenant:
             raise NotFound(f"no request with id {request_id!r} (it never existed here or expired); "
                            "check the id from the Accepted message")
-        return request_id
+        return scoped
 
     async def opened(self, session: SessionRecord) -> pb.Opened:
         default = await self.pool.default_model()
@@ -139,42 +149,58 @@ class FlintServicer:
                          worker_id=self.worker_id)
 
     # ------------------------------------------------------------ RPCs
+    def hold(self, kind: str):
+        """One of the calling tenant's `kind` slots on this worker, for the call's lifetime."""
+        return self.guard.caps.hold(kind, current_tenant()) if self.guard is not None else contextlib.nullcontext()
+
+    async def check_rate(self) -> None:
+        if self.guard is not None:
+            await self.guard.check_rate(current_tenant())
+
     async def Session(self, request_iterator, context):
-        stream = SessionStream(self)
-        async for message in stream.run(request_iterator):
-            yield message
+        with self.hold("stream"):
+            stream = SessionStream(self)
+            async for message in stream.run(request_iterator):
+                yield message
 
     async def Complete(self, request, context):
-        async for message in self._single(request):
-            yield message
+        with self.hold("stream"):
+            async for message in self._single(request):
+                yield message
 
     async def Edit(self, request, context):
-        async for message in self._single(request):
-            yield message
+        with self.hold("stream"):
+            async for message in self._single(request):
+                yield message
 
     async def Interrupt(self, request, context):
         request = check_decoded(request)
         if not request.request_id:
             raise InvalidArgument("request_id is empty: pass the id from the Accepted message")
+        await self.check_rate()
         result = await self.bus.interrupt(await self.check_owner(request.request_id))
-        return pb.InterruptResponse(request_id=result.request_id, was_running=result.was_running,
+        return pb.InterruptResponse(request_id=request.request_id, was_running=result.was_running,
                                     last_seq=result.last_seq)
 
     async def Resume(self, request, context):
         request = check_decoded(request)
         if self.resumer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, RESUME_DISABLED)
-        async for event in self.resumer.resume(request.request_id, request.last_seq, current_tenant()):
-            if isinstance(event, ev.Failed):
-                raise event.error
-            yield to_message(event)
+        tenant = current_tenant()
+        request_id = scope_request_id(check_request_id(request.request_id), tenant)
+        await self.check_rate()
+        with self.hold("stream"), self.hold("resume"):
+            async for event in self.resumer.resume(request_id, request.last_seq, tenant):
+                if isinstance(event, ev.Failed):
+                    raise event.error
+                yield to_message(event)
 
     async def _single(self, request):
         """One request per call: accepted, deltas, final; an error ends the call with its status."""
         arrival = time.time()
         request = check_decoded(request)
         out: asyncio.Queue = asyncio.Queue()
-        owner, _ = await self.start_request(request, request_id=request_id_of(request), session=None,
+        owner, _ = await self.start_request(request, request_id=request_id_of(request, current_tenant()), session=None,
                                             sink=out.put_nowait, arrival_unix_s=arrival)
         try:
             while True:

@@ -21,8 +21,9 @@ from flint.frontend.codec import Undecodable
 from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.render import request_error, to_message
 from flint.frontend.store import SessionRecord
-from flint.frontend.validate import check_request_id, new_id, request_id_of
+from flint.frontend.validate import check_request_id, new_id, request_id_of, scope_request_id
 from flint.security.context import current_tenant
+from flint.security.limits import check_model_name
 from flint.v1 import flint_pb2 as pb
 
 _END = object()
@@ -86,7 +87,7 @@ class SessionStream:
             elif kind in ("complete", "edit"):
                 request = getattr(message, kind)
                 request_id = request.request_id
-                request_id = request_id_of(request)
+                request_id = request_id_of(request, current_tenant())
                 await self._start(request, request_id, arrival)
             elif kind == "interrupt":
                 request_id = message.interrupt.request_id
@@ -111,6 +112,8 @@ class SessionStream:
 
     async def _open(self, open_msg: pb.Open) -> None:
         store = self._servicer.store
+        await self._servicer.check_rate()
+        check_model_name(open_msg.model)
         if open_msg.session_id:
             check_request_id(open_msg.session_id, field="session_id")
             session = await store.get_session(open_msg.session_id)
@@ -124,16 +127,24 @@ class SessionStream:
                                     created_unix_s=time.time(), tenant=current_tenant())
         if session.model:
             await self._servicer.pool.pick(model=session.model)  # unknown model -> NOT_FOUND now
+        if not open_msg.session_id:
+            await self._count_session(session)
         await store.put_session(session)
         self._session = session
         self._emit(pb.ServerMessage(opened=await self._servicer.opened(session)))
 
     async def _ensure_session(self) -> SessionRecord:
         if self._session is None:  # implicit anonymous session
-            self._session = SessionRecord(session_id=new_id("s"), created_unix_s=time.time(),
-                                          tenant=current_tenant())
+            session = SessionRecord(session_id=new_id("s"), created_unix_s=time.time(), tenant=current_tenant())
+            await self._count_session(session)
+            self._session = session
             await self._servicer.store.put_session(self._session)
         return self._session
+
+    async def _count_session(self, session: SessionRecord) -> None:
+        """RESOURCE_EXHAUSTED when the tenant already has its limit of live sessions."""
+        if self._servicer.guard is not None:
+            await self._servicer.guard.sessions.add(session.tenant, session.session_id)
 
     async def _documents(self) -> SessionDocuments:
         """This stream's documents (of its session, which a reopen on another worker finds in Redis)."""
@@ -168,8 +179,11 @@ class SessionStream:
 
         async def follow() -> None:
             try:
-                async for event in self._servicer.resumer.resume(resume.request_id, resume.last_seq, tenant):
-                    self._deliver(event)
+                request_id = scope_request_id(check_request_id(resume.request_id), tenant)
+                await self._servicer.check_rate()
+                with self._servicer.hold("resume"):
+                    async for event in self._servicer.resumer.resume(request_id, resume.last_seq, tenant):
+                        self._deliver(event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - becomes this request's RequestError
@@ -182,9 +196,10 @@ class SessionStream:
     async def _interrupt(self, request_id: str) -> None:
         if not request_id:
             raise InvalidArgument("interrupt.request_id is empty: pass the id from the Accepted message")
+        await self._servicer.check_rate()
         result = await self._servicer.bus.interrupt(await self._servicer.check_owner(request_id))
         self._emit(pb.ServerMessage(interrupted=pb.InterruptResponse(
-            request_id=result.request_id, was_running=result.was_running, last_seq=result.last_seq)))
+            request_id=request_id, was_running=result.was_running, last_seq=result.last_seq)))
 
     async def _redirect(self, redirect: pb.Redirect, arrival: float) -> None:
         which = redirect.WhichOneof("request")
@@ -197,7 +212,7 @@ class SessionStream:
         request = getattr(redirect, which)
         request_id = request.request_id
         try:
-            request_id = request_id_of(request)
+            request_id = request_id_of(request, current_tenant())
             await self._start(request, request_id, arrival)
         except FlintError as exc:
             self._emit(request_error(request_id, exc))

@@ -119,6 +119,14 @@ class Store:
                              px=self._request_ttl_ms)
         return done
 
+    async def refresh_requests(self, request_ids: list[str]) -> None:
+        """Restart the TTL of running requests' records (one pipeline): a long request's record never
+        expires under it, so its id cannot be taken over or interrupted as if it were unknown."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.pexpire(self.request_key(request_id), self._request_ttl_ms)
+            await pipe.execute()
+
     async def set_interrupt_flag(self, request_id: str) -> None:
         await self.redis.set(self.flag_key(request_id), b"1", px=self._request_ttl_ms)
 

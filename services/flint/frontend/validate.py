@@ -33,8 +33,20 @@ def check_request_id(request_id: str, *, field: str = "request_id") -> str:
     return request_id
 
 
-def request_id_of(msg: pb.CompleteRequest | pb.EditRequest) -> str:
-    return check_request_id(msg.request_id) if msg.request_id else new_id("r")
+def request_id_of(msg: pb.CompleteRequest | pb.EditRequest, tenant: str = "") -> str:
+    """The request's internal id: the client's (or a new) id, scoped to `tenant`."""
+    return scope_request_id(check_request_id(msg.request_id) if msg.request_id else new_id("r"), tenant)
+
+
+def scope_request_id(request_id: str, tenant: str) -> str:
+    """The id flint uses inside (Redis keys, journal, engine) for a client's id: one namespace per tenant, so
+    a tenant can neither find out nor collide with another tenant's ids. Ids stay as sent without auth."""
+    return f"{tenant}/{request_id}" if tenant else request_id
+
+
+def public_request_id(request_id: str) -> str:
+    """The id the client sent (or was given) for an internal id (client ids never contain '/')."""
+    return request_id.rsplit("/", 1)[-1]
 
 
 def _sampling(s: pb.Sampling, max_context_tokens: int) -> ipb.SamplingParams:

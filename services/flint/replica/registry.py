@@ -29,6 +29,8 @@ class ReplicaInfo:
     healthy: bool = True
     draining: bool = False
     cancelled_total: int = 0           # engine requests aborted because their caller cancelled
+    max_token_bytes: int = 0           # UTF-8 bytes of the longest vocabulary entry (0 = unknown): a prompt of
+                                       # N bytes is at least N / max_token_bytes tokens (the front-end's cheap check)
     updated_unix_s: float = 0.0
 
     @property

@@ -29,8 +29,10 @@ from flint.observability.setup import start_metrics
 from flint.internal.v1 import engine_pb2_grpc
 from flint.replica.convert import event_to_proto, request_from_proto
 from flint.replica.documents import DocumentTokens
+from flint.replica.prepare_pool import FairPreparePool
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.security import internal
+from flint.security.limits import max_token_bytes
 from flint.security.redact import install_log_redaction
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,11 @@ class ReplicaServer:
         self._redis = None
         self._registry: ReplicaRegistry | None = None
         self._heartbeat: asyncio.Task | None = None
+        self._max_token_bytes = max_token_bytes(getattr(getattr(engine, "engine", None), "tokenizer", None))
+        # Tokenization on a bounded pool, round-robin between tenants (stand-in engines have no hook).
+        self._prepare = FairPreparePool(workers=config.prepare_workers)
+        if hasattr(engine, "prepare_runner"):
+            engine.prepare_runner = self._prepare.run
 
     async def start(self) -> str:
         """Bind, serve, check Redis and publish the first heartbeat; returns host:port."""
@@ -140,6 +147,7 @@ class ReplicaServer:
             max_context_tokens=load.max_context_tokens or self._engine.max_context_tokens,
             running=load.running, waiting=load.waiting, kv_used_fraction=load.kv_used_fraction,
             healthy=True, draining=self._draining.is_set(), cancelled_total=self._servicer.cancelled_total,
+            max_token_bytes=self._max_token_bytes,
         )
 
     async def _publish(self) -> None:
@@ -176,3 +184,4 @@ class ReplicaServer:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+        self._prepare.close()

@@ -28,6 +28,10 @@ class SecurityConfig:
     max_context_files: int = 64
     max_context_file_bytes: int = 1024 * 1024
     max_streams_per_connection: int = 64       # concurrent gRPC streams (HTTP/2) on one connection
+    # Per tenant (the anonymous tenant when auth is off): what one tenant may hold at once.
+    max_streams_per_tenant: int = 1024         # open Session/Complete/Edit/Resume calls, per front-end worker
+    max_resumes_per_tenant: int = 32           # open Resume calls (each follows a journal), per front-end worker
+    max_sessions_per_tenant: int = 4096        # live sessions, across workers (they expire after session_ttl_s)
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -43,7 +47,8 @@ class SecurityConfig:
         if self.rate_limit_per_s < 0 or self.rate_burst < 0:
             raise InvalidArgument("security: rate_limit_per_s and rate_burst must be >= 0")
         for name in ("max_prompt_bytes", "max_context_files", "max_context_file_bytes",
-                     "max_streams_per_connection"):
+                     "max_streams_per_connection", "max_streams_per_tenant", "max_resumes_per_tenant",
+                     "max_sessions_per_tenant"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"security.{name} must be an integer >= 1, got {value!r}")
