@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from support.services import TEST_CONTEXT_TOKENS, long_edit, start_worker_process, stop_worker_process
 
 from flint.distributed.serve import APP_NAME, ServeDeploymentConfig, deploy
-from flint.internal.v1 import engine_pb2, engine_pb2_grpc
+from flint.internal.v1 import engine_pb2
+from flint.security.internal import EngineClient, resolve_token
 from flint.replica.registry import ReplicaRegistry
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
@@ -160,8 +161,8 @@ async def test_session_requests_stay_on_one_replica_and_hit_its_prefix_cache(stu
 
 
 async def running_on(replica) -> int:
-    async with grpc.aio.insecure_channel(replica.address) as channel:
-        report = await engine_pb2_grpc.EngineStub(channel).Load(engine_pb2.LoadRequest())
+    async with grpc.aio.insecure_channel(replica.address) as channel:   # the deployment's token, as a front-end
+        report = await EngineClient(channel, resolve_token()).Load(engine_pb2.LoadRequest())
     return report.running
 
 
