@@ -8,6 +8,7 @@ unless `allow_remote` says the user owns the target.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,9 @@ class TargetConfig:
     fim_template: str = "auto"               # openai: a family's FIM prompt (auto: from the model name) or `suffix`
     metrics_url: str = ""                    # the server's Prometheus endpoint, scraped before and after
     resume: bool = True                      # flint: resume requests whose stream was lost (UNAVAILABLE)
+    api_key_env: str = ""                    # flint: the environment variable holding the API key ("" = none)
+    tls_ca_file: str = ""                    # flint: TLS to the target, trusting this CA's PEM ("" = plaintext)
+    tls_server_name: str = ""                # flint: the name in the server's certificate, when not the address
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -49,6 +53,10 @@ class TargetConfig:
             raise InvalidArgument(f"metrics_url {self.metrics_url!r} is not on this machine (see --i-own-the-target)")
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise InvalidArgument("request_timeout_s and connect_timeout_s must be > 0")
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            raise InvalidArgument(f"api_key_env: the environment variable {self.api_key_env!r} is not set")
+        if self.tls_ca_file and not os.path.isfile(self.tls_ca_file):
+            raise InvalidArgument(f"tls_ca_file: {self.tls_ca_file!r} is not a readable file")
 
 
 @dataclass(frozen=True)

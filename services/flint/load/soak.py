@@ -23,6 +23,7 @@ that failed after receiving tokens counts as cut off.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,7 @@ class SoakConfig:
     model: str = ""                    # HF checkpoint directory; "" = the demo checkpoint
     seed: int = 0
     out_dir: str = "loadtests/results"
+    hostile: bool = False              # a hostile tenant beside the load instead of faults (flint.load.soak_hostile)
 
     def __post_init__(self) -> None:
         if not 5 <= self.duration_s <= 3600:
@@ -65,7 +67,8 @@ _HELP = {"duration_s": "seconds of load (then in-flight requests drain)",
          "users": "simulated developers typing (keystroke scenario)",
          "nodes": "Ray worker nodes, one engine replica on each", "workers": "front-end worker processes on one port",
          "fault_interval_s": "seconds between injected faults", "model": "HF checkpoint directory ('' = the demo)",
-         "seed": "scenario seed", "out_dir": "where soak.json and soak.md go"}
+         "seed": "scenario seed", "out_dir": "where soak.json and soak.md go",
+         "hostile": "no faults: the load is the victim tenant, a second tenant attacks (writes soak-hostile.*)"}
 
 
 def rss_mib(pid: int) -> float | None:
@@ -121,8 +124,8 @@ class Memory:
 class Stack:
     """The processes under test and the faults applied to them."""
 
-    def __init__(self, cfg: SoakConfig, say):
-        self.cfg, self.say = cfg, say
+    def __init__(self, cfg: SoakConfig, say, security: dict | None = None):
+        self.cfg, self.say, self.security = cfg, say, security or {}
         self.memory = Memory()
         self.faults: list[dict] = []
         self.workers: list[tuple[str, subprocess.Popen]] = []
@@ -165,7 +168,7 @@ class Stack:
         self._worker_seq += 1
         worker_id = f"fe{self._worker_seq}"
         config = FrontendConfig(redis_url=redis_url, worker_id=worker_id, port=self.port, reuse_port=True,
-                                key_prefix=KEY_PREFIX, grace_period_s=5.0)
+                                key_prefix=KEY_PREFIX, grace_period_s=5.0, security=self.security)
         proc = subprocess.Popen([sys.executable, "-m", "flint.frontend.worker", "--config",
                                  json.dumps(asdict(config))], stdout=subprocess.PIPE, text=True)
         ready = json.loads(proc.stdout.readline() or "{}")
@@ -224,8 +227,12 @@ class Stack:
                 proc.wait()
 
 
-def run_soak(cfg: SoakConfig, say=print) -> dict:
-    """Bring the stack up, run the load with faults, take it down; returns the results (also written)."""
+@contextlib.contextmanager
+def running_stack(cfg: SoakConfig, say=print, security: dict | None = None):
+    """The local cluster, Valkey, replicas and front-end workers of a soak, up; yields (stack, redis_url, model).
+
+    `security` is the workers' FrontendConfig.security table (API keys, TLS): none by default.
+    """
     # The local cluster's nodes run with token auth off (see flint.cluster.local); the driver must too, set
     # before Ray is imported: a parent process that ran a local Ray exports RAY_AUTH_MODE=token, and with it
     # this driver's actors never started ("cancelled before it started running").
@@ -234,7 +241,6 @@ def run_soak(cfg: SoakConfig, say=print) -> dict:
 
     from flint.cluster.local import LocalCluster, LocalClusterConfig
     from flint.engine.config import EngineConfig
-    from flint.load.orchestrate import machine_info, run
     from flint.valkey import EmbeddedValkey
 
     model = cfg.model
@@ -243,14 +249,16 @@ def run_soak(cfg: SoakConfig, say=print) -> dict:
 
         model = str(demo.ensure_demo_checkpoint())
     engine_config = EngineConfig.from_dict({"kv_cache_bytes": 1 << 27, "num_threads": 1}, model=model)
+    from flint.engine import kernels
+
+    kernels.prebuild(say=say)   # as `flint serve` does: replicas then load them, not build them while starting
     with tempfile.TemporaryDirectory(prefix="flint-soak-") as state_dir:
         cluster = LocalCluster(LocalClusterConfig(workers=cfg.nodes, cpus_per_node=1, shards_per_node=0,
                                                   state_dir=state_dir))
         say(f"Local Ray cluster: head + {cfg.nodes} worker node(s)...")
         cluster.start()
         valkey = EmbeddedValkey()
-        stack = Stack(cfg, say)
-        result = None
+        stack = Stack(cfg, say, security or {})
         try:
             redis_url = valkey.start()
             ray.init(address=cluster.address, namespace="flint-soak", log_to_driver=False, logging_level="WARNING")
@@ -261,23 +269,7 @@ def run_soak(cfg: SoakConfig, say=print) -> dict:
                 stack.start_worker(redis_url)
             say(f"  {cfg.workers} front-end workers on 127.0.0.1:{stack.port}")
             stack.memory.start()
-            load = _run_config(cfg, stack.port)
-            holder: dict = {}
-            loader = threading.Thread(target=lambda: holder.update(result=run(load, quiet=True, label="soak")))
-            stack.t0 = time.monotonic()
-            loader.start()
-            say(f"Keystroke load from {cfg.users} users for {cfg.duration_s:g} s; a fault every "
-                f"{cfg.fault_interval_s:g} s")
-            n = 0
-            while loader.is_alive():
-                loader.join(cfg.fault_interval_s)
-                if loader.is_alive() and time.monotonic() - stack.t0 < cfg.duration_s - 2:
-                    stack.fault(FAULTS[n % len(FAULTS)], redis_url)
-                    n += 1
-            result = holder.get("result")
-            if result is None:
-                raise RuntimeError("the load run ended without a result (see the error above)")
-            memory = stack.memory.stop()
+            yield stack, redis_url, model
         finally:
             stack.stop_workers()
             if ray.is_initialized():
@@ -287,6 +279,30 @@ def run_soak(cfg: SoakConfig, say=print) -> dict:
                 ray.shutdown()
             valkey.stop()
             cluster.stop()
+
+
+def run_soak(cfg: SoakConfig, say=print) -> dict:
+    """Bring the stack up, run the load with faults, take it down; returns the results (also written)."""
+    from flint.load.orchestrate import machine_info, run
+
+    with running_stack(cfg, say) as (stack, redis_url, model):
+        load = _run_config(cfg, stack.port)
+        holder: dict = {}
+        loader = threading.Thread(target=lambda: holder.update(result=run(load, quiet=True, label="soak")))
+        stack.t0 = time.monotonic()
+        loader.start()
+        say(f"Keystroke load from {cfg.users} users for {cfg.duration_s:g} s; a fault every "
+            f"{cfg.fault_interval_s:g} s")
+        n = 0
+        while loader.is_alive():
+            loader.join(cfg.fault_interval_s)
+            if loader.is_alive() and time.monotonic() - stack.t0 < cfg.duration_s - 2:
+                stack.fault(FAULTS[n % len(FAULTS)], redis_url)
+                n += 1
+        result = holder.get("result")
+        if result is None:
+            raise RuntimeError("the load run ended without a result (see the error above)")
+        memory = stack.memory.stop()
     results = {
         "machine": machine_info(), "model": {"path": model, "demo": not cfg.model},
         "cluster": {"ray_nodes": 1 + cfg.nodes, "replicas": cfg.nodes, "frontend_workers": cfg.workers},
@@ -297,14 +313,14 @@ def run_soak(cfg: SoakConfig, say=print) -> dict:
     return results
 
 
-def _run_config(cfg: SoakConfig, port: int):
+def _run_config(cfg: SoakConfig, port: int, duration_s: float | None = None, target: dict | None = None):
     from flint.load.config import load_run_config
 
     return load_run_config(None, {
         "scenario": "keystroke", "seed": cfg.seed, "label": "soak",
         "arrival": {"kind": "users", "users": cfg.users},
-        "bounds": {"duration_s": cfg.duration_s, "drain_s": 60.0},
-        "target": {"address": f"127.0.0.1:{port}", "request_timeout_s": 120.0}})
+        "bounds": {"duration_s": duration_s or cfg.duration_s, "drain_s": 60.0},
+        "target": {"address": f"127.0.0.1:{port}", "request_timeout_s": 120.0, **(target or {})}})
 
 
 def _valkey_pid(url: str) -> int:
@@ -320,10 +336,17 @@ def _valkey_pid(url: str) -> int:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="flint load soak", description=__doc__.split("\n\n")[0])
     for name, field in SoakConfig.__dataclass_fields__.items():
+        if isinstance(field.default, bool):
+            p.add_argument("--" + name.replace("_", "-"), action="store_true", help=_HELP[name])
+            continue
         p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default,
                        help=f"{_HELP[name]} (default {field.default!r})")
     args = p.parse_args(argv)
     cfg = SoakConfig(**vars(args))
+    if cfg.hostile:
+        from flint.load.soak_hostile import main_hostile
+
+        return main_hostile(cfg)
     results = run_soak(cfg)
     t = results["tokens"]
     print(f"requests: {results['requests']}; tokens received {t['received']}, lost {t['lost']}, "

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+from pathlib import Path
 
 import grpc
 
@@ -100,7 +102,15 @@ class FlintTarget(Target):
     async def start(self) -> None:
         options = [("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
-        self._channel = grpc.aio.insecure_channel(self.config.address, options=options)
+        key = os.environ.get(self.config.api_key_env, "") if self.config.api_key_env else ""
+        self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        if self.config.tls_ca_file:
+            if self.config.tls_server_name:
+                options.append(("grpc.ssl_target_name_override", self.config.tls_server_name))
+            credentials = grpc.ssl_channel_credentials(Path(self.config.tls_ca_file).read_bytes())
+            self._channel = grpc.aio.secure_channel(self.config.address, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.config.address, options=options)
         await asyncio.wait_for(self._channel.channel_ready(), self.config.connect_timeout_s)
         self.stub = flint_pb2_grpc.FlintStub(self._channel)
         warmup = await self.open_session(-1)      # the first stream pays for connection setup, not a request
@@ -130,7 +140,7 @@ class FlintSession(Session):
         self.documents: dict = {}   # document mode: document id -> (version, DocText) the server holds
 
     async def open(self) -> None:
-        self.call = self.target.stub.Session()
+        self.call = self.target.stub.Session(metadata=self.target.metadata)
         await self.call.write(pb.ClientMessage(open=pb.Open(model=self.target.config.model, client="flint-load")))
         self._reader = asyncio.create_task(self._read())
         await asyncio.wait_for(self._opened.wait(), self.target.config.connect_timeout_s)
@@ -209,7 +219,7 @@ class FlintSession(Session):
         for attempt in range(attempts):
             try:
                 async with self._write_lock:
-                    self.call = self.target.stub.Session()
+                    self.call = self.target.stub.Session(metadata=self.target.metadata)
                     await self.call.write(pb.ClientMessage(open=pb.Open(model=self.target.config.model,
                                                                         client="flint-load")))
                 return True
@@ -225,7 +235,8 @@ class FlintSession(Session):
             state.record.resumes += 1
             try:
                 call = self.target.stub.Resume(pb.ResumeRequest(request_id=rid, last_seq=last_seq),
-                                               timeout=self.target.config.request_timeout_s)
+                                               timeout=self.target.config.request_timeout_s,
+                                               metadata=self.target.metadata)
                 retry = False
                 async for message in call:
                     kind = message.WhichOneof("kind")
