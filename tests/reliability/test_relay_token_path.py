@@ -1,4 +1,4 @@
-"""The front-end relay's token path: interrupts that arrive twice, coalesced deltas that stay exact.
+"""The front-end token path: interrupts that arrive twice; deltas that do not wait for Redis.
 
 The replica runs the real engine (rel_support.py), decoding as fast as this
 machine allows.
@@ -39,41 +39,42 @@ async def test_an_interrupt_arriving_twice_still_ends_the_stream_with_one_final(
             await eventually(lambda: engine.load().running == 0)  # the engine let the request go
 
 
-async def test_deltas_merged_behind_a_journal_write_keep_seq_text_and_token_counts_exact(cluster, reference,
-                                                                                       valkey_url):
-    """Deltas that arrive while the journal's Redis write is in flight are merged, and nothing is lost: seqs
-    stay 1, 2, 3, ..., the text is the one the request gets alone and uninterrupted, token counts are exact.
-
-    Redis is made slow on purpose (CLIENT PAUSE ... WRITE holds every write for a moment) while the engine,
-    which does not wait for Redis, keeps decoding: the deltas it produces meanwhile queue behind the
-    journal write that is in flight.
-    """
+async def test_deltas_keep_flowing_while_redis_holds_journal_writes_and_a_resume_replays_them_exactly(
+        cluster, reference, valkey_url):
+    """Redis is off the per-delta path: while every Redis write is held (CLIENT PAUSE ... WRITE), the client
+    keeps getting deltas, one per engine delta (seqs 1, 2, 3, ..., text and token counts exact); the journal
+    catches up in batches, so a resume afterwards replays what the client saw, seq for seq."""
     import redis.asyncio as aioredis
 
     tokens = 600
     want = await asyncio.to_thread(reference.run, "q", tokens)
     await cluster.add_replica()
-    worker = await cluster.add_worker("merge")
+    worker = await cluster.add_worker("flow")
     admin = aioredis.Redis.from_url(valkey_url)
     try:
         async with grpc.aio.insecure_channel(worker.address) as channel:
             stub = flint_pb2_grpc.FlintStub(channel)
-            call = stub.Complete(pb.CompleteRequest(request_id="merge-1", prefix="q",
+            call = stub.Complete(pb.CompleteRequest(request_id="flow-1", prefix="q",
                                                     sampling=pb.Sampling(max_tokens=tokens)))
             messages = [await call.read(), await call.read()]
             assert [m.WhichOneof("kind") for m in messages] == ["accepted", "delta"]
-            await admin.execute_command("CLIENT", "PAUSE", 400, "WRITE")
-            while (m := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
+            await admin.execute_command("CLIENT", "PAUSE", 500, "WRITE")
+            journaled = await admin.xlen(f"{cluster.key_prefix}:journal:flow-1")  # frozen until the pause ends
+            loop = asyncio.get_running_loop()
+            pause_ends = loop.time() + 0.3
+            while loop.time() < pause_ends and (m := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
                 messages.append(m)
+            assert len(messages) > journaled + 1, "the client got deltas the journal did not have yet"
+            while messages[-1].WhichOneof("kind") != "final":
+                messages.append(await asyncio.wait_for(call.read(), 30))
             deltas = [m.delta for m in messages if m.WhichOneof("kind") == "delta"]
             final = messages[-1].final
             assert [d.seq for d in deltas] == list(range(1, len(deltas) + 1))
             assert "".join(d.text for d in deltas) == want.text
             assert sum(d.token_count for d in deltas) == tokens == final.completion_tokens
             assert final.seq == len(deltas) + 1
-            assert len(deltas) < want.deltas, "deltas queued behind a journal write were merged"
-            # What a resume replays is what the client saw: the same merged deltas, seq for seq.
-            tail = [m async for m in stub.Resume(pb.ResumeRequest(request_id="merge-1", last_seq=1))]
+            assert len(deltas) == want.deltas, "one client delta per engine delta"
+            tail = [m async for m in stub.Resume(pb.ResumeRequest(request_id="flow-1", last_seq=1))]
             assert [m.delta for m in tail if m.WhichOneof("kind") == "delta"] == deltas[1:]
             assert tail[-1].final.seq == final.seq
     finally:

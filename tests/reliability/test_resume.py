@@ -91,6 +91,39 @@ async def test_resume_after_client_disconnect_regenerates_the_rest_exactly_once(
         await ch_b.close()
 
 
+async def test_owner_killed_while_its_journal_lags_the_client_resumes_exactly_once(cluster, reference, valkey_url):
+    """The journal follows delivery in batches, so a worker that dies can leave its client ahead of the
+    journal. Redis writes are held (CLIENT PAUSE WRITE) while the client reads on, then the owning worker
+    process is SIGKILLed: the resume regenerates the request, numbers its deltas as the dead owner did and
+    sends only what the client lacks."""
+    expected = await reference.atext("def lag():", 1000)
+    await cluster.add_replica("r1")
+    doomed = await cluster.add_worker_process("w-lag")
+    survivor = await cluster.add_worker("w-take")
+    admin = aioredis.Redis.from_url(valkey_url)
+    ch_a, stub_a = stub_for(doomed)
+    ch_b, stub_b = stub_for(survivor.address)
+    key = f"{cluster.key_prefix}:journal:lag-1"
+    try:
+        call = stub_a.Complete(pb.CompleteRequest(request_id="lag-1", prefix="def lag():",
+                                                  sampling=pb.Sampling(max_tokens=1000)))
+        first = await read_until_seq(call, 3)
+        await admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        first += await read_until_seq(call, deltas(first)[-1].seq + 10)
+        cluster.kill_process("w-lag")  # SIGKILL while its journal writes are held
+        journal_seq = max((int(fields[b"s"]) for _, fields in await admin.xrange(key)), default=0)
+        client_seq = deltas(first)[-1].seq
+        assert client_seq > journal_seq, "the client holds deltas the journal never got"
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        rest = [m async for m in stub_b.Resume(pb.ResumeRequest(request_id="lag-1", last_seq=client_seq))]
+        check_exactly_once(first, rest, expected, 1000)
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        await ch_a.close()
+        await ch_b.close()
+
+
 async def test_resume_of_finished_request_replays_the_journal(cluster):
     await cluster.add_replica("r1")
     a = await cluster.add_worker("wa")

@@ -92,13 +92,15 @@ class Harness:
         self.replica = ReplicaInfo(replica_id="scripted", address=engine.address, model="m", max_context_tokens=64)
         self.events: list = []
 
-    async def start(self, request_id="r-1", *, replica=None, resume_from=ResumePoint(), journal=True):
+    async def start(self, request_id="r-1", *, replica=None, resume_from=ResumePoint(), pause_writes_ms=0):
+        """Register the request (claim + journal start), then start its owner (with Redis writes held for
+        `pause_writes_ms` from then on)."""
         record = RequestRecord(request_id=request_id, owner="w-test", replica_id=(replica or self.replica).replica_id)
         await self.store.claim_request(record)
-        request_journal = None
-        if journal:
-            await self.journal.begin(request_id, b"", model="m")
-            request_journal = RequestJournal(self.journal, request_id, chars=resume_from.chars)
+        await self.journal.begin(request_id, b"", model="m")
+        request_journal = RequestJournal(self.journal, request_id, chars=resume_from.chars)
+        if pause_writes_ms:
+            await self.redis.execute_command("CLIENT", "PAUSE", pause_writes_ms, "WRITE")
         owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id=request_id),
                              pool=self.pool, replica=replica or self.replica, store=self.store, local=self.local,
                              sink=self.events.append, journal=request_journal, resume_from=resume_from)
@@ -139,16 +141,46 @@ async def test_live_request_numbers_deltas_and_ends_with_one_final_journaled_in_
     owner = await harness.start()
     assert "r-1" in harness.local
     await owner.wait()
-    accepted, *middle, end = harness.events
+    accepted, d1, d2, end = harness.events  # one client delta per engine delta
     assert accepted == ev.Accepted("r-1", 5)
-    # Deltas that arrive while a journal write is in flight are merged: text and counts stay exact.
-    assert middle == deltas(harness.events) and [d.seq for d in middle] == list(range(1, len(middle) + 1))
-    assert text(middle) == "abc" and sum(d.token_count for d in middle) == 3
-    assert isinstance(end, ev.Final) and end.seq == len(middle) + 1 and end.finish_reason == ev.FinishReason.LENGTH
+    assert (d1.seq, d1.text, d1.token_count, d2.seq, d2.text, d2.token_count) == (1, "ab", 2, 2, "c", 1)
+    assert isinstance(end, ev.Final) and end.seq == 3 and end.finish_reason == ev.FinishReason.LENGTH
     assert end.completion_tokens == 3 and end.replica_id == "scripted" and end.timings.queue_ms == 1.0
     assert await harness.journaled() == harness.events  # the journal holds exactly what the client got
     record = await harness.store.get_request("r-1")
-    assert (record.state, record.last_seq) == ("finished", len(middle))
+    assert (record.state, record.last_seq) == ("finished", 2)
+
+
+async def test_deltas_reach_the_client_while_redis_holds_every_write_and_the_journal_catches_up(harness):
+    """Redis is off the per-delta path: with every write held (CLIENT PAUSE WRITE), the whole stream is still
+    delivered; the journal follows in a batch once writes resume, before the request's end is recorded."""
+    harness.engine.scripts.append([started(), *(delta(c) for c in "abcdef"), final(6)])
+    owner = await harness.start(pause_writes_ms=300)
+    await until(lambda: harness.events and isinstance(harness.events[-1], ev.Final))
+    assert text(harness.events) == "abcdef" and not owner.done  # delivered; the end waits for the journal
+    assert await harness.redis.xlen(harness.journal.stream_key("r-1")) == 0  # reads pass a write pause
+    await owner.wait()
+    assert await harness.journaled() == harness.events
+    assert (await harness.store.get_request("r-1")).state == "finished"
+
+
+async def test_claim_journal_start_and_session_affinity_are_one_round_trip(harness):
+    from flint.frontend.store import SessionRecord
+
+    session = SessionRecord(session_id="s-1", replica_id="scripted")
+    deletes, writes = harness.journal.begin_writes("r-2", b"request", tenant="t", model="m")
+    await harness.redis.xadd(harness.journal.stream_key("r-2"), {"m": b"old"})  # an older journal under the id
+    record = RequestRecord(request_id="r-2", owner="w-test")
+    await harness.store.claim_request(record, deletes=deletes, writes=[*writes, harness.store.session_write(session)])
+    assert (await harness.journal.meta("r-2")).request == b"request"
+    assert await harness.redis.xlen(harness.journal.stream_key("r-2")) == 0
+    assert (await harness.store.get_session("s-1")).replica_id == "scripted"
+    # A running id is refused, and nothing else is written.
+    session2 = SessionRecord(session_id="s-2")
+    with pytest.raises(InvalidArgument, match="already in use"):
+        await harness.store.claim_request(record, writes=[harness.store.session_write(session2)])
+    assert await harness.store.get_session("s-2") is None
+
     assert "r-1" not in harness.local
 
 
@@ -156,7 +188,7 @@ async def test_interrupt_ends_with_an_interrupted_final_after_the_last_delta_and
     harness.engine.scripts.append([started(), delta("a"), delta("b"), HOLD])
     owner = await harness.start()
     await until(lambda: text(harness.events) == "ab")
-    last = len(deltas(harness.events))
+    last = 2
     result = await owner.interrupt()
     assert result.was_running and result.last_seq == last
     end = harness.events[-1]
@@ -208,10 +240,37 @@ async def test_takeover_skips_journaled_text_and_continues_the_seqs(harness):
     point = ResumePoint(seq=2, chars=4, tokens=3, text="abcd", accepted=True)
     owner = await harness.start(resume_from=point)
     await owner.wait()
-    *middle, end = harness.events  # no second Accepted
-    assert middle == deltas(harness.events) and text(middle) == "ef"
-    assert [d.seq for d in middle] == list(range(3, 3 + len(middle))) and end.seq == 3 + len(middle)
-    assert end.completion_tokens == 6
+    d3, d4, end = harness.events  # no second Accepted; "de" straddles the journal's end
+    assert (d3.seq, d3.text, d4.seq, d4.text, end.seq, end.completion_tokens) == (3, "e", 4, "f", 5, 6)
+
+
+async def test_takeover_numbers_deltas_as_the_first_run_and_skips_those_the_client_has_beyond_the_journal(
+        harness):
+    # The journal lags: it holds seq 1 ("a"), the client got seqs 2-3 ("b", "c") from the dead owner.
+    harness.engine.scripts.append([started(), delta("a"), delta("b"), delta("c"), delta("d"), final(4)])
+    point = ResumePoint(seq=1, chars=1, tokens=1, text="a", accepted=True, client_seq=3)
+    owner = await harness.start(resume_from=point)
+    await owner.wait()
+    d4, end = harness.events
+    assert (d4.seq, d4.text, end.seq, end.completion_tokens) == (4, "d", 5, 4)
+    # The journal gets seqs 2-4 too, so the next resume has them all.
+    assert [(e.seq, e.text) for e in deltas(await harness.journaled())] == [(2, "b"), (3, "c"), (4, "d")]
+
+
+async def test_takeover_refuses_when_the_client_is_past_the_journal_and_deltas_split_differently(harness):
+    harness.engine.scripts.append([started(), delta("ab"), delta("c"), final(2)])
+    owner = await harness.start(resume_from=ResumePoint(seq=1, chars=1, text="a", accepted=True, client_seq=2))
+    await owner.wait()
+    [failed] = harness.events
+    assert isinstance(failed, ev.Failed) and "split its deltas differently" in failed.error.message
+
+
+async def test_takeover_refuses_a_last_seq_past_the_end(harness):
+    harness.engine.scripts.append([started(), delta("a"), delta("b"), final(2)])
+    owner = await harness.start(resume_from=ResumePoint(seq=1, chars=1, text="a", accepted=True, client_seq=5))
+    await owner.wait()
+    [failed] = harness.events
+    assert isinstance(failed, ev.Failed) and "past its end" in failed.error.message
 
 
 async def test_takeover_that_regenerates_different_text_fails_instead_of_sending_it(harness):

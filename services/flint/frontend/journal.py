@@ -1,9 +1,16 @@
 """The resume journal: every message a client is sent, kept briefly in Redis.
 
 Why: a client that loses its front-end worker reconnects to any worker with
-(request id, last seq) and must get every missing delta exactly once. So the
-relay appends each outgoing message to a per-request Redis stream *before*
-handing it to the client: whatever a client has seen, the journal has.
+(request id, last seq) and must get every missing delta exactly once. The
+request's owner queues each event for the journal and delivers it at once;
+the journal follows in batches, off the per-delta path. So a client may hold
+a few deltas the journal lacks when the owner dies: a resume then runs the
+request again (deterministic: the seed is pinned, greedy is greedy), checks
+the regenerated text against the journal, numbers the regenerated deltas
+exactly as the dead owner did (one engine delta, one client delta) and
+skips those the client has (flint.frontend.owner). Every end of a request
+waits for its journal to settle before it is recorded, so a request whose
+record is no longer running has its whole journal in Redis.
 
 Keys (prefix `flint` by default):
   {p}:journal:{request_id}       Redis stream, one entry per ServerMessage:
@@ -18,11 +25,11 @@ Keys (prefix `flint` by default):
 
 Bounded: at most `max_deltas` entries per request (oldest trimmed), and every
 key expires `ttl_s` after its last write. Writes are group-committed: every
-append waiting while one pipeline is in flight goes out in the next, so a
-worker relaying many streams pays one round trip per batch, not per delta.
-A Redis outage never stops a stream: an append that fails or times out is
-dropped, the request's journal is marked incomplete, and a later resume of it
-fails clearly instead of sending a gap.
+entry queued while one pipeline is in flight goes out in the next, so a
+worker serving many streams pays one round trip per batch, not per delta.
+A Redis outage never stops a stream: a batch that fails or does not settle
+within `write_timeout_ms` marks the request's journal incomplete (a gap key),
+and a later resume of it fails clearly instead of sending a gap.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from flint.observability.metrics import metrics
 
 log = logging.getLogger(__name__)
 
-TERMINAL_KINDS = ("final", "error")
+MAX_PENDING_ENTRIES = 100_000  # entries queued while Redis is slow; past this a request's journal is dropped
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ class Journal:
         self.redis = redis
         self.prefix = key_prefix
         self.config = config
-        self._pending: list[tuple[str, dict, asyncio.Future]] = []
+        self._pending: list[tuple[str, dict | tuple]] = []  # entries (or journal starts) of the next batch
+        self._batch: asyncio.Future | None = None       # resolved when the next batch is in Redis
         self._flusher: asyncio.Task | None = None
         self.incomplete: set[str] = set()   # requests whose journal lost an append (this process)
         self.dropped_appends = 0
@@ -118,33 +126,66 @@ class Journal:
         return int(self.config.ttl_s * 1000)
 
     # ------------------------------------------------------------ writing
-    async def begin(self, request_id: str, engine_request: bytes, *, tenant: str = "", model: str = "") -> None:
-        """Record what is needed to regenerate the request, and forget any older journal under this id."""
+    def begin_writes(self, request_id: str, engine_request: bytes, *, tenant: str = "",
+                     model: str = "") -> tuple[list[str], list[tuple[str, bytes, int]]]:
+        """The keys to delete and (key, value, ttl_ms) to set that start a request's journal: what is needed to
+        regenerate it, and no older journal under this id. Run them with the request's claim (Store)."""
         meta = msgpack.packb({"request": engine_request, "tenant": tenant, "model": model,
                               "created_unix_s": time.time()})
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.stream_key(request_id), self.gap_key(request_id))
-            pipe.set(self.meta_key(request_id), meta, px=self._ttl_ms)
-            await pipe.execute()
         self.incomplete.discard(request_id)
+        return [self.stream_key(request_id), self.gap_key(request_id)], [(self.meta_key(request_id), meta,
+                                                                           self._ttl_ms)]
+
+    async def begin(self, request_id: str, engine_request: bytes, *, tenant: str = "", model: str = "") -> None:
+        """Start a request's journal on its own (a request's start does it with its claim instead)."""
+        deletes, writes = self.begin_writes(request_id, engine_request, tenant=tenant, model=model)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*deletes)
+            for key, value, ttl_ms in writes:
+                pipe.set(key, value, px=ttl_ms)
+            await pipe.execute()
+
+    def write(self, request_id: str, message: bytes, *, seq: int = 0, chars: int = 0,
+              terminal: bool = False) -> asyncio.Future | None:
+        """Queue one message for the next batch, without waiting. Returns the batch's future (True once the
+        batch is in Redis, False if it failed), or None if the entry was dropped."""
+        if request_id in self.incomplete:
+            return None
+        if len(self._pending) >= MAX_PENDING_ENTRIES:  # Redis stalled: bound this worker's memory
+            self._mark_incomplete(request_id, "dropped: the journal backlog is full")
+            return None
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        self._pending.append((request_id, {"m": message, "s": seq, "c": chars, "t": int(terminal)}))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
+        return self._batch
+
+    def write_begin(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]]) -> None:
+        """Queue a request's journal start (see `begin_writes`) ahead of its first entry, in the same batch."""
+        self.incomplete.discard(request_id)
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        self._pending.append((request_id, (deletes, writes)))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
+
+    async def settle(self, request_id: str, batch: asyncio.Future | None) -> bool:
+        """Wait (at most write_timeout_ms) until the batch holding a request's last entry is in Redis; True if
+        every entry of the request got there."""
+        if batch is not None:
+            # asyncio.wait, not wait_for: it never cancels the shared batch and never swallows a cancellation
+            # of the caller that races with the write completing (wait_for does on 3.11).
+            await asyncio.wait({batch}, timeout=self.config.write_timeout_ms / 1000.0)
+            if not batch.done():
+                self._mark_incomplete(request_id, "timed out")
+        return request_id not in self.incomplete
 
     async def append(self, request_id: str, message: bytes, *, seq: int = 0, chars: int = 0,
                      terminal: bool = False) -> bool:
-        """Journal one message; True once it is in Redis, False if it was dropped (Redis slow or down)."""
-        if request_id in self.incomplete:
-            return False
-        fields = {"m": message, "s": seq, "c": chars, "t": int(terminal)}
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((request_id, fields, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
-        # asyncio.wait, not wait_for: it never cancels the shared batch and never swallows a cancellation
-        # of the caller (an interrupt) that races with the write completing (wait_for does on 3.11).
-        await asyncio.wait({future}, timeout=self.config.write_timeout_ms / 1000.0)
-        if not future.done():
-            self._mark_incomplete(request_id, "timed out")
-            return False
-        return future.result()
+        """Journal one message and wait until it is in Redis; False if it was dropped (Redis slow or down)."""
+        return await self.settle(request_id, self.write(request_id, message, seq=seq, chars=chars,
+                                                        terminal=terminal))
 
     def _mark_incomplete(self, request_id: str, why: str) -> None:
         if request_id not in self.incomplete:
@@ -157,13 +198,20 @@ class Journal:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            done, self._batch = self._batch, None
             try:
                 with metrics().time_redis("journal_flush"):
                     async with self.redis.pipeline(transaction=False) as pipe:
-                        for request_id, fields, _ in batch:
+                        for request_id, fields in batch:
+                            if isinstance(fields, tuple):  # a journal's start (write_begin)
+                                deletes, writes = fields
+                                pipe.delete(*deletes)
+                                for key, value, ttl_ms in writes:
+                                    pipe.set(key, value, px=ttl_ms)
+                                continue
                             pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
                                       approximate=False)
-                        for request_id in {r for r, _, _ in batch}:
+                        for request_id in {r for r, _ in batch}:
                             pipe.pexpire(self.stream_key(request_id), self._ttl_ms)
                             pipe.pexpire(self.meta_key(request_id), self._ttl_ms)
                         await pipe.execute()
@@ -173,11 +221,11 @@ class Journal:
             except Exception as exc:  # noqa: BLE001 - Redis blips must not stop any stream
                 log.warning("journal write of %d entries failed: %s", len(batch), exc)
                 ok = False
-            for request_id, _, future in batch:
-                if not ok:
+            if not ok:
+                for request_id in {r for r, _ in batch}:
                     self._mark_incomplete(request_id, "failed")
-                if not future.done():
-                    future.set_result(ok)
+            if not done.done():
+                done.set_result(ok)
         self._flusher = None
 
     async def mark_gap(self, request_id: str) -> None:
@@ -259,37 +307,39 @@ class WorkerLiveness:
 
 
 class RequestJournal:
-    """The journal of one request as its owner sees it: counts text offsets, never raises."""
+    """The journal of one request as its owner sees it: queues events, counts text offsets, never raises."""
 
     def __init__(self, journal: Journal, request_id: str, *, chars: int = 0, begin=None):
         self._journal = journal
         self.request_id = request_id
         self.chars = chars               # characters of completion text journaled so far
+        self._last: asyncio.Future | None = None
         self._gap_marked = False
-        self._begin = begin              # writes the journal's metadata; run before the first event is journaled
+        self._begin = begin              # (deletes, writes) starting the journal, queued before the first event
 
-    async def record(self, event) -> bool:
-        """Journal a front-end event (flint.frontend.events) before it is delivered.
+    def write(self, event: ev.Event) -> None:
+        """Queue a front-end event (flint.frontend.events) for the journal; it is delivered meanwhile.
 
-        The metadata (the whole engine request, which may be large) is written with the first event, the
-        Accepted the engine's Started becomes; a request that ends before that (the engine refused it) leaves
-        nothing in Redis: there is nothing to resume."""
+        The journal's start (`begin`: keys to delete, metadata to set, from `Journal.begin_writes`) goes out
+        in the same batch as the first event, the Accepted the engine's Started becomes; a request that ends
+        before that (the engine refused it) leaves nothing in Redis: there is nothing to resume."""
         if self._begin is not None:
             if ev.is_terminal(event):
-                return True
-            begin, self._begin = self._begin, None
-            try:
-                await begin()
-            except Exception as exc:  # noqa: BLE001 - never raises: a request without a journal still runs
-                log.warning("journal of %s not started: %s", self.request_id, exc)
-                self._gap_marked = True
-                return False
+                return
+            (deletes, writes), self._begin = self._begin, None
+            self._journal.write_begin(self.request_id, deletes, writes)
         seq = 0
         if isinstance(event, ev.Delta):
             seq = event.seq
             self.chars += len(event.text)
-        ok = await self._journal.append(self.request_id, to_message(event).SerializeToString(), seq=seq,
-                                        chars=self.chars, terminal=ev.is_terminal(event))
+        batch = self._journal.write(self.request_id, to_message(event).SerializeToString(), seq=seq,
+                                    chars=self.chars, terminal=ev.is_terminal(event))
+        if batch is not None:
+            self._last = batch
+
+    async def settle(self) -> bool:
+        """Wait until everything written is in Redis; a journal that lost entries is marked with a gap."""
+        ok = await self._journal.settle(self.request_id, self._last)
         if not ok and not self._gap_marked:
             self._gap_marked = True
             await self._journal.mark_gap(self.request_id)

@@ -15,20 +15,21 @@ error, or after a takeover. It is driven two ways:
   for character (the front-end pins a sampling seed on every request, so a
   run again reproduces it), with seqs continuing where the journal stopped.
 
-Ordering: with the journal on, every event is journaled before it is
-delivered, so whatever a client has seen a resume elsewhere can replay. To
-interrupt, the owner's task is cancelled (which cancels the engine call, so
-the engine frees the slot at its next step); the owner then delivers an
-interrupted Final and records the end in Redis *before* `interrupt()`
-returns, so the acknowledgement that follows can promise that no delta with
-a higher seq will come. `last_seq` is updated with no await between it and
-the delivery of that delta.
+Ordering: each event is handed to the edge at once and queued for the
+journal, which follows in batches (Redis is off the per-delta path); one
+engine delta makes one client delta, so a run again numbers deltas the
+same way and a takeover can skip the ones a client has beyond the journal.
+To interrupt, the owner's task is cancelled (which cancels the engine call,
+so the engine frees the slot at its next step); the owner then delivers an
+interrupted Final, waits for its journal to settle and records the end in
+Redis *before* `interrupt()` returns, so the acknowledgement that follows
+can promise that no delta with a higher seq will come. `last_seq` is
+updated with no await between it and the delivery of that delta.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -45,7 +46,6 @@ from flint.internal.v1 import engine_pb2 as ipb
 
 log = logging.getLogger(__name__)
 
-_EOF = object()
 MAX_CONNECT_ATTEMPTS = 3  # replicas tried when each refuses the connection before sending anything
 
 
@@ -58,6 +58,7 @@ class ResumePoint:
     tokens: int = 0               # tokens the journaled deltas cover
     text: str | None = ""         # the journaled completion text (None once its start was trimmed)
     accepted: bool = False        # an Accepted is journaled already
+    client_seq: int = 0           # the resuming client's last seq (may be past `seq`: the journal lags)
 
 
 START = ResumePoint()
@@ -89,10 +90,6 @@ class LocalRequests:
         return len(self._owners)
 
 
-def _is_delta(item) -> bool:
-    return isinstance(item, ipb.GenerateEvent) and item.HasField("delta")
-
-
 class RequestOwner:
     def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest, pool, replica,
                  store: Store, local: LocalRequests, sink: Callable[[ev.Event], None], journal=None,
@@ -122,9 +119,8 @@ class RequestOwner:
         self._interrupting = False
         self._stopping = False             # the task has been cancelled (interrupt() or cancel()): once only
         self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
-        self._unsent: ev.Event | None = None  # journaled (or being journaled), not yet delivered
+        self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
-        self._reader: asyncio.Task | None = None
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
@@ -193,22 +189,25 @@ class RequestOwner:
             state = "interrupted"
             if not self._interrupting:
                 raise
-            await self._unstoppable(self._end_interrupted())
+            if not self._ended:
+                self._emit(self._final_interrupted())
         except FlintError as error:
-            if self._journal is not None and not error.retryable:  # retryable: a resume runs it again
-                await self._unstoppable(self._journal.record(ev.Failed(self.request_id, error)))
-            self._deliver(ev.Failed(self.request_id, error))
+            # Retryable (the replica went away): not journaled, so a resume runs the request again.
+            self._emit(ev.Failed(self.request_id, error), journal=not error.retryable)
         finally:
-            if self._reader is not None:
-                self._reader.cancel()
-            try:  # record first: an interrupt racing with the end then still finds this owner
-                self.record = await self._unstoppable(self._store.finish_request(self.record, state, self.last_seq))
+            try:  # journal, then record: a record that is no longer running promises a whole journal
+                self.record = await self._unstoppable(self._settle_and_record(state))
             except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
                 log.warning("could not record the end of request %s: %s", self.request_id, exc)
             finally:
                 self._local.discard(self)
                 if self._on_done is not None:
                     self._on_done(self)
+
+    async def _settle_and_record(self, state: str) -> RequestRecord:
+        if self._journal is not None:
+            await self._journal.settle()
+        return await self._store.finish_request(self.record, state, self.last_seq)
 
     async def _generate(self) -> None:
         """Run the request on a replica to its Final; on a refused connection, on another replica."""
@@ -217,17 +216,9 @@ class RequestOwner:
             call = self._pool.stub(self._replica).Generate(self.engine_request, metadata=self._metadata)
             heard = False
             try:
-                async for event in self._events(call):
+                async for event in call:
                     heard = True
-                    out = self._on_engine_event(event)
-                    if out is None:
-                        continue
-                    if self._journal is not None:
-                        self._unsent = out
-                        await self._journal.record(out)
-                    self._unsent = None
-                    self._deliver(out)
-                    if isinstance(out, ev.Final):
+                    if self._on_engine_event(event):
                         return
                 raise Internal(f"engine replica {self._replica.replica_id} ended the stream of request "
                                f"{self.request_id!r} without a final message")
@@ -257,88 +248,51 @@ class RequestOwner:
                                     hint="resume the request (Resume with its id and last seq) or send it again")
         return from_rpc_error(err, peer=f"engine replica {self._replica.address}")
 
-    async def _events(self, call):
-        """The engine's events. With the journal on, deltas that arrive while a journal write is in
-        flight are merged into one (text joined, token counts summed): a stream that is behind catches
-        up with one Redis append and one client message instead of one per token."""
-        if self._journal is None:
-            async for event in call:
-                yield event
-            return
-        buffer: collections.deque = collections.deque()
-        wake = asyncio.Event()
-
-        async def read() -> None:
-            try:
-                async for event in call:
-                    buffer.append(event)
-                    wake.set()
-                buffer.append(_EOF)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the owner's task
-                buffer.append(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-            finally:
-                wake.set()
-
-        if self._reader is not None:
-            self._reader.cancel()
-        self._reader = asyncio.create_task(read(), name=f"engine reader {self.request_id}")
-        while True:
-            if not buffer:
-                wake.clear()
-                await wake.wait()
-            event = buffer.popleft()
-            if event is _EOF:
-                return
-            if isinstance(event, BaseException):
-                raise event
-            if _is_delta(event) and buffer and _is_delta(buffer[0]):
-                merged = ipb.Delta()
-                merged.MergeFrom(event.delta)
-                while buffer and _is_delta(buffer[0]):
-                    d = buffer.popleft().delta
-                    merged.text += d.text
-                    merged.token_count += d.token_count
-                event = ipb.GenerateEvent(delta=merged)
-            yield event
-
     # ------------------------------------------------------------ engine events -> front-end events
-    def _on_engine_event(self, event: ipb.GenerateEvent) -> ev.Event | None:
+    def _on_engine_event(self, event: ipb.GenerateEvent) -> bool:
+        """Turn one engine event into front-end events; True at the Final."""
         kind = event.WhichOneof("kind")
         if kind == "delta":
-            return self._delta(event.delta.text, event.delta.token_count)
-        if kind == "started":
+            self._delta(event.delta.text, event.delta.token_count)
+        elif kind == "started":
             self.prompt_tokens = event.started.prompt_tokens
-            self._produced = 0  # completion characters (re)generated by this engine call
-            if self._accepted:
-                return None
-            self._accepted = True
-            return ev.Accepted(self.request_id, event.started.prompt_tokens)
-        if kind == "final":
+            self._produced = 0
+            if not self._accepted:
+                self._accepted = True
+                self._emit(ev.Accepted(self.request_id, event.started.prompt_tokens), deliver=self._client_seq == 0)
+        elif kind == "final":
             if self._produced < self._skip_chars:
-                raise NotFound(f"request {self.request_id!r} cannot be resumed: running it again gave less text "
-                               "than was already sent; send the request again")
-            return self._final(event.final)
-        return None
+                raise self._cannot_resume("running it again gave less text than was already sent")
+            if self._seq < self._client_seq:
+                raise self._cannot_resume(f"last_seq {self._client_seq} is past its end (seq {self._seq}); "
+                                          "was it sent by this deployment?")
+            self._emit(self._final(event.final))
+            return True
+        return False
 
-    def _delta(self, text: str, token_count: int) -> ev.Delta | None:
-        """The next delta, after skipping what a takeover's journal already holds."""
+    def _delta(self, text: str, token_count: int) -> None:
+        """The next delta: one per engine delta, so a run again numbers them as the first run did. Text the
+        journal holds is skipped (and checked); deltas the client holds are journaled, not delivered."""
         start = self._produced
         self._produced += len(text)
         if start < self._skip_chars:
             kept = max(0, self._produced - self._skip_chars)
             self._verify(start, text[: len(text) - kept])
             if not kept:
-                return None
+                return
+            if self._client_seq > self._seq:  # the client's deltas past the journal can no longer be matched
+                raise self._cannot_resume("running it again split its deltas differently")
             text = text[len(text) - kept:]
         self._seq += 1
-        return ev.Delta(self.request_id, self._seq, text, token_count)
+        self._emit(ev.Delta(self.request_id, self._seq, text, token_count), deliver=self._seq > self._client_seq)
+
+    def _cannot_resume(self, why: str) -> NotFound:
+        return NotFound(f"request {self.request_id!r} cannot be resumed: {why}; send the request again")
 
     def _verify(self, start: int, text: str) -> None:
         if self._expected is not None and self._expected[start:start + len(text)] != text:
-            raise NotFound(f"request {self.request_id!r} cannot be resumed: running it again gave different "
-                           "text than was already sent (model or sampling changed); send the request again")
+            raise self._cannot_resume("running it again gave different text than was already sent (model or "
+                                      "sampling changed)")
 
     def _final(self, f: ipb.Final) -> ev.Final:
         return ev.Final(
@@ -359,18 +313,9 @@ class RequestOwner:
         return (time.time() - self.engine_request.arrival_unix_s) * 1000.0
 
     # ------------------------------------------------------------ delivery
-    async def _end_interrupted(self) -> None:
-        if self._unsent is not None:  # already journaled: deliver it, so the Final's seq follows it
-            self._deliver(self._unsent)
-            self._unsent = None
-        if not self._ended:
-            final = self._final_interrupted()
-            if self._journal is not None:
-                await self._journal.record(final)
-            self._deliver(final)
-
-    def _deliver(self, event: ev.Event) -> None:
-        """Hand an event to the edge: no await between updating last_seq and delivering."""
+    def _emit(self, event: ev.Event, *, deliver: bool = True, journal: bool = True) -> None:
+        """Queue the event for the journal and hand it to the edge, with no await in between (so last_seq is
+        the seq of the last delta the client has). The journal follows in batches."""
         if isinstance(event, ev.Delta):
             self.last_seq = event.seq
             self._tokens += event.token_count
@@ -378,4 +323,7 @@ class RequestOwner:
             if self._ended:
                 return
             self._ended = True
-        self._sink(event)
+        if journal and self._journal is not None:
+            self._journal.write(event)
+        if deliver:
+            self._sink(event)

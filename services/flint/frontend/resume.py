@@ -7,8 +7,10 @@ client's disconnect cancelled it, or its engine replica died) and it has no
 final, this worker takes the request over: it claims the request record
 (compare-and-set in Redis, so two resumes never both take over) and starts
 a `RequestOwner` from the journal's `ResumePoint`, which runs it again,
-skips what the journal holds and delivers the rest straight to this client
-(journaling it for the next resume). This module is the takeover's driver;
+skips what the journal holds, journals without delivering the deltas the
+client holds beyond the journal (it follows the owner in batches, so it may
+lag a client by a few deltas), and delivers the rest straight to this
+client. This module is the takeover's driver;
 the owner does the rest, as for a live request.
 """
 
@@ -73,7 +75,6 @@ class Resumer:
             if state.ended:
                 return
             if block_ms is None:
-                state.check_client_seq()
                 block_ms = int(self.journal.config.poll_interval_ms)
             if await self._someone_produces(request_id):
                 continue
@@ -189,6 +190,9 @@ class _Replay:
     def take(self, entry) -> ev.Event | None:
         event = from_message(pb.ServerMessage.FromString(entry.message))
         if entry.terminal:
+            if self.client_seq > self.journal_seq:
+                raise incomplete(self.request_id, f"last_seq {self.client_seq} is past its end (seq "
+                                 f"{self.journal_seq}); was it sent by this deployment?")
             self.ended = True
             return event
         if isinstance(event, ev.Accepted):
@@ -209,11 +213,7 @@ class _Replay:
             self.text.append(event.text)
         return event if entry.seq > self.client_seq else None
 
-    def check_client_seq(self) -> None:
-        if not self.ended and self.client_seq > self.journal_seq:
-            raise incomplete(self.request_id, f"last_seq {self.client_seq} is past its journal (seq "
-                             f"{self.journal_seq}); was it sent by this deployment?")
-
     def point(self) -> ResumePoint:
         return ResumePoint(seq=self.journal_seq, chars=self.journal_chars, tokens=self.journal_tokens,
-                           text="".join(self.text) if self.text is not None else None, accepted=self.accepted)
+                           text="".join(self.text) if self.text is not None else None, accepted=self.accepted,
+                           client_seq=self.client_seq)

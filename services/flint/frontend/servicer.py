@@ -23,6 +23,7 @@ from flint.frontend import events as ev
 from flint.frontend.codec import check_decoded
 from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.interrupts import InterruptBus
+from flint.frontend.journal import RequestJournal, pin_seed
 from flint.frontend.owner import LocalRequests, RequestOwner
 from flint.frontend.render import to_message
 from flint.frontend.replicas import ReplicaPool
@@ -87,23 +88,20 @@ class FlintServicer:
         return owner, session
 
     async def _register_and_start(self, msg, request_id, tenant, replica, engine_request, session, sink, release):
+        """Claim the request id and move its session's affinity (one Redis round trip), then start its owner.
+        The journal starts in the batch of the request's first event."""
         record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
                                session_id=session.session_id if session else "", replica_id=replica.replica_id)
-        await self.store.claim_request(record)
-        request_journal = None
+        deletes, writes, request_journal = [], [], None
         if self.journal is not None:
-            from flint.frontend.journal import RequestJournal, pin_seed
-
             pin_seed(engine_request)
-            journal, model = self.journal, replica.model
-
-            async def begin() -> None:  # once the engine accepted it: a refused prompt is never stored
-                await journal.begin(request_id, engine_request.SerializeToString(), tenant=tenant, model=model)
-
+            begin = self.journal.begin_writes(request_id, engine_request.SerializeToString(), tenant=tenant,
+                                              model=replica.model)
             request_journal = RequestJournal(self.journal, request_id, begin=begin)
         if session is not None and session.replica_id != replica.replica_id:
             session = replace(session, replica_id=replica.replica_id)
-            await self.store.put_session(session)
+            writes.append(self.store.session_write(session))
+        await self.store.claim_request(record, deletes=deletes, writes=writes)
         span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
                                           replica.replica_id)
         owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,

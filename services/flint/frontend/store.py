@@ -24,7 +24,9 @@ RUNNING = "running"
 TERMINAL_STATES = ("finished", "interrupted", "failed")
 
 # Claim a request id unless a *running* request holds it, and clear a stale interrupt
-# flag: atomic, so two workers cannot both claim one client-chosen id.
+# flag: atomic, so two workers cannot both claim one client-chosen id. Then, in the
+# same round trip, delete ARGV[3] more keys and set the rest (value, PX ttl pairs in
+# ARGV): the start of the request's journal and its session's new affinity.
 _CLAIM = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -35,6 +37,14 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
+local deletes = tonumber(ARGV[3])
+for i = 3, 2 + deletes do
+  redis.call('DEL', KEYS[i])
+end
+for i = 3 + deletes, #KEYS do
+  local j = 4 + 2 * (i - 3 - deletes)
+  redis.call('SET', KEYS[i], ARGV[j], 'PX', ARGV[j + 1])
+end
 return 1
 """
 
@@ -99,12 +109,21 @@ class Store:
                              px=self._session_ttl_ms)
 
     # ------------------------------------------------------------ requests
-    async def claim_request(self, record: RequestRecord) -> None:
-        """Register a new request (one round trip); a client-chosen id still running is refused."""
+    def session_write(self, session: SessionRecord) -> tuple[str, bytes, int]:
+        """(key, value, ttl_ms) of a session record, for `claim_request(..., writes=)`."""
+        return self.session_key(session.session_id), msgpack.packb(asdict(session)), self._session_ttl_ms
+
+    async def claim_request(self, record: RequestRecord, *, deletes=(), writes=()) -> None:
+        """Register a new request; a client-chosen id still running is refused. Only if the claim succeeds,
+        also delete the keys `deletes` and set `writes` ((key, value, ttl_ms) each): one round trip."""
         record = replace(record, created_unix_s=record.created_unix_s or time.time())
         payload = msgpack.packb(asdict(record))
-        keys = [self.request_key(record.request_id), self.flag_key(record.request_id)]
-        if await self._claim(keys=keys, args=[payload, self._request_ttl_ms]):
+        keys = [self.request_key(record.request_id), self.flag_key(record.request_id), *deletes,
+                *(key for key, _, _ in writes)]
+        args = [payload, self._request_ttl_ms, len(deletes)]
+        for _, value, ttl_ms in writes:
+            args += [value, ttl_ms]
+        if await self._claim(keys=keys, args=args):
             return
         raise InvalidArgument(f"request id {record.request_id!r} is already in use by a running request; "
                               "choose another id or leave it empty for a server-generated one")
