@@ -38,6 +38,15 @@ def check_decoded(message):
     return message
 
 
+def on_call_end(context, stop) -> None:
+    """Run `stop()` when the call ends, or now if it has ended already. gRPC does not cancel a handler that
+    is awaiting something else (routing, admission, Redis) when its client cancels, and a cancel can land
+    before the handler runs at all: without this, such a request would start and generate for nobody."""
+    context.add_done_callback(lambda _context: stop())
+    if context.done():
+        stop()
+
+
 def _decoder(message_cls):
     def decode(data: bytes):
         try:

@@ -90,6 +90,19 @@ class LocalRequests:
         return len(self._owners)
 
 
+async def to_completion(work):
+    """Run `work` to completion even if the calling task is cancelled meanwhile (then re-raise nothing: the
+    caller is already stopping, and cutting this short would lose a Final, the record of an end, or leave a
+    request marked running with nobody producing it)."""
+    inner = asyncio.ensure_future(work)
+    while not inner.done():
+        try:
+            await asyncio.wait({inner})
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()
+    return inner.result()
+
+
 class RequestOwner:
     def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest, pool, replica,
                  store: Store, local: LocalRequests, sink: Callable[[ev.Event], None], journal=None,
@@ -118,6 +131,7 @@ class RequestOwner:
         self._ended = False                # a Final or Failed has been delivered
         self._interrupting = False
         self._stopping = False             # the task has been cancelled (interrupt() or cancel()): once only
+        self._started = False              # the task has begun `_run`
         self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
         self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
@@ -162,27 +176,29 @@ class RequestOwner:
             await asyncio.wait({self._task})
 
     def _cancel_once(self) -> None:
-        """A second cancel would land in the owner's end-of-request work (see `_unstoppable`)."""
+        """A second cancel would land in the owner's end-of-request work (see `to_completion`). A task
+        cancelled before its first step would never run `_run`'s cleanup: `_run` checks the flag instead."""
         if not self._stopping:
             self._stopping = True
-            self._task.cancel()
+            if self._started:
+                self._task.cancel()
 
-    async def _unstoppable(self, work):
-        """Run end-of-request work to completion even if the task is cancelled again meanwhile: it is
-        already stopping, and cutting this short would lose the Final (the client's stream then never
-        ends) or the record of the end (the interrupting worker then never learns)."""
-        inner = asyncio.ensure_future(work)
-        while not inner.done():
-            try:
-                await asyncio.wait({inner})
-            except asyncio.CancelledError:
-                asyncio.current_task().uncancel()
-        return inner.result()
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once the request has ended, however (after its end is recorded)."""
+        self._task.add_done_callback(lambda _task: fn())
+
+    def cancel_soon(self) -> None:
+        """`cancel()` from a callback: the call ended (the client went away, maybe before the handler ran)."""
+        if self._task is not None and not self._task.done():
+            self._cancel_once()
 
     # ------------------------------------------------------------ the request
     async def _run(self) -> None:
         state = "failed"
+        self._started = True
         try:
+            if self._stopping:  # cancelled before this task ran
+                raise asyncio.CancelledError
             await self._generate()
             state = "finished"
         except asyncio.CancelledError:
@@ -196,7 +212,7 @@ class RequestOwner:
             self._emit(ev.Failed(self.request_id, error), journal=not error.retryable)
         finally:
             try:  # journal, then record: a record that is no longer running promises a whole journal
-                self.record = await self._unstoppable(self._settle_and_record(state))
+                self.record = await to_completion(self._settle_and_record(state))
             except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
                 log.warning("could not record the end of request %s: %s", self.request_id, exc)
             finally:

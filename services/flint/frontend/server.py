@@ -53,6 +53,7 @@ class FrontendWorker:
         self._liveness_redis = None
         self.journal = None
         self.resumer = None
+        self.servicer: FlintServicer | None = None
 
     @property
     def address(self) -> str:
@@ -91,6 +92,7 @@ class FrontendWorker:
                                      local=local, journal=journal, resumer=resumer, guard=self._guard())
             servicer.document_store = DocumentStore(self._redis, cfg.key_prefix, ttl_s=cfg.session_ttl_s,
                                                     limits=DocumentLimits.from_dict(cfg.documents))
+            self.servicer = servicer
             self._server = self._build_server(servicer)
             from flint.security.transport import bind
 

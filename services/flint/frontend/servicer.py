@@ -20,11 +20,11 @@ import grpc
 
 from flint.errors import InvalidArgument, NotFound
 from flint.frontend import events as ev
-from flint.frontend.codec import check_decoded
+from flint.frontend.codec import check_decoded, on_call_end
 from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.interrupts import InterruptBus
 from flint.frontend.journal import RequestJournal, pin_seed
-from flint.frontend.owner import LocalRequests, RequestOwner
+from flint.frontend.owner import LocalRequests, RequestOwner, to_completion
 from flint.frontend.render import to_message
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.session import SessionStream
@@ -91,7 +91,8 @@ class FlintServicer:
         """Claim the request id and move its session's affinity (one Redis round trip), then start its owner.
         The journal starts in the batch of the request's first event."""
         record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
-                               session_id=session.session_id if session else "", replica_id=replica.replica_id)
+                               session_id=session.session_id if session else "", replica_id=replica.replica_id,
+                               created_unix_s=time.time())
         deletes, writes, request_journal = [], [], None
         if self.journal is not None:
             pin_seed(engine_request)
@@ -101,7 +102,11 @@ class FlintServicer:
         if session is not None and session.replica_id != replica.replica_id:
             session = replace(session, replica_id=replica.replica_id)
             writes.append(self.store.session_write(session))
-        await self.store.claim_request(record, deletes=deletes, writes=writes)
+        try:
+            await self.store.claim_request(record, deletes=deletes, writes=writes)
+        except asyncio.CancelledError:  # the client went away during the round trip: leave nothing running
+            await to_completion(self.store.abandon_request(record))
+            raise
         span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
                                           replica.replica_id)
         owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
@@ -157,18 +162,18 @@ class FlintServicer:
 
     async def Session(self, request_iterator, context):
         with self.hold("stream"):
-            stream = SessionStream(self)
+            stream = SessionStream(self, context)
             async for message in stream.run(request_iterator):
                 yield message
 
     async def Complete(self, request, context):
         with self.hold("stream"):
-            async for message in self._single(request):
+            async for message in self._single(request, context):
                 yield message
 
     async def Edit(self, request, context):
         with self.hold("stream"):
-            async for message in self._single(request):
+            async for message in self._single(request, context):
                 yield message
 
     async def Interrupt(self, request, context):
@@ -193,16 +198,31 @@ class FlintServicer:
                     raise event.error
                 yield to_message(event)
 
-    async def _single(self, request):
+    async def _single(self, request, context):
         """One request per call: accepted, deltas, final; an error ends the call with its status."""
         arrival = time.time()
         request = check_decoded(request)
         out: asyncio.Queue = asyncio.Queue()
-        owner, _ = await self.start_request(request, request_id=request_id_of(request, current_tenant()), session=None,
+        handler, owners = asyncio.current_task(), []
+
+        def stop() -> None:  # the call ended: the client cancelled (or it is over anyway)
+            handler.cancel()
+            for owner in owners:
+                owner.cancel_soon()
+
+        on_call_end(context, stop)
+        owner, _ = await self.start_request(request, request_id=request_id_of(request, current_tenant()),
+                                            session=None,
                                             sink=out.put_nowait, arrival_unix_s=arrival)
+        owners.append(owner)
+        if context.done():
+            stop()
+        owner.add_done_callback(lambda: out.put_nowait(None))  # ended without a Final: cancelled
         try:
             while True:
                 event = await out.get()
+                if event is None:
+                    return
                 if isinstance(event, ev.Failed):
                     raise event.error
                 yield to_message(event)

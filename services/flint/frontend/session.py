@@ -17,7 +17,7 @@ import time
 import grpc
 
 from flint.errors import FlintError, InvalidArgument, NotFound
-from flint.frontend.codec import Undecodable
+from flint.frontend.codec import Undecodable, on_call_end
 from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.render import request_error, to_message
 from flint.frontend.store import SessionRecord
@@ -30,8 +30,9 @@ _END = object()
 
 
 class SessionStream:
-    def __init__(self, servicer):
+    def __init__(self, servicer, context=None):
         self._servicer = servicer
+        self._context = context
         self._out: asyncio.Queue = asyncio.Queue()
         self._session: SessionRecord | None = None
         self._owners = {}
@@ -41,6 +42,8 @@ class SessionStream:
 
     async def run(self, request_iterator):
         reader = asyncio.create_task(self._read(request_iterator), name="session reader")
+        if self._context is not None:
+            on_call_end(self._context, lambda: self._call_ended(reader))
         try:
             while True:
                 message = await self._out.get()
@@ -55,6 +58,13 @@ class SessionStream:
                 await owner.cancel()
             for task in list(self._resumes):
                 task.cancel()
+
+    def _call_ended(self, reader: asyncio.Task) -> None:
+        """The client cancelled (or the call is over): stop reading and every request, even one starting now."""
+        reader.cancel()
+        for owner in list(self._owners.values()):
+            owner.cancel_soon()
+        self._out.put_nowait(_END)
 
     def _emit(self, message: pb.ServerMessage) -> None:
         self._out.put_nowait(message)
@@ -165,6 +175,8 @@ class SessionStream:
         # Keep only running owners (the stream cancels them if the client disconnects).
         self._owners = {rid: o for rid, o in self._owners.items() if not o.done}
         self._owners[request_id] = owner
+        if self._context is not None and self._context.done():  # the call ended while this one started
+            owner.cancel_soon()
 
     def _resume(self, resume: pb.ResumeRequest) -> None:
         """Replay and follow a request from the journal into this stream, beside its other requests."""
