@@ -62,7 +62,7 @@ async def nothing_left(worker, engine, request_id: str) -> None:
         return record is None or not record.running
 
     await eventually(not_running)
-    await eventually(lambda: engine_freed_everything(engine))
+    await eventually(lambda: engine_freed_everything(engine), 30)  # the engine's step thread on a busy machine
     await eventually(lambda: request_id not in worker.servicer.local)
     ran = [k for k in engine.engine.recorded_outputs if k.startswith(request_id)]
     assert all(len(engine.engine.recorded_outputs[k]) < MAX_TOKENS for k in ran), "the engine was stopped"
