@@ -162,7 +162,7 @@ async def test_bearer_api_keys_are_the_flint_keys(valkey_url, engine_replica, tm
     keys = tmp_path / "keys.json"
     key = add_key_to_file(keys, "team-a")
     proc, ready = start_worker(valkey_url, tmp_path, "http-auth",
-                               security={"api_keys_file": str(keys), "key_recheck_s": 0.2})
+                               security={"api_keys_file": str(keys), "key_recheck_s": 0.05})
     try:
         base = f"http://127.0.0.1:{ready['http_port']}/v1"
         good = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
