@@ -20,25 +20,57 @@ def test_speculation_indexes_only_the_prompts_tail(demo_checkpoint):
     assert engine.no_leaks()
 
 
-def test_a_session_continuing_its_document_gets_its_cached_slots_in_one_copy():
+def _keystrokes(session_id: str, count: int = 20):
+    """A session typing 3 tokens per keystroke after a 1,000-token document; yields (request, match)."""
     kv = PagedKVCache(num_layers=1, num_kv_heads=1, head_dim=4, dtype=torch.float32, budget_bytes=64 * 4096,
                       block_size=4)
     doc = np.arange(1, 1001)
-
-    def request(ids, rid):
-        return Request(request_id=rid, prompt_ids=ids, sampling=SamplingParams(), max_tokens=4, namespace="m",
-                       interactive=True, speculate=False, arrival_s=0.0, arrival_mono=0.0)
-
-    expected = None
-    for k in range(20):                                  # 20 keystrokes, each adding 3 tokens
+    for k in range(count):
         ids = np.concatenate([doc, np.arange(5000, 5000 + 3 * k)])
-        req = request(ids, f"k{k}")
+        req = Request(request_id=f"k{k}", prompt_ids=ids, sampling=SamplingParams(), max_tokens=4, namespace="m",
+                      interactive=True, speculate=False, arrival_s=0.0, arrival_mono=0.0, session_id=session_id)
         match = kv.match(req)
         assert kv.admit(req, match, req.num_tokens + 1)
-        assert req.num_computed == (0 if k == 0 else len(ids) - 3)
-        if expected is not None:                          # the cached prefix keeps its slots, whatever the path
-            assert req.slot_map[: len(expected)].tolist() == expected.tolist()
+        yield req, match
         req.num_computed = req.num_tokens
-        expected = req.slot_map[: req.num_tokens].clone()
+        req.append([7])                                   # its output token diverges from the next prompt
         kv.release(req)
+    assert kv.all_free_after_clearing()
+
+
+def test_a_session_continuing_its_document_matches_from_where_it_ended_not_from_the_root():
+    expected = None
+    for k, (req, match) in enumerate(_keystrokes("s1")):
+        assert req.num_computed == (0 if k == 0 else req.prompt_len - 3)
+        if expected is not None:                          # the cached prefix keeps its slots
+            assert req.slot_map[: len(expected)].tolist() == expected.tolist()
+        if k >= 2:
+            assert len(match.parts) == 1                  # the hint's run: no walk over the edit history
+        expected = req.slot_map[: req.prompt_len].clone()
+
+
+def test_without_a_session_id_the_documents_first_tokens_find_the_hint():
+    parts = [len(match.parts) for _, match in _keystrokes("")]
+    assert parts[2:] == [1] * (len(parts) - 2)
+
+
+def test_a_hint_that_no_longer_fits_the_prompt_falls_back_to_the_walk():
+    kv = PagedKVCache(num_layers=1, num_kv_heads=1, head_dim=4, dtype=torch.float32, budget_bytes=64 * 4096,
+                      block_size=4)
+
+    def run(ids, rid):
+        req = Request(request_id=rid, prompt_ids=ids, sampling=SamplingParams(), max_tokens=4, namespace="m",
+                      interactive=True, speculate=False, arrival_s=0.0, arrival_mono=0.0, session_id="same")
+        assert kv.admit(req, kv.match(req), req.num_tokens + 1)
+        cached = req.num_computed
+        req.num_computed = req.num_tokens
+        kv.release(req)
+        return cached
+
+    base = np.arange(1, 301)
+    assert run(base, "a") == 0
+    edited = base.copy()
+    edited[100] = 9999                                   # an edit before the hint's end: the hint is stale
+    assert run(edited, "b") == 100                       # matched up to the edit, from the root
+    assert run(np.concatenate([base, [7, 8]]), "c") == 300   # the first document is still cached
     assert kv.all_free_after_clearing()

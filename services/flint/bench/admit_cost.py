@@ -27,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--context", type=int, default=131_072)
     ap.add_argument("--keystrokes", type=int, default=1000)
+    ap.add_argument("--session", default="s1", help="session id ('' = no session: match from the root)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     kv = PagedKVCache(num_layers=1, num_kv_heads=1, head_dim=4, dtype=torch.float32,
@@ -35,7 +36,8 @@ def main() -> None:
 
     def request(ids: np.ndarray, rid: str) -> Request:
         return Request(request_id=rid, prompt_ids=ids, sampling=SamplingParams(), max_tokens=16, namespace="m",
-                       interactive=True, speculate=False, arrival_s=0.0, arrival_mono=0.0)
+                       interactive=True, speculate=False, arrival_s=0.0, arrival_mono=0.0,
+                       session_id=args.session)
 
     def admit(req: Request) -> None:
         match = kv.match(req)

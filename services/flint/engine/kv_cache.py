@@ -12,16 +12,33 @@ preempts (flint.engine.scheduler).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from flint.engine.block_allocator import BlockAllocator
-from flint.engine.radix_cache import RadixCache
+from flint.engine.radix_cache import Hint, RadixCache
 from flint.engine.request import Request
 
 _NO_BLOCKS = np.empty(0, dtype=np.int64)
+# Sessions whose match hint is kept; each holds its last request's token and slot buffers
+# (16 bytes per token: 2 MB at 131,072 tokens).
+MAX_SESSION_HINTS = 64
+
+
+HINT_KEY_TOKENS = 256
+
+
+def _hint_key(req: Request) -> str:
+    """The session id, or without one the prompt's first tokens (a document's prompt starts the same
+    keystroke after keystroke). A wrong guess costs one failed comparison: hints are always verified."""
+    if req.session_id:
+        return f"{req.namespace}\x00s\x00{req.session_id}"
+    head = req.tokens[: min(HINT_KEY_TOKENS, req.num_tokens)].tobytes()
+    return f"{req.namespace}\x00t\x00{hashlib.blake2b(head, digest_size=16).hexdigest()}"
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -52,6 +69,8 @@ class PagedKVCache:
             )
         self.allocator = BlockAllocator(num_blocks, block_size)
         self.radix = RadixCache(self.allocator) if prefix_cache else None
+        # Per session: where its last request ended in the prefix cache (radix_cache.Hint), newest last.
+        self._hints: OrderedDict[str, Hint] = OrderedDict()
         self._offsets = torch.arange(block_size, dtype=torch.int64)
 
     @property
@@ -92,7 +111,8 @@ class PagedKVCache:
         if self.radix is None:
             return None
         # The last token is always computed: its logits give the next token.
-        match = self.radix.match(req.namespace, req.tokens[: req.num_tokens - 1])
+        hint = self._hints.get(_hint_key(req))
+        match = self.radix.match(req.namespace, req.tokens[: req.num_tokens - 1], hint)
         self.radix.lock(match.node)
         return match
 
@@ -121,7 +141,7 @@ class PagedKVCache:
         req.num_slots = cached
         req.owned_blocks = _NO_BLOCKS
         req.cache_node = match.node if match is not None else None
-        req.num_computed = cached
+        req.cache_depth = req.num_computed = cached
         self._append_blocks(req, need)
         return True
 
@@ -166,11 +186,19 @@ class PagedKVCache:
             return
         if self.radix is not None:
             n = req.num_computed
-            if n > 0:
-                self.radix.insert(req.namespace, req.tokens[:n], req.slots[:n])
+            if n > req.cache_depth:
+                new, end = self.radix.insert_from(req.cache_node, req.cache_depth, req.tokens[:n], req.slots[:n])
+                if new == n - req.cache_depth:                      # the tree holds exactly req.slots[:n]
+                    self._remember(_hint_key(req), Hint(end, n, req.tokens, req.slots))
             self.radix.unlock(req.cache_node)
         self.allocator.decref(req.owned_blocks)
         req.owned_blocks, req.cache_node, req.slots, req.num_slots = None, None, None, 0
+
+    def _remember(self, key: str, hint: Hint) -> None:
+        self._hints[key] = hint
+        self._hints.move_to_end(key)
+        while len(self._hints) > MAX_SESSION_HINTS:
+            self._hints.popitem(last=False)
 
     def all_free_after_clearing(self) -> bool:
         """Leak check for tests: with no request running, clearing the prefix cache frees every block."""

@@ -70,5 +70,6 @@ class RequestBuilder:
             stop_token_ids=self.eos_ids | prompt.stop_token_ids,
             stop_strings=tuple(dict.fromkeys((*req.sampling.stop, *prompt.stop_strings))),
             source=req,
+            session_id=req.session_id,
             sampler_state=None if req.sampling.greedy else RequestSampler(req.sampling),
         )

@@ -9,7 +9,9 @@ tokens go to fresh blocks (no copy-on-write needed).
 - Namespaces: one tree per namespace string (the engine uses model name +
   tenant `cache_namespace`), so tenants never share KV.
 - Reference counts: `lock(node)` pins the path root..node while a request
-  reads it; only unlocked leaves are evictable.
+  reads it. Only leaves are evicted and a locked node's ancestors are never
+  leaves, so the count lives on the node alone: lock and unlock are O(1),
+  not a walk to the root.
 - LRU: every match/insert stamps the path with a logical clock; eviction takes
   the least recently used unlocked leaf first until enough blocks are free.
 - Ownership: the tree holds one allocator reference per token slot it keeps
@@ -20,6 +22,12 @@ Matching walks the tree once per request admission, never per decode step:
 one Python iteration per edge on the path (not per token) and one vectorised
 comparison of the prompt against the edges' keys; the matched slots are
 copied once, straight into the request's slot map (`Match.copy_slots_into`).
+A session continuing its own document passes a `Hint` (where its previous
+request's tokens ended in the tree, with that request's token and slot
+buffers): if the new prompt starts with those tokens (one vectorised
+comparison) the walk starts there, so its Python work is proportional to the
+new tokens' edges, not to the session's history of edits. Inserting a
+finished request starts at the node it matched (`insert_from`).
 """
 
 from __future__ import annotations
@@ -71,6 +79,23 @@ class Match:
             torch.cat(self.parts, out=out)
 
 
+@dataclass(frozen=True)
+class Hint:
+    """Where a session's previous request ended in the tree: `node` ends `length` tokens deep and the path
+    root..node holds `tokens[:length]` in KV slots `slots[:length]` (that request's own buffers)."""
+
+    node: Node
+    length: int
+    tokens: np.ndarray
+    slots: torch.Tensor
+
+    def usable_for(self, tokens: np.ndarray) -> bool:
+        """The node is still cached and `tokens` start with its path (one vectorised comparison)."""
+        n = self.length
+        return (self.node.parent is not None and len(tokens) >= n
+                and bool(np.array_equal(tokens[:n], self.tokens[:n])))
+
+
 def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     if n == 0:
@@ -87,12 +112,17 @@ class RadixCache:
         self.cached_tokens = 0
 
     # -- queries -----------------------------------------------------------------------------
-    def match(self, namespace: str, tokens: np.ndarray) -> Match:
-        """Longest cached prefix of `tokens` in `namespace` (splits an edge where the match ends)."""
-        node = self._root(namespace)
+    def match(self, namespace: str, tokens: np.ndarray, hint: Hint | None = None) -> Match:
+        """Longest cached prefix of `tokens` in `namespace` (splits an edge where the match ends).
+
+        With a usable `hint` the walk starts at its node (the path above it is not re-stamped for LRU:
+        only leaves are evicted, and it has a child on the way to every leaf below)."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        parts: list[torch.Tensor] = []
-        i, now = 0, next(self._clock)
+        now = next(self._clock)
+        if hint is not None and hint.usable_for(tokens):
+            node, i, parts = hint.node, hint.length, [hint.slots[: hint.length]]
+        else:
+            node, i, parts = self._root(namespace), 0, []
         node.last_access = now
         while i < len(tokens):
             child = node.children.get(int(tokens[i]))
@@ -112,10 +142,16 @@ class RadixCache:
         Tokens already cached keep their existing slots; the caller's duplicate
         slots are not referenced and die with the caller's blocks.
         """
+        return self.insert_from(self._root(namespace), 0, tokens, slots)[0]
+
+    def insert_from(self, node: Node, start: int, tokens: np.ndarray, slots: torch.Tensor) -> tuple[int, Node]:
+        """`insert` below `node`, whose path holds `tokens[:start]` (e.g. the node a request matched and
+        kept locked). Returns (tokens new to the cache, the node whose path ends at `tokens[-1]`)."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if len(tokens) != len(slots):
             raise Internal(f"insert of {len(tokens)} tokens with {len(slots)} slots")
-        node, i, now = self._root(namespace), 0, next(self._clock)
+        i, now = start, next(self._clock)
+        node.last_access = now
         while i < len(tokens):
             child = node.children.get(int(tokens[i]))
             if child is None:
@@ -124,26 +160,22 @@ class RadixCache:
                 node.children[int(tokens[i])] = leaf
                 self.allocator.incref_slots(leaf.slots)
                 self.cached_tokens += len(leaf.key)
-                return len(leaf.key)
+                return len(leaf.key), leaf
             n = common_prefix_len(child.key, tokens[i:])
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
             node, i = child, i + n
-        return 0
+        return 0, node
 
     # -- reference counts ----------------------------------------------------------------------
     def lock(self, node: Node) -> None:
-        while node is not None:
-            node.lock += 1
-            node = node.parent
+        node.lock += 1
 
     def unlock(self, node: Node) -> None:
-        while node is not None:
-            if node.lock <= 0:
-                raise Internal("radix cache unlock without a matching lock")
-            node.lock -= 1
-            node = node.parent
+        if node.lock <= 0:
+            raise Internal("radix cache unlock without a matching lock")
+        node.lock -= 1
 
     # -- eviction ------------------------------------------------------------------------------
     def evict(self, free_blocks_wanted: int) -> int:
@@ -162,7 +194,21 @@ class RadixCache:
         return evicted
 
     def evictable_tokens(self) -> int:
-        return sum(len(n.key) for n in self._nodes() if n.lock == 0 and not n.is_root)
+        """Tokens in subtrees holding no lock (what evicting everything possible would free)."""
+        total = 0
+        for root in self._roots.values():
+            order, stack = [], [root]
+            while stack:
+                node = stack.pop()
+                order.append(node)
+                stack.extend(node.children.values())
+            pinned: set[int] = set()
+            for node in reversed(order):                     # children before parents
+                if node.lock or any(id(c) in pinned for c in node.children.values()):
+                    pinned.add(id(node))
+                elif not node.is_root:
+                    total += len(node.key)
+        return total
 
     def clear(self) -> None:
         """Drop every unlocked entry (tests: afterwards all blocks must be free)."""
@@ -180,7 +226,7 @@ class RadixCache:
         parent = child.parent
         assert parent is not None and 0 < n < len(child.key)
         upper = Node(child.key[:n], child.slots[:n], parent)
-        upper.lock, upper.last_access = child.lock, child.last_access
+        upper.last_access = child.last_access        # the lock stays on `child`, which keeps its end
         parent.children[int(child.key[0])] = upper
         child.key, child.slots, child.parent = child.key[n:], child.slots[n:], upper
         upper.children[int(child.key[0])] = child

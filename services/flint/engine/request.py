@@ -47,6 +47,7 @@ class Request:
     stop_token_ids: frozenset = frozenset()  # EOS and template end tokens
     stop_strings: tuple[str, ...] = ()       # the request's stop strings and the template's
     source: GenerateRequest | None = None
+    session_id: str = ""                     # a session continuing its document: prefix-match hint key
 
     status: Status = Status.WAITING
     tokens: np.ndarray = field(init=False)         # [capacity] int64: prompt then output
@@ -58,6 +59,7 @@ class Request:
     slots_grew: bool = False                       # slot map grew since the runner last saw it
     owned_blocks: np.ndarray | None = None         # blocks this request allocated
     cache_node: Any = None                         # locked radix node of the matched prefix
+    cache_depth: int = 0                           # tokens on the path to cache_node
     detok: Any = None                              # incremental detokenizer
     sampler_state: Any = None                      # per-request generator (seeded sampling)
     ngram: Any = None                              # prompt-lookup index (speculation)
