@@ -20,6 +20,7 @@ replica's start-up.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -98,11 +99,16 @@ def load(name: str, sources: list[str] | None = None, extra_cflags: list[str] | 
             from torch.utils import cpp_extension
 
             build = _build_dir(name, paths, cflags)
-            module = cpp_extension.load(
-                name=name, sources=[str(p) for p in paths], extra_cflags=cflags,
-                extra_ldflags=["-fopenmp"], build_directory=str(build),
-                verbose=os.environ.get("FLINT_KERNELS_VERBOSE") == "1",
-            )
+            # torch's own build lock is a file that a killed build leaves behind, and every later load
+            # then waits on it forever; an flock dies with its process, so under it a leftover is stale
+            with open(build / "flint-build.lock", "w") as held:
+                fcntl.flock(held, fcntl.LOCK_EX)
+                (build / "lock").unlink(missing_ok=True)
+                module = cpp_extension.load(
+                    name=name, sources=[str(p) for p in paths], extra_cflags=cflags,
+                    extra_ldflags=["-fopenmp"], build_directory=str(build),
+                    verbose=os.environ.get("FLINT_KERNELS_VERBOSE") == "1",
+                )
         except Exception as exc:  # compiler missing, build error, ABI mismatch
             message = f"native kernel {name!r} unavailable: {type(exc).__name__}: {exc}"
             _failed[name] = message
