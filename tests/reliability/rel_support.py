@@ -117,7 +117,7 @@ def aborts(engine) -> float:
 def engine_freed_everything(engine) -> bool:
     """Nothing running or waiting, and every KV block free once the prefix cache is dropped."""
     load = engine.load()
-    return load.running == 0 and load.waiting == 0 and engine.engine.no_leaks()
+    return load.running == 0 and load.waiting == 0 and engine.no_leaks()   # between two steps
 
 
 class Cluster:

@@ -38,6 +38,8 @@ class AsyncEngine:
         self.max_context_tokens: int = engine.max_context_tokens
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._streams_lock = threading.Lock()
+        # Held for each step: a check from another thread (`no_leaks`) never sees, or changes, a half-made step.
+        self._step_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,6 +77,11 @@ class AsyncEngine:
 
     def load(self) -> LoadInfo:
         return self.engine.load()
+
+    def no_leaks(self) -> bool:
+        """`Engine.no_leaks` between two steps (tests' leak check while the step thread runs)."""
+        with self._step_lock:
+            return self.engine.no_leaks()
 
     async def abort(self, request_id: str) -> bool:
         found = self.engine.abort(request_id)
@@ -130,7 +137,8 @@ class AsyncEngine:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                events = engine.step()
+                with self._step_lock:
+                    events = engine.step()
                 if events:
                     self._dispatch(events)
         except BaseException as exc:  # surface to every stream instead of hanging them
