@@ -57,3 +57,12 @@ def test_flint_serve_with_quantization_int4_serves_the_int4_model(llama_checkpoi
         assert done.stdout.rstrip("\n") == expected.rstrip("\n")   # the int4 model's greedy text
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=90) == 0
+
+
+def test_sharded_replicas_refuse_quantization_before_starting_shards():
+    from flint.distributed.config import ShardingConfig
+    from flint.distributed.engine_factory import build_sharded_engine
+    from flint.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="not supported on sharded replicas"):
+        build_sharded_engine(EngineConfig(quantization="int4"), ShardingConfig(pp=2))

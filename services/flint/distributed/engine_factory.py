@@ -22,6 +22,12 @@ def build_sharded_engine(engine_config, sharding: ShardingConfig):
     from flint.engine.engine import Engine
     from flint.engine.tokenizer import Tokenizer
 
+    if engine_config.quantization != "none":
+        from flint.errors import InvalidArgument
+
+        raise InvalidArgument(f"quantization={engine_config.quantization!r} is not supported on sharded replicas "
+                              "(pp/tp > 1) yet: shard workers load full-precision weights; use quantization = "
+                              "\"none\" there, or one shard per replica")
     path = Path(engine_config.model).expanduser() if engine_config.model else ensure_demo_checkpoint()
     runner = DistributedRunner(str(path), sharding=sharding, dtype=engine_config.dtype)
     try:

@@ -48,9 +48,16 @@ class QuantWeight:
 
     def rows(self, index: torch.Tensor | slice) -> "QuantWeight":
         """Output channels `index` (a permutation, a subset or a slice)."""
+        if not isinstance(index, slice):
+            index = index.to(self.data.device)
         pick = (lambda t: t[index].contiguous()) if isinstance(index, slice) else (lambda t: t.index_select(0, index))
         return QuantWeight(self.bits, pick(self.data), pick(self.scale),
                            None if self.mins is None else pick(self.mins), self.in_features, self.group_size)
+
+    def to(self, device) -> "QuantWeight":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return QuantWeight(self.bits, move(self.data), move(self.scale), move(self.mins), self.in_features,
+                           self.group_size)
 
     @staticmethod
     def cat(parts: list["QuantWeight"]) -> "QuantWeight":

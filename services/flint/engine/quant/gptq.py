@@ -14,7 +14,8 @@ the integer grid). Checkpoints with act-order (`desc_act`, g_idx not sorted) or 
 kernels do not take (not 32/64/128) are dequantized and re-quantized at a supported group size, which
 costs some accuracy (logged). The embedding and lm_head, full precision in GPTQ checkpoints, are
 quantized by the usual pass when `quantization` is int8/int4 and kept otherwise.
-Supports one tensor-parallel rank (any pipeline stage); 4-bit only.
+Supports one tensor-parallel rank (any pipeline stage); 4-bit only. Codes move to the model's device (on
+CUDA, QuantLinear dequantizes for F.linear).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def load(model, weights, cfg: GptqConfig, fallback_group: int):
         att, mlp = hf + "self_attn.", hf + "mlp."
 
         def lin(name: str, k: int, n: int) -> QuantWeight:
-            return read_linear(weights, name, k, n, cfg, fallback_group)
+            return read_linear(weights, name, k, n, cfg, fallback_group).to(model.device)
 
         def rotary_order(n: int) -> torch.Tensor:   # q/k rows go to flint's interleaved rotary order
             return interleave_rows(torch.arange(n)[:, None], hd)[:, 0]

@@ -62,8 +62,9 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.qweight = weight
         self.in_features, self.out_features = weight.in_features, weight.out_features
-        self.bias = None if bias is None else bias.detach().float().contiguous()
-        self.input_scale = None if input_scale is None else input_scale.detach().float().contiguous()
+        device = weight.data.device
+        self.bias = None if bias is None else bias.detach().to(device, torch.float32).contiguous()
+        self.input_scale = None if input_scale is None else input_scale.detach().to(device, torch.float32).contiguous()
 
     def extra_repr(self) -> str:
         w = self.qweight
