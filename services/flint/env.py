@@ -33,9 +33,12 @@ def kernel_cache_dir() -> Path:
     return Path(override).expanduser() if override else cache_dir() / "kernels"
 
 
+REDIS_URL_ENV = "FLINT_REDIS_URL"
+
+
 def redis_url() -> str | None:
     """`FLINT_REDIS_URL`: default for `--redis-url` (unset = embedded Valkey)."""
-    return os.environ.get("FLINT_REDIS_URL") or None
+    return os.environ.get(REDIS_URL_ENV) or None
 
 
 def server_address() -> str | None:

@@ -170,9 +170,12 @@ class Server:
                                       reuse_port=cfg.workers > 1, journal=cfg.journal, admission=cfg.admission,
                                       security=cfg.security, observability=observability)
             proc = subprocess.Popen(  # the token goes by environment: a command line is visible to every user
-                [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(frontend)),
+                # redis_url (password included) goes by environment too: the worker reads FLINT_REDIS_URL
+                [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps({**asdict(frontend),
+                                                                                      "redis_url": ""}),
                  "--parent-pid", str(os.getpid())],
                 stdout=subprocess.PIPE, text=True, env={**os.environ, internal.TOKEN_ENV: self._internal_token,
+                                                        env.REDIS_URL_ENV: self.redis_url,
                                                         env.PROMETHEUS_MULTIPROC_ENV: self._metrics_dir})
             self._workers.append(proc)
             ready = _read_ready_line(proc, timeout_s=60.0)

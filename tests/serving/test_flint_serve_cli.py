@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+from pathlib import Path
 import urllib.request
 
 import pytest
@@ -49,6 +50,13 @@ def test_flint_serve_starts_answers_complete_and_stops_on_sigterm(demo_checkpoin
             ended = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                         if line.startswith("flint_request_success_total{"))
             assert ended == 2 and "_created" not in text
+
+        # The embedded Valkey's password never goes on a command line (every local user can read those).
+        worker_pids = [int(m.group(1)) for line in out.lines if (m := re.search(r"front-end worker .*pid (\d+)", line))]
+        assert len(worker_pids) == 2
+        for pid in worker_pids:
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+            assert "redis://" not in cmdline, cmdline
 
         status = flint("status", env=env)  # finds Redis through the state file of the running serve
         assert status.returncode == 0, status.stderr
