@@ -210,7 +210,7 @@ class FrontendConfig:
     http_port: int = -1                # HTTP door (OpenAI API, /health, /metrics); -1 = off, 0 = any free port
     reuse_port: bool = True            # several worker processes share one port (SO_REUSEPORT)
     key_prefix: str = "flint"
-    routing: str = "affinity"          # "affinity" (session's replica, else least loaded) | "least_loaded"
+    routing: str = "affinity"          # "affinity" (session's replica, else power-of-two choices) | "least_loaded"
     session_ttl_s: float = 3600.0
     request_ttl_s: float = 600.0       # how long a finished request stays known (interrupt -> NOT_FOUND after)
     interrupt_timeout_s: float = 2.0   # wait for the owning worker's acknowledgement

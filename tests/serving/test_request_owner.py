@@ -19,7 +19,7 @@ from flint.frontend.journal import Journal, JournalConfig, RequestJournal
 from flint.frontend.owner import LocalRequests, RequestOwner, ResumePoint
 from flint.frontend.render import from_message
 from flint.frontend.replicas import ReplicaPool
-from flint.frontend.routing import LeastLoaded
+from flint.frontend.routing import PowerOfTwoChoices
 from flint.frontend.store import RequestRecord, Store
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.internal.v1 import engine_pb2_grpc
@@ -87,7 +87,7 @@ class Harness:
         self.store = Store(redis, prefix, session_ttl_s=60, request_ttl_s=60)
         self.journal = Journal(redis, prefix, JournalConfig())
         self.registry = ReplicaRegistry(redis, prefix)
-        self.pool = ReplicaPool(self.registry, LeastLoaded(), wait_s=0.5, internal_token="test-token")
+        self.pool = ReplicaPool(self.registry, PowerOfTwoChoices(seed=0), wait_s=0.5, internal_token="test-token")
         self.local = LocalRequests()
         self.replica = ReplicaInfo(replica_id="scripted", address=engine.address, model="m", max_context_tokens=64)
         self.events: list = []

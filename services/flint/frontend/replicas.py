@@ -2,12 +2,19 @@
 
 The registry is re-read at most every `refresh_interval_s` (loads in it are
 one heartbeat old anyway); one gRPC channel is kept per replica address.
+
+The pool also keeps this worker's own in-flight count per replica, which
+the routing policy weighs: an engine call opened through `stub()` counts
+until it ends, and a replica just picked counts as one more until its
+engine call opens (or `RESERVATION_S` passes: the request was refused
+before it reached the engine), so a burst of picks sees its own earlier picks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict, deque
 
 import grpc
 
@@ -16,6 +23,8 @@ from flint.frontend.routing import RoutingPolicy
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.security.internal import EngineClient
 from flint.security.limits import unknown_model
+
+RESERVATION_S = 2.0   # a pick counts as in flight this long at most before its engine call opens
 
 
 class ReplicaPool:
@@ -31,6 +40,8 @@ class ReplicaPool:
         self._drop_s = drop_s
         self._dropped: dict[str, float] = {}   # address -> monotonic time it may be routed to again
         self._channels: dict[str, tuple[grpc.aio.Channel, EngineClient]] = {}
+        self._open: dict[str, int] = defaultdict(int)            # replica id -> engine calls open now
+        self._reserved: dict[str, deque] = defaultdict(deque)    # replica id -> expiry times of picks not started
 
     async def replicas(self, *, fresh: bool = False) -> list[ReplicaInfo]:
         now = time.monotonic()
@@ -52,13 +63,39 @@ class ReplicaPool:
                 if not serving:
                     models = ", ".join(sorted({r.model for r in replicas}))
                     raise unknown_model(model, models)
-                return self._policy.choose(serving, affinity=affinity)
+                chosen = self._policy.choose(serving, affinity=affinity, inflight=self.inflight())
+                self._reserved[chosen.replica_id].append(time.monotonic() + RESERVATION_S)
+                return chosen
             if time.monotonic() > deadline:
                 but = " other than those that refused the connection" if exclude else ""
                 raise Unavailable(f"no engine replica{but} is available (waited {self._wait_s:g} s); retry shortly",
                                   retry_after_ms=1000)
             fresh = True
             await asyncio.sleep(0.1)
+
+    def inflight(self) -> dict[str, int]:
+        """This worker's requests per replica id: engine calls open plus picks whose call has not opened."""
+        now = time.monotonic()
+        counts = {rid: n for rid, n in self._open.items() if n}
+        for rid, expiries in list(self._reserved.items()):
+            while expiries and expiries[0] <= now:
+                expiries.popleft()
+            if expiries:
+                counts[rid] = counts.get(rid, 0) + len(expiries)
+            else:
+                del self._reserved[rid]
+        return counts
+
+    def _opened(self, replica_id: str) -> None:
+        self._open[replica_id] += 1
+        reserved = self._reserved.get(replica_id)
+        if reserved:
+            reserved.popleft()
+
+    def _closed(self, replica_id: str) -> None:
+        self._open[replica_id] -= 1
+        if not self._open[replica_id]:
+            del self._open[replica_id]
 
     def drop(self, replica: ReplicaInfo) -> None:
         """Stop routing to a replica that refused a connection, for as long as its heartbeat may still
@@ -70,7 +107,7 @@ class ReplicaPool:
         replicas = [r for r in await self.replicas() if r.routable]
         return min(replicas, key=lambda r: r.replica_id) if replicas else None
 
-    def stub(self, replica: ReplicaInfo) -> EngineClient:
+    def stub(self, replica: ReplicaInfo) -> "_CountingClient":
         entry = self._channels.get(replica.address)
         if entry is None:
             channel = grpc.aio.insecure_channel(replica.address, options=[
@@ -79,9 +116,27 @@ class ReplicaPool:
             ])
             entry = (channel, EngineClient(channel, self._internal_token))  # calls carry the internal token
             self._channels[replica.address] = entry
-        return entry[1]
+        return _CountingClient(entry[1], self, replica.replica_id)  # open Generates count in `inflight()`
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         for channel, _ in channels.values():
             await channel.close()
+
+
+class _CountingClient:
+    """An `EngineClient` whose Generate calls count in the pool's in-flight while they are open."""
+
+    def __init__(self, client: EngineClient, pool: ReplicaPool, replica_id: str):
+        self._client = client
+        self._pool = pool
+        self._replica_id = replica_id
+
+    def Generate(self, request, **kwargs):  # noqa: N802 - the RPC's name
+        call = self._client.Generate(request, **kwargs)
+        self._pool._opened(self._replica_id)
+        call.add_done_callback(lambda _call: self._pool._closed(self._replica_id))
+        return call
+
+    def Load(self, request, **kwargs):  # noqa: N802
+        return self._client.Load(request, **kwargs)
