@@ -8,7 +8,10 @@
     engine.abort(request_id)                              # takes effect at the next step
 
 `add_request` and `abort` may be called from other threads while one thread
-steps (the async wrapper does that); they only touch a locked inbox.
+steps (the async wrapper does that); they only touch a locked inbox. `load`
+may be too: it returns the immutable `LoadInfo` the stepping thread publishes
+at the end of each step (one reference swap), plus the inbox's length; it
+never reads scheduler or KV state, which only the stepping thread touches.
 
 One step = drain inbox and aborts -> schedule (flint.engine.scheduler: how
 many tokens each request computes; preemptions; queue timeouts) -> build the
@@ -21,6 +24,7 @@ aborted, timed out, not started in time) goes through `_finish`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -80,6 +84,7 @@ class Engine:
         self._requests: dict[str, Request] = {}  # step-thread view of live requests
         # Tests and benchmarks set a dict here to keep each finished request's output token ids.
         self.recorded_outputs: dict[str, list[int]] | None = None
+        self._load = self._measure_load()   # replaced whole by the stepping thread at the end of each step
         log.info("%s", self.kv_report())
 
     # -- construction ----------------------------------------------------------------------------
@@ -167,12 +172,27 @@ class Engine:
         return pending or self.scheduler.has_work()
 
     def load(self) -> LoadInfo:
-        return LoadInfo(running=len(self.scheduler.running), waiting=self.scheduler.num_waiting + len(self._inbox),
+        """The load as of the end of the last step (any thread), with requests added since counted as waiting."""
+        snapshot = self._load        # one read of an immutable object: its fields belong to one moment
+        with self._lock:
+            queued = len(self._inbox)
+        return dataclasses.replace(snapshot, waiting=snapshot.waiting + queued) if queued else snapshot
+
+    def _measure_load(self) -> LoadInfo:
+        """Stepping thread only: the scheduler's and the KV cache's state now."""
+        return LoadInfo(running=len(self.scheduler.running), waiting=self.scheduler.num_waiting,
                         kv_used_fraction=self.kv.active_fraction(self.scheduler.running),
                         max_context_tokens=self.max_context_tokens)
 
     # -- the step ---------------------------------------------------------------------------------
     def step(self) -> list[Event]:
+        """One step; then publish the load it leaves (`load()` reads that snapshot from any thread)."""
+        try:
+            return self._step()
+        finally:
+            self._load = self._measure_load()
+
+    def _step(self) -> list[Event]:
         """schedule -> build the batch -> run -> apply the output (each a small function)."""
         t0 = time.perf_counter()
         events: list[Event] = []
