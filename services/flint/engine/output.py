@@ -77,4 +77,7 @@ class OutputProcessor:
             timings=timings,
             draft_tokens=req.draft_tokens,
             accepted_draft_tokens=req.accepted_draft_tokens,
+            # Tokens whose text was never sent: it was empty (special tokens), cut by an abort or a time limit,
+            # or a stop string. The deltas' token counts plus these are completion_tokens, exactly.
+            withheld_tokens=req.pending_tokens,
         )

@@ -46,8 +46,14 @@ class RequestBuilder:
                 f"(prompt + at least 1 generated token): shorten the prefix, suffix or context files"
             )
         edit = req.kind is RequestKind.EDIT
+        room = limit - len(ids)
+        if req.sampling.max_tokens > room:   # asked for: refused, never silently reduced
+            raise InvalidArgument(
+                f"max_tokens is {req.sampling.max_tokens} but this model's context of {limit} tokens leaves "
+                f"{room} after the {len(ids)}-token prompt: set max_tokens to at most {room}, or shorten the prompt"
+            )
         default = self.config.max_tokens_edit if edit else self.config.max_tokens_complete
-        max_tokens = min(req.sampling.max_tokens or default, limit - len(ids))
+        max_tokens = req.sampling.max_tokens or min(default, room)   # the default is capped by the context
         speculate = self.config.speculation == "all" or (self.config.speculation == "edit" and edit)
         lookahead = self.config.spec_draft_tokens if speculate else 0
         if len(ids) + max_tokens + lookahead > self.kv_capacity_tokens:

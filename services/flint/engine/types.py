@@ -103,6 +103,7 @@ class Final:
     timings: Timings = field(default_factory=Timings)
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
+    withheld_tokens: int = 0          # generated tokens no delta covered (no text; a stop string's tokens)
 
 
 @dataclass(frozen=True)

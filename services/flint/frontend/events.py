@@ -54,6 +54,9 @@ class Final:
     accepted_draft_tokens: int = 0
     replica_id: str = ""
     timings: Timings = field(default_factory=Timings)
+    # Generated tokens no delta covers (no text, or a stop string's): the deltas' token_counts plus this equal
+    # completion_tokens.
+    withheld_tokens: int = 0
 
 
 @dataclass(frozen=True)

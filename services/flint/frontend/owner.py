@@ -316,7 +316,7 @@ class RequestOwner:
             prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
             cached_prompt_tokens=f.cached_prompt_tokens, draft_tokens=f.draft_tokens,
             accepted_draft_tokens=f.accepted_draft_tokens, replica_id=self.record.replica_id,
-            timings=ev.Timings(queue_ms=f.queue_ms, prefill_ms=f.prefill_ms, first_token_ms=f.first_token_ms,
+            withheld_tokens=f.withheld_tokens, timings=ev.Timings(queue_ms=f.queue_ms, prefill_ms=f.prefill_ms, first_token_ms=f.first_token_ms,
                                decode_ms=f.decode_ms, total_ms=self._total_ms()))
 
     def _final_interrupted(self) -> ev.Final:

@@ -32,7 +32,7 @@ def to_message(event: ev.Event) -> pb.ServerMessage:
             prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
             cached_prompt_tokens=event.cached_prompt_tokens, draft_tokens=event.draft_tokens,
             accepted_draft_tokens=event.accepted_draft_tokens, replica_id=event.replica_id,
-            timings=pb.Timings(queue_ms=t.queue_ms, prefill_ms=t.prefill_ms, first_token_ms=t.first_token_ms,
+            withheld_tokens=event.withheld_tokens, timings=pb.Timings(queue_ms=t.queue_ms, prefill_ms=t.prefill_ms, first_token_ms=t.first_token_ms,
                                decode_ms=t.decode_ms, total_ms=t.total_ms)))
     if isinstance(event, ev.Failed):
         return request_error(event.request_id, event.error)
@@ -54,7 +54,7 @@ def from_message(message: pb.ServerMessage) -> ev.Event | None:
             prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
             cached_prompt_tokens=f.cached_prompt_tokens, draft_tokens=f.draft_tokens,
             accepted_draft_tokens=f.accepted_draft_tokens, replica_id=f.replica_id,
-            timings=ev.Timings(t.queue_ms, t.prefill_ms, t.first_token_ms, t.decode_ms, t.total_ms))
+            withheld_tokens=f.withheld_tokens, timings=ev.Timings(t.queue_ms, t.prefill_ms, t.first_token_ms, t.decode_ms, t.total_ms))
     if kind == "error":
         return ev.Failed(message.error.request_id, error_of(message.error))
     return None

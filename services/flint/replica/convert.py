@@ -53,4 +53,5 @@ def event_to_proto(event: t.Event) -> pb.GenerateEvent:
         total_ms=tm.total_ms,
         draft_tokens=event.draft_tokens,
         accepted_draft_tokens=event.accepted_draft_tokens,
+        withheld_tokens=event.withheld_tokens,
     ))

@@ -315,7 +315,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("request_id", "seq", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "timings", "draft_tokens", "accepted_draft_tokens", "replica_id")
+    __slots__ = ("request_id", "seq", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "timings", "draft_tokens", "accepted_draft_tokens", "replica_id", "withheld_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +326,7 @@ class Final(_message.Message):
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     finish_reason: FinishReason
@@ -336,7 +337,8 @@ class Final(_message.Message):
     draft_tokens: int
     accepted_draft_tokens: int
     replica_id: str
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., replica_id: _Optional[str] = ...) -> None: ...
+    withheld_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., replica_id: _Optional[str] = ..., withheld_tokens: _Optional[int] = ...) -> None: ...
 
 class RequestError(_message.Message):
     __slots__ = ("request_id", "code", "message", "retryable", "retry_after_ms", "document_version", "document_id")
