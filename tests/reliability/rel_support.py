@@ -260,7 +260,7 @@ def main_replica_process() -> None:
 
     async def run() -> None:
         host = ReplicaHost(engine_config(cluster.checkpoint, **json.loads(args.engine)),
-                           cluster.replica_config(args.replica_id))
+                           cluster.replica_config(args.replica_id), exit_on_broken=True)  # as under Ray
         address = await host.start()
         print(json.dumps({"address": address}), flush=True)
         stop = asyncio.Event()

@@ -51,7 +51,7 @@ class ShardedReplicaHost(ReplicaHost):
 
         self._engine = await asyncio.to_thread(build_sharded_engine, self._engine_config, self._sharding)
         await self._engine.start()
-        self._server = ReplicaServer(self._engine, self._replica_config)
+        self._server = ReplicaServer(self._engine, self._replica_config, on_broken=self._broken)
         try:
             return await self._server.start()
         except BaseException:

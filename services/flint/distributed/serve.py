@@ -149,15 +149,11 @@ class EngineReplica:
                 "shards": list(getattr(runner, "placement", []))}   # node, pid, stage, rank of each shard worker
 
     async def check_health(self) -> None:
-        """Serve restarts a replica whose engine step thread died or whose server stopped."""
-        engine = self.host._engine
-        if engine is None or self.host._server is None:
-            raise RuntimeError("flint engine replica is not running")
-        if engine._error is not None:
-            raise RuntimeError(f"flint engine failed: {engine._error!r}")
-        check_shards = getattr(engine.engine.runner, "check", None)
-        if check_shards is not None:
-            check_shards()   # a lost shard worker makes the whole replica unhealthy: Serve replaces it
+        """Serve restarts a replica that cannot serve: its engine step thread failed or ended, its runner's check
+        failed (a lost shard worker makes the whole replica unhealthy), or its server stopped."""
+        problem = self.host.health()
+        if problem:
+            raise RuntimeError(f"flint engine replica {self.host.replica_id()}: {problem}")
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         return engine_load_metrics(self.host._engine.load())

@@ -13,6 +13,10 @@ of one step are handed to each request's asyncio queue with ONE
 
 Closing or cancelling the `generate` iterator before its Final aborts the
 request at the next engine step, which frees its KV blocks.
+
+`health()` says whether the engine can serve: "" while it can, else why not
+(the step thread failed or ended, or the runner's own check failed, e.g. a
+shard worker died). A replica polls it and stops serving when it is not "".
 """
 
 from __future__ import annotations
@@ -78,6 +82,23 @@ class AsyncEngine:
     def load(self) -> LoadInfo:
         return self.engine.load()
 
+    def health(self) -> str:
+        """"" while this engine can serve; else why it cannot (cheap: no step is waited for)."""
+        if self._error is not None:
+            return f"the engine step thread failed: {self._error!r}"
+        thread = self._thread
+        if thread is None:
+            return "the engine is not running"
+        if not thread.is_alive():
+            return "the engine step thread ended"
+        check = getattr(self.engine.runner, "check", None)   # DistributedRunner: are the shard workers alive
+        if check is not None:
+            try:
+                check()
+            except Exception as exc:  # noqa: BLE001 - reported as the reason
+                return f"the engine's runner check failed: {exc}"
+        return ""
+
     def no_leaks(self) -> bool:
         """`Engine.no_leaks` between two steps (tests' leak check while the step thread runs)."""
         with self._step_lock:
@@ -131,12 +152,16 @@ class AsyncEngine:
     # -- step thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
         engine = self.engine
+        fault_at, steps = engine.config.fault_step_error_at, 0
         try:
             while not self._stopping.is_set():
                 if not engine.has_work():
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
+                steps += 1
+                if steps == fault_at:
+                    raise RuntimeError(f"fault injected at step {steps} (engine config fault_step_error_at)")
                 with self._step_lock:
                     events = engine.step()
                 if events:

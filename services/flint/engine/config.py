@@ -71,6 +71,9 @@ class EngineConfig:
     starvation_steps: int = 64           # waiting / paused this many steps: goes first, never skipped
     queue_timeout_interactive_ms: int = 2000   # not started by then: RESOURCE_EXHAUSTED with a retry delay
     queue_timeout_bulk_ms: int = 30000
+    # Fault tests only: the step thread raises at this step (counted from 1), as a kernel or model bug would;
+    # the replica must then report NOT_SERVING and exit (tests/reliability/test_replica_health.py). 0 = never.
+    fault_step_error_at: int = 0
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -121,6 +124,7 @@ class EngineConfig:
         _int_at_least("starvation_steps", self.starvation_steps, 1)
         _int_at_least("queue_timeout_interactive_ms", self.queue_timeout_interactive_ms, 1)
         _int_at_least("queue_timeout_bulk_ms", self.queue_timeout_bulk_ms, 1)
+        _int_at_least("fault_step_error_at", self.fault_step_error_at, 0)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> "EngineConfig":

@@ -17,6 +17,13 @@ replica id and address, front-end workers pick it up from the registry, and
 the dead one's entry expires with its heartbeat. Nobody has to watch the
 actors for this, so it works the same under `flint serve`, in tests and in
 a Ray cluster whose driver is elsewhere.
+
+A replica whose engine breaks without its process dying (the step thread
+raised, a shard worker died) is made to die: its server reports NOT_SERVING
+and leaves routing (flint.replica.server), then, with `exit_on_broken`, the
+host stops the server briefly (streams get their UNAVAILABLE) and exits the
+process with EXIT_ENGINE_BROKEN, which Ray counts as a crash and restarts.
+Under Ray Serve, `health()` feeds the deployment's `check_health`.
 """
 
 from __future__ import annotations
@@ -32,12 +39,18 @@ from flint.observability.metrics import metrics
 log = logging.getLogger(__name__)
 
 
+EXIT_ENGINE_BROKEN = 70   # the process's exit status when its engine can no longer serve (EX_SOFTWARE)
+BROKEN_STOP_GRACE_S = 0.5  # a broken replica's server gets this long to send its streams' statuses
+
+
 class ReplicaHost:
     """Engine + ReplicaServer owned together; the body of the Ray actor."""
 
-    def __init__(self, engine_config, replica_config: ReplicaConfig, *, start_on_restart: bool = False):
+    def __init__(self, engine_config, replica_config: ReplicaConfig, *, start_on_restart: bool = False,
+                 exit_on_broken: bool = False):
         self._engine_config = engine_config
         self._replica_config = replica_config
+        self._exit_on_broken = exit_on_broken
         self._engine = None
         self._server = None
         self._starting: asyncio.Task | None = None
@@ -76,12 +89,30 @@ class ReplicaHost:
 
         self._engine = await asyncio.to_thread(AsyncEngine.from_config, _with_given_cpus(self._engine_config))
         await self._engine.start()
-        self._server = ReplicaServer(self._engine, self._replica_config)
+        self._server = ReplicaServer(self._engine, self._replica_config, on_broken=self._broken)
         try:
             return await self._server.start()
         except BaseException:
             await self._engine.stop()
             raise
+
+    def health(self) -> str:
+        """"" while this replica can serve, else why not (Ray Serve's `check_health` raises with it)."""
+        if self._engine is None or self._server is None:
+            return "the engine replica is not running"
+        return self._server.broken or self._engine.health()
+
+    async def _broken(self, problem: str) -> None:
+        if not self._exit_on_broken:
+            return
+        log.error("engine replica cannot serve (%s): exiting with status %d so that Ray restarts it", problem,
+                  EXIT_ENGINE_BROKEN)
+        try:
+            await asyncio.wait_for(self._server.stop(BROKEN_STOP_GRACE_S),
+                                   self._replica_config.deregister_delay_s + BROKEN_STOP_GRACE_S + 2)
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_ENGINE_BROKEN)
 
     def num_threads(self) -> int:
         """Torch threads the engine runs with (tests check it follows the actor's num_cpus)."""
@@ -161,7 +192,8 @@ def start_replica_actors(engine_config, replica_config: ReplicaConfig, *, count:
     replica_config = dataclasses.replace(replica_config, internal_token=token)
     actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
                            resources=dict(resources or {}))(ReplicaHost)
-    actors = [actor_cls.remote(engine_config, replica_config, start_on_restart=True) for _ in range(count)]
+    actors = [actor_cls.remote(engine_config, replica_config, start_on_restart=True, exit_on_broken=True)
+              for _ in range(count)]
     try:
         with metrics().time_ray("replica_start"):
             addresses = ray.get([a.start.remote() for a in actors], timeout=timeout_s)

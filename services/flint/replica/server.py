@@ -5,6 +5,14 @@ flint.internal.v1.Engine (Generate, Load) on its own `grpc.aio`
 server, so tokens stream straight to front-end workers with no Ray call per
 token, and publishes its address, health and load to Redis every heartbeat.
 Built from an address (port 0 in tests); `stop()` drains gracefully.
+
+Health means "can serve": every heartbeat first asks the engine
+(`AsyncEngine.health()`: step thread alive and error-free, runner check).
+When it cannot serve, the replica sets its gRPC health to NOT_SERVING,
+publishes itself unhealthy once and stops heartbeating (front-ends stop
+routing to it at their next registry read; the record then expires), and
+calls `on_broken(reason)`: a replica hosted by Ray exits there so Ray
+restarts it (flint.replica.host).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from typing import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +30,7 @@ from flint.admission import AdmissionConfig, check_replica_load
 from flint.config import ReplicaConfig
 from flint.docstore import DocumentStore
 from flint.engine.types import Final
+from flint.errors import Unavailable
 from flint.grpc_status import ErrorInterceptor
 from flint.internal.v1 import engine_pb2 as pb
 from flint.observability import tracing
@@ -50,9 +60,13 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         # engine iterator early, so the engine aborted it. Published in Redis for operators.
         self.cancelled_total = 0
         self.document_store = None   # flint.docstore.DocumentStore, set when Redis is connected
+        self.broken = ""             # why the engine cannot serve ("" = it can); set by ReplicaServer
         self._documents = None       # flint.replica.documents.DocumentTokens, made on first use
 
     async def Generate(self, request, context):
+        if self.broken:
+            raise Unavailable(f"engine replica {self._replica_id} cannot serve ({self.broken}); it is restarting: "
+                              "send the request to another replica")
         check_replica_load(self._admission, self._replica_id, self._engine.load())  # RESOURCE_EXHAUSTED, no hang
         engine_request = request_from_proto(request)
         if request.HasField("document") or request.context_documents:   # prompt from session documents
@@ -83,14 +97,14 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         load = self._engine.load()
         return pb.LoadReport(replica_id=self._replica_id, model=self._engine.model_name, running=load.running,
                              waiting=load.waiting, kv_used_fraction=load.kv_used_fraction,
-                             max_context_tokens=load.max_context_tokens, healthy=True,
+                             max_context_tokens=load.max_context_tokens, healthy=not self.broken,
                              draining=self._draining.is_set())
 
 
 class ReplicaServer:
     """Internal gRPC server + registry heartbeat for one started engine."""
 
-    def __init__(self, engine, config: ReplicaConfig):
+    def __init__(self, engine, config: ReplicaConfig, *, on_broken: Callable[[str], Awaitable[None]] | None = None):
         self.config = config
         self.replica_id = config.replica_id or f"replica-{secrets.token_hex(4)}"
         self.address = ""
@@ -103,6 +117,8 @@ class ReplicaServer:
         self._redis = None
         self._registry: ReplicaRegistry | None = None
         self._heartbeat: asyncio.Task | None = None
+        self._on_broken = on_broken
+        self._broken_task: asyncio.Task | None = None
         self._max_token_bytes = max_token_bytes(getattr(getattr(engine, "engine", None), "tokenizer", None))
         # Tokenization on a bounded pool, round-robin between tenants (stand-in engines have no hook).
         self._prepare = FairPreparePool(workers=config.prepare_workers)
@@ -146,20 +162,47 @@ class ReplicaServer:
             replica_id=self.replica_id, address=self.address, model=self._engine.model_name,
             max_context_tokens=load.max_context_tokens or self._engine.max_context_tokens,
             running=load.running, waiting=load.waiting, kv_used_fraction=load.kv_used_fraction,
-            healthy=True, draining=self._draining.is_set(), cancelled_total=self._servicer.cancelled_total,
+            healthy=not self.broken, draining=self._draining.is_set(), cancelled_total=self._servicer.cancelled_total,
             max_token_bytes=self._max_token_bytes,
         )
 
     async def _publish(self) -> None:
         await self._registry.publish(self.info(), ttl_s=self.config.heartbeat_ttl_s)
 
+    @property
+    def broken(self) -> str:
+        """Why this replica cannot serve ("" while it can)."""
+        return self._servicer.broken
+
+    def engine_problem(self) -> str:
+        """The engine's own health ("" = can serve); stand-in engines without `health()` are healthy."""
+        health = getattr(self._engine, "health", None)
+        return health() if health is not None else ""
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
+            problem = self.engine_problem()
+            if problem:   # in a task of its own: `on_broken` may stop this server, which cancels this loop
+                self._broken_task = asyncio.create_task(self._mark_broken(problem), name=f"broken {self.replica_id}")
+                return
             try:
                 await self._publish()
             except Exception as exc:  # noqa: BLE001 - Redis blips must not kill the replica
                 log.warning("replica %s heartbeat failed: %s", self.replica_id, exc)
+
+    async def _mark_broken(self, problem: str) -> None:
+        """NOT_SERVING, published unhealthy once (no heartbeat refreshes it: it expires), then `on_broken`."""
+        self._servicer.broken = problem
+        log.error("engine replica %s cannot serve: %s; health NOT_SERVING, leaving routing", self.replica_id, problem)
+        for service in ("", ENGINE_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            await self._publish()
+        except Exception as exc:  # noqa: BLE001 - the record expires with its TTL anyway
+            log.warning("replica %s could not publish itself unhealthy: %s", self.replica_id, exc)
+        if self._on_broken is not None:
+            await self._on_broken(problem)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Leave the registry, stop accepting, let running streams finish within the grace period."""
