@@ -43,7 +43,7 @@ _failed: dict[str, str] = {}
 # Every native kernel: extension name -> its C++ sources (beside this module).
 KERNELS: dict[str, list[str]] = {
     "skinny_f32": ["skinny_f32.cpp"],
-    "flint_quant_linear": ["quant_linear.cpp"],
+    "flint_quant_linear": ["quant_linear.cpp", "quant_vnni.cpp"],
     "paged_attention": ["paged_attention.cpp"],
 }
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math"]

@@ -6,9 +6,10 @@
 //          packed uint8 [N, Kp / 2], scale and min fp32 [N, Kp / G]
 //
 // Kp is K padded to the block (16 for int8, G for int4); padded columns hold zero weights.
-// `linear_*` computes y[M, N] = (x * xscale) @ w^T + bias for small M (decode and speculative verification):
-// each weight vector is dequantized in registers once and multiplied into up to 8 rows of x, so the weights
-// stream from memory once per call whatever M is. Output channels are split over torch's intra-op threads.
+// `linear_*` computes y[M, N] = (x * xscale) @ w^T + bias for small M (decode and speculative verification)
+// on CPUs without AVX512-VNNI (those run quant_vnni.cpp over tiled weights): each weight vector is
+// dequantized in registers once and multiplied into up to 8 rows of x, so the weights stream from memory
+// once per call whatever M is. Output channels are split over torch's intra-op threads.
 // `dequant_*` writes the fp32 matrix (prefill runs torch.mm on it; embedding lookups dequantize their rows).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -170,175 +171,14 @@ void over_outputs(int64_t n, Body body) {
   }
 
 
-// ---- AVX512-VNNI path: activations quantized to int8 per block, integer dot products -----------------
-// The weight codes are the unsigned operand of vpdpbusd (int4 codes 0..15; int8 codes + 128) and the
-// activations the signed one: x ~= sx[b] * xq, one scale per block of `block` columns (the int4 group, or
-// 64 for int8). Per 64-column chunk and row: one vpdpbusd, a convert and an FMA with the per-lane scales
-//   int4: y = sum_chunks (idot * sx) * s[n, g]          + sum_g min[n, g] * sx[g] * sum(xq in g)
-//   int8: y = s[n] * (sum_chunks idot * sx - 128 * sum_b sx[b] * sum(xq in b))
-// int4 unpacks 32 packed bytes to [cols 0-15, 32-47, 16-31, 48-63] of the chunk; the activations are
-// stored in that order, so lanes pair up without a shuffle.
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-constexpr bool kHasVnni = true;
-bool g_use_vnni = true;
-
-struct QuantAct {
-  int64_t chunks = 0, blocks = 0;
-  std::vector<int8_t> q;        // [M, chunks * 64], int4 chunk order for int4
-  std::vector<float> lane_scale;  // [M, chunks, 16]: the block scale of each int32 lane
-  std::vector<float> block_sum;   // [M, blocks]: sx[b] * sum(xq in b)
-};
-
-// Position in a chunk -> column in the chunk (int4 order swaps the middle two 16-column quarters).
-inline int64_t chunk_col(int64_t pos, bool int4) {
-  if (!int4) return pos;
-  const int64_t quarter = pos / 16;
-  return (quarter == 1 ? 32 : quarter == 2 ? 16 : quarter * 16) + pos % 16;
-}
-
-void quantize_act(const float* x, int64_t m, int64_t kp, int64_t block, bool int4, QuantAct& a) {
-  a.chunks = (kp + 63) / 64;
-  a.blocks = (kp + block - 1) / block;
-  const int64_t kc = a.chunks * 64;
-  a.q.assign(m * kc, 0);
-  a.lane_scale.assign(m * a.chunks * 16, 0.f);
-  a.block_sum.assign(m * a.blocks, 0.f);
-  std::vector<float> sx(a.blocks), inv(a.blocks);
-  for (int64_t r = 0; r < m; ++r) {
-    const float* xr = x + r * kp;
-    for (int64_t b = 0; b < a.blocks; ++b) {
-      float mx = 0.f;
-      for (int64_t k = b * block; k < std::min(kp, (b + 1) * block); ++k) mx = std::max(mx, std::abs(xr[k]));
-      sx[b] = mx > 0.f ? mx / 127.f : 1.f;
-      inv[b] = 1.f / sx[b];
-    }
-    int8_t* qr = a.q.data() + r * kc;
-    for (int64_t c = 0; c < a.chunks; ++c) {
-      for (int64_t pos = 0; pos < 64; ++pos) {
-        const int64_t k = c * 64 + chunk_col(pos, int4);
-        if (k >= kp) continue;
-        const int v = static_cast<int>(std::nearbyint(xr[k] * inv[k / block]));
-        qr[c * 64 + pos] = static_cast<int8_t>(v);
-        a.block_sum[r * a.blocks + k / block] += static_cast<float>(v);
-      }
-      for (int lane = 0; lane < 16; ++lane) {
-        const int64_t k = std::min(kp - 1, c * 64 + chunk_col(lane * 4, int4));
-        a.lane_scale[(r * a.chunks + c) * 16 + lane] = sx[k / block];
-      }
-    }
-    for (int64_t b = 0; b < a.blocks; ++b) a.block_sum[r * a.blocks + b] *= sx[b];
-  }
-}
-
-inline __m512i int4_codes(const uint8_t* p, bool tail) {
-  // 32 packed bytes in both halves; the upper half shifted by 4: [low nibbles | high nibbles].
-  const __m512i b = tail ? _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(0xFFFF, p))
-                         : _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  const __m512i both = tail ? _mm512_inserti64x4(b, _mm512_castsi512_si256(b), 1) : b;
-  return _mm512_and_si512(_mm512_mask_srli_epi16(both, 0xFFFF0000u, both, 4), _mm512_set1_epi8(0x0F));
-}
-
-// Outputs [n, n + NB) for rows [r0, r0 + MB): NB independent accumulator chains per row, and each
-// activation vector loaded once for NB outputs.
-template <int MB, int NB, bool INT4>
-void vnni_tile(const QuantAct& a, int64_t r0, int64_t kp, int64_t group, const uint8_t* w, const float* scale,
-               const float* mins, const float* bias, float* y, int64_t ldy, int64_t n) {
-  const int64_t kc = a.chunks * 64, row_bytes = INT4 ? kp / 2 : kp, ngroups = INT4 ? kp / group : 0;
-  const int64_t tail_bytes = INT4 ? (kp % 64) / 2 : kp % 64;
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __mmask16 second_group = 0xF0F0;   // int4, group 32: lanes of columns 32-47 and 48-63
-  const int group_shift = group == 128 ? 7 : group == 64 ? 6 : 5;   // group sizes are 32, 64, 128
-  const int8_t* xq = a.q.data() + r0 * kc;
-  const float* lsc = a.lane_scale.data() + r0 * a.chunks * 16;
-  __m512 acc[MB][NB];
-  for (int r = 0; r < MB; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < a.chunks; ++c) {
-    const bool tail = tail_bytes && c == a.chunks - 1;
-    __m512i wv[NB];
-    __m512 ws[NB];
-    for (int j = 0; j < NB; ++j) {
-      const uint8_t* wr = w + (n + j) * row_bytes;
-      if constexpr (INT4) {
-        wv[j] = int4_codes(wr + c * 32, tail);
-        const float* sn = scale + (n + j) * ngroups;
-        if (group == 32) {
-          const float s1 = 2 * c + 1 < ngroups ? sn[2 * c + 1] : 0.f;
-          ws[j] = _mm512_mask_blend_ps(second_group, _mm512_set1_ps(sn[2 * c]), _mm512_set1_ps(s1));
-        } else {
-          ws[j] = _mm512_set1_ps(sn[(c * 64) >> group_shift]);
-        }
-      } else {
-        const __m512i raw = tail ? _mm512_maskz_loadu_epi8((1ULL << tail_bytes) - 1, wr + c * 64)
-                                 : _mm512_loadu_si512(wr + c * 64);
-        wv[j] = _mm512_xor_si512(raw, flip);
-      }
-    }
-    for (int r = 0; r < MB; ++r) {
-      const __m512i xv = _mm512_loadu_si512(xq + r * kc + c * 64);
-      const __m512 ls = _mm512_loadu_ps(lsc + (r * a.chunks + c) * 16);
-      for (int j = 0; j < NB; ++j) {
-        const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[j], xv));
-        if constexpr (INT4) acc[r][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(ls, ws[j]), acc[r][j]);
-        else acc[r][j] = _mm512_fmadd_ps(dot, ls, acc[r][j]);
-      }
-    }
-  }
-  for (int r = 0; r < MB; ++r) {
-    const float* bs = a.block_sum.data() + (r0 + r) * a.blocks;
-    float corr = 0.f;
-    if constexpr (!INT4)
-      for (int64_t k = 0; k < a.blocks; ++k) corr += bs[k];
-    for (int j = 0; j < NB; ++j) {
-      const int64_t o = n + j;
-      if constexpr (INT4) {   // + sum_g min[o, g] * block_sum[g], in the lanes before the one reduction
-        for (int64_t g = 0; g < ngroups; g += 16) {
-          const __mmask16 live = ngroups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (ngroups - g)) - 1);
-          acc[r][j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, mins + o * ngroups + g),
-                                      _mm512_maskz_loadu_ps(live, bs + g), acc[r][j]);
-        }
-      }
-      float v = _mm512_reduce_add_ps(acc[r][j]);
-      if constexpr (!INT4) v = scale[o] * (v - 128.f * corr);
-      y[r * ldy + o] = v + (bias ? bias[o] : 0.f);
-    }
-  }
-}
-
-constexpr int kVnniRows = 4, kVnniCols = 4;
-
-template <bool INT4, int MB>
-void vnni_span(const QuantAct& a, int64_t r0, int64_t kp, int64_t group, const uint8_t* w, const float* scale,
-               const float* mins, const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + kVnniCols <= n1; n += kVnniCols)
-    vnni_tile<MB, kVnniCols, INT4>(a, r0, kp, group, w, scale, mins, bias, y, ldy, n);
-  for (; n < n1; ++n) vnni_tile<MB, 1, INT4>(a, r0, kp, group, w, scale, mins, bias, y, ldy, n);
-}
-
-template <bool INT4>
-void vnni_linear(const QuantAct& a, int64_t m, int64_t kp, int64_t group, const uint8_t* w, const float* scale,
-                 const float* mins, const float* bias, float* y, int64_t n) {
-  at::parallel_for(0, (n + kVnniCols - 1) / kVnniCols, std::max<int64_t>(1, kGrain / kVnniCols),
-                   [&](int64_t b0, int64_t b1) {
-    const int64_t n0 = b0 * kVnniCols, n1 = std::min(n, b1 * kVnniCols);
-    for (int64_t r = 0; r < m; r += kVnniRows) {
-      float* yr = y + r * n;
-      switch (std::min<int64_t>(kVnniRows, m - r)) {
-        case 1: vnni_span<INT4, 1>(a, r, kp, group, w, scale, mins, bias, yr, n, n0, n1); break;
-        case 2: vnni_span<INT4, 2>(a, r, kp, group, w, scale, mins, bias, yr, n, n0, n1); break;
-        case 3: vnni_span<INT4, 3>(a, r, kp, group, w, scale, mins, bias, yr, n, n0, n1); break;
-        default: vnni_span<INT4, 4>(a, r, kp, group, w, scale, mins, bias, yr, n, n0, n1); break;
-      }
-    }
-  });
-}
-#else
-constexpr bool kHasVnni = false;
-bool g_use_vnni = false;
-#endif
-
 }  // namespace
+
+namespace flint_tiled {
+bool available();
+torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
+                           const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,
+                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias);
+}  // namespace flint_tiled
 
 torch::Tensor linear_int8(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias) {
@@ -355,14 +195,6 @@ torch::Tensor linear_int8(const torch::Tensor& x, const torch::Tensor& q, const 
   const float* sd = sc.data_ptr<float>();
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  if (g_use_vnni) {
-    QuantAct a;
-    quantize_act(xd, m, kp, 64, false, a);
-    vnni_linear<false>(a, m, kp, 64, reinterpret_cast<const uint8_t*>(qd), sd, nullptr, bd, yd, n);
-    return y;
-  }
-#endif
   over_outputs(n, [&](int64_t n0, int64_t n1) {
     for (int64_t r = 0; r < m; r += kMaxRows) {
       const int64_t mb = std::min<int64_t>(kMaxRows, m - r);
@@ -391,14 +223,6 @@ torch::Tensor linear_int4(const torch::Tensor& x, const torch::Tensor& packed, c
   const float* md = mn.data_ptr<float>();
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  if (g_use_vnni) {
-    QuantAct a;
-    quantize_act(xd, m, kp, group, true, a);
-    vnni_linear<true>(a, m, kp, group, wd, sd, md, bd, yd, n);
-    return y;
-  }
-#endif
   over_outputs(n, [&](int64_t n0, int64_t n1) {
     for (int64_t r = 0; r < m; r += kMaxRows) {
       const int64_t mb = std::min<int64_t>(kMaxRows, m - r);
@@ -455,10 +279,14 @@ torch::Tensor dequant_int4(const torch::Tensor& packed, const torch::Tensor& sca
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  static bool use_tiled = flint_tiled::available();
   m.attr("isa") = kIsa;
-  m.attr("has_vnni") = kHasVnni;
-  m.def("use_vnni", [](bool on) { g_use_vnni = kHasVnni && on; return g_use_vnni; },
-        "choose the VNNI path (int8 activations) or register dequantization (fp32 activations)");
+  m.attr("has_vnni") = flint_tiled::available();
+  m.def("use_vnni", [](bool on) { use_tiled = flint_tiled::available() && on; return use_tiled; },
+        "choose the VNNI path (tiled weights, int8 activations) or register dequantization (fp32 activations)");
+  m.def("vnni_on", []() { return use_tiled; }, "whether QuantLinear takes the VNNI path");
+  m.def("linear_tiled", &flint_tiled::linear_tiled,
+        "y = (x * xscale) @ w^T + bias over 16-output tiles of int8/int4 weights (quant_vnni.cpp), small M");
   m.def("linear_int8", &linear_int8, "y = (x * xscale) @ dequant(int8 w)^T + bias, small M");
   m.def("linear_int4", &linear_int4, "y = (x * xscale) @ dequant(int4 w)^T + bias, small M");
   m.def("dequant_int8", &dequant_int8, "fp32 [N, Kp] from int8 weights");

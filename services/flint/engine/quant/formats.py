@@ -127,6 +127,39 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.cat([chunks & 0x0F, chunks >> 4], dim=2).reshape(n, half * 2)
 
 
+@dataclass(frozen=True)
+class TiledWeight:
+    """A QuantWeight repacked for the VNNI kernel (kernels/quant_vnni.cpp): 16 output channels per tile,
+    each 64-byte vector 16 lanes x 4 bytes of one output each; N padded to 16 with zero scales."""
+    data: torch.Tensor            # uint8 [N/16 * Kp/4 * 64] (int8, codes + 128) or [N/16 * Kp/8 * 64] (int4)
+    scale: torch.Tensor           # fp32 [N/16 * 16] (int8) or [N/16, Kp / group_size, 16] (int4)
+    mins: torch.Tensor | None     # fp32 like scale (int4)
+
+
+def _pad_rows(t: torch.Tensor, rows: int, value: int = 0) -> torch.Tensor:
+    if rows == t.shape[0]:
+        return t
+    return torch.cat([t, torch.full((rows - t.shape[0], *t.shape[1:]), value, dtype=t.dtype, device=t.device)])
+
+
+def tile(w: QuantWeight) -> TiledWeight:
+    """`w` in the VNNI kernel's tile layout (see TiledWeight)."""
+    n, kp = w.out_features, w.padded_in_features
+    tiles = -(-n // 16)
+    if w.bits == 8:
+        codes = _pad_rows((w.data.to(torch.int16) + 128).to(torch.uint8), tiles * 16, 128)     # [Np, Kp]
+        data = codes.view(tiles, 16, kp // 4, 4).permute(0, 2, 1, 3)                            # [T, Kp/4, 16, 4]
+        return TiledWeight(data.contiguous().view(-1), _pad_rows(w.scale, tiles * 16).contiguous(), None)
+    q = _pad_rows(unpack_int4(w.data), tiles * 16).view(tiles, 16, kp // 8, 2, 4)              # k = 8s + 4h + b
+    data = (q[:, :, :, 0] | (q[:, :, :, 1] << 4)).permute(0, 2, 1, 3)                          # [T, Kp/8, 16, 4]
+    groups = kp // w.group_size
+
+    def per_tile(t: torch.Tensor) -> torch.Tensor:   # [N, G] -> [T, G, 16]
+        return _pad_rows(t, tiles * 16).view(tiles, 16, groups).transpose(1, 2).contiguous()
+
+    return TiledWeight(data.contiguous().view(-1), per_tile(w.scale), per_tile(w.mins))
+
+
 def quantize(w: torch.Tensor, mode: str, group_size: int) -> QuantWeight:
     if mode == "int8":
         return quantize_int8(w)

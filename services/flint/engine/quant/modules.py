@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flint.engine.quant.formats import QuantWeight
+from flint.engine.quant.formats import QuantWeight, TiledWeight, tile
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ class QuantLinear(nn.Module):
         device = weight.data.device
         self.bias = None if bias is None else bias.detach().to(device, torch.float32).contiguous()
         self.input_scale = None if input_scale is None else input_scale.detach().to(device, torch.float32).contiguous()
+        self._tiled: TiledWeight | None = None   # the VNNI kernel's layout, made on first use
+
+    def tiled(self) -> TiledWeight:
+        if self._tiled is None:
+            self._tiled = tile(self.qweight)
+        return self._tiled
 
     def extra_repr(self) -> str:
         w = self.qweight
@@ -77,7 +83,12 @@ class QuantLinear(nn.Module):
         w = self.qweight
         k = kernel() if x.device.type == "cpu" else None
         if k is not None and x2.shape[0] <= SMALL_M_ROWS:
-            if w.bits == 8:
+            if k.vnni_on():
+                xf = x2 if x2.dtype == torch.float32 and x2.stride(-1) == 1 else x2.float().contiguous()
+                t = self.tiled()
+                y = k.linear_tiled(xf, w.bits, t.data, t.scale, t.mins, w.out_features, w.padded_in_features,
+                                   w.group_size, self.input_scale, self.bias)
+            elif w.bits == 8:
                 y = k.linear_int8(x2, w.data, w.scale, self.input_scale, self.bias)
             else:
                 y = k.linear_int4(x2, w.data, w.scale, w.mins, w.group_size, self.input_scale, self.bias)

@@ -1,0 +1,273 @@
+// AVX512-VNNI small-M Linear over weights repacked in 16-output tiles (part of flint_quant_linear).
+//
+// A tile holds 16 output channels; one 64-byte vector of it is 16 lanes x 4 bytes, lane j for output 16t + j:
+//   int8  [N/16, Kp/4, 16, 4]  byte b of lane j at step s: w[16t + j, 4s + b] + 128 (unsigned)
+//   int4  [N/16, Kp/8, 16, 4]  byte b of lane j at step s: low nibble w[.., 8s + b], high nibble w[.., 8s + 4 + b]
+// with scales (and int4 mins) [N/16, groups, 16] and N padded to 16 (zero scales). Every lane accumulates
+// its own output, so a call needs no horizontal sums: per 64 weight bytes, a load (and for int4 two masks
+// and a shift) and one vpdpbusd per row, against 4 activation bytes broadcast to every lane.
+//
+// Activations are rounded to int8 once per call, per row and block (the int4 group; 64 columns for int8):
+//   x ~= sx[b] * xq,  xsum[b] = sum of xq over the block
+//   int4: y[n] = sum_g s[n, g] * sx[g] * idot_g + min[n, g] * sx[g] * xsum[g]
+//   int8: y[n] = s[n] * sum_b sx[b] * (idot_b - 128 * xsum[b])          (the +128 of the weight codes)
+// Rows are processed MB at a time inside each group of TB tiles, so the tiles' bytes come from memory once
+// per call and from L1 for the other rows: a verification step of 8 rows reads the weights once.
+// A row's result depends only on that row (same operations in the same order whatever MB): speculative
+// verification reproduces plain decoding bit for bit.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define FLINT_TILED 1
+#include <immintrin.h>
+#endif
+
+namespace flint_tiled {
+
+#ifdef FLINT_TILED
+namespace {
+
+constexpr int64_t kInt8Block = 64;
+
+struct Act {                 // int8 activations of M rows
+  int64_t kq = 0, blocks = 0, block = 0;
+  std::vector<int8_t> q;     // [M, kq]
+  std::vector<float> sx;     // [M, blocks]
+  std::vector<int32_t> sum;  // [M, blocks]
+};
+
+// Rows of x [M, K] (row stride ldx), times xscale [K] if given, zero past K, rounded to int8 per block.
+void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, int64_t kp, int64_t block,
+              Act& a) {
+  a.block = block;
+  a.blocks = (kp + block - 1) / block;
+  a.kq = a.blocks * block;
+  a.q.resize(m * a.kq);
+  a.sx.resize(m * a.blocks);
+  a.sum.resize(m * a.blocks);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * ldx;
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      __m512 v[8];   // blocks are at most 128 columns
+      const int64_t k0 = b * block, nv = block / 16;
+      __m512 mx = _mm512_setzero_ps();
+      for (int64_t i = 0; i < nv; ++i) {
+        const int64_t c = k0 + 16 * i;
+        const __mmask16 live = c >= k ? 0 : (k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1));
+        v[i] = _mm512_maskz_loadu_ps(live, xr + c);
+        if (xscale) v[i] = _mm512_mul_ps(v[i], _mm512_maskz_loadu_ps(live, xscale + c));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
+      }
+      const float amax = _mm512_reduce_max_ps(mx);
+      const float sx = amax / 127.f;
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+      __m512i total = _mm512_setzero_si512();
+      int8_t* qr = a.q.data() + r * a.kq + k0;
+      for (int64_t i = 0; i < nv; ++i) {
+        const __m512i iv = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));   // round to nearest even
+        total = _mm512_add_epi32(total, iv);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), _mm512_cvtsepi32_epi8(iv));
+      }
+      a.sx[r * a.blocks + b] = sx;
+      a.sum[r * a.blocks + b] = _mm512_reduce_add_epi32(total);
+    }
+  }
+}
+
+inline __m512i bcast(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+inline void store_tile(float* y, int64_t o, int64_t n, __m512 v, const float* bias) {
+  const __mmask16 live = n - o >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - o)) - 1);
+  if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + o));
+  _mm512_mask_storeu_ps(y + o, live, v);
+}
+
+// Tiles [t0, t0 + TB) for rows [r0, r0 + MB). Two integer accumulators per (row, tile) (the even and odd
+// 4-column steps) so consecutive vpdpbusd do not wait on each other.
+template <int MB, int TB>
+void int4_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* mins, int64_t kp,
+                int64_t group, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0) {
+  const int64_t steps = kp / 8, groups = kp / group, gsteps = group / 8;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[MB][TB];
+  for (int r = 0; r < MB; ++r)
+    for (int t = 0; t < TB; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i lo[MB][TB], hi[MB][TB];
+    for (int r = 0; r < MB; ++r)
+      for (int t = 0; t < TB; ++t) lo[r][t] = hi[r][t] = _mm512_setzero_si512();
+    for (int64_t s = g * gsteps; s < (g + 1) * gsteps; ++s) {
+      for (int t = 0; t < TB; ++t) {
+        const __m512i raw = _mm512_loadu_si512(w + ((t0 + t) * steps + s) * 64);
+        const __m512i wl = _mm512_and_si512(raw, low);
+        const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+        for (int r = 0; r < MB; ++r) {
+          const int8_t* xr = a.q.data() + (r0 + r) * a.kq + 8 * s;
+          lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], wl, bcast(xr));
+          hi[r][t] = _mm512_dpbusd_epi32(hi[r][t], wh, bcast(xr + 4));
+        }
+      }
+    }
+    for (int t = 0; t < TB; ++t) {
+      const __m512 sc = _mm512_loadu_ps(scale + ((t0 + t) * groups + g) * 16);
+      const __m512 mn = _mm512_loadu_ps(mins + ((t0 + t) * groups + g) * 16);
+      for (int r = 0; r < MB; ++r) {
+        const int64_t i = (r0 + r) * a.blocks + g;
+        const float sx = a.sx[i];
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r][t], hi[r][t]));
+        acc[r][t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(sc, _mm512_set1_ps(sx)), acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(mn, _mm512_set1_ps(sx * static_cast<float>(a.sum[i])), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < MB; ++r)
+    for (int t = 0; t < TB; ++t) store_tile(y + (r0 + r) * ldy, 16 * (t0 + t), n, acc[r][t], bias);
+}
+
+template <int MB, int TB>
+void int8_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* /*mins*/, int64_t kp,
+                int64_t /*group*/, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0) {
+  const int64_t steps = kp / 4, bsteps = kInt8Block / 4;
+  __m512 acc[MB][TB];
+  for (int r = 0; r < MB; ++r)
+    for (int t = 0; t < TB; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    __m512i ev[MB][TB], od[MB][TB];
+    for (int r = 0; r < MB; ++r)
+      for (int t = 0; t < TB; ++t) ev[r][t] = od[r][t] = _mm512_setzero_si512();
+    const int64_t s1 = std::min(steps, (b + 1) * bsteps);
+    int64_t s = b * bsteps;
+    for (; s + 2 <= s1; s += 2) {      // blocks and Kp are multiples of 16 columns: s1 - s is even
+      for (int t = 0; t < TB; ++t) {
+        const uint8_t* wt = w + ((t0 + t) * steps + s) * 64;
+        const __m512i w0 = _mm512_loadu_si512(wt), w1 = _mm512_loadu_si512(wt + 64);
+        for (int r = 0; r < MB; ++r) {
+          const int8_t* xr = a.q.data() + (r0 + r) * a.kq + 4 * s;
+          ev[r][t] = _mm512_dpbusd_epi32(ev[r][t], w0, bcast(xr));
+          od[r][t] = _mm512_dpbusd_epi32(od[r][t], w1, bcast(xr + 4));
+        }
+      }
+    }
+    for (int r = 0; r < MB; ++r) {
+      const int64_t i = (r0 + r) * a.blocks + b;
+      const __m512i corr = _mm512_set1_epi32(128 * a.sum[i]);
+      const __m512 sx = _mm512_set1_ps(a.sx[i]);
+      for (int t = 0; t < TB; ++t) {
+        const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(ev[r][t], od[r][t]), corr);
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc[r][t]);
+      }
+    }
+  }
+  for (int t = 0; t < TB; ++t) {
+    const __m512 sc = _mm512_loadu_ps(scale + (t0 + t) * 16);
+    for (int r = 0; r < MB; ++r) store_tile(y + (r0 + r) * ldy, 16 * (t0 + t), n, _mm512_mul_ps(acc[r][t], sc), bias);
+  }
+}
+
+using TileFn = void (*)(const Act&, int64_t, const uint8_t*, const float*, const float*, int64_t, int64_t,
+                        const float*, float*, int64_t, int64_t, int64_t);
+
+// Row blocking and tiles per pass: accumulators (3 per row and tile) plus unpacked weights fit 32 registers.
+constexpr int kTiles = 4;
+template <bool INT4, int MB>
+struct Kern {
+  static constexpr int TB = MB == 1 ? 4 : 2;
+  static void run(const Act& a, int64_t r0, const uint8_t* w, const float* s, const float* mn, int64_t kp,
+                  int64_t g, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0, int64_t t1) {
+    int64_t t = t0;
+    for (; t + TB <= t1; t += TB) {
+      if constexpr (INT4) int4_tiles<MB, TB>(a, r0, w, s, mn, kp, g, bias, y, ldy, n, t);
+      else int8_tiles<MB, TB>(a, r0, w, s, mn, kp, g, bias, y, ldy, n, t);
+    }
+    for (; t < t1; ++t) {
+      if constexpr (INT4) int4_tiles<MB, 1>(a, r0, w, s, mn, kp, g, bias, y, ldy, n, t);
+      else int8_tiles<MB, 1>(a, r0, w, s, mn, kp, g, bias, y, ldy, n, t);
+    }
+  }
+};
+
+template <bool INT4>
+void linear(const Act& a, int64_t m, const uint8_t* w, const float* s, const float* mn, int64_t kp, int64_t g,
+            const float* bias, float* y, int64_t n) {
+  const int64_t tiles = (n + 15) / 16;
+  // a work item: kTiles tiles (64 outputs) for every row; rows go 4 at a time over the item's tiles, whose
+  // bytes (64 x Kp or Kp / 2) stay in L1 / L2 after the first 4 rows
+  at::parallel_for(0, (tiles + kTiles - 1) / kTiles, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t t0 = item * kTiles, t1 = std::min(tiles, t0 + kTiles);
+      for (int64_t r = 0; r < m; r += 4) {
+        switch (std::min<int64_t>(4, m - r)) {
+          case 1: Kern<INT4, 1>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1); break;
+          case 2: Kern<INT4, 2>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1); break;
+          case 3: Kern<INT4, 3>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1); break;
+          default: Kern<INT4, 4>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1); break;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+#endif
+
+bool available() {
+#ifdef FLINT_TILED
+  return true;
+#else
+  return false;
+#endif
+}
+
+// y [M, N] = (x * xscale) @ w^T + bias over tiled int8 (bits 8) or int4 (bits 4) weights of Kp columns.
+torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
+                           const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,
+                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias) {
+#ifdef FLINT_TILED
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.stride(1) == 1,
+              "linear_tiled: x must be float32 [M, K] with unit column stride");
+  TORCH_CHECK(bits == 8 || bits == 4, "linear_tiled: bits must be 8 or 4");
+  const int64_t m = x.size(0), k = x.size(1), tiles = (n + 15) / 16;
+  TORCH_CHECK(k <= kp && kp % 16 == 0, "linear_tiled: x has ", k, " columns, the weight ", kp);
+  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.is_contiguous() && w.numel() == tiles * 16 * (bits == 8 ? kp : kp / 2),
+              "linear_tiled: w must be contiguous uint8 tiles");
+  const int64_t block = bits == 8 ? kInt8Block : group;
+  TORCH_CHECK(bits == 8 || (group % 32 == 0 && group <= 128 && kp % group == 0), "linear_tiled: group size");
+  TORCH_CHECK(scale.is_contiguous() && scale.numel() == tiles * 16 * (bits == 8 ? 1 : kp / group), "linear_tiled: scale");
+  TORCH_CHECK(bits == 8 || (mins.has_value() && mins->is_contiguous() && mins->numel() == scale.numel()),
+              "linear_tiled: int4 needs mins shaped like scale");
+  const float* xs = nullptr;
+  if (xscale.has_value()) {
+    TORCH_CHECK(xscale->scalar_type() == torch::kFloat32 && xscale->is_contiguous() && xscale->numel() == k,
+                "linear_tiled: xscale must be contiguous float32 [K]");
+    xs = xscale->data_ptr<float>();
+  }
+  const float* bp = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == n,
+                "linear_tiled: bias must be contiguous float32 [N]");
+    bp = bias->data_ptr<float>();
+  }
+  thread_local Act act;
+  quantize(x.data_ptr<float>(), x.stride(0), m, k, xs, kp, block, act);
+  auto y = torch::empty({m, n}, x.options());
+  const float* mn = bits == 4 ? mins->data_ptr<float>() : nullptr;
+  if (bits == 4) linear<true>(act, m, w.data_ptr<uint8_t>(), scale.data_ptr<float>(), mn, kp, group, bp, y.data_ptr<float>(), n);
+  else linear<false>(act, m, w.data_ptr<uint8_t>(), scale.data_ptr<float>(), nullptr, kp, 0, bp, y.data_ptr<float>(), n);
+  return y;
+#else
+  TORCH_CHECK(false, "linear_tiled needs AVX512-VNNI (this build has none)");
+  return x;
+#endif
+}
+
+}  // namespace flint_tiled
