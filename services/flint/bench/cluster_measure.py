@@ -6,16 +6,23 @@
 - cross-worker interrupt: stream on front-end worker A, `Interrupt` sent to
   worker B, time until A's stream ends;
 - relay overhead: first-token time through a front-end worker minus the same
-  request sent straight to the engine replica's internal gRPC;
-- relay throughput: deltas/s one front-end worker relays from an engine that
-  emits as fast as it can (a stand-in engine, so the engine's own speed does
-  not cap what is measured).
+  request sent straight to the engine replica's internal gRPC, sample by
+  sample (the two alternate, so load swings hit both alike);
+- relay throughput: `flint.bench.relay.throughput` (a stand-in engine, so the
+  engine's own speed does not cap what is measured);
+- frozen replica: a replica in its own process is SIGSTOPped mid-stream;
+  time until the client's stream ends, and how.
+
+`python -m flint.bench.cluster_measure replica ...` runs the replica process
+of the frozen-replica figure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,8 +30,6 @@ import time
 from dataclasses import asdict
 
 import grpc
-
-from flint.engine.types import Delta, Final, FinishReason, LoadInfo, Started
 
 
 def pct(values: list[float], q: float) -> float:
@@ -150,59 +155,110 @@ async def relay_overhead(worker: str, replica: str, *, samples: int) -> dict:
                     direct.append(time.perf_counter() - t0)
                     break
     return {"ttft_via_frontend_ms": summary_ms(via), "ttft_direct_ms": summary_ms(direct),
-            "added_p50_ms": round((statistics.median(via) - statistics.median(direct)) * 1e3, 3)}
+            "added_ttft_ms": summary_ms([v - d for v, d in zip(via, direct)])}
 
 
-# -- relay throughput (stand-in engine) ---------------------------------------------------------
+# -- a frozen replica (SIGSTOP) ------------------------------------------------------------------
 
-class EmittingEngine:
-    """Stand-in engine for the relay-throughput figure only: emits one-token deltas as fast as asyncio allows."""
-
-    model_name = "bench-emitter"
-    max_context_tokens = 4096
-
-    def __init__(self, deltas_per_request: int):
-        self.deltas = deltas_per_request
-        self.running = 0
-
-    def load(self) -> LoadInfo:
-        return LoadInfo(running=self.running, waiting=0, kv_used_fraction=0.0, max_context_tokens=4096)
-
-    async def abort(self, request_id: str) -> bool:
-        return False
-
-    async def generate(self, req):
-        self.running += 1
-        try:
-            yield Started(req.request_id, prompt_tokens=1)
-            for seq in range(1, self.deltas + 1):
-                yield Delta(req.request_id, seq, "x", 1)
-                if seq % 64 == 0:
-                    await asyncio.sleep(0)
-            yield Final(req.request_id, self.deltas + 1, FinishReason.LENGTH, 1, self.deltas)
-        finally:
-            self.running -= 1
+def start_replica_process(checkpoint: str, redis_url: str, key_prefix: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "flint.bench.cluster_measure", "replica", "--checkpoint",
+                             checkpoint, "--redis-url", redis_url, "--key-prefix", key_prefix],
+                            stdout=subprocess.PIPE, text=True)
+    ready = json.loads(proc.stdout.readline() or "{}")
+    if "address" not in ready:
+        proc.kill()
+        raise RuntimeError("the frozen-replica bench's replica process did not start")
+    return proc, ready["address"]
 
 
-async def relay_throughput(worker: str, *, streams: int, seconds: float) -> dict:
+async def frozen_replica(checkpoint: str, redis_url: str, *, samples: int, limit_s: float = 45.0) -> dict:
+    """SIGSTOP a replica process while a client streams from it through a front-end worker; seconds until the
+    client's stream ends (and its status). The replica is resumed (SIGCONT) between samples."""
     from flint.v1 import flint_pb2 as pb
     from flint.v1 import flint_pb2_grpc
 
-    messages = tokens = 0
-    deadline = time.perf_counter() + seconds
+    replica, _ = start_replica_process(checkpoint, redis_url, "bench-frozen")
+    worker, address = start_worker(redis_url, "bench-frozen", "bench-frozen")
+    detect, outcomes = [], []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = flint_pb2_grpc.FlintStub(channel)
+            for i in range(samples):
+                await _until_served(stub)
+                call = stub.Complete(pb.CompleteRequest(prefix=f"def f{i}(x):", sampling=pb.Sampling(
+                    max_tokens=4000, temperature=1.0, seed=i + 1)))
+                while (m := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
+                    if m.WhichOneof("kind") == "delta":
+                        break
+                os.kill(replica.pid, signal.SIGSTOP)
+                t0 = time.perf_counter()
+                try:
+                    while await asyncio.wait_for(call.read(), limit_s) is not grpc.aio.EOF:
+                        pass
+                    outcome = "ended with no error"
+                except grpc.aio.AioRpcError as err:
+                    outcome = err.code().name
+                except asyncio.TimeoutError:
+                    outcome = f"still open after {limit_s:g} s"
+                    call.cancel()
+                detect.append(time.perf_counter() - t0)
+                outcomes.append(outcome)
+                os.kill(replica.pid, signal.SIGCONT)
+                if outcome.startswith("still open"):
+                    break        # undetected: more samples would only repeat the limit
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+        for proc in (worker, replica):
+            proc.terminate()
+            proc.wait(15)
+    return {"detect_s": [round(t, 3) for t in detect], "outcomes": outcomes, "limit_s": limit_s}
 
-    async def one(stub, i: int) -> None:
-        nonlocal messages, tokens
-        while time.perf_counter() < deadline:
-            async for m in stub.Complete(pb.CompleteRequest(prefix="x", sampling=pb.Sampling(max_tokens=1))):
-                if m.WhichOneof("kind") == "delta":
-                    messages += 1
-                    tokens += m.delta.token_count   # engine deltas this client message covers
 
-    async with grpc.aio.insecure_channel(worker) as channel:
-        stub = flint_pb2_grpc.FlintStub(channel)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(stub, i) for i in range(streams)))
-        elapsed = time.perf_counter() - t0
-    return {"engine_deltas_per_s": round(tokens / elapsed), "client_messages_per_s": round(messages / elapsed),
-            "streams": streams, "seconds": round(elapsed, 2)}
+async def _until_served(stub, timeout_s: float = 60.0) -> None:
+    """Wait until a short request completes (the replica is back in routing after the last sample)."""
+    from flint.v1 import flint_pb2 as pb
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            async for _ in stub.Complete(pb.CompleteRequest(prefix="x", sampling=pb.Sampling(max_tokens=1)),
+                                         timeout=10):
+                pass
+            return
+        except grpc.aio.AioRpcError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+def replica_main(argv: list[str]) -> int:
+    """A replica process (`ReplicaHost`, real engine) until SIGTERM; prints {"address": ...} once serving."""
+    import argparse
+
+    from flint.config import ReplicaConfig
+    from flint.engine.config import EngineConfig
+    from flint.replica.host import ReplicaHost
+
+    p = argparse.ArgumentParser(prog="python -m flint.bench.cluster_measure replica")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--redis-url", required=True)
+    p.add_argument("--key-prefix", required=True)
+    args = p.parse_args(argv)
+
+    async def run() -> None:
+        host = ReplicaHost(EngineConfig.from_dict({"model": args.checkpoint, "kv_cache_bytes": 1 << 26}),
+                           ReplicaConfig(redis_url=args.redis_url, key_prefix=args.key_prefix))
+        print(json.dumps({"address": await host.start()}), flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await host.stop(0)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["replica"]:
+        sys.exit("usage: python -m flint.bench.cluster_measure replica --checkpoint C --redis-url U --key-prefix P")
+    sys.exit(replica_main(sys.argv[2:]))

@@ -124,7 +124,8 @@ async def throughput(worker: str, pid: int, *, streams: int, seconds: float, tok
         c0, t0 = cpu_s(pid), time.perf_counter()
         await asyncio.gather(*(one(stub) for _ in range(streams)))
         elapsed, cpu = time.perf_counter() - t0, cpu_s(pid) - c0
-    return {"engine_deltas_per_s": round(deltas / elapsed), "client_messages_per_s": round(messages / elapsed),
+    return {"engine_deltas_per_s": round(deltas / elapsed), "tokens_per_s_per_worker": round(deltas / elapsed),
+            "client_messages_per_s": round(messages / elapsed),
             "worker_cpu_us_per_delta": round(cpu / max(deltas, 1) * 1e6, 1),
             "engine_deltas_per_worker_cpu_s": round(deltas / max(cpu, 1e-9)),
             "worker_cpu_fraction": round(cpu / elapsed, 2), "streams": streams, "seconds": round(elapsed, 2)}

@@ -149,6 +149,7 @@ class RequestObserver:
 
     def __init__(self, stats: Metrics, model_name: str, arrival_unix_s: float | None = None):
         self._stats, self._model = stats, model_name
+        self._itl = stats.itl.labels(model_name)   # per token: looked up once, not per delta
         since_arrival_s = max(0.0, time.time() - arrival_unix_s) if arrival_unix_s is not None else 0.0
         self._t0 = self._last = time.monotonic() - since_arrival_s
         self._first = True
@@ -175,7 +176,7 @@ class RequestObserver:
             else:
                 gap = (now - self._last) / event.token_count
                 for _ in range(event.token_count):
-                    s.itl.labels(m).observe(gap)
+                    self._itl.observe(gap)
             self._last = now
         elif kind == "Final":
             s.e2e.labels(m).observe(now - self._t0)
