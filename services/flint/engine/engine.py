@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from flint.engine.config import EngineConfig
+from flint.engine.fair_share import QueueShares
 from flint.engine.kv_cache import PagedKVCache
 from flint.engine.metrics import EngineMetrics
 from flint.engine.output import OutputProcessor
@@ -81,6 +82,7 @@ class Engine:
         self._inbox: list[Request] = []
         self._aborts: set[str] = set()
         self._known: set[str] = set()            # ids added and not yet finished
+        self._queue = QueueShares(config.max_waiting + config.max_batch_size)   # the same, per tenant
         self._requests: dict[str, Request] = {}  # step-thread view of live requests
         # Tests and benchmarks set a dict here to keep each finished request's output token ids.
         self.recorded_outputs: dict[str, list[int]] | None = None
@@ -137,9 +139,7 @@ class Engine:
                 from flint.errors import InvalidArgument
 
                 raise InvalidArgument(f"request_id {request.request_id!r} is already running on this engine")
-            if len(self._known) >= self.config.max_waiting + self.config.max_batch_size:
-                raise ResourceExhausted(f"engine queue is full ({len(self._known)} requests); retry later",
-                                        retry_after_ms=100)
+            self._queue.take(request.tenant)     # ResourceExhausted when full or past a fair share
             self._known.add(request.request_id)
             self._inbox.append(request)
         return Started(request.request_id, request.prompt_len)
@@ -337,7 +337,9 @@ class Engine:
         if self.recorded_outputs is not None:
             self.recorded_outputs[req.request_id] = req.output_ids()
         with self._lock:
-            self._known.discard(req.request_id)
+            if req.request_id in self._known:
+                self._known.discard(req.request_id)
+                self._queue.release(req.tenant)
         if error is not None:
             return Failed(req.request_id, error)
         return self.output.final(req, reason, now)

@@ -77,5 +77,6 @@ class RequestBuilder:
             stop_strings=tuple(dict.fromkeys((*req.sampling.stop, *prompt.stop_strings))),
             source=req,
             session_id=req.session_id,
+            tenant=req.cache_namespace,
             sampler_state=None if req.sampling.greedy else RequestSampler(req.sampling),
         )

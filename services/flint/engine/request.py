@@ -48,6 +48,7 @@ class Request:
     stop_strings: tuple[str, ...] = ()       # the request's stop strings and the template's
     source: GenerateRequest | None = None
     session_id: str = ""                     # a session continuing its document: prefix-match hint key
+    tenant: str = ""                         # who sent it (the front-end's cache_namespace): fair shares
 
     status: Status = Status.WAITING
     tokens: np.ndarray = field(init=False)         # [capacity] int64: prompt then output

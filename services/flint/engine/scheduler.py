@@ -31,6 +31,14 @@ requests (one place: `Engine._finish`). The policy, read top to bottom:
    A long prefill paused for `starvation_steps` consecutive steps gets its
    chunk anyway.
 
+Between tenants (flint.engine.fair_share): while several tenants have work,
+each has an equal share of the batch slots and KV blocks. A tenant below its
+share may preempt requests (of the same or a lower class) of a tenant over
+it, for a slot or for KV; preemption for KV growth picks bulk first, then
+the tenant most over its share, then the latest arrival; a starving request
+of a tenant at its share does not block other tenants' admissions. One
+tenant alone uses the whole replica.
+
 Why these numbers: loadtests/results/scheduler.md and README (scheduling).
 """
 
@@ -40,6 +48,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from flint.engine.config import EngineConfig
+from flint.engine.fair_share import FairShare
 from flint.engine.kv_cache import PagedKVCache
 from flint.engine.request import Request, Status
 
@@ -71,6 +80,7 @@ class Scheduler:
         self.waiting: tuple[deque[Request], deque[Request]] = (deque(), deque())   # by priority
         self.running: list[Request] = []
         self.last_interactive_arrival = float("-inf")   # arrival_mono of the latest interactive request
+        self.fair = FairShare(config.max_batch_size, kv.num_blocks, kv.block_size, self.running)
 
     @property
     def num_waiting(self) -> int:
@@ -97,6 +107,7 @@ class Scheduler:
     # -- the policy ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
         plan = StepPlan()
+        self.fair.refresh(self.running, self.waiting)
         budget = self.config.prefill_tokens_per_step
         budget -= self._schedule_decodes(plan)
         self._admit_waiting(plan, now, budget)
@@ -124,11 +135,9 @@ class Scheduler:
     def _admit_waiting(self, plan: StepPlan, now: float, budget: int) -> None:
         starving_blocked = False
         for req in sorted((r for q in self.waiting for r in q), key=self._rank):
-            admitted = (not starving_blocked and budget > 0
-                        and len(self.running) < self.config.max_batch_size and self._admit(req, plan))
-            if admitted:
+            if not starving_blocked and budget > 0 and self._admit(req, plan):
                 continue
-            if self._starving(req):
+            if self._starving(req) and not self.fair.at_share(req.tenant):
                 starving_blocked = True
             if not req.scheduled_at and now - req.arrival_mono > self.queue_timeout_s(req):
                 self.waiting[req.priority].remove(req)
@@ -170,6 +179,13 @@ class Scheduler:
             return (0, 0, False, req.arrival_mono)
         return (1, req.priority, req.num_uncomputed > self.config.prefill_chunk_tokens, req.arrival_mono)
 
+    def _victim(self, candidates: list[Request]) -> Request:
+        """Whom to preempt first: not starving, bulk before interactive, the tenant most over its share, the
+        latest arrival (with one tenant active, exactly `_rank`'s order)."""
+        usage = self.fair.usage()
+        return max(candidates, key=lambda r: (*self._rank(r)[:2], self.fair.excess(usage, r.tenant),
+                                              r.arrival_mono))
+
     def queue_timeout_s(self, req: Request) -> float:
         ms = self.config.queue_timeout_interactive_ms if req.interactive else self.config.queue_timeout_bulk_ms
         return ms / 1e3
@@ -177,16 +193,28 @@ class Scheduler:
     # -- KV: admission, growth, preemption -------------------------------------------------------
     def _admit(self, req: Request, plan: StepPlan) -> bool:
         kv = self.kv
+        slot_victim = None
+        if len(self.running) >= self.config.max_batch_size:
+            slot_victims = self.fair.slot_victims(req)
+            if not slot_victims:
+                return False
+            slot_victim = self._victim(slot_victims)
         match = kv.match(req)
         positions = req.num_tokens + 1 + req.lookahead
         need = kv.blocks_to_admit(req, match, positions)
-        victims = [r for r in self.running if r.priority > req.priority]
-        if kv.allocator.num_free < need and kv.reclaimable_blocks() + self._held(victims) < need:
+        victims = self._kv_victims(req, need)
+        freed = self._held(victims)
+        if slot_victim is not None and all(v is not slot_victim for v in victims):
+            freed += self._held([slot_victim])
+        if kv.allocator.num_free < need and kv.reclaimable_blocks() + freed < need:
             kv.unmatch(match)
             return False
+        if slot_victim is not None:
+            self._preempt(slot_victim, plan)
+            victims = self._kv_victims(req, need)
         while not kv.reserve(need) and victims:
-            self._preempt(max(victims, key=self._rank), plan)
-            victims = [r for r in self.running if r.priority > req.priority]
+            self._preempt(self._victim(victims), plan)
+            victims = self._kv_victims(req, need)
         if not kv.admit(req, match, positions):
             return False
         kv.grow(req, positions + self.config.kv_growth_tokens - 1, evict=False)   # decode room, if free
@@ -207,7 +235,7 @@ class Scheduler:
         if self.kv.grow(req, positions + self.config.kv_growth_tokens - 1, evict=False) or self.kv.grow(req, positions):
             return True
         while True:
-            victim = max(self.running, key=self._rank)
+            victim = self._victim(self.running)
             self._preempt(victim, plan)
             if victim is req:
                 return False
@@ -227,6 +255,11 @@ class Scheduler:
         req.num_preemptions += 1
         self.waiting[req.priority].appendleft(req)
         plan.preempted.append(req)
+
+    def _kv_victims(self, req: Request, need: int) -> list[Request]:
+        """Whom `req` may preempt for KV: lower-priority work, and over-share tenants' work (fair_share)."""
+        fair = {id(r) for r in self.fair.kv_victims(req, need)}
+        return [r for r in self.running if r.priority > req.priority or id(r) in fair]
 
     def _held(self, requests: list[Request]) -> int:
         return sum(len(r.owned_blocks) for r in requests if r.owned_blocks is not None)
