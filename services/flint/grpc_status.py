@@ -11,6 +11,7 @@ front-end.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import re
@@ -103,13 +104,17 @@ def as_flint_error(exc: BaseException) -> errors.FlintError:
 
 
 def _scrubbed(error: errors.FlintError) -> errors.FlintError:
-    """A backstop: credentials and network addresses never leave in a status message."""
-    from flint.security.redact import redact
+    """A backstop: credentials and network addresses never leave in a status message, and request ids are
+    the caller's own (`id`, not flint's internal `tenant/id`; call this where the tenant is bound)."""
+    from flint.security.context import current_tenant
+    from flint.security.redact import redact, unscoped
 
-    clean = _ADDRESS.sub("[address]", redact(error.message))
+    clean = unscoped(_ADDRESS.sub("[address]", redact(error.message)), current_tenant())
     if clean == error.message:
         return error
-    scrubbed = type(error)(clean, retry_after_ms=error.retry_after_ms)
+    scrubbed = copy.copy(error)
+    scrubbed.message = clean
+    scrubbed.args = (clean,)
     log.info("scrubbed a client-facing message: %s", error.message)
     return scrubbed
 

@@ -29,7 +29,7 @@ from flint.errors import FlintError, InvalidArgument, Unauthenticated, Unavailab
 from flint.frontend import events as ev
 from flint.frontend import openai_api as oai
 from flint.frontend.validate import request_id_of
-from flint.grpc_status import logged
+from flint.grpc_status import as_flint_error, logged
 from flint.observability.metrics import metrics
 from flint.security.context import reset_tenant, set_tenant
 
@@ -102,6 +102,8 @@ class HttpDoor:
             # a key revoked while its stream runs ends the stream (and so the request), as on gRPC
             with self.keys.watch(key, asyncio.current_task().cancel):
                 return await handler(request)
+        except FlintError as exc:  # the client's view of it (its own request ids), while the tenant is bound
+            raise as_flint_error(exc) from exc
         finally:
             reset_tenant(token)
 

@@ -42,8 +42,9 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
 
 def error_of(exc: FlintError) -> tuple[int, dict]:
     """HTTP status and OpenAI error body of a flint error (the gRPC status name goes in `code`)."""
-    from flint.grpc_status import status_code
+    from flint.grpc_status import as_flint_error, status_code
 
+    exc = as_flint_error(exc)  # the client's view: no addresses or credentials, its own request ids
     name = status_code(exc).name
     status = _HTTP_STATUS.get(name, 500)
     return status, error_body(status, exc.message, code=name.lower())
@@ -173,7 +174,9 @@ class Renderer:
         return obj
 
     def accepted(self, event: ev.Accepted) -> None:
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + event.request_id
+        from flint.frontend.validate import public_request_id  # the client never sees the tenant scoping
+
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + public_request_id(event.request_id)
 
     def chunks(self, event: ev.Event) -> list[dict]:
         """The SSE chunks an event becomes (none for Accepted)."""

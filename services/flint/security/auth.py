@@ -6,7 +6,8 @@ The interceptor binds the call's tenant (`flint.security.context`) for
 everything its handler runs: request records, sessions, journals and the
 prefix-cache namespace are all tagged with it. A streaming call whose key
 is revoked while it runs ends UNAUTHENTICATED within the key store's
-`recheck_s`.
+`recheck_s`. Errors leave the handler as the client may see them, built
+while the tenant is still bound (request ids in the client's own form).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import inspect
 import grpc
 
 from flint.errors import FlintError, Unauthenticated, Unavailable
+from flint.grpc_status import as_flint_error
 from flint.security.context import reset_tenant, set_tenant
 from flint.security.keystore import KeyStore
 
@@ -116,6 +118,10 @@ def _bind(tenant: str, keys: KeyStore, key: str):
                         raise
                     asyncio.current_task().uncancel()
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the client's view of it, built while the tenant is bound
+                    raise as_flint_error(exc) from exc
                 finally:
                     reset_tenant(token)
 
@@ -134,6 +140,10 @@ def _bind(tenant: str, keys: KeyStore, key: str):
                     raise
                 asyncio.current_task().uncancel()
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as above
+                raise as_flint_error(exc) from exc
             finally:
                 reset_tenant(token)
 

@@ -63,3 +63,15 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(self._inner.format(record))
+
+
+_TAKEOVER = re.compile(r"#takeover-[0-9a-f]+")
+
+
+def unscoped(text: str, tenant: str) -> str:
+    """`text` with `tenant`'s internal request ids (`tenant/id`, and a takeover's `#takeover-...` suffix) in
+    the form its client knows (`id`): clients never see how flint scopes ids inside."""
+    if not tenant or "/" not in text and "#takeover-" not in text:
+        return text
+    text = re.sub(rf"(?<![A-Za-z0-9._/-]){re.escape(tenant)}/(?=[A-Za-z0-9._:-])", "", text)
+    return _TAKEOVER.sub("", text)
