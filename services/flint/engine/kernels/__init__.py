@@ -4,7 +4,7 @@ Each kernel is a small C++ file beside this module, built with
 `torch.utils.cpp_extension.load` for the machine it runs on (`-march=native`,
 so AVX2 / AVX-512 / VNNI are used where the CPU has them). The build goes to
 `<flint cache dir>/kernels/<name>-<hash>` where the hash covers the source (its
-path and text), the torch version and the CPU's instruction-set flags: a second process, or a
+path and text, and the local headers it includes), the torch version and the CPU's instruction-set flags: a second process, or a
 second start, loads the built library in milliseconds, and a machine with a
 different CPU builds its own.
 
@@ -64,13 +64,20 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _local_headers(sources: list[Path]) -> list[Path]:
+    """The headers beside the sources that they `#include "..."` (part of the cache key)."""
+    names = sorted({line.split('"')[1] for src in sources for line in src.read_text().splitlines()
+                    if line.startswith('#include "')})
+    return [sources[0].parent / name for name in names]
+
+
 def _build_dir(name: str, sources: list[Path], extra_cflags: list[str]) -> Path:
     import torch
 
     from flint import env
 
     digest = hashlib.sha256()
-    for src in sources:
+    for src in [*sources, *_local_headers(sources)]:
         # the path too: ninja rebuilds when the same build dir is handed another checkout's source path
         digest.update(str(src).encode())
         digest.update(src.read_bytes())

@@ -173,12 +173,7 @@ void over_outputs(int64_t n, Body body) {
 
 }  // namespace
 
-namespace flint_tiled {
-bool available();
-torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
-                           const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,
-                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias);
-}  // namespace flint_tiled
+#include "quant_vnni.h"
 
 torch::Tensor linear_int8(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias) {
@@ -279,12 +274,15 @@ torch::Tensor dequant_int4(const torch::Tensor& packed, const torch::Tensor& sca
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  static bool use_tiled = flint_tiled::available();
   m.attr("isa") = kIsa;
   m.attr("has_vnni") = flint_tiled::available();
-  m.def("use_vnni", [](bool on) { use_tiled = flint_tiled::available() && on; return use_tiled; },
+  m.def("use_vnni", [](bool on) { flint_tiled::g_on = on; return flint_tiled::available() && on; },
         "choose the VNNI path (tiled weights, int8 activations) or register dequantization (fp32 activations)");
-  m.def("vnni_on", []() { return use_tiled; }, "whether QuantLinear takes the VNNI path");
+  m.def("vnni_on", []() { return flint_tiled::available() && flint_tiled::g_on; }, "whether QuantLinear takes the VNNI path");
+  py::class_<flint_tiled::TiledLinear>(m, "TiledLinear")
+      .def(py::init<int64_t, torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,
+                    c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>())
+      .def("__call__", &flint_tiled::TiledLinear::call, "y [M, N] for x [M, K] float32, or None when the path is off");
   m.def("linear_tiled", &flint_tiled::linear_tiled,
         "y = (x * xscale) @ w^T + bias over 16-output tiles of int8/int4 weights (quant_vnni.cpp), small M");
   m.def("linear_int8", &linear_int8, "y = (x * xscale) @ dequant(int8 w)^T + bias, small M");

@@ -28,6 +28,8 @@
 #include <immintrin.h>
 #endif
 
+#include "quant_vnni.h"
+
 namespace flint_tiled {
 
 #ifdef FLINT_TILED
@@ -220,6 +222,8 @@ void linear(const Act& a, int64_t m, const uint8_t* w, const float* s, const flo
 }  // namespace
 #endif
 
+bool g_on = true;   // use_vnni(False) turns the tiled path off (A/B runs, tests of the other path)
+
 bool available() {
 #ifdef FLINT_TILED
   return true;
@@ -268,6 +272,20 @@ torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Te
   TORCH_CHECK(false, "linear_tiled needs AVX512-VNNI (this build has none)");
   return x;
 #endif
+}
+
+// One tiled Linear bound to its tensors: a decode step calls it 17 times, so the call takes only x.
+// Returns None when the tiled path is off (the caller then takes the other path).
+TiledLinear::TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10::optional<torch::Tensor> mins,
+                         int64_t n, int64_t kp, int64_t group, c10::optional<torch::Tensor> xscale,
+                         c10::optional<torch::Tensor> bias)
+    : bits(bits), n(n), kp(kp), group(group), w(std::move(w)), scale(std::move(scale)), mins(std::move(mins)),
+      xscale(std::move(xscale)), bias(std::move(bias)) {}
+
+py::object TiledLinear::call(const torch::Tensor& x) const {
+  if (!(available() && g_on)) return py::none();
+  const torch::Tensor xf = x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1 ? x : x.to(torch::kFloat32).contiguous();
+  return py::cast(linear_tiled(xf, bits, w, scale, mins, n, kp, group, xscale, bias));
 }
 
 }  // namespace flint_tiled

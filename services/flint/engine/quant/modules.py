@@ -66,6 +66,7 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else bias.detach().to(device, torch.float32).contiguous()
         self.input_scale = None if input_scale is None else input_scale.detach().to(device, torch.float32).contiguous()
         self._tiled: TiledWeight | None = None   # the VNNI kernel's layout, made on first use
+        self._op = None                          # the kernel's TiledLinear over it (decode's fast path)
 
     def tiled(self) -> TiledWeight:
         if self._tiled is None:
@@ -78,16 +79,25 @@ class QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int{w.bits}{group}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # decode and verification: one call into the kernel's bound TiledLinear (None when VNNI is off)
+        if self._op is not None and x.dim() == 2 and x.shape[0] <= SMALL_M_ROWS and x.dtype == torch.float32:
+            y = self._op(x)
+            if y is not None:
+                return y
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         w = self.qweight
         k = kernel() if x.device.type == "cpu" else None
         if k is not None and x2.shape[0] <= SMALL_M_ROWS:
             if k.vnni_on():
-                xf = x2 if x2.dtype == torch.float32 and x2.stride(-1) == 1 else x2.float().contiguous()
-                t = self.tiled()
-                y = k.linear_tiled(xf, w.bits, t.data, t.scale, t.mins, w.out_features, w.padded_in_features,
-                                   w.group_size, self.input_scale, self.bias)
+                if self._op is None:
+                    t = self.tiled()
+                    self._op = k.TiledLinear(w.bits, t.data, t.scale, t.mins, w.out_features, w.padded_in_features,
+                                             w.group_size, self.input_scale, self.bias)
+                y = self._op(x2)
             elif w.bits == 8:
                 y = k.linear_int8(x2, w.data, w.scale, self.input_scale, self.bias)
             else:

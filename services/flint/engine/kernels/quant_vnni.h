@@ -1,0 +1,22 @@
+// The tiled VNNI Linear of quant_vnni.cpp, bound in quant_linear.cpp's module.
+#pragma once
+#include <torch/extension.h>
+
+namespace flint_tiled {
+
+extern bool g_on;
+bool available();
+torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
+                           const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,
+                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias);
+
+struct TiledLinear {
+  TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10::optional<torch::Tensor> mins, int64_t n,
+              int64_t kp, int64_t group, c10::optional<torch::Tensor> xscale, c10::optional<torch::Tensor> bias);
+  py::object call(const torch::Tensor& x) const;
+  int64_t bits, n, kp, group;
+  torch::Tensor w, scale;
+  c10::optional<torch::Tensor> mins, xscale, bias;
+};
+
+}  // namespace flint_tiled
