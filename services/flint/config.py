@@ -137,11 +137,14 @@ def _check_tables(config, names: tuple[str, ...]) -> None:
     from flint.admission import AdmissionConfig
     from flint.docstore import DocumentLimits
     from flint.frontend.journal import JournalConfig
+    from flint.frontend.liveness import LivenessConfig
+    from flint.frontend.outbox import BufferLimits
     from flint.observability.config import ObservabilityConfig
     from flint.security.config import SecurityConfig
 
     owners = {"journal": JournalConfig, "admission": AdmissionConfig, "security": SecurityConfig,
-              "observability": ObservabilityConfig, "documents": DocumentLimits}
+              "observability": ObservabilityConfig, "documents": DocumentLimits, "buffers": BufferLimits,
+              "liveness": LivenessConfig}
     for name in names:
         value = getattr(config, name)
         _check(isinstance(value, dict), f"{name} must be a table of settings, got {value!r}")
@@ -224,12 +227,15 @@ class FrontendConfig:
     security: dict[str, Any] = field(default_factory=dict)       # flint.security.config.SecurityConfig
     observability: dict[str, Any] = field(default_factory=dict)  # flint.observability.config.ObservabilityConfig
     documents: dict[str, Any] = field(default_factory=dict)      # flint.docstore.DocumentLimits
+    buffers: dict[str, Any] = field(default_factory=dict)        # flint.frontend.outbox.BufferLimits
+    liveness: dict[str, Any] = field(default_factory=dict)       # flint.frontend.liveness.LivenessConfig
     # The deployment's internal API secret sent to replicas (flint.security.internal); "" = file or environment.
     internal_token: str = field(default="", repr=False)
     internal_token_file: str = ""
 
     def __post_init__(self) -> None:
-        _check_tables(self, ("journal", "admission", "security", "observability", "documents"))
+        _check_tables(self, ("journal", "admission", "security", "observability", "documents", "buffers",
+                             "liveness"))
         _check(bool(self.redis_url), "front-end: redis_url is required")
         _check_id("worker_id", self.worker_id)
         _check_port("port", self.port)
@@ -265,6 +271,8 @@ class ServeConfig:
     admission: dict[str, Any] = field(default_factory=dict)
     security: dict[str, Any] = field(default_factory=dict)
     observability: dict[str, Any] = field(default_factory=dict)  # metrics_port N: worker i serves N + i
+    buffers: dict[str, Any] = field(default_factory=dict)        # output held for slow clients
+    liveness: dict[str, Any] = field(default_factory=dict)       # keepalive, idle/age limits, engine watch
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
@@ -282,7 +290,7 @@ class ServeConfig:
                f"routing must be 'affinity' or 'least_loaded', got {self.routing!r}")
         _check_positive("startup_timeout_s", self.startup_timeout_s)
         _check(isinstance(self.engine, dict), "engine must be a table of EngineConfig keys")
-        _check_tables(self, ("journal", "admission", "security", "observability"))
+        _check_tables(self, ("journal", "admission", "security", "observability", "buffers", "liveness"))
         if self.model:  # checked here so a typo fails before Ray starts
             model = Path(self.model).expanduser()
             _check(model.is_dir() and (model / "config.json").is_file(),

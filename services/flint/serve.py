@@ -168,7 +168,8 @@ class Server:
             frontend = FrontendConfig(redis_url=self.redis_url, host=cfg.host, port=port, http_port=http_port,
                                       routing=cfg.routing,
                                       reuse_port=cfg.workers > 1, journal=cfg.journal, admission=cfg.admission,
-                                      security=cfg.security, observability=observability)
+                                      security=cfg.security, observability=observability, buffers=cfg.buffers,
+                                      liveness=cfg.liveness)
             proc = subprocess.Popen(  # the token goes by environment: a command line is visible to every user
                 # redis_url (password included) goes by environment too: the worker reads FLINT_REDIS_URL
                 [sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps({**asdict(frontend),

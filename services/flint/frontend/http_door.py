@@ -28,6 +28,7 @@ from aiohttp import web
 from flint.errors import FlintError, InvalidArgument, Unauthenticated, Unavailable
 from flint.frontend import events as ev
 from flint.frontend import openai_api as oai
+from flint.frontend.outbox import Outbox
 from flint.frontend.validate import request_id_of
 from flint.grpc_status import as_flint_error, logged
 from flint.observability.metrics import metrics
@@ -158,9 +159,9 @@ class HttpDoor:
             self._active.discard(task)
 
     async def _start(self, request: web.Request, msg, renderer: oai.Renderer, stream: bool) -> web.StreamResponse:
-        out: asyncio.Queue = asyncio.Queue()
+        out = Outbox(self.servicer.buffers)   # a client that reads slowly gets merged chunks, then an error
         owner, _ = await self.servicer.start_request(msg, request_id=request_id_of(msg), session=None,
-                                                     sink=out.put_nowait, arrival_unix_s=time.time())
+                                                     sink=out.put, arrival_unix_s=time.time(), outbox=out)
         try:
             if not stream:
                 events = []
@@ -173,7 +174,7 @@ class HttpDoor:
         finally:
             await owner.cancel()   # the client went away (or the request ended): free the engine slot now
 
-    async def _stream(self, request: web.Request, out: asyncio.Queue, renderer: oai.Renderer) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, out: Outbox, renderer: oai.Renderer) -> web.StreamResponse:
         first = await out.get()          # errors before anything streamed get a proper HTTP status
         if isinstance(first, ev.Failed):
             raise first.error

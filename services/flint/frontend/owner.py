@@ -19,6 +19,12 @@ Ordering: each event is handed to the edge at once and queued for the
 journal, which follows in batches (Redis is off the per-delta path); one
 engine delta makes one client delta, so a run again numbers deltas the
 same way and a takeover can skip the ones a client has beyond the journal.
+Backpressure (flint.frontend.outbox): while the edge's previous delta of
+this request waits for a slow client, new text is held back, merged, and
+numbered as one delta when the edge takes the waiting one; a merged delta
+reaches the client only after the journal holds it (so the one-per-engine-
+delta numbering of a takeover still holds after the journal's end). Held
+text past the stream's or worker's cap ends the request RESOURCE_EXHAUSTED.
 To interrupt, the owner's task is cancelled (which cancels the engine call,
 so the engine frees the slot at its next step); the owner then delivers an
 interrupted Final, waits for its journal to settle and records the end in
@@ -37,9 +43,10 @@ from typing import Callable
 
 import grpc
 
-from flint.errors import FlintError, Internal, NotFound, Unavailable
+from flint.errors import FlintError, Internal, NotFound, ResourceExhausted, Unavailable
 from flint.frontend import events as ev
 from flint.frontend.interrupts import InterruptResult
+from flint.frontend.liveness import EngineWatch, engine_call_timeout_s
 from flint.frontend.store import RequestRecord, Store
 from flint.grpc_status import from_rpc_error, peer_unavailable
 from flint.internal.v1 import engine_pb2 as ipb
@@ -107,7 +114,7 @@ class RequestOwner:
     def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest, pool, replica,
                  store: Store, local: LocalRequests, sink: Callable[[ev.Event], None], journal=None,
                  resume_from: ResumePoint = START, model: str = "",
-                 on_done: Callable[["RequestOwner"], None] | None = None, metadata=()):
+                 on_done: Callable[["RequestOwner"], None] | None = None, metadata=(), outbox=None):
         self.record = record
         self.request_id = record.request_id
         self.engine_request = engine_request
@@ -135,6 +142,10 @@ class RequestOwner:
         self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
         self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
+        self._outbox = outbox              # flint.frontend.outbox.Outbox the sink feeds, or None (no backpressure)
+        self._held: list[str] = []         # text held back while the edge's previous delta waits for the client
+        self._held_tokens = 0
+        self._held_bytes = 0
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
@@ -216,6 +227,7 @@ class RequestOwner:
             except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
                 log.warning("could not record the end of request %s: %s", self.request_id, exc)
             finally:
+                self._drop_held()
                 self._local.discard(self)
                 if self._on_done is not None:
                     self._on_done(self)
@@ -228,24 +240,48 @@ class RequestOwner:
     async def _generate(self) -> None:
         """Run the request on a replica to its Final; on a refused connection, on another replica."""
         tried: set[str] = set()
+        liveness = self._pool.liveness
         while True:
-            call = self._pool.stub(self._replica).Generate(self.engine_request, metadata=self._metadata)
+            stub = self._pool.stub(self._replica)
+            call = stub.Generate(self.engine_request, metadata=self._metadata, timeout=engine_call_timeout_s(
+                liveness, self.engine_request.sampling.max_time_ms))
+            watch = EngineWatch(liveness, self._prober(stub),
+                                f"engine replica {self._replica.replica_id} at {self._replica.address}")
+            watch.start(call)
             heard = False
             try:
                 async for event in call:
                     heard = True
+                    watch.heard()
                     if self._on_engine_event(event):
                         return
                 raise Internal(f"engine replica {self._replica.replica_id} ended the stream of request "
                                f"{self.request_id!r} without a final message")
             except grpc.aio.AioRpcError as err:
+                if watch.failure is not None:
+                    raise self._frozen(watch) from None
                 if err.code() == grpc.StatusCode.UNAVAILABLE and not heard and len(tried) + 1 < MAX_CONNECT_ATTEMPTS:
                     tried.add(self._replica.replica_id)
                     await self._next_replica(tried, err)
                     continue
                 raise self._engine_error(err) from None
+            except asyncio.CancelledError:
+                if watch.failure is None or self._stopping:   # an interrupt or cancel, not the watch
+                    raise
+                raise self._frozen(watch) from None
             finally:
                 call.cancel()
+                await watch.stop()
+
+    @staticmethod
+    def _frozen(watch: EngineWatch) -> Unavailable:
+        return Unavailable(f"{watch.failure}: it looks frozen or cut off; resume the request (Resume with its id "
+                           "and last seq) or send it again", retry_after_ms=100)
+
+    def _prober(self, stub):
+        async def probe(timeout_s: float) -> None:
+            await stub.Load(ipb.LoadRequest(), timeout=timeout_s)
+        return probe
 
     async def _next_replica(self, tried: set[str], err: grpc.aio.AioRpcError) -> None:
         """The replica refused before sending anything: drop it from routing and pick another."""
@@ -277,6 +313,7 @@ class RequestOwner:
                 self._accepted = True
                 self._emit(ev.Accepted(self.request_id, event.started.prompt_tokens), deliver=self._client_seq == 0)
         elif kind == "final":
+            self._release_held()
             if self._produced < self._skip_chars:
                 raise self._cannot_resume("running it again gave less text than was already sent")
             if self._seq < self._client_seq:
@@ -299,8 +336,46 @@ class RequestOwner:
             if self._client_seq > self._seq:  # the client's deltas past the journal can no longer be matched
                 raise self._cannot_resume("running it again split its deltas differently")
             text = text[len(text) - kept:]
+        if self._outbox is not None and self._seq >= self._client_seq and (
+                self._held or self._outbox.waiting(self.request_id)):
+            self._hold(text, token_count)
+            return
         self._seq += 1
         self._emit(ev.Delta(self.request_id, self._seq, text, token_count), deliver=self._seq > self._client_seq)
+
+    # ------------------------------------------------------------ backpressure
+    def _hold(self, text: str, token_count: int) -> None:
+        """The client has not taken the previous delta yet: keep this text back, merged with what is held."""
+        nbytes = len(text.encode())
+        if not self._outbox.hold(nbytes):
+            limits = self._outbox.budget.limits
+            raise ResourceExhausted(
+                f"request {self.request_id!r} was stopped because its client read the stream too slowly: "
+                f"{self._outbox.held_bytes + nbytes} bytes of output waited unread on this stream (limit "
+                f"{limits.max_buffered_bytes_per_stream}) or {self._outbox.budget.bytes + nbytes} on this worker "
+                f"(limit {limits.max_buffered_bytes_per_worker}); read the stream as it arrives, then Resume the "
+                "request (its id and last seq) or send it again")
+        if not self._held:
+            self._outbox.when_taken(self.request_id, self._release_held)
+        self._held.append(text)
+        self._held_tokens += token_count
+        self._held_bytes += nbytes
+
+    def _release_held(self) -> None:
+        """The edge took the waiting delta (or the request ends): the held text goes out as one delta."""
+        if not self._held or self._ended or self._stopping:   # an interrupt drops what the client never had
+            return
+        parts, text, tokens = len(self._held), "".join(self._held), self._held_tokens
+        self._drop_held()
+        self._seq += 1
+        if parts > 1 and self._journal is not None:   # merged: a takeover could not number it the same way
+            self._outbox.settle_first(self.request_id, self._journal.settle)
+        self._emit(ev.Delta(self.request_id, self._seq, text, tokens))
+
+    def _drop_held(self) -> None:
+        if self._held_bytes:
+            self._outbox.unhold(self._held_bytes)
+        self._held, self._held_tokens, self._held_bytes = [], 0, 0
 
     def _cannot_resume(self, why: str) -> NotFound:
         return NotFound(f"request {self.request_id!r} cannot be resumed: {why}; send the request again")

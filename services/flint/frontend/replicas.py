@@ -22,6 +22,7 @@ from flint.errors import Unavailable
 from flint.frontend.routing import RoutingPolicy
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.security.internal import EngineClient
+from flint.frontend.liveness import LivenessConfig, engine_channel_options
 from flint.security.limits import unknown_model
 
 RESERVATION_S = 2.0   # a pick counts as in flight this long at most before its engine call opens
@@ -29,8 +30,9 @@ RESERVATION_S = 2.0   # a pick counts as in flight this long at most before its 
 
 class ReplicaPool:
     def __init__(self, registry: ReplicaRegistry, policy: RoutingPolicy, *, wait_s: float, internal_token: str,
-                 refresh_interval_s: float = 0.25, drop_s: float = 5.0):
+                 refresh_interval_s: float = 0.25, drop_s: float = 5.0, liveness: LivenessConfig | None = None):
         self._registry = registry
+        self.liveness = liveness or LivenessConfig()   # keepalive of the channels, the owners' engine watch
         self._policy = policy
         self._wait_s = wait_s
         self._refresh_interval_s = refresh_interval_s
@@ -113,6 +115,7 @@ class ReplicaPool:
             channel = grpc.aio.insecure_channel(replica.address, options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                *engine_channel_options(self.liveness),   # a frozen replica's streams end UNAVAILABLE
             ])
             entry = (channel, EngineClient(channel, self._internal_token))  # calls carry the internal token
             self._channels[replica.address] = entry

@@ -20,6 +20,8 @@ from flint.config import FrontendConfig
 from flint.frontend.codec import SERVICE, flint_handler
 from flint.frontend import reflection
 from flint.frontend.interrupts import InterruptBus
+from flint.frontend.liveness import LivenessConfig, server_options
+from flint.frontend.outbox import BufferBudget, BufferLimits
 from flint.frontend.owner import LocalRequests
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.routing import make_policy
@@ -45,6 +47,7 @@ class FrontendWorker:
         from flint.security.config import SecurityConfig
 
         self._security = SecurityConfig.from_dict(config.security)
+        self._liveness_config = LivenessConfig.from_dict(config.liveness)
         self.metrics_port = -1
         self.http_port = -1
         self._http = None               # flint.frontend.http_door.HttpDoor when http_port >= 0
@@ -86,10 +89,12 @@ class FrontendWorker:
                                      ack_timeout_s=cfg.interrupt_timeout_s)
             await self._bus.start()
             self._pool = ReplicaPool(ReplicaRegistry(self._redis, cfg.key_prefix), make_policy(cfg.routing),
-                                     wait_s=cfg.replica_wait_s, internal_token=internal_token)
+                                     wait_s=cfg.replica_wait_s, internal_token=internal_token,
+                                     liveness=self._liveness_config)
             journal, resumer = await self._start_journal(store, local)
             servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
-                                     local=local, journal=journal, resumer=resumer, guard=self._guard())
+                                     local=local, journal=journal, resumer=resumer, guard=self._guard(),
+                                     buffers=BufferBudget(BufferLimits.from_dict(cfg.buffers)))
             servicer.document_store = DocumentStore(self._redis, cfg.key_prefix, ttl_s=cfg.session_ttl_s,
                                                     limits=DocumentLimits.from_dict(cfg.documents))
             self.servicer = servicer
@@ -165,6 +170,7 @@ class FrontendWorker:
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
+            *server_options(self._liveness_config),   # keepalive, idle and age limits
             *transport.server_options(self._security),
         ])
         server.add_generic_rpc_handlers((flint_handler(servicer),))

@@ -24,6 +24,7 @@ from flint.frontend.codec import check_decoded, on_call_end
 from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.interrupts import InterruptBus
 from flint.frontend.journal import RequestJournal, pin_seed
+from flint.frontend.outbox import BufferBudget, Outbox
 from flint.frontend.owner import LocalRequests, RequestOwner, to_completion
 from flint.frontend.render import to_message
 from flint.frontend.replicas import ReplicaPool
@@ -41,8 +42,9 @@ RESUME_DISABLED = "Resume is disabled on this deployment (journal.enabled = fals
 
 class FlintServicer:
     def __init__(self, *, worker_id: str, store: Store, pool: ReplicaPool, bus: InterruptBus,
-                 local: LocalRequests, journal=None, resumer=None, guard=None):
+                 local: LocalRequests, journal=None, resumer=None, guard=None, buffers: BufferBudget | None = None):
         self.worker_id = worker_id
+        self.buffers = buffers or BufferBudget()   # output held back for slow clients, over all streams
         self.guard = guard          # flint.admission.RequestGuard: limits, rate limit, saturation, tenant slots
         self._background: set[asyncio.Task] = set()
         self.journal = journal      # flint.frontend.journal.Journal, or None when resume is disabled
@@ -57,9 +59,10 @@ class FlintServicer:
     async def start_request(self, msg: pb.CompleteRequest | pb.EditRequest, *, request_id: str,
                             session: SessionRecord | None, sink: Callable[[ev.Event], None],
                             arrival_unix_s: float, documents: SessionDocuments | None = None,
-                            ) -> tuple[RequestOwner, SessionRecord | None]:
+                            outbox: Outbox | None = None) -> tuple[RequestOwner, SessionRecord | None]:
         """Validate, route, register in Redis and start the request's owner; returns it and the updated
-        session. The owner delivers the request's events to `sink`."""
+        session. The owner delivers the request's events to `sink`, which feeds `outbox` (flint.frontend.outbox)
+        when the edge has one: the owner then holds text back while the client reads slowly."""
         model = check_model_name(msg.model) or (session.model if session else "")
         tenant = current_tenant()
         stats = metrics()
@@ -80,14 +83,15 @@ class FlintServicer:
         try:
             with stats.time_stage("register"):
                 owner, session = await self._register_and_start(msg, request_id, tenant, replica, engine_request,
-                                                                session, sink, release)
+                                                                session, sink, release, outbox)
         except BaseException:
             if release is not None:
                 await release()
             raise
         return owner, session
 
-    async def _register_and_start(self, msg, request_id, tenant, replica, engine_request, session, sink, release):
+    async def _register_and_start(self, msg, request_id, tenant, replica, engine_request, session, sink, release,
+                                  outbox):
         """Claim the request id and move its session's affinity (one Redis round trip), then start its owner.
         The journal starts in the batch of the request's first event."""
         record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
@@ -111,7 +115,8 @@ class FlintServicer:
                                           replica.replica_id)
         owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
                              store=self.store, local=self.local, sink=sink, journal=request_journal,
-                             on_done=self._on_done(release, span), metadata=tracing.outgoing_metadata(span))
+                             on_done=self._on_done(release, span), metadata=tracing.outgoing_metadata(span),
+                             outbox=outbox)
         owner.start()
         return owner, session
 
@@ -202,7 +207,7 @@ class FlintServicer:
         """One request per call: accepted, deltas, final; an error ends the call with its status."""
         arrival = time.time()
         request = check_decoded(request)
-        out: asyncio.Queue = asyncio.Queue()
+        out = Outbox(self.buffers)
         handler, owners = asyncio.current_task(), []
 
         def stop() -> None:  # the call ended: the client cancelled (or it is over anyway)
@@ -212,12 +217,11 @@ class FlintServicer:
 
         on_call_end(context, stop)
         owner, _ = await self.start_request(request, request_id=request_id_of(request, current_tenant()),
-                                            session=None,
-                                            sink=out.put_nowait, arrival_unix_s=arrival)
+                                            session=None, sink=out.put, arrival_unix_s=arrival, outbox=out)
         owners.append(owner)
         if context.done():
             stop()
-        owner.add_done_callback(lambda: out.put_nowait(None))  # ended without a Final: cancelled
+        owner.add_done_callback(lambda: out.put(None))  # ended without a Final: cancelled
         try:
             while True:
                 event = await out.get()

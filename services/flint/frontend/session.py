@@ -19,6 +19,7 @@ import grpc
 from flint.errors import FlintError, InvalidArgument, NotFound
 from flint.frontend.codec import Undecodable, on_call_end
 from flint.frontend.documents import SessionDocuments, names_documents
+from flint.frontend.outbox import Outbox
 from flint.frontend.render import request_error, to_message
 from flint.frontend.store import SessionRecord
 from flint.frontend.validate import check_request_id, new_id, request_id_of, scope_request_id
@@ -33,7 +34,7 @@ class SessionStream:
     def __init__(self, servicer, context=None):
         self._servicer = servicer
         self._context = context
-        self._out: asyncio.Queue = asyncio.Queue()
+        self._out = Outbox(servicer.buffers)   # bounded: slow readers get merged deltas, then RESOURCE_EXHAUSTED
         self._session: SessionRecord | None = None
         self._owners = {}
         self._resumes: set[asyncio.Task] = set()
@@ -49,7 +50,7 @@ class SessionStream:
                 message = await self._out.get()
                 if message is _END:
                     return
-                yield message
+                yield message if isinstance(message, pb.ServerMessage) else to_message(message)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -70,8 +71,8 @@ class SessionStream:
         self._out.put_nowait(message)
 
     def _deliver(self, event) -> None:
-        """A request owner's sink: render its event onto this stream."""
-        self._out.put_nowait(to_message(event))
+        """A request owner's sink: its event goes onto this stream (rendered when the writer takes it)."""
+        self._out.put(event)
 
     async def _read(self, request_iterator) -> None:
         try:
@@ -171,7 +172,7 @@ class SessionStream:
 
         owner, self._session = await self._servicer.start_request(
             request, request_id=request_id, session=self._session, sink=self._deliver, arrival_unix_s=arrival,
-            documents=await self._documents() if names_documents(request) else None)
+            documents=await self._documents() if names_documents(request) else None, outbox=self._out)
         # Keep only running owners (the stream cancels them if the client disconnects).
         self._owners = {rid: o for rid, o in self._owners.items() if not o.done}
         self._owners[request_id] = owner

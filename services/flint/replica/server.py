@@ -31,6 +31,7 @@ from flint.config import ReplicaConfig
 from flint.docstore import DocumentStore
 from flint.engine.types import Final
 from flint.errors import Unavailable
+from flint.frontend.liveness import engine_server_options
 from flint.grpc_status import ErrorInterceptor
 from flint.internal.v1 import engine_pb2 as pb
 from flint.observability import tracing
@@ -140,7 +141,7 @@ class ReplicaServer:
         self._servicer.document_store = DocumentStore(self._redis, self.config.key_prefix, ttl_s=0)  # reads only
 
         server = grpc.aio.server(interceptors=[internal.InternalAuthInterceptor(token), ErrorInterceptor()],
-                                 options=[("grpc.so_reuseport", 0)])
+                                 options=[("grpc.so_reuseport", 0), *engine_server_options()])
         engine_pb2_grpc.add_EngineServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         host = self.config.bind_host()  # a private interface (config refuses wildcards)

@@ -1,0 +1,129 @@
+"""A stream's outgoing queue, bounded: a request's deltas merge while its client reads slower than it is served.
+
+Every edge (a Session stream, a Complete/Edit call, an HTTP response) writes one stream to one client
+through an `Outbox`, whose writer takes items one at a time and then waits for the client (gRPC and HTTP
+flow control hold a write while the client does not read). A request's owner (flint.frontend.owner)
+puts its events in. While the owner's previous delta still waits in the outbox, the owner does not add
+another: it holds the new text back, merged, and puts it in as one delta (one seq, the token counts
+added up) when the writer takes the waiting one. A stream therefore queues at most one delta per
+request (two at the end: the held text, then the Final) plus the text its owners hold back.
+
+What owners hold back is charged against two caps (`BufferLimits`): per stream and per worker (all
+its streams). A request whose held text would pass either ends with RESOURCE_EXHAUSTED, and its engine
+call is cancelled, so a client that never reads costs a bounded amount of memory and no engine time.
+
+A merged delta reaches the client only once the resume journal holds it: a takeover runs the request
+again and numbers one delta per engine delta after the journal's end, so a client must never hold a
+merged delta the journal lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import Any, Awaitable, Callable
+
+from flint.frontend import events as ev
+
+
+@dataclass(frozen=True)
+class BufferLimits:
+    """Front-end config table `buffers`: output held back for clients that read slowly."""
+
+    max_buffered_bytes_per_stream: int = 1 << 20     # 1 MiB of held text per stream (a call or Session stream)
+    max_buffered_bytes_per_worker: int = 64 << 20    # 64 MiB over all streams of one worker
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+                raise ValueError(f"buffers.{f.name} must be an integer >= 1024 (bytes), got {value!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "BufferLimits":
+        values = dict(values or {})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown buffers key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        return cls(**values)
+
+
+class BufferBudget:
+    """Bytes held back for slow clients over all streams of one worker (and the most there ever were)."""
+
+    def __init__(self, limits: BufferLimits | None = None):
+        self.limits = limits or BufferLimits()
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.refused = 0          # requests ended because a client read too slowly
+
+
+class Outbox:
+    def __init__(self, budget: BufferBudget | None = None):
+        self.budget = budget or BufferBudget()
+        self.held_bytes = 0                                  # held back by this stream's owners
+        self.peak_held_bytes = 0
+        self._items: deque[tuple[Any, Callable[[], Awaitable] | None]] = deque()
+        self._ready = asyncio.Event()
+        self._waiting: dict[str, Callable[[], None] | None] = {}  # request id -> call when its delta is taken
+        self._settle: dict[str, Callable[[], Awaitable]] = {}   # request id -> await before its next delta goes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # ------------------------------------------------------------ producers
+    def put(self, item) -> None:
+        """Queue anything the stream sends (a front-end event, a message, an end marker)."""
+        settle = None
+        if isinstance(item, ev.Delta):
+            self._waiting.setdefault(item.request_id, None)
+            settle = self._settle.pop(item.request_id, None)
+        self._items.append((item, settle))
+        self._ready.set()
+
+    put_nowait = put
+
+    def waiting(self, request_id: str) -> bool:
+        """A delta of this request is queued and the writer has not taken it yet."""
+        return request_id in self._waiting
+
+    def when_taken(self, request_id: str, callback: Callable[[], None]) -> None:
+        """Call `callback` once the writer takes this request's waiting delta."""
+        self._waiting[request_id] = callback
+
+    def settle_first(self, request_id: str, settle: Callable[[], Awaitable]) -> None:
+        """The request's next delta goes to the client only after `await settle()` (its journal write)."""
+        self._settle[request_id] = settle
+
+    def hold(self, nbytes: int) -> bool:
+        """Charge `nbytes` of held text; False (and nothing charged) if it would pass a cap."""
+        limits = self.budget.limits
+        if (self.held_bytes + nbytes > limits.max_buffered_bytes_per_stream
+                or self.budget.bytes + nbytes > limits.max_buffered_bytes_per_worker):
+            self.budget.refused += 1
+            return False
+        self.held_bytes += nbytes
+        self.budget.bytes += nbytes
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+        self.budget.peak_bytes = max(self.budget.peak_bytes, self.budget.bytes)
+        return True
+
+    def unhold(self, nbytes: int) -> None:
+        self.held_bytes -= nbytes
+        self.budget.bytes -= nbytes
+
+    # ------------------------------------------------------------ the writer
+    async def get(self):
+        """The next item to send; a request's held text goes in as its next delta when its waiting one is taken."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        item, settle = self._items.popleft()
+        if settle is not None:
+            await settle()
+        if isinstance(item, ev.Delta):
+            taken = self._waiting.pop(item.request_id, None)
+            if taken is not None:
+                taken()
+        return item
