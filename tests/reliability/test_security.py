@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flint.client import ClientTLS, FlintClient
+from flint.client import ClientTLS, FlintClient, RetryPolicy
 from flint.errors import InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable
 from flint.security.keystore import add_key_to_file, add_key_to_redis, read_key_file
 from flint.v1 import flint_pb2 as pb
@@ -129,17 +129,16 @@ async def test_size_limits_give_invalid_argument_naming_the_limit(cluster, refer
         assert await client.complete_text("still serving", max_tokens=2) == await reference.atext("still serving", 2)
 
 
-async def test_concurrent_streams_per_connection_are_capped(cluster):
+async def test_concurrent_calls_per_connection_are_capped_with_resource_exhausted(cluster):
     await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", security={"max_streams_per_connection": 2})
-    async with FlintClient(worker.address) as client:
+    async with FlintClient(worker.address, retry=RetryPolicy(max_attempts=1)) as client:
         streams = [client.complete("s", max_tokens=LONG) for _ in range(2)]
         for stream in streams:
             await asyncio.wait_for(stream.__anext__(), 10)
-        third = client.complete("t", max_tokens=1)
-        pending = asyncio.ensure_future(third.__anext__())
-        done, _ = await asyncio.wait({pending}, timeout=1.0)
-        assert not done, "a third stream on the same connection waits for a free stream slot"
+        with pytest.raises(ResourceExhausted, match="max_streams_per_connection") as err:
+            await asyncio.wait_for(client.complete_text("t", max_tokens=1), 10)
+        assert err.value.retry_after_ms > 0
         # Another connection is not affected (its own subchannel pool, so its own TCP connection).
         async with grpc.aio.insecure_channel(worker.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
             rpc = ch.unary_stream("/flint.v1.Flint/Complete", request_serializer=pb.CompleteRequest.SerializeToString,
@@ -147,10 +146,52 @@ async def test_concurrent_streams_per_connection_are_capped(cluster):
             other = [m async for m in rpc(pb.CompleteRequest(prefix="t", sampling=pb.Sampling(max_tokens=1)),
                                           timeout=10)]
             assert other[-1].WhichOneof("kind") == "final"
-        await streams[0].aclose()  # frees a slot: the waiting stream starts
-        assert (await asyncio.wait_for(pending, 10)).WhichOneof("kind") == "accepted"
-        await third.aclose()
+        await streams[0].aclose()  # frees a slot (once the server has seen the cancel)
+
+        async def third_call_runs():
+            try:
+                return await client.complete_text("t", max_tokens=1) is not None
+            except ResourceExhausted:
+                return False
+
+        await eventually(third_call_runs)
         await streams[1].aclose()
+
+
+async def test_a_session_flood_on_one_fresh_connection_is_answered_resource_exhausted_not_internal(cluster, key_file):
+    """The hostile soak's Session flood: 300 Opens at once on one connection got 212 INTERNAL and 1,567
+    UNAVAILABLE (HTTP/2 resets of streams over the connection's cap). Each call over the cap must get
+    RESOURCE_EXHAUSTED with a retry delay instead."""
+    from flint.grpc_status import retry_after_ms_of
+
+    path, key_a, _ = key_file
+    await cluster.add_replica("r1")
+    worker = await cluster.add_worker("w1", security={"api_keys_file": str(path), "max_streams_per_connection": 16})
+    outcomes, calls = {}, []
+
+    async def one(stub, i):
+        call = stub.Session(metadata=(("authorization", f"Bearer {key_a}"),), timeout=10)
+        calls.append(call)
+        try:
+            await call.write(pb.ClientMessage(open=pb.Open(client=f"flood-{i}")))
+            reply = await call.read()
+            kind = reply.WhichOneof("kind") if reply is not grpc.aio.EOF else "eof"
+        except grpc.aio.AioRpcError as exc:
+            kind = exc.code().name
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                assert retry_after_ms_of(exc.trailing_metadata() or ()) > 0
+        except grpc.aio.UsageError:  # writing to a call the server already ended
+            kind = (await call.code()).name
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        from flint.v1 import flint_pb2_grpc
+
+        stub = flint_pb2_grpc.FlintStub(channel)
+        await asyncio.wait_for(asyncio.gather(*(one(stub, i) for i in range(200))), 60)
+        for call in calls:
+            call.cancel()
+    assert outcomes == {"opened": 16, "RESOURCE_EXHAUSTED": 184}
 
 
 async def test_tls_and_mutual_tls(cluster, tmp_path, reference):

@@ -1,4 +1,4 @@
-"""How the public port is exposed: TLS / mTLS credentials, auth interceptor, per-connection stream cap."""
+"""How the public port is exposed: TLS / mTLS credentials, auth interceptor, per-connection call cap."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import grpc
 from flint.addresses import is_loopback
 from flint.errors import InvalidArgument
 from flint.security.config import SecurityConfig
+from flint.security.connections import HTTP2_BACKSTOP_FACTOR, ConnectionCallCap
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,20 @@ def bind(server: grpc.aio.Server, address: str, config: SecurityConfig) -> int:
 
 
 def server_options(config: SecurityConfig) -> list[tuple[str, int]]:
-    return [("grpc.max_concurrent_streams", config.max_streams_per_connection)]
+    """HTTP/2's stream cap is a backstop far above flint's own per-connection cap (flint.security.connections),
+    which answers RESOURCE_EXHAUSTED instead of resetting streams."""
+    return [("grpc.max_concurrent_streams", config.max_streams_per_connection * HTTP2_BACKSTOP_FACTOR)]
 
 
 def interceptors(config: SecurityConfig, *, redis, key_prefix: str) -> list:
-    """The auth interceptor when API keys are configured (none otherwise)."""
+    """The per-connection call cap, then the auth interceptor when API keys are configured."""
+    cap = ConnectionCallCap(config.max_streams_per_connection)
     keys = key_store(config, redis=redis, key_prefix=key_prefix)
     if keys is None:
-        return []
+        return [cap]
     from flint.security.auth import AuthInterceptor
 
-    return [AuthInterceptor(keys)]
+    return [cap, AuthInterceptor(keys)]
 
 
 def key_store(config: SecurityConfig, *, redis, key_prefix: str):
