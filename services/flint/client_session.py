@@ -16,7 +16,9 @@ Documents (send the file once, then only edits; completions name a cursor):
 When the stream breaks (front-end worker gone), the session reconnects to the
 next address, reopens the same session id and sends Resume(request id, last
 seq) for every request still running, so each caller still sees every seq
-exactly once.
+exactly once. When the front-end ends an idle stream (nothing sent for its
+`session_idle_timeout_s`, nothing running), the next call opens a new stream
+on the same session id.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ClientSession:
         self._opened: asyncio.Future | None = None
         self._doc_waiters: dict[str, list[asyncio.Future]] = {}   # document id -> futures, in send order
         self.reconnects = 0
+        self._idle_ended = False     # the server ended the stream as idle: the next call opens a new one
 
     async def __aenter__(self) -> "ClientSession":
         await self._connect()
@@ -57,6 +60,10 @@ class ClientSession:
                 await self._reader
 
     async def _connect(self) -> None:
+        self._start_stream()
+        self.session_id = (await self._opened).session_id
+
+    def _start_stream(self, *, resume: bool = True) -> None:
         self._outbox = asyncio.Queue()
         self._opened = asyncio.get_running_loop().create_future()
         outbox = self._outbox
@@ -68,11 +75,16 @@ class ClientSession:
         call = self._client.stub.Session(requests(), metadata=self._client._metadata)
         outbox.put_nowait(pb.ClientMessage(open=pb.Open(session_id=self.session_id, model=self._model,
                                                         client=self._client_name)))
-        for request_id, (tracker, _) in self._requests.items():  # after a break: pick up where each one was
+        for request_id, (tracker, _) in self._requests.items() if resume else ():  # after a break: pick up
             outbox.put_nowait(pb.ClientMessage(resume=pb.ResumeRequest(request_id=request_id,
                                                                        last_seq=tracker.last_seq)))
         self._reader = asyncio.create_task(self._read(call), name="flint session reader")
-        self.session_id = (await self._opened).session_id
+
+    def _send(self, message: pb.ClientMessage) -> None:
+        if self._idle_ended:
+            self._idle_ended = False
+            self._start_stream(resume=False)   # its Open (same session id) goes first; nothing ran meanwhile
+        self._outbox.put_nowait(message)
 
     async def _read(self, call) -> None:
         try:
@@ -80,6 +92,10 @@ class ClientSession:
                 self._dispatch(message)
         except grpc.aio.AioRpcError as err:
             error = from_rpc_error(err, peer=self._client.address)
+            if (err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "session_idle_timeout_s" in (err.details() or "")
+                    and not self._requests and self._opened.done()):
+                self._idle_ended = True
+                return
             if error.retryable and (self._requests or not self._opened.done()):
                 self.reconnects += 1
                 self._client._fail_over()
@@ -132,7 +148,7 @@ class ClientSession:
     async def _run(self, message: pb.ClientMessage, request) -> object:
         tracker, queue = _Tracker(request.request_id, own_id=True), asyncio.Queue()
         self._requests[request.request_id] = (tracker, queue)
-        self._outbox.put_nowait(message)
+        self._send(message)
         try:
             while True:
                 item = await queue.get()
@@ -174,7 +190,7 @@ class ClientSession:
     def _document_call(self, document_id: str, message: pb.ClientMessage) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self._doc_waiters.setdefault(document_id, []).append(future)
-        self._outbox.put_nowait(message)
+        self._send(message)
         return future
 
     def open_document_message(self, document_id: str, text: str, *, path: str = "", version: int = 1,
@@ -210,7 +226,7 @@ class ClientSession:
     async def interrupt(self, request_id: str, timeout_s: float = 10.0) -> pb.InterruptResponse:
         future = asyncio.get_running_loop().create_future()
         self._interrupts[request_id] = future
-        self._outbox.put_nowait(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=request_id)))
+        self._send(pb.ClientMessage(interrupt=pb.InterruptRequest(request_id=request_id)))
         try:
             return await asyncio.wait_for(future, timeout_s)
         except asyncio.TimeoutError:

@@ -217,3 +217,44 @@ async def test_one_tenants_slow_preparations_do_not_queue_another_tenants_reques
     # At most the hostile preparation running when it arrived, then one more (the hostile tenant's turn came
     # first); without the pool it waited behind all four.
     assert order.index("victim") <= 2, f"the victim was prepared after {order.index('victim')} hostile requests"
+
+
+async def test_an_idle_session_stream_ends_deadline_exceeded_and_frees_its_stream_slot(cluster, tenant_keys):
+    path, key_a, _ = tenant_keys
+    await cluster.add_replica("r1")
+    worker = await cluster.add_worker("w1", security={"api_keys_file": path, "max_streams_per_tenant": 1,
+                                                      "session_idle_timeout_s": 0.5})
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        stub = flint_pb2_grpc.FlintStub(channel)
+        idle, first = await open_session(stub, key_a)
+        assert first.WhichOneof("kind") == "opened"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with asyncio.timeout(10):
+                while await idle.read() is not grpc.aio.EOF:
+                    pass
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "session_idle_timeout_s" in err.value.details()
+
+        busy, first = await open_session(stub, key_a)  # the tenant's only stream slot is free again
+        assert first.WhichOneof("kind") == "opened"
+        await busy.write(pb.ClientMessage(complete=pb.CompleteRequest(prefix="long", sampling=pb.Sampling(
+            max_tokens=LONG))))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.0  # 4 idle timeouts: a stream whose request runs is not idle
+        while loop.time() < until:
+            message = await asyncio.wait_for(busy.read(), 10)
+            assert message is not grpc.aio.EOF and message.WhichOneof("kind") in ("accepted", "delta")
+        busy.cancel()
+
+
+async def test_a_client_session_ended_as_idle_opens_a_new_stream_on_its_next_call(cluster, tenant_keys):
+    path, key_a, _ = tenant_keys
+    await cluster.add_replica("r1")
+    worker = await cluster.add_worker("w1", security={"api_keys_file": path, "session_idle_timeout_s": 0.3})
+    async with FlintClient(worker.address, api_key=key_a, retry=NO_RETRY) as client:
+        async with client.session() as session:
+            session_id = session.session_id
+            await asyncio.sleep(1.5)  # the front-end ends the idle stream
+            messages = [m async for m in session.complete("x = ", max_tokens=2)]
+            assert messages[-1].WhichOneof("kind") == "final"
+            assert session.session_id == session_id

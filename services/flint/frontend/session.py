@@ -5,7 +5,9 @@ interrupt, redirect) while the handler yields from one outgoing queue fed by
 the reader and by the owner of each of the stream's requests. A failed
 request becomes a RequestError; the stream stays open. When the client half-closes, running
 requests finish before the stream ends; when it disconnects, they are
-cancelled so the engine frees their slots.
+cancelled so the engine frees their slots. A stream whose client sends
+nothing for `security.session_idle_timeout_s` while none of its requests or
+resumes runs ends DEADLINE_EXCEEDED, which frees its per-tenant stream slot.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 import grpc
 
-from flint.errors import FlintError, InvalidArgument, NotFound
+from flint.errors import DeadlineExceeded, FlintError, InvalidArgument, NotFound
 from flint.frontend.codec import Undecodable, on_call_end
 from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.outbox import Outbox
@@ -40,9 +42,13 @@ class SessionStream:
         self._resumes: set[asyncio.Task] = set()
         self._docs: SessionDocuments | None = None
         self._docs_session = ""
+        guard = servicer.guard
+        self._idle_s = guard.security.session_idle_timeout_s if guard is not None else 0.0   # 0 = never
+        self._active_at = time.monotonic()      # the client's last message, or the last sign of a running request
 
     async def run(self, request_iterator):
         reader = asyncio.create_task(self._read(request_iterator), name="session reader")
+        idle = asyncio.create_task(self._watch_idle(reader), name="session idle") if self._idle_s else None
         if self._context is not None:
             on_call_end(self._context, lambda: self._call_ended(reader))
         try:
@@ -50,11 +56,15 @@ class SessionStream:
                 message = await self._out.get()
                 if message is _END:
                     return
+                if isinstance(message, FlintError):   # the stream ends with this status
+                    raise message
                 yield message if isinstance(message, pb.ServerMessage) else to_message(message)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            for task in (reader, idle):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             for owner in list(self._owners.values()):
                 await owner.cancel()
             for task in list(self._resumes):
@@ -66,6 +76,20 @@ class SessionStream:
         for owner in list(self._owners.values()):
             owner.cancel_soon()
         self._out.put_nowait(_END)
+
+    async def _watch_idle(self, reader: asyncio.Task) -> None:
+        """End the stream once the client has sent nothing for `_idle_s` and nothing of it runs."""
+        while True:
+            await asyncio.sleep(max(0.0, self._active_at + self._idle_s - time.monotonic()))
+            if any(not o.done for o in self._owners.values()) or self._resumes:
+                self._active_at = time.monotonic()   # a running request keeps the stream alive
+            elif time.monotonic() - self._active_at >= self._idle_s:
+                reader.cancel()
+                self._out.put_nowait(DeadlineExceeded(
+                    f"this Session stream sent nothing for {self._idle_s:g} s with no request running (the "
+                    "front-end's security.session_idle_timeout_s); open a new stream, and send Open with the "
+                    "session_id from Opened to continue the same session"))
+                return
 
     def _emit(self, message: pb.ServerMessage) -> None:
         self._out.put_nowait(message)
@@ -87,6 +111,7 @@ class SessionStream:
 
     async def _handle(self, message) -> None:
         arrival = time.time()
+        self._active_at = time.monotonic()
         if isinstance(message, Undecodable):
             self._emit(request_error("", message.error()))
             return

@@ -32,6 +32,9 @@ class SecurityConfig:
     max_streams_per_tenant: int = 1024         # open Session/Complete/Edit/Resume calls, per front-end worker
     max_resumes_per_tenant: int = 32           # open Resume calls (each follows a journal), per front-end worker
     max_sessions_per_tenant: int = 4096        # live sessions, across workers (they expire after session_ttl_s)
+    # A Session stream whose client sent nothing this long, with no request or resume of it running, ends
+    # DEADLINE_EXCEEDED and frees its stream slot (the session itself lives on: Open with its id continues it).
+    session_idle_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -44,6 +47,9 @@ class SecurityConfig:
                 raise InvalidArgument(f"security.{name}: {path!r} is not a readable file")
         if not 0.05 <= self.key_recheck_s <= 300:
             raise InvalidArgument(f"security.key_recheck_s must be in [0.05, 300] seconds, got {self.key_recheck_s!r}")
+        if not isinstance(self.session_idle_timeout_s, (int, float)) or not 0.05 <= self.session_idle_timeout_s <= 86400:
+            raise InvalidArgument("security.session_idle_timeout_s must be in [0.05, 86400] seconds, got "
+                                  f"{self.session_idle_timeout_s!r}")
         if self.rate_limit_per_s < 0 or self.rate_burst < 0:
             raise InvalidArgument("security: rate_limit_per_s and rate_burst must be >= 0")
         for name in ("max_prompt_bytes", "max_context_files", "max_context_file_bytes",
