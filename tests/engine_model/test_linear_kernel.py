@@ -56,3 +56,33 @@ def test_unit_rms_and_silu_mul_match_torch(rows):
                                x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor))
     gate, up = x.chunk(2, dim=-1)
     torch.testing.assert_close(linear.silu_mul(x), F.silu(gate) * up)
+
+
+@pytest.mark.parametrize("rows", [1, 3, MAX_ROWS])
+def test_rms_linear_fuses_the_norm_into_the_kernel_call_and_matches_the_two_ops(rows, monkeypatch):
+    g = torch.Generator().manual_seed(rows + 7)
+    layer = Linear(96, 40, bias=True).requires_grad_(False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 96, generator=g))
+        layer.bias.copy_(torch.randn(40, generator=g))
+    x = torch.randn(rows, 96, generator=g) * 3
+    floor = torch.tensor(0.05)
+    kernel, calls = linear._kernel(), []
+
+    class Spy:
+        def linear_f32(self, *args):
+            calls.append(len(args))
+            return kernel.linear_f32(*args)
+
+        def unit_rms_f32(self, *args):
+            calls.append("unit_rms")
+            return kernel.unit_rms_f32(*args)
+
+    monkeypatch.setattr(linear, "_kernel", Spy)
+    got = linear.rms_linear(layer, x, floor, 0.05)
+    assert calls == [4], "one kernel call, with the floor, and no separate norm"
+    ref = F.linear(x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor), layer.weight, layer.bias)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    wide = torch.randn(MAX_ROWS + 1, 96, generator=g)   # more rows: the two torch ops
+    ref = F.linear(wide / torch.hypot(torch.linalg.vector_norm(wide, dim=-1, keepdim=True), floor), layer.weight, layer.bias)
+    torch.testing.assert_close(linear.rms_linear(layer, wide, floor, 0.05), ref, rtol=1e-5, atol=1e-5)

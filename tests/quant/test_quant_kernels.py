@@ -118,3 +118,35 @@ def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits
     for i in (0, 5, 12):
         assert torch.equal(lin(x[i: i + 1]), together[i: i + 1])
     assert torch.equal(lin(x[3:9]), together[3:9])
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 64)])
+def test_rms_linear_on_a_quant_linear_folds_the_norm_into_the_activation_scales(kernel_path, bits, group):
+    from flint.engine.model.linear import rms_linear
+
+    w = weights(48, 160, bits, group, seed=13)
+    g = torch.Generator().manual_seed(13)
+    x, scale = torch.randn(3, 160, generator=g) * 4, torch.rand(160, generator=g) + 0.5
+    lin = modules.QuantLinear(w, torch.randn(48, generator=g), input_scale=scale)
+    floor = torch.tensor(0.3)
+    normed = x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor)
+    lin(normed)   # the first call binds the kernel's op
+    got = rms_linear(lin, x, floor, 0.3)
+    ref = (normed * scale) @ w.dequantize().T + lin.bias
+    assert (got - ref).norm() <= 0.015 * (ref - lin.bias).norm()
+    if kernel_path == "vnni":   # the fused call: same int8 codes, row scale folded in
+        torch.testing.assert_close(got, lin(normed), rtol=1e-5, atol=1e-5)
+        assert lin.forward_unit_rms(x, 0.3) is not None
+    else:
+        assert lin.forward_unit_rms(x, 0.3) is None
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])
+def test_embedding_rows_match_the_reference(kernel, bits, group):
+    w = weights(50, 100, bits, group, seed=12)   # K = 100: padded columns are not returned
+    ids = torch.tensor([[3, 0], [49, 3]])
+    got = modules.QuantEmbedding(w, torch.float32)(ids)
+    assert got.shape == (2, 2, 100)
+    torch.testing.assert_close(got, w.dequantize()[ids], atol=1e-6, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        modules.QuantEmbedding(w, torch.float32)(torch.tensor([50]))

@@ -273,6 +273,44 @@ torch::Tensor dequant_int4(const torch::Tensor& packed, const torch::Tensor& sca
   return out;
 }
 
+// Embedding lookup: rows `ids` of the quantized [N, K] matrix as fp32 [T, K] (one call, no fp32 copy of the
+// matrix and no gather of codes and scales first).
+torch::Tensor embedding(const torch::Tensor& ids, int64_t bits, const torch::Tensor& data, const torch::Tensor& scale,
+                        const c10::optional<torch::Tensor>& mins, int64_t group, int64_t k) {
+  TORCH_CHECK(ids.scalar_type() == torch::kInt64 && ids.dim() == 1, "embedding: ids must be int64 [T]");
+  TORCH_CHECK(data.is_contiguous() && data.dim() == 2 && scale.is_contiguous(), "embedding: contiguous weights");
+  const int64_t n = data.size(0), kp = bits == 8 ? data.size(1) : data.size(1) * 2, t = ids.size(0);
+  TORCH_CHECK(k <= kp && (bits == 8 || (mins.has_value() && group % 32 == 0 && kp % group == 0)), "embedding: format");
+  auto idc = ids.contiguous();
+  const int64_t* ip = idc.data_ptr<int64_t>();
+  auto out = torch::empty({t, k}, scale.options());
+  float* op = out.data_ptr<float>();
+  const float* sd = scale.data_ptr<float>();
+  std::vector<float> row(kp);
+  for (int64_t r = 0; r < t; ++r) {
+    const int64_t i = ip[r];
+    TORCH_CHECK(i >= 0 && i < n, "token id ", i, " is outside the vocabulary [0, ", n, ")");
+    if (bits == 8) {
+      const int8_t* q = data.data_ptr<int8_t>() + i * kp;
+      const F16 s = set16(sd[i]);
+      for (int64_t c = 0; c < kp; c += 16) store16(row.data() + c, mul16(int8_cols(q + c), s));
+    } else {
+      const uint8_t* q = data.data_ptr<uint8_t>() + i * (kp / 2);
+      const int64_t ng = kp / group;
+      const float* md = mins->data_ptr<float>();
+      for (int64_t c = 0; c < kp; c += 32) {
+        const F16 s = set16(sd[i * ng + c / group]), m = set16(md[i * ng + c / group]);
+        F16 lo, hi;
+        int4_chunk(q + c / 2, lo, hi);
+        store16(row.data() + c, fma16(lo, s, m));
+        store16(row.data() + c + 16, fma16(hi, s, m));
+      }
+    }
+    std::memcpy(op + r * k, row.data(), k * sizeof(float));
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("isa") = kIsa;
   m.attr("has_vnni") = flint_tiled::available();
@@ -282,11 +320,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<flint_tiled::TiledLinear>(m, "TiledLinear")
       .def(py::init<int64_t, torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,
                     c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>())
-      .def("__call__", &flint_tiled::TiledLinear::call, "y [M, N] for x [M, K] float32, or None when the path is off");
-  m.def("linear_tiled", &flint_tiled::linear_tiled,
+      .def("__call__", &flint_tiled::TiledLinear::call, py::arg("x"), py::arg("unit_rms_floor") = -1.0,
+           "y [M, N] for x [M, K] float32 (x / hypot(|x|, floor) per row with floor >= 0), or None when the path is off");
+  m.def("linear_tiled", &flint_tiled::linear_tiled, py::arg("x"), py::arg("bits"), py::arg("w"), py::arg("scale"),
+        py::arg("mins"), py::arg("n"), py::arg("kp"), py::arg("group"), py::arg("xscale"), py::arg("bias"),
+        py::arg("unit_rms_floor") = -1.0,
         "y = (x * xscale) @ w^T + bias over 16-output tiles of int8/int4 weights (quant_vnni.cpp), small M");
   m.def("linear_int8", &linear_int8, "y = (x * xscale) @ dequant(int8 w)^T + bias, small M");
   m.def("linear_int4", &linear_int4, "y = (x * xscale) @ dequant(int4 w)^T + bias, small M");
+  m.def("embedding", &embedding, "fp32 rows `ids` of quantized int8/int4 weights");
   m.def("dequant_int8", &dequant_int8, "fp32 [N, Kp] from int8 weights");
   m.def("dequant_int4", &dequant_int4, "fp32 [N, Kp] from packed int4 weights");
 }

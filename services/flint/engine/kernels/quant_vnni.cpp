@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -45,8 +46,10 @@ struct Act {                 // int8 activations of M rows
 };
 
 // Rows of x [M, K] (row stride ldx), times xscale [K] if given, zero past K, rounded to int8 per block.
+// With floor >= 0 each row is first divided by hypot(|row|, floor) (llama.py's unit_rms, fused here: it only
+// scales the row's block scales).
 void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, int64_t kp, int64_t block,
-              Act& a) {
+              double floor, Act& a) {
   a.block = block;
   a.blocks = (kp + block - 1) / block;
   a.kq = a.blocks * block;
@@ -55,6 +58,15 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
   a.sum.resize(m * a.blocks);
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * ldx;
+    float row_scale = 1.f;
+    if (floor >= 0) {
+      __m512 ss = _mm512_setzero_ps();
+      for (int64_t c = 0; c < k; c += 16) {
+        const __m512 v = _mm512_maskz_loadu_ps(k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1), xr + c);
+        ss = _mm512_fmadd_ps(v, v, ss);
+      }
+      row_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(_mm512_reduce_add_ps(ss)) + floor * floor));
+    }
     for (int64_t b = 0; b < a.blocks; ++b) {
       __m512 v[8];   // blocks are at most 128 columns
       const int64_t k0 = b * block, nv = block / 16;
@@ -76,7 +88,7 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
         total = _mm512_add_epi32(total, iv);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), _mm512_cvtsepi32_epi8(iv));
       }
-      a.sx[r * a.blocks + b] = sx;
+      a.sx[r * a.blocks + b] = sx * row_scale;
       a.sum[r * a.blocks + b] = _mm512_reduce_add_epi32(total);
     }
   }
@@ -232,10 +244,11 @@ bool available() {
 #endif
 }
 
-// y [M, N] = (x * xscale) @ w^T + bias over tiled int8 (bits 8) or int4 (bits 4) weights of Kp columns.
+// y [M, N] = (x * xscale) @ w^T + bias (x divided by hypot(|x|, floor) per row first when floor >= 0) over tiled int8 (bits 8) or int4 (bits 4) weights of Kp columns.
 torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
                            const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,
-                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias) {
+                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias,
+                           double unit_rms_floor) {
 #ifdef FLINT_TILED
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.stride(1) == 1,
               "linear_tiled: x must be float32 [M, K] with unit column stride");
@@ -262,7 +275,7 @@ torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Te
     bp = bias->data_ptr<float>();
   }
   thread_local Act act;
-  quantize(x.data_ptr<float>(), x.stride(0), m, k, xs, kp, block, act);
+  quantize(x.data_ptr<float>(), x.stride(0), m, k, xs, kp, block, unit_rms_floor, act);
   auto y = torch::empty({m, n}, x.options());
   const float* mn = bits == 4 ? mins->data_ptr<float>() : nullptr;
   if (bits == 4) linear<true>(act, m, w.data_ptr<uint8_t>(), scale.data_ptr<float>(), mn, kp, group, bp, y.data_ptr<float>(), n);
@@ -282,10 +295,10 @@ TiledLinear::TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10
     : bits(bits), n(n), kp(kp), group(group), w(std::move(w)), scale(std::move(scale)), mins(std::move(mins)),
       xscale(std::move(xscale)), bias(std::move(bias)) {}
 
-py::object TiledLinear::call(const torch::Tensor& x) const {
+py::object TiledLinear::call(const torch::Tensor& x, double unit_rms_floor) const {
   if (!(available() && g_on)) return py::none();
   const torch::Tensor xf = x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1 ? x : x.to(torch::kFloat32).contiguous();
-  return py::cast(linear_tiled(xf, bits, w, scale, mins, n, kp, group, xscale, bias));
+  return py::cast(linear_tiled(xf, bits, w, scale, mins, n, kp, group, xscale, bias, unit_rms_floor));
 }
 
 }  // namespace flint_tiled

@@ -8,12 +8,13 @@ extern bool g_on;
 bool available();
 torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
                            const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,
-                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias);
+                           const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias,
+                           double unit_rms_floor);
 
 struct TiledLinear {
   TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10::optional<torch::Tensor> mins, int64_t n,
               int64_t kp, int64_t group, c10::optional<torch::Tensor> xscale, c10::optional<torch::Tensor> bias);
-  py::object call(const torch::Tensor& x) const;
+  py::object call(const torch::Tensor& x, double unit_rms_floor) const;
   int64_t bits, n, kp, group;
   torch::Tensor w, scale;
   c10::optional<torch::Tensor> mins, xscale, bias;

@@ -1,6 +1,7 @@
 // fp32 kernels of the decode step (few rows: decode, speculative verification), called by model/linear.py.
 //
-// linear_f32: y[M, N] = x[M, K] @ w[N, K]^T + bias, M <= 8.
+// linear_f32: y[M, N] = x[M, K] @ w[N, K]^T + bias, M <= 8; with unit_rms_floor >= 0, x / hypot(|x|, floor)
+// per row instead of x (the RMSNorm before qkv and gate_up, fused: one scale per row of the output).
 //
 // A decode step is a chain of matrix-vector products, bound by reading the weights. Each weight row is read
 // once and multiplied into every row of x while it sits in L1; output channels are split over torch's
@@ -10,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -41,7 +43,8 @@ inline float dot(const float* a, const float* b, int64_t k) {
 
 }  // namespace
 
-torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias) {
+torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias,
+                         double unit_rms_floor) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear_f32: x [M, K] and w [N, K] expected");
   TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "linear_f32: float32 only");
   TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "linear_f32: contiguous x and w expected");
@@ -55,11 +58,16 @@ torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, const c
     bp = bias->data_ptr<float>();
   }
   float* yp = y.data_ptr<float>();
+  std::vector<float> row_scale(m, 1.f);   // unit_rms fused: x / hypot(|x|, floor) == x * row_scale
+  if (unit_rms_floor >= 0)
+    for (int64_t r = 0; r < m; ++r)
+      row_scale[r] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dot(xp + r * k, xp + r * k, k)) +
+                                                        unit_rms_floor * unit_rms_floor));
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const float* wr = wp + j * k;
       const float b = bp ? bp[j] : 0.f;
-      for (int64_t r = 0; r < m; ++r) yp[r * n + j] = dot(wr, xp + r * k, k) + b;
+      for (int64_t r = 0; r < m; ++r) yp[r * n + j] = dot(wr, xp + r * k, k) * row_scale[r] + b;
     }
   });
   return y;
@@ -99,7 +107,8 @@ torch::Tensor silu_mul_f32(const torch::Tensor& gate_up) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear_f32", &linear_f32, "y = x @ w^T + bias for a few float32 rows");
+  m.def("linear_f32", &linear_f32, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("unit_rms_floor") = -1.0,
+        "y = x @ w^T + bias for a few float32 rows (x / hypot(|x|, floor) with floor >= 0)");
   m.def("unit_rms_f32", &unit_rms_f32, "x / hypot(|x|, floor) per row");
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up from [T, 2I]");
 }

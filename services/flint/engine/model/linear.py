@@ -3,7 +3,8 @@
 Decode (one row per sequence) and speculative verification (k + 1 rows) multiply a handful of rows
 by every weight matrix; torch's F.linear (MKL on CPU) reaches about half of what the CPU can read
 there. `flint/engine/kernels/skinny_f32.cpp` reads each weight row once for up to `MAX_ROWS` rows.
-`unit_rms` (3 torch ops) and `silu_mul` (3) are one call each there. Everything else (more rows:
+`unit_rms` (3 torch ops) and `silu_mul` (3) are one call each there, and `rms_linear` folds unit_rms
+into the Linear that follows it (one call for norm + qkv, one for norm + gate_up). Everything else (more rows:
 prefill; other dtypes and devices; inside torch.compile) runs the plain torch ops.
 The kernel is built on first use and cached per machine (`flint.engine.kernels`); without a C++
 compiler the model runs F.linear and says so once in the log. `FLINT_NATIVE_LINEAR=0` turns it off
@@ -55,6 +56,21 @@ class Linear(nn.Linear):
         if kernel is not None and self.weight.dtype == torch.float32:
             return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def forward_unit_rms(self, x: torch.Tensor, floor_value: float) -> torch.Tensor | None:
+        """self(unit_rms(x)) in one kernel call, or None where the kernel does not take x."""
+        kernel = _few_rows(x)
+        if kernel is not None and self.weight.dtype == torch.float32:
+            return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias, floor_value)
+        return None
+
+
+def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_value: float) -> torch.Tensor:
+    """linear(unit_rms(x)): one fused call when the Linear's kernel takes x (fp32 `Linear`, quantized
+    `QuantLinear`), the two ops otherwise."""
+    fused = getattr(linear, "forward_unit_rms", None)
+    y = fused(x, floor_value) if fused is not None else None
+    return y if y is not None else linear(unit_rms(x, floor, floor_value))
 
 
 def unit_rms(x: torch.Tensor, floor: torch.Tensor, floor_value: float) -> torch.Tensor:

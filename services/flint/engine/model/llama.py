@@ -17,7 +17,8 @@ of the Linear that follows (qkv, gate_up), with the sqrt(hidden) factor:
     W @ (w * x / sqrt(mean(x^2) + eps)) == (W * (w * sqrt(d))) @ (x / hypot(|x|, sqrt(d * eps)))
 
 so a layer norm is three small kernels (norm, hypot, div) instead of about
-eight. The final norm keeps its weight (tied embeddings would otherwise need
+eight, and on the few-row kernels (fp32 and quantized) no kernel of its own: `rms_linear` scales
+each row of the Linear's result (or its int8 activation scales) by 1 / hypot(|x|, floor). The final norm keeps its weight (tied embeddings would otherwise need
 a second copy of the vocabulary matrix).
 
 On a pipeline stage that is not the first, pass `hidden_states` [T, d] instead
@@ -39,7 +40,7 @@ from torch import nn
 
 from flint.engine.model.attention import AttentionBackend
 from flint.engine.model.config import ModelConfig
-from flint.engine.model.linear import Linear, native_available, silu_mul, unit_rms
+from flint.engine.model.linear import Linear, native_available, rms_linear, silu_mul
 from flint.engine.model.rope import Rotary, apply_rotary
 from flint.engine.model.shard import AllReduce, ShardSpec
 from flint.errors import InvalidArgument
@@ -75,7 +76,7 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         h, hd, kv = self.n_heads, self.head_dim, self.n_kv
-        qkv = self.qkv(unit_rms(x, self.floor, self.floor_value))  # [T, (H + 2KV) * D] (input norm folded in)
+        qkv = rms_linear(self.qkv, x, self.floor, self.floor_value)  # [T, (H + 2KV) * D] (input norm folded in)
         qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), rotation)  # [T, H + KV, D]
         q, k = qk[:, :h], qk[:, h:]
         v = qkv[:, (h + kv) * hd :].view(t, kv, hd)             # [T, KV, D]
@@ -86,7 +87,7 @@ class DecoderLayer(nn.Module):
         if self.o_bias is not None:
             o = o + self.o_bias
         x = x + o
-        gate_up = self.gate_up(unit_rms(x, self.floor, self.floor_value))  # [T, 2I] (post norm folded in)
+        gate_up = rms_linear(self.gate_up, x, self.floor, self.floor_value)  # [T, 2I] (post norm folded in)
         m = self.down(silu_mul(gate_up))                        # [T, d] (partial sum under TP)
         if all_reduce is not None:
             m = all_reduce(m)

@@ -86,6 +86,13 @@ class QuantLinear(nn.Module):
                 return y
         return self._forward(x)
 
+    def forward_unit_rms(self, x: torch.Tensor, floor_value: float) -> torch.Tensor | None:
+        """self(unit_rms(x)) in one kernel call (the norm only scales each row's activation scales), or None
+        where the tiled kernel does not take x (then the caller runs the two ops)."""
+        if self._op is not None and x.dim() == 2 and x.shape[0] <= SMALL_M_ROWS and x.dtype == torch.float32:
+            return self._op(x, floor_value)
+        return None
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
@@ -120,6 +127,13 @@ class QuantEmbedding(nn.Module):
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.qweight
+        if ids.dim() == 1 and self.dtype == torch.float32 and _kernel is not None and ids.device.type == "cpu":
+            return _kernel.embedding(ids, w.bits, w.data, w.scale, w.mins, w.group_size, w.in_features)  # decode
         flat = ids.reshape(-1)
-        rows = dequantize(self.qweight.rows(flat))
+        k = kernel() if flat.device.type == "cpu" else None
+        if k is not None:
+            rows = k.embedding(flat, w.bits, w.data, w.scale, w.mins, w.group_size, w.in_features)
+        else:
+            rows = dequantize(w.rows(flat))
         return rows.to(self.dtype).reshape(*ids.shape, self.embedding_dim)
