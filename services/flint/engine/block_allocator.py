@@ -49,7 +49,9 @@ class BlockAllocator:
             raise Internal(f"allocate({n}) with only {len(self._free)} free blocks")
         if n == 0:
             return np.empty(0, dtype=np.int64)
-        blocks = np.array(self._free[-n:], dtype=np.int64)
+        # Ascending, whatever order the stack holds them in: a sequence's KV is then read as a forward
+        # stream, which the hardware prefetcher follows (tests/engine/test_block_order.py).
+        blocks = np.sort(np.array(self._free[-n:], dtype=np.int64))
         del self._free[-n:]
         self._refs[blocks] = 1
         return blocks
