@@ -76,3 +76,16 @@ async def test_stop_ends_open_streams_with_unavailable(demo_checkpoint):
     with pytest.raises(Unavailable, match="stopped"):
         async for _ in stream:
             pass
+
+
+async def test_a_reader_that_falls_behind_gets_what_was_queued_in_one_batch(engine):
+    request = GenerateRequest("behind", prefix=PREFIX, sampling=SamplingParams(max_tokens=12, temperature=1.0,
+                                                                                seed=3))
+    expected = [e async for e in engine.generate(request)]
+    batches = engine.generate_batches(GenerateRequest("behind-2", prefix=PREFIX, sampling=request.sampling))
+    assert [type(e) for e in await batches.__anext__()] == [Started]
+    assert await wait_for(lambda: engine.load().running == engine.load().waiting == 0)   # done, unread
+    [rest] = [batch async for batch in batches]
+    assert [type(e) for e in rest] == [type(e) for e in expected[1:]] and isinstance(rest[-1], Final)
+    assert "".join(e.text for e in rest if isinstance(e, Delta)) == "".join(
+        e.text for e in expected if isinstance(e, Delta))

@@ -292,3 +292,27 @@ async def test_replica_refusing_the_connection_is_dropped_and_another_serves(har
     assert [type(e) for e in harness.events] == [ev.Accepted, ev.Delta, ev.Final]
     assert harness.events[-1].replica_id == "scripted"
     assert [r.replica_id for r in await harness.pool.replicas(fresh=True)] == ["scripted"]
+
+
+def batched(*texts):
+    """Engine deltas a replica sent in one message (it was ahead of the stream)."""
+    return ipb.GenerateEvent(deltas=ipb.Deltas(items=[ipb.Delta(text=t, token_count=1) for t in texts]))
+
+
+async def test_deltas_a_replica_sent_together_are_numbered_one_per_engine_delta(harness):
+    harness.engine.scripts.append([started(), batched("ab", "c"), delta("d"), final(3)])
+    owner = await harness.start()
+    await owner.wait()
+    assert [(d.seq, d.text) for d in deltas(harness.events)] == [(1, "ab"), (2, "c"), (3, "d")]
+    assert await harness.journaled() == harness.events
+
+
+async def test_takeover_numbers_batched_deltas_as_the_first_run_numbered_single_ones(harness):
+    # The first run sent "a", "b", "c", "d" one by one; the client got seqs 1-3, the journal seq 1. The run again
+    # is ahead of the stream and sends "a", "b", "c" together: the seqs must still line up.
+    harness.engine.scripts.append([started(), batched("a", "b", "c"), delta("d"), final(4)])
+    owner = await harness.start(resume_from=ResumePoint(seq=1, chars=1, tokens=1, text="a", accepted=True,
+                                                        client_seq=3))
+    await owner.wait()
+    d4, end = harness.events
+    assert (d4.seq, d4.text, end.seq, end.completion_tokens) == (4, "d", 5, 4)

@@ -66,6 +66,27 @@ class PacedEngine:
         finally:
             self.running -= 1
 
+    async def generate_batches(self, req):
+        """As `AsyncEngine.generate_batches`: the events run ahead into a queue (a real engine's step thread does
+        not wait for the stream), and each list is what was queued since the last was taken."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def produce() -> None:
+            async for event in self.generate(req):
+                queue.put_nowait(event)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                yield batch
+                if isinstance(batch[-1], Final):
+                    return
+        finally:
+            producer.cancel()
+
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""

@@ -22,6 +22,7 @@ shard worker died). A replica polls it and stops serving when it is not "".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import defaultdict
@@ -110,6 +111,15 @@ class AsyncEngine:
         return found
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
+        """Started, Delta..., Final, one at a time (see `generate_batches`)."""
+        async with contextlib.aclosing(self.generate_batches(req)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def generate_batches(self, req: GenerateRequest) -> AsyncIterator[list[Event]]:
+        """The same events in lists: each list holds what the step thread queued for this request since the
+        previous one was taken (one event while the reader keeps up; more when it falls behind)."""
         if self._thread is None or self._error is not None:
             raise Unavailable(f"engine for {self.model_name} is not running" +
                               (f": {self._error!r}" if self._error else ""))
@@ -129,17 +139,23 @@ class AsyncEngine:
         try:
             started = self.engine.add(request)
             self._wake.set()
-            yield started
+            yield [started]
             while True:
-                event = await queue.get()
-                if isinstance(event, BaseException):
-                    raise event
-                if isinstance(event, Failed):
-                    finished = True
-                    raise event.error
-                if isinstance(event, Final):
-                    finished = True
-                yield event
+                batch, error = [], None
+                for event in _drain(await queue.get(), queue):
+                    if isinstance(event, BaseException):
+                        error = event
+                    elif isinstance(event, Failed):
+                        finished, error = True, event.error
+                    else:
+                        finished = isinstance(event, Final)
+                        batch.append(event)
+                    if finished or error is not None:
+                        break
+                if batch:
+                    yield batch
+                if error is not None:
+                    raise error
                 if finished:
                     return
         finally:
@@ -192,6 +208,14 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             except RuntimeError:
                 pass
+
+
+def _drain(first, queue: asyncio.Queue) -> list:
+    """`first` and whatever else `queue` holds now."""
+    items = [first]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:

@@ -306,6 +306,9 @@ class RequestOwner:
         kind = event.WhichOneof("kind")
         if kind == "delta":
             self._delta(event.delta.text, event.delta.token_count)
+        elif kind == "deltas":   # engine deltas the replica sent together: numbered one by one all the same
+            for delta in event.deltas.items:
+                self._delta(delta.text, delta.token_count)
         elif kind == "started":
             self.prompt_tokens = event.started.prompt_tokens
             self._produced = 0

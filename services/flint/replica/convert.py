@@ -55,3 +55,25 @@ def event_to_proto(event: t.Event) -> pb.GenerateEvent:
         accepted_draft_tokens=event.accepted_draft_tokens,
         withheld_tokens=event.withheld_tokens,
     ))
+
+
+def batch_to_protos(events: list[t.Event]) -> list[pb.GenerateEvent]:
+    """Messages for events the engine queued together: consecutive deltas go out as one `Deltas` message."""
+    out: list[pb.GenerateEvent] = []
+    run: list[pb.Delta] = []
+    for event in events:
+        if isinstance(event, t.Delta):
+            run.append(pb.Delta(text=event.text, token_count=event.token_count))
+            continue
+        _flush_deltas(run, out)
+        out.append(event_to_proto(event))
+    _flush_deltas(run, out)
+    return out
+
+
+def _flush_deltas(run: list[pb.Delta], out: list[pb.GenerateEvent]) -> None:
+    if len(run) == 1:
+        out.append(pb.GenerateEvent(delta=run[0]))
+    elif run:
+        out.append(pb.GenerateEvent(deltas=pb.Deltas(items=run)))
+    run.clear()

@@ -38,7 +38,7 @@ from flint.observability import tracing
 from flint.observability.metrics import metrics
 from flint.observability.setup import start_metrics
 from flint.internal.v1 import engine_pb2_grpc
-from flint.replica.convert import event_to_proto, request_from_proto
+from flint.replica.convert import batch_to_protos, request_from_proto
 from flint.replica.documents import DocumentTokens
 from flint.replica.prepare_pool import FairPreparePool
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
@@ -81,10 +81,11 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         try:
             # Leaving this block for any reason (client cancelled, error) closes the
             # engine's iterator, which aborts the request and frees its KV slots.
-            async with contextlib.aclosing(self._engine.generate(engine_request)) as events:
-                async for event in events:
-                    finished = isinstance(event, Final)
-                    yield event_to_proto(event)
+            async with contextlib.aclosing(_batches(self._engine, engine_request)) as batches:
+                async for batch in batches:
+                    finished = isinstance(batch[-1], Final)
+                    for message in batch_to_protos(batch):
+                        yield message
         except (asyncio.CancelledError, GeneratorExit):
             if not finished:  # a caller closing the call right after the Final cancelled nothing
                 self.cancelled_total += 1
@@ -100,6 +101,19 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
                              waiting=load.waiting, kv_used_fraction=load.kv_used_fraction,
                              max_context_tokens=load.max_context_tokens, healthy=not self.broken,
                              draining=self._draining.is_set())
+
+
+async def _batches(engine, request):
+    """The engine's events in the lists it queued them in (`generate_batches`); one per list for an engine that
+    only has `generate`."""
+    if hasattr(engine, "generate_batches"):
+        async with contextlib.aclosing(engine.generate_batches(request)) as batches:
+            async for batch in batches:
+                yield batch
+    else:
+        async with contextlib.aclosing(engine.generate(request)) as events:
+            async for event in events:
+                yield [event]
 
 
 class ReplicaServer:
