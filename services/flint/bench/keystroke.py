@@ -17,6 +17,14 @@ tokenize ms of the same operation timed in this process on the same text
 (the replica's incremental split for documents, encoding prefix + suffix for
 full text).
 
+Prefix-suffix-middle families (`psm`, e.g. Qwen2.5-Coder) are reported
+separately: a second replica serves the same files with `fim_layout: psm`
+(suffix cut to `fim_suffix_window_tokens`, default 64), document mode only.
+There a keystroke re-prefills the edited prefix end plus the suffix window
+(~67 tokens) and those tokens attend to the whole prefix, so their cost grows
+with the context (`psm_keystroke_ttft_ms`, with the re-prefilled tokens and
+prompt tokens per context).
+
 Also: the KV read bound at 128K (bytes of K and V a new token's attention reads
 / read bandwidth of this machine measured in this run), and keystroke TTFT
 while a second client streams a fresh 32K-token prefill, as bulk and as
@@ -272,8 +280,53 @@ async def under_long_prefill(stub, pb, tok, idle_text: str, *, count: int, long_
 
 # ---------------------------------------------------------------- the run
 
+def _summary(keys: list[dict], first: dict) -> dict:
+    """Per-keystroke figures of one context and mode (keystroke 0, the priming one, left out)."""
+    return {
+        "prompt_tokens": keys[-1]["prompt_tokens"],
+        "first_keystroke_prefill_ms": first["prefill_ms"],
+        **{k: _pct([r[k] for r in keys]) for k in ("wire_bytes", "queue_ms", "prefill_ms", "server_first_token_ms",
+                                                   "reprefill_tokens")},
+    }
+
+
+async def psm_keystrokes(redis_url: str, engine: dict, tok, contexts, *, count: int) -> dict:
+    """Document-mode keystroke TTFT with the prefix-suffix-middle layout, on a replica of its own."""
+    import grpc
+
+    from flint.bench.relay import start_worker
+    from flint.v1 import flint_pb2 as pb
+    from flint.v1 import flint_pb2_grpc
+
+    replica = worker = None
+    out: dict = {"ttft_ms": {}, "per_keystroke": {}}
+    try:
+        replica = _start_replica(redis_url, "kbench-psm", {**engine, "fim_layout": "psm"})
+        worker, address = start_worker(redis_url, "kbench-psm-worker", "kbench-psm", journal=True)
+        async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+            stub = flint_pb2_grpc.FlintStub(ch)
+            for ctx in contexts:
+                text = make_source(tok, max(ctx - 64, 64), seed=ctx % 97)
+                editor = Editor(stub)
+                t0 = time.perf_counter()
+                records = await keystrokes(editor, pb, text, len(text) // 2, mode="document", count=count,
+                                           tag=f"psm{ctx}")
+                editor.close()
+                keys = [r for r in records if r["i"] > 0]
+                out["ttft_ms"][str(ctx)] = _pct([r["ttft_ms"] for r in keys])
+                out["per_keystroke"][str(ctx)] = _summary(keys, records[0])
+                say(f"psm document @ {ctx}: ttft {out['ttft_ms'][str(ctx)]}, {out['per_keystroke'][str(ctx)]} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+    finally:
+        if worker is not None:
+            _stop(worker)
+        if replica is not None:
+            _stop(replica)
+    return out
+
+
 async def keystroke_bench(*, contexts=CONTEXTS, count: int = 20, long_tokens: int = 32768,
-                          kv_cache_bytes: int = 3 << 29, partial_path: str = "") -> dict:
+                          kv_cache_bytes: int = 3 << 29, partial_path: str = "", psm_contexts=CONTEXTS) -> dict:
     """The whole run; with `partial_path`, what is measured so far is also written there after each point."""
     import grpc
 
@@ -331,13 +384,7 @@ async def keystroke_bench(*, contexts=CONTEXTS, count: int = 20, long_tokens: in
                     if mode == "document":
                         reprefill["document"][str(ctx)] = _pct([r["reprefill_tokens"] for r in keys])
                     breakdown[f"{mode}/{ctx}"] = {
-                        "prompt_tokens": keys[-1]["prompt_tokens"],
-                        "first_keystroke_prefill_ms": records[0]["prefill_ms"],
-                        "wire_bytes": _pct([r["wire_bytes"] for r in keys]),
-                        "queue_ms": _pct([r["queue_ms"] for r in keys]),
-                        "prefill_ms": _pct([r["prefill_ms"] for r in keys]),
-                        "server_first_token_ms": _pct([r["server_first_token_ms"] for r in keys]),
-                        "reprefill_tokens": _pct([r["reprefill_tokens"] for r in keys]),
+                        **_summary(keys, records[0]),
                         "tokenize_ms": tokenize[str(ctx)]["document" if mode == "document" else "full_text"],
                     }
                     say(f"{mode} @ {ctx}: ttft {ttft[mode][str(ctx)]}, {breakdown[f'{mode}/{ctx}']} "
@@ -345,6 +392,18 @@ async def keystroke_bench(*, contexts=CONTEXTS, count: int = 20, long_tokens: in
                     if partial_path:
                         with open(partial_path, "w") as f:
                             json.dump({**result, "keystroke_ttft_ms": ttft, "per_keystroke": breakdown}, f, indent=2)
+        if replica is not None:          # the psm replica gets the machine (and the KV budget) to itself
+            _stop(replica)
+            replica = None
+        if psm_contexts:
+            psm = await psm_keystrokes(redis_url, engine, tok, psm_contexts, count=count)
+            result["psm_keystroke_ttft_ms"] = psm["ttft_ms"]
+            result["psm_per_keystroke"] = psm["per_keystroke"]
+            result["psm_note"] = (
+                "prefix-suffix-middle layout (fim_layout psm, suffix window 64 tokens), document mode: a keystroke "
+                "re-prefills the edited prefix end plus the suffix window, and those tokens attend to the whole "
+                "prefix before the cursor, so the cost grows with the context; the 128K budget is taken with the "
+                "suffix-first (spm) layout")
         gbps = memory_read_gbps()
         top = max(contexts)
         result.update({
@@ -431,6 +490,14 @@ def write_report(r: dict, out_dir: str) -> None:
     for key, b in r["per_keystroke"].items():
         lines.append(f"| {key} | {b['prompt_tokens']} | {b['wire_bytes']['p50']} | {b['tokenize_ms']['p50']} | "
                      f"{b['queue_ms']['p50']} | {b['prefill_ms']['p50']} | {b['reprefill_tokens']['p50']} |")
+    if "psm_keystroke_ttft_ms" in r:
+        lines += ["", "## Prefix-suffix-middle families (psm, reported separately)", "", r["psm_note"] + ".", "",
+                  "| file context (tokens) | prompt tokens | re-prefilled tokens p50 | TTFT p50 | TTFT p99 | "
+                  "prefill ms p50 |", "| --- | --- | --- | --- | --- | --- |"]
+        for ctx, t in r["psm_keystroke_ttft_ms"].items():
+            b = r["psm_per_keystroke"][ctx]
+            lines.append(f"| {ctx} | {b['prompt_tokens']} | {b['reprefill_tokens']['p50']} | {t['p50']} | "
+                         f"{t['p99']} | {b['prefill_ms']['p50']} |")
     kv = r["kv_read"]
     lines += ["", f"KV read bound at 128K: {kv['bytes_per_new_token'] / 1e6:.0f} MB of K and V per new token / "
               f"{kv['read_gbps']} GB/s read bandwidth (measured in this run) = {r['kv_read_bound_ms']['131072']} ms."
@@ -455,17 +522,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="cached context sizes in tokens, comma-separated (default %(default)s)")
     p.add_argument("--keystrokes", type=int, default=20, help="keystrokes per context and mode")
     p.add_argument("--long-tokens", type=int, default=32768, help="the concurrent prefill's prompt tokens")
+    p.add_argument("--psm-contexts", default=",".join(map(str, CONTEXTS)),
+                   help="file sizes for the prefix-suffix-middle figures ('' skips them; default %(default)s)")
     p.add_argument("--out-dir", default="loadtests/results", help="where the JSON and Markdown results go")
     args = p.parse_args(argv)
     contexts = tuple(int(c) for c in args.contexts.split(",") if c.strip())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stopped: still stop the processes it started
     os.makedirs(args.out_dir, exist_ok=True)
+    psm_contexts = tuple(int(c) for c in args.psm_contexts.split(",") if c.strip())
     result = asyncio.run(keystroke_bench(contexts=contexts, count=args.keystrokes, long_tokens=args.long_tokens,
-                                         partial_path=os.path.join(args.out_dir, "keystroke.partial.json")))
+                                         partial_path=os.path.join(args.out_dir, "keystroke.partial.json"),
+                                         psm_contexts=psm_contexts))
     write_report(result, args.out_dir)
     os.remove(os.path.join(args.out_dir, "keystroke.partial.json"))
     print(json.dumps({k: result[k] for k in ("keystroke_ttft_ms", "wire_bytes_per_keystroke", "kv_read_bound_ms",
-                                             "under_long_prefill_ttft_ms", "idle_ttft_ms")}, indent=2))
+                                             "under_long_prefill_ttft_ms", "idle_ttft_ms", "psm_keystroke_ttft_ms")
+                      if k in result}, indent=2))
     return 0
 
 
