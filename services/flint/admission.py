@@ -55,16 +55,36 @@ def saturation(config: AdmissionConfig, *, waiting: int, kv_used_fraction: float
     return ""
 
 
-def check_replica_load(config: AdmissionConfig, replica_id: str, load) -> None:
-    """Raise RESOURCE_EXHAUSTED when this replica (engine LoadInfo `load`) is over its limits."""
+def below_average_share(counts, tenant: str) -> bool:
+    """Several tenants have requests (`counts`: tenant -> requests) and `tenant` holds fewer than the average.
+    Saturation refusals skip such a tenant: the engine's fair shares (flint.engine.fair_share) make room for
+    it at the expense of the tenant over its share, instead of refusing everyone alike."""
+    active = {t for t, n in counts.items() if n} | {tenant}
+    return len(active) > 1 and counts.get(tenant, 0) * len(active) < sum(counts.values())
+
+
+def engine_below_share(engine, tenant: str) -> bool:
+    """`below_average_share` of the engine behind a replica (False for stand-in engines without the hook)."""
+    hook = getattr(getattr(engine, "engine", None), "below_fair_share", None)
+    return bool(hook is not None and hook(tenant))
+
+
+def check_replica_load(config: AdmissionConfig, replica_id: str, load, *, below_fair_share: bool = False) -> None:
+    """Raise RESOURCE_EXHAUSTED when this replica (engine LoadInfo `load`) is over its limits, unless the caller's
+    tenant is below its fair share."""
+    if below_fair_share:
+        return
     why = saturation(config, waiting=load.waiting, kv_used_fraction=load.kv_used_fraction)
     if why:
         raise ResourceExhausted(f"engine replica {replica_id} is saturated: {why}; retry after "
                                 f"{config.retry_after_ms} ms or add replicas", retry_after_ms=config.retry_after_ms)
 
 
-def check_routable(config: AdmissionConfig, replica) -> None:
-    """Front-end side: refuse when the routing policy's best choice is saturated (so all of them are)."""
+def check_routable(config: AdmissionConfig, replica, *, below_fair_share: bool = False) -> None:
+    """Front-end side: refuse when the routing policy's best choice is saturated (so all of them are), unless
+    the caller's tenant is below its fair share of this worker's requests (the replica then decides)."""
+    if below_fair_share:
+        return
     why = saturation(config, waiting=replica.waiting, kv_used_fraction=replica.kv_used_fraction)
     if why:
         raise ResourceExhausted(f"every engine replica is saturated (the least loaded, {replica.replica_id}: "
@@ -136,6 +156,7 @@ class RequestGuard:
                      if security.rate_limit_per_s else None)
         self.caps = TenantCaps({"stream": security.max_streams_per_tenant, "resume": security.max_resumes_per_tenant})
         self.sessions = TenantSessions(redis, key_prefix, limit=security.max_sessions_per_tenant, ttl_s=session_ttl_s)
+        self.inflight: dict[str, int] = {}   # admitted and not yet released requests per tenant, on this worker
 
     async def check_rate(self, tenant: str) -> None:
         """The tenant's rate limit for calls that start no request (Interrupt, Resume, Open): one Redis INCR."""
@@ -150,10 +171,19 @@ class RequestGuard:
             check_fits_context(engine_request, replica)  # before the replica tokenizes it or Redis stores it
         if self.rate is not None:
             await self.rate.check(tenant)
-        check_routable(self.admission, replica)
+        check_routable(self.admission, replica, below_fair_share=below_average_share(self.inflight, tenant))
         held = await self.slots.acquire(tenant, request_id)
+        self.inflight[tenant] = self.inflight.get(tenant, 0) + 1
+        released = False
 
         async def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.inflight[tenant] -= 1
+            if not self.inflight[tenant]:
+                del self.inflight[tenant]
             if held:
                 await self.slots.release(tenant, request_id)
 

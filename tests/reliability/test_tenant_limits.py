@@ -13,6 +13,7 @@ from flint.client import FlintClient, RetryPolicy
 from flint.errors import NotFound, ResourceExhausted
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
+from rel_support import eventually
 
 LONG = 8000
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -258,3 +259,23 @@ async def test_a_client_session_ended_as_idle_opens_a_new_stream_on_its_next_cal
             messages = [m async for m in session.complete("x = ", max_tokens=2)]
             assert messages[-1].WhichOneof("kind") == "final"
             assert session.session_id == session_id
+
+
+async def test_a_replica_saturated_by_one_tenant_still_takes_another_tenants_request(cluster, tenant_keys):
+    """Saturation refusals (queue at admission.max_waiting) skip a tenant below its fair share, at the front-end
+    and at the replica; the engine then gives it a batch slot at the expense of the tenant over its share."""
+    path, key_a, key_b = tenant_keys
+    _, engine = await cluster.add_replica("r1", admission={"max_waiting": 2}, max_batch_size=2)
+    worker = await cluster.add_worker("w1", security={"api_keys_file": path}, admission={"max_waiting": 2})
+    async with FlintClient(worker.address, api_key=key_a, retry=NO_RETRY) as a, \
+            FlintClient(worker.address, api_key=key_b, retry=NO_RETRY) as b:
+        hogs = [a.complete(f"hog {i}", max_tokens=LONG) for i in range(4)]
+        for hog in hogs:
+            await asyncio.wait_for(hog.__anext__(), 10)
+        await eventually(lambda: (engine.load().running, engine.load().waiting) == (2, 2))   # 2 of 2 may wait
+        await asyncio.sleep(0.6)                                         # the registry shows it (0.2 s beats)
+        with pytest.raises(ResourceExhausted, match="saturated"):
+            await a.complete_text("one more", max_tokens=2)
+        assert await asyncio.wait_for(b.complete_text("victim", max_tokens=2), 20)
+        for hog in hogs:
+            await hog.aclose()

@@ -159,6 +159,11 @@ class Engine:
         self.add(req)
         return req
 
+    def below_fair_share(self, tenant: str) -> bool:
+        """`tenant` holds fewer requests here than the average active tenant (flint.admission)."""
+        with self._lock:
+            return self._queue.below_share(tenant)
+
     def abort(self, request_id: str) -> bool:
         with self._lock:
             if request_id not in self._known:

@@ -14,7 +14,9 @@ What they change is who gives way when room runs out:
 - a starving request of a tenant at its share does not hold back other tenants' admissions;
 - the engine's queue (`QueueShares`) keeps room for the shares of other active tenants, so one
   tenant's flood cannot fill it; a tenant refused at a full queue stays active for a moment
-  (`WANT_HOLD_S`), so the next free place is kept for it, not taken by the flooding tenant again.
+  (`WANT_HOLD_S`), so the next free place is kept for it, not taken by the flooding tenant again;
+- the replica's and the front-end's saturation refusals (flint.admission: queue at `max_waiting`, KV
+  nearly full) skip a tenant holding fewer requests than the average of the active tenants.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from flint.admission import below_average_share
 from flint.engine.request import Request
 from flint.errors import ResourceExhausted
 
@@ -130,6 +133,9 @@ class QueueShares:
         self._counts[tenant] -= 1
         if self._counts[tenant] <= 0:
             del self._counts[tenant]
+
+    def below_share(self, tenant: str) -> bool:
+        return below_average_share(self._counts, tenant)
 
     def __len__(self) -> int:
         return sum(self._counts.values())

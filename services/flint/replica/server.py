@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from flint.admission import AdmissionConfig, check_replica_load
+from flint.admission import AdmissionConfig, check_replica_load, engine_below_share
 from flint.config import ReplicaConfig
 from flint.docstore import DocumentStore
 from flint.engine.types import Final
@@ -68,7 +68,8 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         if self.broken:
             raise Unavailable(f"engine replica {self._replica_id} cannot serve ({self.broken}); it is restarting: "
                               "send the request to another replica")
-        check_replica_load(self._admission, self._replica_id, self._engine.load())  # RESOURCE_EXHAUSTED, no hang
+        check_replica_load(self._admission, self._replica_id, self._engine.load(),   # RESOURCE_EXHAUSTED, no hang
+                           below_fair_share=engine_below_share(self._engine, request.cache_namespace))
         engine_request = request_from_proto(request)
         if request.HasField("document") or request.context_documents:   # prompt from session documents
             if self._documents is None:
