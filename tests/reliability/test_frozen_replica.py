@@ -21,7 +21,7 @@ from flint.v1 import flint_pb2_grpc
 NEVER_S = 3600.0
 WATCHES = {
     "keepalive": {"engine_stall_s": NEVER_S},
-    "stall probe": {"engine_keepalive_time_s": NEVER_S},
+    "stall probe": {"engine_keepalive_time_s": NEVER_S, "engine_keepalive_timeout_s": NEVER_S},
 }
 
 
@@ -54,8 +54,8 @@ async def test_a_frozen_replica_ends_its_streams_unavailable_and_the_client_resu
             # The client resumes it elsewhere: a live replica joins, the frozen one's heartbeat has expired.
             _, engine = await cluster.add_replica("live")
             deltas = [m.delta for m in messages if m.WhichOneof("kind") == "delta"]
-            resumed = [m async for m in stub.Resume(pb.ResumeRequest(request_id="frozen-1",
-                                                                     last_seq=deltas[-1].seq))]
+            resumed = [m async for m in stub.Resume(pb.ResumeRequest(request_id="frozen-1", last_seq=deltas[-1].seq),
+                                                    timeout=120)]
             deltas += [m.delta for m in resumed if m.WhichOneof("kind") == "delta"]
             assert [d.seq for d in deltas] == list(range(1, len(deltas) + 1))
             assert "".join(d.text for d in deltas) == want.text

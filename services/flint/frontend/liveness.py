@@ -119,11 +119,11 @@ class EngineWatch:
     """Watches one `Generate` call: `heard()` on every event; after `stall_s` of silence `probe()` must answer
     within `probe_timeout_s`, else the call is cancelled and `failure` says why."""
 
-    def __init__(self, cfg: LivenessConfig, probe: Callable[[float], Awaitable[None]], describe: str):
+    def __init__(self, cfg: LivenessConfig, probe: Callable[[float], Awaitable[None]], where: str):
         self._stall_s = cfg.engine_stall_s
         self._probe_timeout_s = cfg.engine_probe_timeout_s
         self._probe = probe
-        self._describe = describe
+        self._where = where              # for the log only: clients never see replica addresses
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
         self._task: asyncio.Task | None = None
@@ -156,9 +156,10 @@ class EngineWatch:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure to answer means it cannot serve this stream
-                self.failure = (f"{self._describe} sent nothing for {silent_s:.1f} s and did not answer a probe "
-                                f"within {self._probe_timeout_s:g} s ({type(exc).__name__})")
-                log.warning("%s; ending its stream", self.failure)
+                self.failure = (f"the engine replica serving this request sent nothing for {silent_s:.1f} s and "
+                                f"did not answer a probe within {self._probe_timeout_s:g} s")
+                log.warning("engine replica %s: %s (%s); ending its stream", self._where, self.failure,
+                            type(exc).__name__)
                 call.cancel()
                 return
             self._last = max(self._last, self._loop.time())   # it answered: busy (a long prefill), not frozen

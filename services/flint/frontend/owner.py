@@ -246,7 +246,7 @@ class RequestOwner:
             call = stub.Generate(self.engine_request, metadata=self._metadata, timeout=engine_call_timeout_s(
                 liveness, self.engine_request.sampling.max_time_ms))
             watch = EngineWatch(liveness, self._prober(stub),
-                                f"engine replica {self._replica.replica_id} at {self._replica.address}")
+                                f"{self._replica.replica_id} at {self._replica.address}")
             watch.start(call)
             heard = False
             try:
