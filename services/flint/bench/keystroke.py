@@ -236,7 +236,7 @@ def tokenize_ms(tok, text: str, cursor: int, *, count: int) -> dict:
     for i in range(count):
         t0 = time.perf_counter()
         doc = inc.edit(doc, cursor, cursor, "x")
-        inc.split(doc, cursor + 1)
+        inc.split_ids(doc, cursor + 1)          # what the replica does per keystroke
         document.append((time.perf_counter() - t0) * 1e3)
         new_text = doc.text
         t0 = time.perf_counter()

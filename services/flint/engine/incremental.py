@@ -32,7 +32,7 @@ byte fallback: tests/engine_model/test_incremental_tokenize.py.
 Public API (stable):
     IncrementalTokenizer(tokenizer, *, continuation=True, margin_tokens=3, max_margin_tokens=256)
     .full(text) -> TokenizedText;  .edit(doc, start, end, replacement) -> TokenizedText
-    .split(doc, cursor) -> (prefix_ids, suffix_ids);  .stats: IncrementalStats
+    .split(doc, cursor) -> (prefix_ids, suffix_ids);  .split_ids (the same as int64 arrays);  .stats: IncrementalStats
     TokenizedText(text, ids, starts, ends)   (numpy int64 arrays; char offsets into text)
 """
 
@@ -105,9 +105,13 @@ class IncrementalTokenizer:
 
     def split(self, doc: TokenizedText, cursor: int) -> tuple[list[int], list[int]]:
         """(encode(text[:cursor]), encode(text[cursor:])) from doc's tokens, re-encoding around the cursor."""
-        prefix = self.edit(doc, cursor, len(doc.text), "")
-        suffix = self.edit(doc, 0, cursor, "")
-        return prefix.token_ids(), suffix.token_ids()
+        prefix, suffix = self.split_ids(doc, cursor)
+        return prefix.tolist(), suffix.tolist()
+
+    def split_ids(self, doc: TokenizedText, cursor: int) -> tuple[np.ndarray, np.ndarray]:
+        """`split` as int64 arrays: what a keystroke's prompt is built from, with no Python int per token
+        (at 128K tokens the two lists alone cost ~3 ms of CPU per keystroke)."""
+        return self.edit(doc, cursor, len(doc.text), "").ids, self.edit(doc, 0, cursor, "").ids
 
     # ---- internals ----
 

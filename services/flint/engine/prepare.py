@@ -38,7 +38,7 @@ class RequestBuilder:
         validate_sampling(req.sampling)
         arrival_s = req.arrival_unix_s if req.arrival_unix_s > 0 else wall
         prompt = self.prompt_fn(req)
-        ids = prompt.token_ids
+        ids = prompt.ids
         limit = self.max_context_tokens
         if len(ids) >= limit:
             raise InvalidArgument(

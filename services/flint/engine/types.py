@@ -7,6 +7,7 @@ back on exit; the engine core only sees these.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -63,10 +64,11 @@ class GenerateRequest:
     cache_namespace: str = ""
     arrival_unix_s: float = 0.0       # 0 = now
     seq_offset: int = 0
-    # A session document's tokens, split at the cursor (flint.replica.documents); equal to encoding
-    # prefix and suffix, which are then empty. None = encode the text fields.
-    prefix_ids: tuple[int, ...] | None = None
-    suffix_ids: tuple[int, ...] | None = None
+    # A session document's tokens, split at the cursor (flint.replica.documents: int64 arrays, so a 128K-token
+    # document costs no Python int per token); equal to encoding prefix and suffix, which are then empty.
+    # None = encode the text fields.
+    prefix_ids: Sequence[int] | None = None
+    suffix_ids: Sequence[int] | None = None
 
 
 @dataclass(frozen=True)

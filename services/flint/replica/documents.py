@@ -61,10 +61,9 @@ class DocumentTokens:
         if document.cursor > len(doc.text):
             raise InvalidArgument(f"cursor {document.cursor} is past the end of the document "
                                   f"({len(doc.text)} characters)")
-        prefix_ids, suffix_ids = self._inc.split(doc, int(document.cursor))
+        prefix_ids, suffix_ids = self._inc.split_ids(doc, int(document.cursor))   # arrays, O(1) Python objects
         return dataclasses.replace(request, prefix="", suffix="", path=request.path or document.path,
-                                   context=tuple(context), prefix_ids=tuple(prefix_ids),
-                                   suffix_ids=tuple(suffix_ids))
+                                   context=tuple(context), prefix_ids=prefix_ids, suffix_ids=suffix_ids)
 
     async def _tokens(self, ref) -> TokenizedText:
         lock = self._locks.setdefault(ref.key, asyncio.Lock())
