@@ -78,3 +78,37 @@ async def test_clients_that_never_read_are_capped_then_ended_resource_exhausted_
                 assert "read the stream too slowly" in err.details()
             check_stream(messages, want.text)
     await eventually(lambda: all(v == 0 for v in (engine.load().running, engine.load().waiting)))
+
+
+async def test_a_session_stream_that_is_never_read_ends_each_request_resource_exhausted(cluster, reference):
+    """Two requests on one Session stream nobody reads: each is capped and ends with a RequestError
+    RESOURCE_EXHAUSTED; the stream itself stays usable."""
+    want = await asyncio.to_thread(reference.run, "sess", 400)
+    _, engine = await cluster.add_replica()
+    worker = await cluster.add_worker("session", buffers={"max_buffered_bytes_per_stream": STREAM_CAP,
+                                                          "max_buffered_bytes_per_worker": WORKER_CAP})
+    budget = worker.servicer.buffers
+    async with grpc.aio.insecure_channel(worker.address, options=SMALL_WINDOW) as channel:
+        outgoing: asyncio.Queue = asyncio.Queue()
+
+        async def requests():
+            while (message := await outgoing.get()) is not None:
+                yield message
+
+        call = flint_pb2_grpc.FlintStub(channel).Session(requests())
+        for i in range(2):
+            outgoing.put_nowait(pb.ClientMessage(complete=pb.CompleteRequest(
+                request_id=f"sess-{i}", prefix="sess", sampling=pb.Sampling(max_tokens=6000))))
+        await eventually(lambda: budget.refused >= 2 and engine.load().running == 0 and engine.load().waiting == 0,
+                         timeout_s=60)
+        assert budget.peak_bytes <= STREAM_CAP
+        outgoing.put_nowait(None)   # half-close: the stream ends once both requests have
+        messages = [m async for m in call]
+    errors = {m.error.request_id: m.error for m in messages if m.WhichOneof("kind") == "error"}
+    assert set(errors) == {"sess-0", "sess-1"}
+    assert all(e.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "too slowly" in e.message
+               for e in errors.values())
+    for rid in errors:
+        check_stream([m for m in messages if m.WhichOneof("kind") == "delta" and m.delta.request_id == rid],
+                     want.text)
+    assert budget.bytes == 0

@@ -52,6 +52,7 @@ def test_the_engine_call_deadline_follows_the_requests_time_budget():
     ("liveness", {"permit_keepalive_without_calls": "yes"}, "must be true or false"),
     ("buffers", {"max_buffered_bytes_per_stream": 10}, "buffers.max_buffered_bytes_per_stream must be an integer"),
     ("buffers", {"max_bytes": 1 << 20}, "unknown buffers key"),
+    ("buffers", {"queued_deltas_per_request": 0}, "buffers.queued_deltas_per_request must be an integer >= 1"),
 ])
 def test_liveness_and_buffers_tables_say_what_to_change(table, values, message):
     for config in (FrontendConfig, ServeConfig):

@@ -3,10 +3,11 @@
 Every edge (a Session stream, a Complete/Edit call, an HTTP response) writes one stream to one client
 through an `Outbox`, whose writer takes items one at a time and then waits for the client (gRPC and HTTP
 flow control hold a write while the client does not read). A request's owner (flint.frontend.owner)
-puts its events in. While the owner's previous delta still waits in the outbox, the owner does not add
-another: it holds the new text back, merged, and puts it in as one delta (one seq, the token counts
-added up) when the writer takes the waiting one. A stream therefore queues at most one delta per
-request (two at the end: the held text, then the Final) plus the text its owners hold back.
+puts its events in. A client that keeps up gets one delta per engine delta (a short queue,
+`queued_deltas_per_request`, absorbs bursts). Once that many of a request's deltas wait, the owner
+adds no more: it holds the new text back, merged, and puts it in as one delta (one seq, the token
+counts added up) each time the writer takes one of the request's deltas. A stream therefore queues
+at most `queued_deltas_per_request` (+1 at the end) deltas per request plus the text its owners hold.
 
 What owners hold back is charged against two caps (`BufferLimits`): per stream and per worker (all
 its streams). A request whose held text would pass either ends with RESOURCE_EXHAUSTED, and its engine
@@ -33,12 +34,13 @@ class BufferLimits:
 
     max_buffered_bytes_per_stream: int = 1 << 20     # 1 MiB of held text per stream (a call or Session stream)
     max_buffered_bytes_per_worker: int = 64 << 20    # 64 MiB over all streams of one worker
+    queued_deltas_per_request: int = 16              # deltas a request may have waiting before they merge
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
-                raise ValueError(f"buffers.{f.name} must be an integer >= 1024 (bytes), got {value!r}")
+            value, least = getattr(self, f.name), 1 if f.name == "queued_deltas_per_request" else 1024
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"buffers.{f.name} must be an integer >= {least}, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "BufferLimits":
@@ -66,7 +68,8 @@ class Outbox:
         self.peak_held_bytes = 0
         self._items: deque[tuple[Any, Callable[[], Awaitable] | None]] = deque()
         self._ready = asyncio.Event()
-        self._waiting: dict[str, Callable[[], None] | None] = {}  # request id -> call when its delta is taken
+        self._queued: dict[str, int] = {}                    # request id -> its deltas waiting in the queue
+        self._taken: dict[str, Callable[[], None]] = {}      # request id -> call when one of them is taken
         self._settle: dict[str, Callable[[], Awaitable]] = {}   # request id -> await before its next delta goes
 
     def __len__(self) -> int:
@@ -77,20 +80,20 @@ class Outbox:
         """Queue anything the stream sends (a front-end event, a message, an end marker)."""
         settle = None
         if isinstance(item, ev.Delta):
-            self._waiting.setdefault(item.request_id, None)
+            self._queued[item.request_id] = self._queued.get(item.request_id, 0) + 1
             settle = self._settle.pop(item.request_id, None)
         self._items.append((item, settle))
         self._ready.set()
 
     put_nowait = put
 
-    def waiting(self, request_id: str) -> bool:
-        """A delta of this request is queued and the writer has not taken it yet."""
-        return request_id in self._waiting
+    def backed_up(self, request_id: str) -> bool:
+        """As many of this request's deltas wait as a client that keeps up ever leaves: it is reading slowly."""
+        return self._queued.get(request_id, 0) >= self.budget.limits.queued_deltas_per_request
 
     def when_taken(self, request_id: str, callback: Callable[[], None]) -> None:
-        """Call `callback` once the writer takes this request's waiting delta."""
-        self._waiting[request_id] = callback
+        """Call `callback` once the writer takes one of this request's waiting deltas."""
+        self._taken[request_id] = callback
 
     def settle_first(self, request_id: str, settle: Callable[[], Awaitable]) -> None:
         """The request's next delta goes to the client only after `await settle()` (its journal write)."""
@@ -123,7 +126,11 @@ class Outbox:
         if settle is not None:
             await settle()
         if isinstance(item, ev.Delta):
-            taken = self._waiting.pop(item.request_id, None)
+            rid = item.request_id
+            left = self._queued.pop(rid) - 1
+            if left:
+                self._queued[rid] = left
+            taken = self._taken.pop(rid, None)
             if taken is not None:
                 taken()
         return item

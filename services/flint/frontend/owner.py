@@ -19,9 +19,9 @@ Ordering: each event is handed to the edge at once and queued for the
 journal, which follows in batches (Redis is off the per-delta path); one
 engine delta makes one client delta, so a run again numbers deltas the
 same way and a takeover can skip the ones a client has beyond the journal.
-Backpressure (flint.frontend.outbox): while the edge's previous delta of
-this request waits for a slow client, new text is held back, merged, and
-numbered as one delta when the edge takes the waiting one; a merged delta
+Backpressure (flint.frontend.outbox): while the edge has a full queue of
+this request's deltas waiting for a slow client, new text is held back,
+merged, and numbered as one delta when the edge takes one of them; a merged delta
 reaches the client only after the journal holds it (so the one-per-engine-
 delta numbering of a takeover still holds after the journal's end). Held
 text past the stream's or worker's cap ends the request RESOURCE_EXHAUSTED.
@@ -340,7 +340,7 @@ class RequestOwner:
                 raise self._cannot_resume("running it again split its deltas differently")
             text = text[len(text) - kept:]
         if self._outbox is not None and self._seq >= self._client_seq and (
-                self._held or self._outbox.waiting(self.request_id)):
+                self._held or self._outbox.backed_up(self.request_id)):
             self._hold(text, token_count)
             return
         self._seq += 1
@@ -348,7 +348,7 @@ class RequestOwner:
 
     # ------------------------------------------------------------ backpressure
     def _hold(self, text: str, token_count: int) -> None:
-        """The client has not taken the previous delta yet: keep this text back, merged with what is held."""
+        """The client is behind: keep this text back, merged with what is held."""
         nbytes = len(text.encode())
         if not self._outbox.hold(nbytes):
             limits = self._outbox.budget.limits
@@ -365,7 +365,7 @@ class RequestOwner:
         self._held_bytes += nbytes
 
     def _release_held(self) -> None:
-        """The edge took the waiting delta (or the request ends): the held text goes out as one delta."""
+        """The edge took one of the waiting deltas (or the request ends): the held text goes out as one delta."""
         if not self._held or self._ended or self._stopping:   # an interrupt drops what the client never had
             return
         parts, text, tokens = len(self._held), "".join(self._held), self._held_tokens

@@ -16,7 +16,6 @@ the owner does the rest, as for a live request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -27,6 +26,7 @@ import msgpack
 from flint.errors import NotFound
 from flint.frontend import events as ev
 from flint.frontend.journal import Journal, RequestJournal, WorkerLiveness
+from flint.frontend.outbox import BufferBudget, Outbox
 from flint.frontend.owner import LocalRequests, RequestOwner, ResumePoint
 from flint.frontend.render import from_message
 from flint.frontend.store import RUNNING, RequestRecord, Store
@@ -53,6 +53,7 @@ class Resumer:
         self.pool = pool
         self.local = local
         self.resumed = 0
+        self.buffers = BufferBudget()   # the worker's (FrontendWorker sets it): output held for slow readers
         self.taken_over = 0
 
     async def resume(self, request_id: str, last_seq: int, tenant: str = ""):
@@ -86,8 +87,8 @@ class Resumer:
                 return
             if state.after != read_to:
                 continue
-            events: asyncio.Queue = asyncio.Queue()
-            owner = await self._take_over(request_id, meta, state.point(), events.put_nowait)
+            events = Outbox(self.buffers)   # bounded: the takeover's owner merges deltas for a slow reader
+            owner = await self._take_over(request_id, meta, state.point(), events)
             if owner is None:
                 continue  # another resume took it over: follow the journal it writes
             try:
@@ -109,7 +110,7 @@ class Resumer:
             return request_id in self.local
         return await self.liveness.alive(record.owner)
 
-    async def _take_over(self, request_id: str, meta, point: ResumePoint, sink) -> RequestOwner | None:
+    async def _take_over(self, request_id: str, meta, point: ResumePoint, outbox: Outbox) -> RequestOwner | None:
         """Claim the request (CAS on its record) and run it again here; None if another worker got it."""
         record = await self._claim(request_id, meta.tenant)
         if record is None:
@@ -127,7 +128,7 @@ class Resumer:
             raise
         record = RequestRecord(**{**asdict(record), "replica_id": replica.replica_id})
         owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
-                             store=self.store, local=self.local, sink=sink, model=meta.model,
+                             store=self.store, local=self.local, sink=outbox.put, model=meta.model, outbox=outbox,
                              journal=RequestJournal(self.journal, request_id, chars=point.chars), resume_from=point)
         owner.start()
         log.info("worker %s took over request %s after seq %d", self.worker_id, request_id, point.seq,

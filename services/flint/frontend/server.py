@@ -95,6 +95,8 @@ class FrontendWorker:
             servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
                                      local=local, journal=journal, resumer=resumer, guard=self._guard(),
                                      buffers=BufferBudget(BufferLimits.from_dict(cfg.buffers)))
+            if resumer is not None:
+                resumer.buffers = servicer.buffers
             servicer.document_store = DocumentStore(self._redis, cfg.key_prefix, ttl_s=cfg.session_ttl_s,
                                                     limits=DocumentLimits.from_dict(cfg.documents))
             self.servicer = servicer
