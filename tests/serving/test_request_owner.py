@@ -92,7 +92,8 @@ class Harness:
         self.replica = ReplicaInfo(replica_id="scripted", address=engine.address, model="m", max_context_tokens=64)
         self.events: list = []
 
-    async def start(self, request_id="r-1", *, replica=None, resume_from=ResumePoint(), pause_writes_ms=0):
+    async def start(self, request_id="r-1", *, replica=None, resume_from=ResumePoint(), pause_writes_ms=0,
+                    outbox=None):
         """Register the request (claim + journal start), then start its owner (with Redis writes held for
         `pause_writes_ms` from then on)."""
         record = RequestRecord(request_id=request_id, owner="w-test", replica_id=(replica or self.replica).replica_id)
@@ -103,7 +104,8 @@ class Harness:
             await self.redis.execute_command("CLIENT", "PAUSE", pause_writes_ms, "WRITE")
         owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id=request_id),
                              pool=self.pool, replica=replica or self.replica, store=self.store, local=self.local,
-                             sink=self.events.append, journal=request_journal, resume_from=resume_from)
+                             sink=self.events.append if outbox is None else outbox.put, journal=request_journal,
+                             resume_from=resume_from, outbox=outbox)
         owner.start()
         return owner
 
@@ -316,3 +318,40 @@ async def test_takeover_numbers_batched_deltas_as_the_first_run_numbered_single_
     await owner.wait()
     d4, end = harness.events
     assert (d4.seq, d4.text, end.seq, end.completion_tokens) == (4, "d", 5, 4)
+
+
+async def test_a_slow_client_gets_merged_deltas_and_an_interrupt_drops_only_what_it_never_got(harness):
+    """With the edge's queue of this request full (2 deltas here), the owner holds new text back and numbers it
+    as one delta when the edge takes one; the merged delta leaves only once journaled; an interrupt drops the
+    held text, and its acknowledgement's last seq is the last delta the edge was given."""
+    from flint.frontend.outbox import BufferBudget, BufferLimits, Outbox
+
+    outbox = Outbox(BufferBudget(BufferLimits(queued_deltas_per_request=2)))
+    harness.engine.scripts.append([started(), *(delta(c) for c in "abcdef"), HOLD])
+    owner = await harness.start(outbox=outbox)
+    await until(lambda: outbox.held_bytes == 4)          # a, b queued; c..f held back
+    got = [await outbox.get() for _ in range(4)]         # Accepted, a, b, then c..f merged
+    assert [(d.seq, d.text, d.token_count) for d in deltas(got)] == [(1, "a", 1), (2, "b", 1), (3, "cdef", 4)]
+    assert got[-1] in await harness.journaled()          # sent only once the journal held it
+    harness.engine.scripts.append([])
+    result = await owner.interrupt()
+    assert result.last_seq == 3 and outbox.held_bytes == 0 and outbox.budget.bytes == 0
+    end = await outbox.get()
+    assert isinstance(end, ev.Final) and end.seq == 4 and end.completion_tokens == 6
+    assert await harness.journaled() == [*got, end]
+
+
+async def test_held_text_past_the_stream_cap_ends_the_request_resource_exhausted(harness):
+    from flint.errors import ResourceExhausted
+    from flint.frontend.outbox import BufferBudget, BufferLimits, Outbox
+
+    outbox = Outbox(BufferBudget(BufferLimits(queued_deltas_per_request=1, max_buffered_bytes_per_stream=1024)))
+    harness.engine.scripts.append([started(), *(delta("x" * 300) for _ in range(6)), HOLD])
+    owner = await harness.start(outbox=outbox)
+    await owner.wait()
+    await asyncio.wait_for(harness.engine.cancelled.wait(), 5)   # the engine call was cancelled
+    items = [await outbox.get() for _ in range(len(outbox))]
+    assert [type(e) for e in items] == [ev.Accepted, ev.Delta, ev.Failed]
+    assert isinstance(items[-1].error, ResourceExhausted) and "read the stream too slowly" in items[-1].error.message
+    assert outbox.budget.bytes == 0 and outbox.budget.refused == 1
+    assert (await harness.store.get_request("r-1")).state == "failed"

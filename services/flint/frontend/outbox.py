@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, fields
 from typing import Any, Awaitable, Callable
 
+from flint.errors import ResourceExhausted
 from flint.frontend import events as ev
 
 
@@ -134,3 +135,46 @@ class Outbox:
             if taken is not None:
                 taken()
         return item
+
+
+class HeldText:
+    """One request's text held back while its client is behind, charged to its stream's `Outbox`."""
+
+    def __init__(self, outbox: Outbox, request_id: str, on_taken: Callable[[], None]):
+        self._outbox = outbox
+        self._request_id = request_id
+        self._on_taken = on_taken        # called when the writer takes one of the request's waiting deltas
+        self._parts: list[str] = []
+        self._tokens = 0
+        self._bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, text: str, token_count: int) -> None:
+        nbytes = len(text.encode())
+        outbox = self._outbox
+        if not outbox.hold(nbytes):
+            limits = outbox.budget.limits
+            raise ResourceExhausted(
+                f"request {self._request_id!r} was stopped because its client read the stream too slowly: "
+                f"{outbox.held_bytes + nbytes} bytes of output waited unread on this stream (limit "
+                f"{limits.max_buffered_bytes_per_stream}) or {outbox.budget.bytes + nbytes} on this worker "
+                f"(limit {limits.max_buffered_bytes_per_worker}); read the stream as it arrives, then Resume the "
+                "request (its id and last seq) or send it again")
+        if not self._parts:
+            outbox.when_taken(self._request_id, self._on_taken)
+        self._parts.append(text)
+        self._tokens += token_count
+        self._bytes += nbytes
+
+    def take(self) -> tuple[str, int, int]:
+        """(merged text, tokens it covers, engine deltas merged); nothing is held afterwards."""
+        taken = "".join(self._parts), self._tokens, len(self._parts)
+        self.drop()
+        return taken
+
+    def drop(self) -> None:
+        if self._bytes:
+            self._outbox.unhold(self._bytes)
+        self._parts, self._tokens, self._bytes = [], 0, 0

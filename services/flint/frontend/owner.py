@@ -43,10 +43,11 @@ from typing import Callable
 
 import grpc
 
-from flint.errors import FlintError, Internal, NotFound, ResourceExhausted, Unavailable
+from flint.errors import FlintError, Internal, NotFound, Unavailable
 from flint.frontend import events as ev
 from flint.frontend.interrupts import InterruptResult
 from flint.frontend.liveness import EngineWatch, engine_call_timeout_s
+from flint.frontend.outbox import HeldText
 from flint.frontend.store import RequestRecord, Store
 from flint.grpc_status import from_rpc_error, peer_unavailable
 from flint.internal.v1 import engine_pb2 as ipb
@@ -143,9 +144,8 @@ class RequestOwner:
         self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
         self._outbox = outbox              # flint.frontend.outbox.Outbox the sink feeds, or None (no backpressure)
-        self._held: list[str] = []         # text held back while the edge's previous delta waits for the client
-        self._held_tokens = 0
-        self._held_bytes = 0
+        # Text held back while the client is behind, charged to the outbox's caps.
+        self._held = HeldText(outbox, self.request_id, self._release_held) if outbox is not None else None
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
@@ -227,7 +227,8 @@ class RequestOwner:
             except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
                 log.warning("could not record the end of request %s: %s", self.request_id, exc)
             finally:
-                self._drop_held()
+                if self._held is not None:
+                    self._held.drop()
                 self._local.discard(self)
                 if self._on_done is not None:
                     self._on_done(self)
@@ -339,46 +340,22 @@ class RequestOwner:
             if self._client_seq > self._seq:  # the client's deltas past the journal can no longer be matched
                 raise self._cannot_resume("running it again split its deltas differently")
             text = text[len(text) - kept:]
-        if self._outbox is not None and self._seq >= self._client_seq and (
+        if self._held is not None and self._seq >= self._client_seq and (
                 self._held or self._outbox.backed_up(self.request_id)):
-            self._hold(text, token_count)
+            self._held.add(text, token_count)   # RESOURCE_EXHAUSTED past the stream's or the worker's cap
             return
         self._seq += 1
         self._emit(ev.Delta(self.request_id, self._seq, text, token_count), deliver=self._seq > self._client_seq)
-
-    # ------------------------------------------------------------ backpressure
-    def _hold(self, text: str, token_count: int) -> None:
-        """The client is behind: keep this text back, merged with what is held."""
-        nbytes = len(text.encode())
-        if not self._outbox.hold(nbytes):
-            limits = self._outbox.budget.limits
-            raise ResourceExhausted(
-                f"request {self.request_id!r} was stopped because its client read the stream too slowly: "
-                f"{self._outbox.held_bytes + nbytes} bytes of output waited unread on this stream (limit "
-                f"{limits.max_buffered_bytes_per_stream}) or {self._outbox.budget.bytes + nbytes} on this worker "
-                f"(limit {limits.max_buffered_bytes_per_worker}); read the stream as it arrives, then Resume the "
-                "request (its id and last seq) or send it again")
-        if not self._held:
-            self._outbox.when_taken(self.request_id, self._release_held)
-        self._held.append(text)
-        self._held_tokens += token_count
-        self._held_bytes += nbytes
 
     def _release_held(self) -> None:
         """The edge took one of the waiting deltas (or the request ends): the held text goes out as one delta."""
         if not self._held or self._ended or self._stopping:   # an interrupt drops what the client never had
             return
-        parts, text, tokens = len(self._held), "".join(self._held), self._held_tokens
-        self._drop_held()
+        text, tokens, parts = self._held.take()
         self._seq += 1
         if parts > 1 and self._journal is not None:   # merged: a takeover could not number it the same way
             self._outbox.settle_first(self.request_id, self._journal.settle)
         self._emit(ev.Delta(self.request_id, self._seq, text, tokens))
-
-    def _drop_held(self) -> None:
-        if self._held_bytes:
-            self._outbox.unhold(self._held_bytes)
-        self._held, self._held_tokens, self._held_bytes = [], 0, 0
 
     def _cannot_resume(self, why: str) -> NotFound:
         return NotFound(f"request {self.request_id!r} cannot be resumed: {why}; send the request again")
