@@ -69,6 +69,7 @@ class Outbox:
         self.peak_held_bytes = 0
         self._items: deque[tuple[Any, Callable[[], Awaitable] | None]] = deque()
         self._ready = asyncio.Event()
+        self._took = asyncio.Event()                         # set whenever the writer takes an item
         self._queued: dict[str, int] = {}                    # request id -> its deltas waiting in the queue
         self._taken: dict[str, Callable[[], None]] = {}      # request id -> call when one of them is taken
         self._settle: dict[str, Callable[[], Awaitable]] = {}   # request id -> await before its next delta goes
@@ -100,6 +101,12 @@ class Outbox:
         """The request's next delta goes to the client only after `await settle()` (its journal write)."""
         self._settle[request_id] = settle
 
+    async def room(self, request_id: str) -> None:
+        """Wait while the request is backed up: for a producer that can wait (a resume's replay) rather than hold."""
+        while self.backed_up(request_id):
+            self._took.clear()
+            await self._took.wait()
+
     def hold(self, nbytes: int) -> bool:
         """Charge `nbytes` of held text; False (and nothing charged) if it would pass a cap."""
         limits = self.budget.limits
@@ -124,6 +131,7 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         item, settle = self._items.popleft()
+        self._took.set()
         if settle is not None:
             await settle()
         if isinstance(item, ev.Delta):

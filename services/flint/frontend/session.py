@@ -222,6 +222,7 @@ class SessionStream:
                 with self._servicer.hold("resume"):
                     async for event in self._servicer.resumer.resume(request_id, resume.last_seq, tenant):
                         self._deliver(event)
+                        await self._out.room(event.request_id)   # a slow reader slows the replay and takeover
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - becomes this request's RequestError
