@@ -18,12 +18,12 @@
 //
 // Where the memory goes (1 new token over 131,072 cached, demo shape, one thread): reading a
 // tile of K rows and then the tile's V rows kept one memory stream going at a time and read the
-// cache at ~40% of a plain sum's rate. The float32 path with AVX-512 (decode and short extends,
-// up to kDotMaxQueries queries per KV head) is software-pipelined instead: each slot's K row is
-// read beside the V row of the same slot of the previous tile (run_task_fused), with explicit
-// vector code for the dot products (reduced 16 keys at a time) and the value accumulation. The
-// portable path (other dtypes, AVX2 machines, longer extends) relies on -O3 -march=native
-// auto-vectorisation; compile with -DFLINT_PA_NO_AVX512 to run it on an AVX-512 machine (tests do).
+// cache at ~40% of a plain sum's rate. Decode and short extends over float32 caches (up to
+// kDotMaxQueries queries per KV head) are software-pipelined instead: each slot's K row is read
+// beside the V row of the same slot one tile back (run_task_fused), about one read of the KV
+// (loadtests/results/attention.md). Other dtypes and longer extends run tile by tile (run_task),
+// with AVX-512 code for the extends' transposed scores and value updates where the CPU has it
+// (-DFLINT_PA_NO_AVX512 builds the auto-vectorised loops instead; tests do).
 
 #include <torch/extension.h>
 
@@ -83,19 +83,6 @@ inline const float* row_as_float(const T* src, float* buf, int64_t d) {
 #if defined(__AVX512F__) && !defined(FLINT_PA_NO_AVX512)
 #include <immintrin.h>
 #define FLINT_PA_AVX512 1
-
-// Lane i of the result is the sum of the 16 lanes of v[i] (a transposing tree of shuffles and adds:
-// ~3 instructions per vector instead of one full horizontal reduction each).
-inline __m512 sum16(const __m512* v) {
-  __m512 t[8], u[4];
-  for (int i = 0; i < 8; ++i)     // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
-    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int j = 0; j < 4; ++j)     // per 128-bit lane L: the L-part sums of v[4j .. 4j + 3]
-    u[j] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * j], t[2 * j + 1], 0x44), _mm512_shuffle_ps(t[2 * j], t[2 * j + 1], 0xEE));
-  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44), _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
-  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x44), _mm512_shuffle_f32x4(u[2], u[3], 0xEE));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
-}
 
 // out[t] = q . kt[:, t] for the tile's keys (kt [d, kTile], columns past tn kNeg): the 32 scores stay in
 // registers, four independent sums over the head dim (the compiler kept them on the stack, a store-to-load
@@ -340,19 +327,18 @@ void run_task(const Step<T>& st, const Seq& s, const Task& task, float* part) {
   write_partials(z, nq, d, part);
 }
 
-#ifdef FLINT_PA_AVX512
 // Decode and short extends over float32 rows (few queries per KV head), software-pipelined by one tile:
 // each key's K row is read for this tile's scores right beside the V row of the same slot of the previous
 // tile, whose weights the online softmax has fixed. Reading K and V of a slot together keeps two memory
 // streams going at once; a tile of K rows, then a tile of V rows (one stream at a time) read the cache at
-// about 60% of the rate (flint.bench.attention, same run). Results equal run_task's.
+// about 60% of the rate (flint.bench.attention, same run). Results equal run_task's. Plain loops over the
+// head dim that -O3 -march=native vectorises (AVX-512 or AVX2): explicit AVX-512 code here (16-key
+// reductions, value updates through registers) measured 1.3-1.45x slower at 128K in the same run.
 template <int kD>
 void run_task_fused(const Step<float>& st, const Seq& s, const Task& task, float* part) {
-  constexpr int kV = kD / 16;
   const int64_t per_head = st.group * s.n, nq = st.kv_heads * per_head, stride = st.slot_stride;
   State z = start_state(st, s, kD);
   std::vector<float> weights(nq * kTile, 0.f);              // the previous tile's softmax weights
-  std::vector<__m512> partial(nq * 16);                     // per query, 16 keys' unreduced products
   const Walk walk(s, task, stride);
   int64_t off[kTile], prev[kTile], tn_prev = 0;
   for (int64_t it = 0; it <= walk.ntiles; ++it) {
@@ -360,42 +346,28 @@ void run_task_fused(const Step<float>& st, const Seq& s, const Task& task, float
     for (int64_t t = 0; t < std::max(tn, tn_prev); ++t) {
       if (t < tn) {
         const float* row = st.kc + off[t];
-        for (int64_t g = 0; g < st.kv_heads; ++g) {
-          __m512 k[kV];
-          for (int j = 0; j < kV; ++j) k[j] = _mm512_loadu_ps(row + g * kD + 16 * j);
+        for (int64_t g = 0; g < st.kv_heads; ++g)
           for (int64_t qa = g * per_head; qa < (g + 1) * per_head; ++qa) {
             const float* q = z.q.data() + qa * kD;
-            __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q), k[0]);
-            for (int j = 1; j < kV; ++j) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * j), k[j], a);
-            partial[qa * 16 + (t & 15)] = a;
+            float dot = 0.f;
+            for (int i = 0; i < kD; ++i) dot += q[i] * row[g * kD + i];
+            z.sc[qa * kTile + t] = dot;
           }
-        }
-        if ((t & 15) == 15 || t == tn - 1) {                 // 16 keys (or the tile's last): reduce to scores
-          const int64_t base = t & ~int64_t(15), m = t - base + 1;
-          const __mmask16 valid = (__mmask16)((1u << m) - 1);
-          for (int64_t qa = 0; qa < nq; ++qa) {
-            for (int64_t u = m; u < 16; ++u) partial[qa * 16 + u] = _mm512_setzero_ps();
-            _mm512_storeu_ps(z.sc.data() + qa * kTile + base,
-                             _mm512_mask_blend_ps(valid, _mm512_set1_ps(kNeg), sum16(&partial[qa * 16])));
-          }
-        }
       }
       if (t < tn_prev) {
         const float* row = st.vc + prev[t];
         for (int64_t g = 0; g < st.kv_heads; ++g) {
-          __m512 v[kV];
-          for (int j = 0; j < kV; ++j) v[j] = _mm512_loadu_ps(row + g * kD + 16 * j);
           for (int64_t qa = g * per_head; qa < (g + 1) * per_head; ++qa) {
-            const __m512 w = _mm512_set1_ps(weights[qa * kTile + t]);
-            float* a = z.acc.data() + qa * kD;
-            for (int j = 0; j < kV; ++j) _mm512_storeu_ps(a + 16 * j, _mm512_fmadd_ps(w, v[j], _mm512_loadu_ps(a + 16 * j)));
+            const float w = weights[qa * kTile + t];
+            float* __restrict__ a = z.acc.data() + qa * kD;
+            for (int i = 0; i < kD; ++i) a[i] += w * row[g * kD + i];
           }
         }
       }
     }
     if (tn == 0) break;
     for (int64_t qa = 0; qa < nq; ++qa)                      // columns past the tile's keys
-      for (int64_t t = (tn + 15) & ~int64_t(15); t < kTile; ++t) z.sc[qa * kTile + t] = kNeg;
+      for (int64_t t = tn; t < kTile; ++t) z.sc[qa * kTile + t] = kNeg;
     mask_tile(st, s, walk.start(it), tn, z.sc.data());
     softmax_tile(z, nq, kD);                                 // after the previous tile's values went in
     std::copy(z.sc.begin(), z.sc.end(), weights.begin());
@@ -404,7 +376,6 @@ void run_task_fused(const Step<float>& st, const Seq& s, const Task& task, float
   }
   write_partials(z, nq, kD, part);
 }
-#endif
 
 // Merge the partials of the tasks [first, last) of one sequence into its rows of out.
 template <typename T>
@@ -457,7 +428,6 @@ void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
     for (int64_t i = a; i < z; ++i) {
       float* part = parts.data() + tasks[i].part;
       const Seq& s = seqs[tasks[i].seq];
-#ifdef FLINT_PA_AVX512
       if constexpr (std::is_same_v<T, float>) {
         if (st.group * s.n <= kDotMaxQueries && (st.d == 64 || st.d == 128)) {
           if (st.d == 64) run_task_fused<64>(st, s, tasks[i], part);
@@ -465,7 +435,6 @@ void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
           continue;
         }
       }
-#endif
       if (st.d == 64) run_task<T, 64>(st, s, tasks[i], part);
       else if (st.d == 128) run_task<T, 128>(st, s, tasks[i], part);
       else run_task<T, 0>(st, s, tasks[i], part);
