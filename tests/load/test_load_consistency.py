@@ -19,6 +19,14 @@ def test_final_messages_confirm_streamed_tokens_and_ttft():
     assert bad["mean TTFT: client vs server first_token_ms"]["ok"] is False
 
 
+def test_tokens_the_final_withholds_count_with_the_streamed_ones():
+    records = [record(i, 6, 10, 22.0, 20.0) for i in range(5)]   # 4 tokens each were a stop string, say
+    assert {c["check"]: c for c in consistency(records)}["tokens streamed vs Final.completion_tokens"]["ok"] is False
+    for r in records:
+        r.withheld_tokens = 4
+    assert {c["check"]: c for c in consistency(records)}["tokens streamed vs Final.completion_tokens"]["ok"] is True
+
+
 def test_prometheus_counters_are_compared_as_deltas_over_the_run():
     from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 

@@ -53,10 +53,10 @@ def consistency(records: list[RequestRecord], before: dict | None = None, after:
     finals = [r for r in records if r.completion_tokens is not None and r.ok]
     checks = []
     if finals:
-        streamed = sum(r.tokens for r in finals)
+        streamed = sum(r.accounted_tokens for r in finals)
         reported = sum(r.completion_tokens for r in finals)
         checks.append(_check("tokens streamed vs Final.completion_tokens", streamed, reported, 0.02,
-                             "tokens that decode to no text (special tokens) appear only in Final"))
+                             "tokens without text and stop strings are counted in withheld_tokens"))
         timed = [r for r in finals if r.server.get("first_token_ms") and r.ttft_ms is not None
                  and not r.interrupted]
         if timed:

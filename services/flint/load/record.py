@@ -45,6 +45,7 @@ class RequestRecord:
     error_message: str = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    withheld_tokens: int = 0                 # Final.withheld_tokens: generated tokens no delta covers
     cached_prompt_tokens: int | None = None
     server: dict[str, float] = field(default_factory=dict)   # Final.timings (queue_ms, prefill_ms, ...)
     replica_id: str = ""
@@ -68,6 +69,11 @@ class RequestRecord:
     @property
     def tokens(self) -> int:
         return int(sum(d[2] for d in self.deltas))
+
+    @property
+    def accounted_tokens(self) -> int:
+        """Tokens the client can account for: its deltas' counts plus the Final's withheld tokens."""
+        return self.tokens + self.withheld_tokens
 
     @property
     def t_first_token_ms(self) -> float | None:

@@ -25,9 +25,9 @@ def account(records: list[RequestRecord]) -> dict:
         repeats += len(seqs) - len(set(seqs))
         gaps += len(set(range(1, max(seqs, default=0) + 1)) - set(seqs))
         if r.completion_tokens is not None:
-            lost += max(0, r.completion_tokens - r.tokens)
-            extra += max(0, r.tokens - r.completion_tokens)
-            if r.tokens != r.completion_tokens:
+            lost += max(0, r.completion_tokens - r.accounted_tokens)
+            extra += max(0, r.accounted_tokens - r.completion_tokens)
+            if r.accounted_tokens != r.completion_tokens:
                 mismatched.append({"id": r.id, "finish_reason": r.finish_reason, "resumes": r.resumes,
                                    "received": r.tokens, "final_completion_tokens": r.completion_tokens,
                                    "interrupt_mode": r.interrupt_mode})

@@ -290,6 +290,7 @@ class FlintSession(Session):
             record = state.record
             record.prompt_tokens, record.completion_tokens = body.prompt_tokens, body.completion_tokens
             record.cached_prompt_tokens, record.replica_id = body.cached_prompt_tokens, body.replica_id
+            record.withheld_tokens = body.withheld_tokens
             t = body.timings
             record.server = {"queue_ms": t.queue_ms, "prefill_ms": t.prefill_ms, "first_token_ms": t.first_token_ms,
                              "decode_ms": t.decode_ms, "total_ms": t.total_ms}
