@@ -130,8 +130,9 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class TiledWeight:
     """A QuantWeight repacked for the VNNI kernel (kernels/quant_vnni.cpp): 16 output channels per tile,
-    each 64-byte vector 16 lanes x 4 bytes of one output each; N padded to 16 with zero scales."""
-    data: torch.Tensor            # uint8 [N/16 * Kp/4 * 64] (int8, codes + 128) or [N/16 * Kp/8 * 64] (int4)
+    each 64-byte vector 16 lanes x 4 bytes of one output each; runs of TILE_RUN tiles store their steps
+    interleaved (one sequential stream per run); N padded to 16 x TILE_RUN with zero scales."""
+    data: torch.Tensor            # uint8 [T/4, Kp/4, 4, 16, 4] (int8, codes + 128) or [T/4, Kp/8, 4, 16, 4] (int4)
     scale: torch.Tensor           # fp32 [N/16 * 16] (int8) or [N/16, Kp / group_size, 16] (int4)
     mins: torch.Tensor | None     # fp32 like scale (int4)
 
@@ -142,14 +143,23 @@ def _pad_rows(t: torch.Tensor, rows: int, value: int = 0) -> torch.Tensor:
     return torch.cat([t, torch.full((rows - t.shape[0], *t.shape[1:]), value, dtype=t.dtype, device=t.device)])
 
 
+TILE_RUN = 4   # tiles whose steps are interleaved (the kernel's work item, kTiles)
+
+
+def _interleave(data: torch.Tensor) -> torch.Tensor:
+    """[T, S, 16, 4] -> runs of TILE_RUN tiles, each run's steps interleaved: [T / TILE_RUN, S, TILE_RUN, 16, 4]."""
+    t, s = data.shape[:2]
+    return data.view(t // TILE_RUN, TILE_RUN, s, 16, 4).transpose(1, 2)
+
+
 def tile(w: QuantWeight) -> TiledWeight:
     """`w` in the VNNI kernel's tile layout (see TiledWeight)."""
     n, kp = w.out_features, w.padded_in_features
-    tiles = -(-n // 16)
+    tiles = -(-n // (16 * TILE_RUN)) * TILE_RUN
     if w.bits == 8:
         codes = _pad_rows((w.data.to(torch.int16) + 128).to(torch.uint8), tiles * 16, 128)     # [Np, Kp]
         data = codes.view(tiles, 16, kp // 4, 4).permute(0, 2, 1, 3)                            # [T, Kp/4, 16, 4]
-        return TiledWeight(data.contiguous().view(-1), _pad_rows(w.scale, tiles * 16).contiguous(), None)
+        return TiledWeight(_interleave(data).contiguous().view(-1), _pad_rows(w.scale, tiles * 16).contiguous(), None)
     q = _pad_rows(unpack_int4(w.data), tiles * 16).view(tiles, 16, kp // 8, 2, 4)              # k = 8s + 4h + b
     data = (q[:, :, :, 0] | (q[:, :, :, 1] << 4)).permute(0, 2, 1, 3)                          # [T, Kp/8, 16, 4]
     groups = kp // w.group_size
@@ -157,7 +167,7 @@ def tile(w: QuantWeight) -> TiledWeight:
     def per_tile(t: torch.Tensor) -> torch.Tensor:   # [N, G] -> [T, G, 16]
         return _pad_rows(t, tiles * 16).view(tiles, 16, groups).transpose(1, 2).contiguous()
 
-    return TiledWeight(data.contiguous().view(-1), per_tile(w.scale), per_tile(w.mins))
+    return TiledWeight(_interleave(data).contiguous().view(-1), per_tile(w.scale), per_tile(w.mins))
 
 
 def quantize(w: torch.Tensor, mode: str, group_size: int) -> QuantWeight:
