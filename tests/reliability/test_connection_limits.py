@@ -6,6 +6,8 @@ values that are not positive.
 """
 
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -59,3 +61,47 @@ def test_liveness_and_buffers_tables_say_what_to_change(table, values, message):
         kwargs = {"redis_url": "redis://x"} if config is FrontendConfig else {}
         with pytest.raises(ValueError, match=message):
             config(**kwargs, **{table: values})
+
+
+CLIENT = """
+import asyncio, sys
+import asyncio
+
+import grpc
+from flint.v1 import flint_pb2 as pb, flint_pb2_grpc
+
+async def main():
+    async with grpc.aio.insecure_channel(sys.argv[1]) as channel:
+        call = flint_pb2_grpc.FlintStub(channel).Complete(pb.CompleteRequest(
+            request_id="stopped-client", prefix="p", sampling=pb.Sampling(max_tokens=8000)))
+        async for message in call:
+            if message.WhichOneof("kind") == "delta":
+                print("streaming", flush=True)
+                await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_client_that_stops_answering_is_dropped_by_keepalive_and_its_request_freed(cluster):
+    """A client process stopped (SIGSTOP) mid-stream answers no ping: the server closes its connection after
+    keepalive_time_s + keepalive_timeout_s, which cancels the request and frees the engine."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    _, engine = await cluster.add_replica()
+    worker = await cluster.add_worker("keepalive", liveness={"keepalive_time_s": 0.5, "keepalive_timeout_s": 0.5})
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, worker.address], stdout=subprocess.PIPE, text=True)
+    try:
+        assert await asyncio.wait_for(asyncio.to_thread(client.stdout.readline), 60) == "streaming\n"
+        assert engine.load().running == 1
+        os.kill(client.pid, signal.SIGSTOP)
+        await eventually(lambda: engine.load().running == 0 and engine.load().waiting == 0, timeout_s=15)
+        record = await eventually(lambda: worker.servicer.store.get_request("stopped-client"))
+        assert record.state != "running" and worker.servicer.buffers.refused == 0   # not ended by a buffer cap
+    finally:
+        os.kill(client.pid, signal.SIGCONT)
+        client.kill()
+        client.wait()
