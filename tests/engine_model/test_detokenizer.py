@@ -120,6 +120,14 @@ def test_stop_matcher_earliest_stop_wins_and_flush_returns_held_text():
     assert m.stop_string == "bcd"
 
 
+def test_stop_matcher_stops_at_the_stop_string_that_completes_first_whatever_the_chunking():
+    # "c" completes at 3, "aca" (starting earlier) only at 4: whole or in chunks, the output is "aa".
+    for chunks in (["aaca"], ["aac", "a"]):
+        m = StopMatcher(["c", "aca"])
+        out = "".join(m.feed(c) for c in chunks) + m.flush()
+        assert (out, m.stop_string) == ("aa", "c")
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet="ab\nc", max_size=30), stops=st.lists(st.text(alphabet="ab\nc", min_size=1, max_size=4),
        max_size=3), cuts=st.lists(st.integers(0, 30), max_size=8))
@@ -127,6 +135,7 @@ def test_stop_matcher_output_is_text_up_to_the_first_stop_whatever_the_chunking(
     m = StopMatcher(stops)
     bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
     out = "".join(m.feed(text[a:b]) for a, b in zip(bounds, bounds[1:])) + m.flush()
-    hits = [i for s in stops if (i := text.find(s)) >= 0]
-    assert out == (text[: min(hits)] if hits else text)
+    # Generation stops where the first stop string completes: the earliest end, then the earliest start.
+    hits = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
+    assert out == (text[: min(hits)[1]] if hits else text)
     assert m.stopped == bool(hits)

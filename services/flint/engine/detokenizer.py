@@ -119,9 +119,11 @@ class StopMatcher:
         if not self.stops:
             return text
         buf = self._held + text
-        hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
+        # The stop string that completes first ends generation (a longer one starting earlier would need
+        # text after it, which is never generated); two completing together: the one starting earlier.
+        hits = [(i + len(s), i, s) for s in self.stops if (i := buf.find(s)) >= 0]
         if hits:
-            index, stop = min(hits)
+            _, index, stop = min(hits)
             self.stopped, self.stop_string, self._held = True, stop, ""
             return buf[:index]
         keep = self._partial_suffix(buf)
