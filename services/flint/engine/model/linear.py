@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_ROWS = 8
+# Rows up to which the kernel beats F.linear. Measured on the 2-core EPYC (2 threads, the 17 matrices of
+# the benchmark model, 83 MB, streamed from DRAM), ms per pass, F.linear vs kernel: 1 row 7.7 vs 2.0,
+# 16 rows 14.9 vs 9.3, 24 rows 16.3 vs 12.6, 48 rows 24.2 vs 22.7. 16 decode streams used to take F.linear.
+MAX_ROWS = 32
 
 
 @functools.cache
