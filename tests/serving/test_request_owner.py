@@ -355,3 +355,61 @@ async def test_held_text_past_the_stream_cap_ends_the_request_resource_exhausted
     assert isinstance(items[-1].error, ResourceExhausted) and "read the stream too slowly" in items[-1].error.message
     assert outbox.budget.bytes == 0 and outbox.budget.refused == 1
     assert (await harness.store.get_request("r-1")).state == "failed"
+
+
+# ---------------------------------------------------------------- the claim beside the engine call
+def claiming_owner(harness, request_id="r-1"):
+    """An owner that claims its id itself, beside opening the engine call (as the servicer starts one)."""
+    record = RequestRecord(request_id=request_id, owner="w-claim", replica_id=harness.replica.replica_id)
+    return RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id=request_id), pool=harness.pool,
+                        replica=harness.replica, store=harness.store, local=harness.local,
+                        sink=harness.events.append, claim=harness.store.claim_request(record))
+
+
+async def test_engine_call_opens_while_the_claim_is_in_flight_and_nothing_is_delivered_before_it_holds(harness):
+    harness.engine.scripts.append([started(), delta("a"), final(1)])
+    await harness.redis.execute_command("CLIENT", "PAUSE", 400, "WRITE")   # the claim script waits
+    owner = claiming_owner(harness)
+    owner.start()
+    await until(lambda: len(harness.engine.requests) == 1)  # the engine has the request, the claim is still held
+    await asyncio.sleep(0.1)
+    assert harness.events == [] and "r-1" not in harness.local
+    await owner.claimed()
+    await owner.wait()
+    assert [type(e) for e in harness.events] == [ev.Accepted, ev.Delta, ev.Final]
+    assert (await harness.store.get_request("r-1")).state == "finished"
+
+
+async def test_a_refused_claim_cancels_the_engine_call_and_touches_nothing_of_the_running_holder(harness):
+    harness.engine.scripts.append([started(), delta("a"), HOLD])
+    holder = await harness.start("r-1")
+    await until(lambda: text(harness.events) == "a")
+    seen = len(harness.events)
+    harness.engine.scripts.append([HOLD])   # the second call's engine sends nothing: the refusal must end it
+    harness.engine.cancelled.clear()
+    await harness.redis.execute_command("CLIENT", "PAUSE", 200, "WRITE")   # the claim waits: the call opens
+    owner = claiming_owner(harness, "r-1")
+    owner.start()
+    await until(lambda: len(harness.engine.requests) == 2)
+    with pytest.raises(InvalidArgument, match="already in use"):
+        await owner.claimed()
+    await owner.wait()
+    await asyncio.wait_for(harness.engine.cancelled.wait(), 5)
+    assert len(harness.events) == seen and not holder.done
+    assert harness.local.get("r-1") is holder
+    record = await harness.store.get_request("r-1")
+    assert record.running and record.owner == "w-test"
+    await holder.cancel()
+
+
+async def test_cancel_while_the_claim_is_in_flight_frees_the_engine_and_leaves_no_running_record(harness):
+    harness.engine.scripts.append([HOLD])
+    await harness.redis.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+    owner = claiming_owner(harness)
+    owner.start()
+    await until(lambda: len(harness.engine.requests) == 1)
+    await owner.cancel()   # returns once the claim's outcome is known and the end is recorded
+    await asyncio.wait_for(harness.engine.cancelled.wait(), 5)
+    assert harness.events == [] and "r-1" not in harness.local
+    record = await harness.store.get_request("r-1")
+    assert record is not None and not record.running

@@ -7,8 +7,10 @@ resume, delivers it to its edge as a front-end event (flint.frontend.events),
 and ends the request with exactly one Final or Failed: live, interrupted,
 error, or after a takeover. It is driven two ways:
 
-- live: the servicer picks a replica, registers the request and starts an
-  owner whose sink is the client's stream;
+- live: the servicer picks a replica and starts an owner whose sink is the
+  client's stream; the owner claims the request id in Redis while it opens
+  the engine call, and holds the engine's first event until the claim holds
+  (a refused claim cancels the engine call; nothing is delivered or written);
 - takeover: a resume finds a request nobody produces any more, claims it and
   starts an owner from the journal's `ResumePoint`; the owner runs the
   request again and skips the text already journaled, verified character
@@ -111,11 +113,16 @@ async def to_completion(work):
     return inner.result()
 
 
+class _NotClaimed(Exception):
+    """The request's claim failed while its engine call was open."""
+
+
 class RequestOwner:
     def __init__(self, *, record: RequestRecord, engine_request: ipb.GenerateRequest, pool, replica,
                  store: Store, local: LocalRequests, sink: Callable[[ev.Event], None], journal=None,
                  resume_from: ResumePoint = START, model: str = "",
-                 on_done: Callable[["RequestOwner"], None] | None = None, metadata=(), outbox=None):
+                 on_done: Callable[["RequestOwner"], None] | None = None, metadata=(), outbox=None,
+                 claim=None):
         self.record = record
         self.request_id = record.request_id
         self.engine_request = engine_request
@@ -143,14 +150,43 @@ class RequestOwner:
         self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
         self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
+        # The request's registration in Redis (a coroutine: `Store.claim_request`), run beside the opening of
+        # the engine call; nothing is delivered, journaled or recorded before it succeeded. None: registered.
+        self._claim_work = claim
+        self._claim: asyncio.Future | None = None
+        self._left = False                 # the owner has left `LocalRequests` (or never may join it)
         self._outbox = outbox              # flint.frontend.outbox.Outbox the sink feeds, or None (no backpressure)
         # Text held back while the client is behind, charged to the outbox's caps.
         self._held = HeldText(outbox, self.request_id, self._release_held) if outbox is not None else None
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
-        self._local.add(self)
+        if self._claim_work is None:
+            self._local.add(self)
+        else:  # join `LocalRequests` only once the id is ours: a refused claim must not shadow its holder
+            self._claim = asyncio.ensure_future(self._claim_work)
+            self._claim.add_done_callback(self._on_claimed)
         self._task = asyncio.create_task(self._run(), name=f"request {self.request_id}")
+
+    def _on_claimed(self, claim: asyncio.Future) -> None:
+        if claim.cancelled() or claim.exception() is not None:
+            self.cancel_soon()      # refused: end the engine call now, even while the engine is silent
+        elif not self._left:
+            self._local.add(self)
+
+    async def claimed(self) -> None:
+        """Return once the request's claim succeeded; raise its error (the id is in use, Redis failed) if it
+        did not: the owner then ends without delivering or recording anything and its engine call is cancelled.
+        Cancelling the caller leaves the claim running (the owner learns its outcome)."""
+        if self._claim is not None:
+            await asyncio.shield(self._claim)
+
+    async def _claim_ok(self) -> bool:
+        """Wait for the claim (never cut short: its outcome decides what the end may write); True if it held."""
+        if self._claim is None:
+            return True
+        await asyncio.wait({self._claim})
+        return not self._claim.cancelled() and self._claim.exception() is None
 
     @property
     def done(self) -> bool:
@@ -205,7 +241,7 @@ class RequestOwner:
 
     # ------------------------------------------------------------ the request
     async def _run(self) -> None:
-        state = "failed"
+        state, ending = "failed", None
         self._started = True
         try:
             if self._stopping:  # cancelled before this task ran
@@ -216,19 +252,29 @@ class RequestOwner:
             state = "interrupted"
             if not self._interrupting:
                 raise
-            if not self._ended:
-                self._emit(self._final_interrupted())
+            ending = "interrupted"
         except FlintError as error:
-            # Retryable (the replica went away): not journaled, so a resume runs the request again.
-            self._emit(ev.Failed(self.request_id, error), journal=not error.retryable)
+            ending = error
+        except _NotClaimed:
+            pass
         finally:
-            try:  # journal, then record: a record that is no longer running promises a whole journal
-                self.record = await to_completion(self._settle_and_record(state))
+            try:
+                if await to_completion(self._claim_ok()):
+                    if ending == "interrupted" and not self._ended:
+                        self._emit(self._final_interrupted())
+                    elif isinstance(ending, FlintError):
+                        # Retryable (the replica went away): not journaled, so a resume runs the request again.
+                        self._emit(ev.Failed(self.request_id, ending), journal=not ending.retryable)
+                    # journal, then record: a record that is no longer running promises a whole journal
+                    self.record = await to_completion(self._settle_and_record(state))
+                else:  # the id was not ours: nothing was delivered; the caller of claimed() reports why
+                    self.record = replace(self.record, state="failed")
             except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
                 log.warning("could not record the end of request %s: %s", self.request_id, exc)
             finally:
                 if self._held is not None:
                     self._held.drop()
+                self._left = True
                 self._local.discard(self)
                 if self._on_done is not None:
                     self._on_done(self)
@@ -252,6 +298,8 @@ class RequestOwner:
             heard = False
             try:
                 async for event in call:
+                    if not heard and self._claim is not None and not self._claim.done():
+                        await self._claimed_or_stop()  # hold the first event back until the id is ours
                     heard = True
                     watch.heard()
                     if self._on_engine_event(event):
@@ -273,6 +321,10 @@ class RequestOwner:
             finally:
                 call.cancel()
                 await watch.stop()
+
+    async def _claimed_or_stop(self) -> None:
+        if not await self._claim_ok():
+            raise _NotClaimed  # ends the engine call; `_run` then writes nothing
 
     @staticmethod
     def _frozen(watch: EngineWatch) -> Unavailable:

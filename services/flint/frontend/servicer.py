@@ -80,43 +80,43 @@ class FlintServicer:
         with stats.time_stage("admit"):
             release = await self.guard.admit(msg, request_id=request_id, tenant=tenant, replica=replica,
                                              engine_request=engine_request) if self.guard is not None else None
-        try:
-            with stats.time_stage("register"):
-                owner, session = await self._register_and_start(msg, request_id, tenant, replica, engine_request,
-                                                                session, sink, release, outbox)
-        except BaseException:
-            if release is not None:
-                await release()
-            raise
+        with stats.time_stage("register"):
+            owner, session = self._start_owner(msg, request_id, tenant, replica, engine_request, session, sink,
+                                               release, outbox)
+            try:
+                await owner.claimed()
+            except asyncio.CancelledError:  # the client went away meanwhile: free the engine, leave nothing running
+                await to_completion(owner.cancel())
+                raise
         return owner, session
 
-    async def _register_and_start(self, msg, request_id, tenant, replica, engine_request, session, sink, release,
-                                  outbox):
-        """Claim the request id and move its session's affinity (one Redis round trip), then start its owner.
-        The journal starts in the batch of the request's first event."""
-        record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
-                               session_id=session.session_id if session else "", replica_id=replica.replica_id,
-                               created_unix_s=time.time())
-        deletes, writes, request_journal = [], [], None
-        if self.journal is not None:
-            pin_seed(engine_request)
-            begin = self.journal.begin_writes(request_id, engine_request.SerializeToString(), tenant=tenant,
-                                              model=replica.model)
-            request_journal = RequestJournal(self.journal, request_id, begin=begin)
-        if session is not None and session.replica_id != replica.replica_id:
-            session = replace(session, replica_id=replica.replica_id)
-            writes.append(self.store.session_write(session))
+    def _start_owner(self, msg, request_id, tenant, replica, engine_request, session, sink, release, outbox):
+        """Start the request's owner, which opens the engine call while it claims the request id and moves its
+        session's affinity (one Redis round trip, see `RequestOwner.claimed`; the journal starts in the batch of
+        its first event). From here the owner releases `release` when it ends, also if the claim fails."""
         try:
-            await self.store.claim_request(record, deletes=deletes, writes=writes)
-        except asyncio.CancelledError:  # the client went away during the round trip: leave nothing running
-            await to_completion(self.store.abandon_request(record))
+            record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
+                                   session_id=session.session_id if session else "", replica_id=replica.replica_id,
+                                   created_unix_s=time.time())
+            writes, request_journal = [], None
+            if self.journal is not None:
+                pin_seed(engine_request)
+                begin = self.journal.begin_writes(request_id, engine_request.SerializeToString(), tenant=tenant,
+                                                  model=replica.model)
+                request_journal = RequestJournal(self.journal, request_id, begin=begin)
+            if session is not None and session.replica_id != replica.replica_id:
+                session = replace(session, replica_id=replica.replica_id)
+                writes.append(self.store.session_write(session))
+            span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
+                                              replica.replica_id)
+            owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
+                                 store=self.store, local=self.local, sink=sink, journal=request_journal,
+                                 on_done=self._on_done(release, span), metadata=tracing.outgoing_metadata(span),
+                                 outbox=outbox, claim=self.store.claim_request(record, writes=writes))
+        except BaseException:
+            if release is not None:
+                asyncio.ensure_future(release())
             raise
-        span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
-                                          replica.replica_id)
-        owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
-                             store=self.store, local=self.local, sink=sink, journal=request_journal,
-                             on_done=self._on_done(release, span), metadata=tracing.outgoing_metadata(span),
-                             outbox=outbox)
         owner.start()
         return owner, session
 

@@ -77,18 +77,6 @@ class SessionRecord:
     tenant: str = ""            # authenticated tenant; other tenants cannot reopen it
 
 
-# End a claim whose outcome its caller never learned (cancelled during the round trip): only if
-# the record is still exactly what that claim wrote, so a request that claimed the id meanwhile
-# is left alone.
-_ABANDON = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"""
-
-
 class Store:
     def __init__(self, redis, key_prefix: str, *, session_ttl_s: float, request_ttl_s: float):
         self.redis = redis
@@ -96,7 +84,6 @@ class Store:
         self._session_ttl_ms = int(session_ttl_s * 1000)
         self._request_ttl_ms = int(request_ttl_s * 1000)
         self._claim = redis.register_script(_CLAIM)  # EVALSHA after the first call
-        self._abandon = redis.register_script(_ABANDON)
 
     @property
     def request_ttl_ms(self) -> int:
@@ -128,8 +115,7 @@ class Store:
 
     async def claim_request(self, record: RequestRecord, *, deletes=(), writes=()) -> None:
         """Register a new request; a client-chosen id still running is refused. Only if the claim succeeds,
-        also delete the keys `deletes` and set `writes` ((key, value, ttl_ms) each): one round trip. Give
-        `record` its created_unix_s to be able to `abandon_request` it."""
+        also delete the keys `deletes` and set `writes` ((key, value, ttl_ms) each): one round trip."""
         record = replace(record, created_unix_s=record.created_unix_s or time.time())
         payload = msgpack.packb(asdict(record))
         keys = [self.request_key(record.request_id), self.flag_key(record.request_id), *deletes,
@@ -141,14 +127,6 @@ class Store:
             return
         raise InvalidArgument(f"request id {record.request_id!r} is already in use by a running request; "
                               "choose another id or leave it empty for a server-generated one")
-
-    async def abandon_request(self, record: RequestRecord) -> bool:
-        """Mark a claim interrupted if Redis still holds exactly what `claim_request(record)` wrote (its
-        caller was cancelled and cannot know whether the claim ran). True if it did."""
-        claimed = msgpack.packb(asdict(record))
-        done = msgpack.packb(asdict(replace(record, state="interrupted")))
-        return bool(await self._abandon(keys=[self.request_key(record.request_id)],
-                                        args=[claimed, done, self._request_ttl_ms]))
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         key = self.request_key(request_id)
