@@ -23,7 +23,7 @@ from typing import Protocol
 import msgpack
 
 from flint.errors import NotFound, Unavailable
-from flint.frontend.store import Store
+from flint.frontend.store import RequestRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,14 @@ class InterruptBus:
         task.add_done_callback(self._tasks.discard)
 
     # ---------------------------------------------------------------- requester side
-    async def interrupt(self, request_id: str) -> InterruptResult:
-        """Stop `request_id` wherever it runs; returns once its owner has stopped relaying."""
+    async def interrupt(self, request_id: str, *, record: RequestRecord | None = None) -> InterruptResult:
+        """Stop `request_id` wherever it runs; returns once its owner has stopped relaying. `record`: its
+        registry record if the caller just read it (saves a round trip)."""
         local = self._local.get(request_id)
         if local is not None:
             return await local.interrupt()
-        record = await self._store.get_request(request_id)
+        if record is None:
+            record = await self._store.get_request(request_id)
         if record is None:
             raise NotFound(f"no request with id {request_id!r} (it never existed here or expired); "
                            "check the id from the Accepted message")

@@ -136,19 +136,25 @@ class FlintServicer:
 
         return done
 
-    async def check_owner(self, request_id: str) -> str:
-        """The internal id of the calling tenant's `request_id`; NOT_FOUND unless its record (or, with the
-        record gone, the request this worker runs) belongs to that tenant: ids of others look unknown."""
+    async def check_owner(self, request_id: str) -> tuple[str, RequestRecord | None]:
+        """The internal id of the calling tenant's `request_id` and its record (None while only this worker knows
+        the request); NOT_FOUND unless its record (or, with the record gone, the request this worker runs)
+        belongs to that tenant: ids of others look unknown."""
         tenant = current_tenant()
         scoped = scope_request_id(check_request_id(request_id), tenant)
-        record = await self.store.get_request(scoped)
+        stored = record = await self.store.get_request(scoped)
         if record is None:
             local = self.local.get(scoped)
             record = local.record if local is not None else None
         if record is None or record.tenant != tenant:
             raise NotFound(f"no request with id {request_id!r} (it never existed here or expired); "
                            "check the id from the Accepted message")
-        return scoped
+        return scoped, stored
+
+    async def interrupt(self, request_id: str):
+        """Interrupt the calling tenant's `request_id` wherever it runs (the record read once, for both)."""
+        scoped, record = await self.check_owner(request_id)
+        return await self.bus.interrupt(scoped, record=record)
 
     async def opened(self, session: SessionRecord) -> pb.Opened:
         default = await self.pool.default_model()
@@ -186,7 +192,7 @@ class FlintServicer:
         if not request.request_id:
             raise InvalidArgument("request_id is empty: pass the id from the Accepted message")
         await self.check_rate()
-        result = await self.bus.interrupt(await self.check_owner(request.request_id))
+        result = await self.interrupt(request.request_id)
         return pb.InterruptResponse(request_id=request.request_id, was_running=result.was_running,
                                     last_seq=result.last_seq)
 

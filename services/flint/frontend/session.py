@@ -236,7 +236,7 @@ class SessionStream:
         if not request_id:
             raise InvalidArgument("interrupt.request_id is empty: pass the id from the Accepted message")
         await self._servicer.check_rate()
-        result = await self._servicer.bus.interrupt(await self._servicer.check_owner(request_id))
+        result = await self._servicer.interrupt(request_id)
         self._emit(pb.ServerMessage(interrupted=pb.InterruptResponse(
             request_id=request_id, was_running=result.was_running, last_seq=result.last_seq)))
 
