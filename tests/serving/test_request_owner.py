@@ -413,3 +413,20 @@ async def test_cancel_while_the_claim_is_in_flight_frees_the_engine_and_leaves_n
     assert harness.events == [] and "r-1" not in harness.local
     record = await harness.store.get_request("r-1")
     assert record is not None and not record.running
+
+
+async def test_the_end_is_recorded_when_the_journal_has_nothing_to_carry_it(harness):
+    # The record of the end rides the journal's last batch; a request the engine refused before its Started
+    # journals nothing (journal start still held back), and its record is written on its own.
+    record = RequestRecord(request_id="r-1", owner="w-test", replica_id=harness.replica.replica_id)
+    await harness.store.claim_request(record)
+    begin = harness.journal.begin_writes("r-1", b"", model="m")
+    harness.engine.scripts.append([(grpc.StatusCode.INVALID_ARGUMENT, "prompt too long")])
+    owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id="r-1"), pool=harness.pool,
+                         replica=harness.replica, store=harness.store, local=harness.local,
+                         sink=harness.events.append, journal=RequestJournal(harness.journal, "r-1", begin=begin))
+    owner.start()
+    await owner.wait()
+    assert [type(e) for e in harness.events] == [ev.Failed]
+    assert (await harness.store.get_request("r-1")).state == "failed"
+    assert await harness.journal.meta("r-1") is None

@@ -164,11 +164,20 @@ class Journal:
     def write_begin(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]]) -> None:
         """Queue a request's journal start (see `begin_writes`) ahead of its first entry, in the same batch."""
         self.incomplete.discard(request_id)
+        self._queue_writes(request_id, deletes, writes)
+
+    def write_after(self, request_id: str, writes: list[tuple[str, bytes, int]]) -> asyncio.Future:
+        """Queue `writes` ((key, value, ttl_ms) each) behind the request's entries queued so far, in the same
+        pipeline when they share a batch (it runs in order); returns the batch's future, like `write`."""
+        return self._queue_writes(request_id, [], writes)
+
+    def _queue_writes(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]]):
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
         self._pending.append((request_id, (deletes, writes)))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="journal flush")
+        return self._batch
 
     async def settle(self, request_id: str, batch: asyncio.Future | None) -> bool:
         """Wait (at most write_timeout_ms) until the batch holding a request's last entry is in Redis; True if
@@ -205,7 +214,8 @@ class Journal:
                         for request_id, fields in batch:
                             if isinstance(fields, tuple):  # a journal's start (write_begin)
                                 deletes, writes = fields
-                                pipe.delete(*deletes)
+                                if deletes:
+                                    pipe.delete(*deletes)
                                 for key, value, ttl_ms in writes:
                                     pipe.set(key, value, px=ttl_ms)
                                 continue
@@ -336,6 +346,16 @@ class RequestJournal:
                                     chars=self.chars, terminal=ev.is_terminal(event))
         if batch is not None:
             self._last = batch
+
+    async def settle_then(self, writes: list[tuple[str, bytes, int]]) -> bool:
+        """`settle`, with `writes` ((key, value, ttl_ms) each) queued behind the request's last entry, so they
+        reach Redis in that entry's round trip, after it. True if the journal and `writes` got there; False if
+        not (the journal is incomplete, or had nothing of this request): then make the writes yourself."""
+        if self._begin is not None or self._last is None or self.request_id in self._journal.incomplete:
+            await self.settle()
+            return False
+        self._last = self._journal.write_after(self.request_id, writes)
+        return await self.settle()
 
     async def settle(self) -> bool:
         """Wait until everything written is in Redis; a journal that lost entries is marked with a gap."""

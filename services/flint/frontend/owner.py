@@ -30,7 +30,7 @@ text past the stream's or worker's cap ends the request RESOURCE_EXHAUSTED.
 To interrupt, the owner's task is cancelled (which cancels the engine call,
 so the engine frees the slot at its next step); the owner then delivers an
 interrupted Final, waits for its journal to settle and records the end in
-Redis *before* `interrupt()` returns, so the acknowledgement that follows
+Redis (in the journal's last batch, one round trip) *before* `interrupt()` returns, so the acknowledgement that follows
 can promise that no delta with a higher seq will come. `last_seq` is
 updated with no await between it and the delivery of that delta.
 """
@@ -280,8 +280,11 @@ class RequestOwner:
                     self._on_done(self)
 
     async def _settle_and_record(self, state: str) -> RequestRecord:
-        if self._journal is not None:
-            await self._journal.settle()
+        """The record of the end rides the journal's last batch (one round trip, after the journal's entries);
+        when the journal lost entries it is written alone, after the journal's gap is marked."""
+        done, write = self._store.finish_write(self.record, state, self.last_seq)
+        if self._journal is not None and await self._journal.settle_then([write]):
+            return done
         return await self._store.finish_request(self.record, state, self.last_seq)
 
     async def _generate(self) -> None:

@@ -132,10 +132,14 @@ class Store:
         key = self.request_key(request_id)
         return unpack_record(RequestRecord, await self.redis.get(key), where=key)
 
-    async def finish_request(self, record: RequestRecord, state: str, last_seq: int) -> RequestRecord:
+    def finish_write(self, record: RequestRecord, state: str, last_seq: int) -> tuple[RequestRecord, tuple]:
+        """The ended record and its (key, value, ttl_ms) write, for a caller that batches it (`finish_request`)."""
         done = replace(record, state=state, last_seq=last_seq)
-        await self.redis.set(self.request_key(record.request_id), msgpack.packb(asdict(done)),
-                             px=self._request_ttl_ms)
+        return done, (self.request_key(record.request_id), msgpack.packb(asdict(done)), self._request_ttl_ms)
+
+    async def finish_request(self, record: RequestRecord, state: str, last_seq: int) -> RequestRecord:
+        done, (key, value, ttl_ms) = self.finish_write(record, state, last_seq)
+        await self.redis.set(key, value, px=ttl_ms)
         return done
 
     async def refresh_requests(self, request_ids: list[str]) -> None:
