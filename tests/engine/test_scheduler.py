@@ -54,7 +54,7 @@ def _ids(scheduled):
 
 
 def test_big_prefill_is_chunked_and_never_stalls_running_decodes():
-    sched, _ = _setup(budget=64)
+    sched, _ = _setup(budget=64, interactive_chunk_tokens=64)   # the budget, not the chunk, bounds it here
     short = _req("short", 10)
     sched.add(short)
     _advance(sched.schedule(0.0))                          # short: prefilled, now decoding

@@ -65,7 +65,7 @@ class EngineConfig:
     # Scheduling (flint.engine.scheduler; measured reasons in loadtests/results/scheduler.md):
     prefill_chunk_tokens: int = 512      # most prompt tokens one request computes in a step
     contended_chunk_tokens: int = 0      # long prefills' chunk in a step carrying a keystroke (0 = pause)
-    interactive_chunk_tokens: int = 64   # long prefills' chunk while interactive requests arrive or stream
+    interactive_chunk_tokens: int = 32   # long prefills' chunk while interactive requests arrive or stream
     interactive_window_ms: int = 1000    # "arrive": an interactive request arrived this recently
     kv_growth_tokens: int = 256          # decode KV is allocated this many positions at a time
     starvation_steps: int = 64           # waiting / paused this many steps: goes first, never skipped
