@@ -317,7 +317,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("use_vnni", [](bool on) { flint_tiled::g_on = on; return flint_tiled::available() && on; },
         "choose the VNNI path (tiled weights, int8 activations) or register dequantization (fp32 activations)");
   m.def("vnni_on", []() { return flint_tiled::available() && flint_tiled::g_on; }, "whether QuantLinear takes the VNNI path");
-  py::class_<flint_tiled::TiledLinear>(m, "TiledLinear")
+  py::class_<flint_tiled::TiledLinear>(m, "TiledLinear", py::module_local())   // local: a second build (tests) can load beside it
       .def(py::init<int64_t, torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,
                     c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>())
       .def("__call__", &flint_tiled::TiledLinear::call, py::arg("x"), py::arg("unit_rms_floor") = -1.0,
