@@ -83,6 +83,8 @@ class PagedAttention:
             raise RuntimeError("native paged attention kernel requested but unavailable on this machine/device")
         self._in_place_max = IN_PLACE_MAX_TOKENS if self._kernel is not None else 1
         self._scale = k_cache.shape[-1] ** -0.5
+        self._layers = [(k_cache[i], v_cache[i]) for i in range(k_cache.shape[0])]   # views made once, not per call
+        self._no_meta = torch.empty((0, 3), dtype=torch.int64)
         self._window = sliding_window or 0
         self._write_slots = torch.empty(0, dtype=torch.int64)
         self._chunks: list[_Chunk] = []
@@ -156,9 +158,30 @@ class PagedAttention:
             mask = torch.arange(max(lens), device=self.device)[None, :] < lens_t[:, None]   # [B, Lmax]
             self._decode_mask = mask[:, None, None, :]
 
+    def attend_qkv(self, layer_idx: int, qkv: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor | None:
+        """The layer's attention straight from its fused QKV output, or None where the kernel does not take it.
+
+        qkv [T, (H + 2 KV) * D] (float32, contiguous; q and k not yet rotated), rotation [T, 1, D/2, 2]
+        (`rope.Rotary.rotation`) -> out [T, H, D]. One kernel call rotates q and k in place, writes k and v
+        to their slots and attends for the short sequences; long prefill chunks then attend as in `__call__`.
+        """
+        kc, vc = self._layers[layer_idx]
+        if (self._kernel is None or qkv.dtype != torch.float32 or kc.dtype != torch.float32
+                or not qkv.is_contiguous() or rotation.dtype != torch.float32):
+            return None
+        t, d = qkv.shape[0], kc.shape[-1]
+        out = torch.empty((t, self.num_heads, d), dtype=qkv.dtype, device=qkv.device)
+        self._kernel.rope_attend(out, qkv, rotation, kc, vc, self._write_slots, self.num_heads, self._short_slots,
+                                 self._short_meta if self._short_slots else self._no_meta, self._window, self._scale)
+        if self._chunks:
+            q = qkv.view(t, -1, d)[:, : self.num_heads]
+            for c in self._chunks:
+                out[c.row : c.row + c.n] = self._prefill(q[c.row : c.row + c.n], kc, vc, c)
+        return out
+
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q [T, H, D]; k, v [T, KV, D] -> out [T, H, D]
-        kc, vc = self.k_cache[layer_idx], self.v_cache[layer_idx]   # [S, KV, D]
+        kc, vc = self._layers[layer_idx]                           # [S, KV, D]
         kc.index_copy_(0, self._write_slots, k)
         vc.index_copy_(0, self._write_slots, v)
         if self._kernel is not None:

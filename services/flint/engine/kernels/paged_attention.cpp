@@ -482,8 +482,87 @@ void attend(at::Tensor out, const at::Tensor& q, const at::Tensor& kc, const at:
   });
 }
 
+// rope_table(positions [T] int64, inv_freq [D/2] float32, magnitude) -> float32 [T, 1, D/2, 2]: the rotation
+// (cos, sin) * magnitude of every token's pairs, the layout of rope.Rotary.rotation (one call, not six ops).
+at::Tensor rope_table(const at::Tensor& positions, const at::Tensor& inv_freq, double magnitude) {
+  TORCH_CHECK(positions.scalar_type() == at::kLong && positions.dim() == 1 && positions.is_contiguous(),
+              "rope_table: positions must be contiguous int64 [T]");
+  TORCH_CHECK(inv_freq.scalar_type() == at::kFloat && inv_freq.dim() == 1 && inv_freq.is_contiguous(),
+              "rope_table: inv_freq must be contiguous float32 [D/2]");
+  const int64_t t = positions.size(0), half = inv_freq.size(0);
+  auto table = at::empty({t, 1, half, 2}, inv_freq.options());
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const float* f = inv_freq.data_ptr<float>();
+  float* o = table.data_ptr<float>();
+  const float mag = static_cast<float>(magnitude);
+  at::parallel_for(0, t, 256, [&](int64_t a, int64_t z) {
+    for (int64_t r = a; r < z; ++r) {
+      const float p = static_cast<float>(pos[r]);   // as torch: positions.to(float32) * inv_freq
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = p * f[i];
+        o[(r * half + i) * 2] = mag * std::cos(angle);
+        o[(r * half + i) * 2 + 1] = mag * std::sin(angle);
+      }
+    }
+  });
+  return table;
+}
+
+// rope_attend(out, qkv, rope, kc, vc, write_slots, heads, slots, meta, window, scale): one decoder layer's
+// attention from its fused QKV output qkv [T, (H + 2 KV) * D] (float32, contiguous): rotates the q and k heads
+// of every row in place by rope [T, 1, D/2, 2] (pairs adjacent, rope.interleave_rows), copies each row's k
+// and v heads to cache slot write_slots[t], then runs `attend` for the sequences in slots/meta (may be none:
+// long prefill chunks attend on the Python side, from the rotated qkv and the written cache). One call per
+// layer where the Python path ran about fifteen ops (rotation, two index_copy_, views, the kernel).
+void rope_attend(at::Tensor out, at::Tensor qkv, const at::Tensor& rope, at::Tensor kc, at::Tensor vc,
+                 const at::Tensor& write_slots, int64_t heads, const std::vector<at::Tensor>& slots,
+                 const at::Tensor& meta, int64_t window, double scale) {
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat &&
+              rope.scalar_type() == at::kFloat, "rope_attend: float32 qkv, rope and cache only");
+  TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous() && kc.dim() == 3 && kc.is_contiguous() && vc.is_contiguous() &&
+              vc.sizes() == kc.sizes(), "rope_attend: contiguous qkv [T, (H + 2KV) * D] and kc/vc [S, KV, D]");
+  const int64_t t = qkv.size(0), kv_heads = kc.size(1), d = kc.size(2), half = d / 2, slots_n = kc.size(0);
+  TORCH_CHECK(d % 2 == 0 && qkv.size(1) == (heads + 2 * kv_heads) * d, "rope_attend: qkv has ", qkv.size(1),
+              " columns, (heads + 2 * kv_heads) * head_dim = ", (heads + 2 * kv_heads) * d);
+  TORCH_CHECK(rope.is_contiguous() && rope.numel() == t * half * 2, "rope_attend: rope must be contiguous [T, 1, D/2, 2]");
+  TORCH_CHECK(write_slots.scalar_type() == at::kLong && write_slots.dim() == 1 && write_slots.size(0) == t,
+              "rope_attend: write_slots must be int64 [T]");
+  float* x = qkv.data_ptr<float>();
+  const float* rp = rope.data_ptr<float>();
+  float* kp = kc.data_ptr<float>();
+  float* vp = vc.data_ptr<float>();
+  const int64_t* ws = write_slots.data_ptr<int64_t>();
+  const int64_t ws_stride = write_slots.stride(0), width = (heads + 2 * kv_heads) * d, kvw = kv_heads * d;
+  for (int64_t r = 0; r < t; ++r)
+    TORCH_CHECK(ws[r * ws_stride] >= 0 && ws[r * ws_stride] < slots_n, "rope_attend: write slot out of range");
+  at::parallel_for(0, t, 16, [&](int64_t a, int64_t z) {
+    for (int64_t r = a; r < z; ++r) {
+      float* row = x + r * width;
+      const float* rot = rp + r * half * 2;
+      for (int64_t h = 0; h < heads + kv_heads; ++h) {   // (x0 + i x1)(c + i s), as rope.apply_rotary
+        float* p = row + h * d;
+        for (int64_t i = 0; i < half; ++i) {
+          const float x0 = p[2 * i], x1 = p[2 * i + 1], c = rot[2 * i], s = rot[2 * i + 1];
+          p[2 * i] = x0 * c - x1 * s;
+          p[2 * i + 1] = x0 * s + x1 * c;
+        }
+      }
+      const int64_t slot = ws[r * ws_stride];
+      std::copy(row + heads * d, row + heads * d + kvw, kp + slot * kvw);
+      std::copy(row + heads * d + kvw, row + width, vp + slot * kvw);
+    }
+  });
+  if (!slots.empty()) {
+    const at::Tensor q = qkv.view({t, heads + 2 * kv_heads, d}).narrow(1, 0, heads);
+    attend(out, q, kc, vc, slots, meta, window, scale);
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attend", &attend, "attention of new tokens over the paged KV cache, read in place");
+  m.def("rope_table", &rope_table, "per-token rotary (cos, sin) pairs [T, 1, D/2, 2]");
+  m.def("rope_attend", &rope_attend,
+        "rotate q/k of a fused QKV output in place, write k/v to their cache slots, attend (one layer)");
 }

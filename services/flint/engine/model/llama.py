@@ -77,10 +77,13 @@ class DecoderLayer(nn.Module):
         t = x.shape[0]
         h, hd, kv = self.n_heads, self.head_dim, self.n_kv
         qkv = rms_linear(self.qkv, x, self.floor, self.floor_value)  # [T, (H + 2KV) * D] (input norm folded in)
-        qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), rotation)  # [T, H + KV, D]
-        q, k = qk[:, :h], qk[:, h:]
-        v = qkv[:, (h + kv) * hd :].view(t, kv, hd)             # [T, KV, D]
-        o = attn(layer_idx, q, k, v)                            # [T, H, D]
+        fused = getattr(attn, "attend_qkv", None)               # rotary, KV write and attention in one kernel call
+        o = fused(layer_idx, qkv, rotation) if fused is not None else None
+        if o is None:
+            qk = apply_rotary(qkv[:, : (h + kv) * hd].view(t, h + kv, hd), rotation)  # [T, H + KV, D]
+            q, k = qk[:, :h], qk[:, h:]
+            v = qkv[:, (h + kv) * hd :].view(t, kv, hd)         # [T, KV, D]
+            o = attn(layer_idx, q, k, v)                        # [T, H, D]
         o = self.o_proj(o.reshape(t, h * hd))                   # [T, d] (partial sum under TP)
         if all_reduce is not None:
             o = all_reduce(o)

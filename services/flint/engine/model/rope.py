@@ -79,13 +79,26 @@ class Rotary:
         scaling = config.rope_scaling
         self.magnitude = scaling.attention_factor if scaling is not None else 1.0  # YaRN scales cos and sin
         self._magnitudes = torch.full_like(self.inv_freq, self.magnitude)           # [D/2] for torch.polar
+        self._kernel = False                                                         # not looked up yet
+
+    def _native(self):
+        """The native kernel module (paged attention's) for CPU float32 frequencies, or None."""
+        if self._kernel is False:
+            from flint.engine.paged_attention import native_kernel
+
+            self._kernel = native_kernel() if self.inv_freq.device.type == "cpu" else None
+        return self._kernel
 
     def rotation(self, positions: torch.Tensor) -> torch.Tensor:
         """positions [T] -> (cos, sin) pairs [T, 1, D/2, 2] in the model dtype (scaled by YaRN's factor).
 
-        Eager: one `torch.polar` kernel makes cos and sin together (three kernels fewer per step than
-        cos, sin, stack); inductor does not generate code for complex ops, so compiled graphs use those.
+        On the CPU one native call (kernels/paged_attention.cpp `rope_table`, ~35 us less per decode step
+        than the ops below); elsewhere eager uses one `torch.polar` kernel for cos and sin together, and
+        compiled graphs cos, sin and stack (inductor does not generate code for complex ops).
         """
+        if not torch.compiler.is_compiling() and self._native() is not None and positions.device.type == "cpu":
+            table = self._native().rope_table(positions.contiguous(), self.inv_freq, self.magnitude)  # one call
+            return table if self.dtype == torch.float32 else table.to(self.dtype)
         angles = positions.to(torch.float32)[:, None, None] * self.inv_freq   # [T, 1, D/2]
         if not torch.compiler.is_compiling():
             pairs = torch.view_as_real(torch.polar(self._magnitudes.expand_as(angles), angles))
