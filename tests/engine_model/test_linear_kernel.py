@@ -71,7 +71,7 @@ def test_rms_linear_fuses_the_norm_into_the_kernel_call_and_matches_the_two_ops(
 
     class Spy:
         def linear_f32(self, *args):
-            calls.append(len(args))
+            calls.append(args[3] if len(args) > 3 else None)   # the unit_rms floor
             return kernel.linear_f32(*args)
 
         def unit_rms_f32(self, *args):
@@ -80,9 +80,47 @@ def test_rms_linear_fuses_the_norm_into_the_kernel_call_and_matches_the_two_ops(
 
     monkeypatch.setattr(linear, "_kernel", Spy)
     got = linear.rms_linear(layer, x, floor, 0.05)
-    assert calls == [4], "one kernel call, with the floor, and no separate norm"
+    assert calls == [0.05], "one kernel call, with the floor, and no separate norm"
     ref = F.linear(x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor), layer.weight, layer.bias)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     wide = torch.randn(MAX_ROWS + 1, 96, generator=g)   # more rows: the two torch ops
     ref = F.linear(wide / torch.hypot(torch.linalg.vector_norm(wide, dim=-1, keepdim=True), floor), layer.weight, layer.bias)
     torch.testing.assert_close(linear.rms_linear(layer, wide, floor, 0.05), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 5, MAX_ROWS])
+def test_residual_add_and_silu_fold_into_one_kernel_call_and_match_the_ops(rows, monkeypatch):
+    g = torch.Generator().manual_seed(rows + 11)
+    o_proj, down = Linear(64, 48, bias=False).requires_grad_(False), Linear(80, 48, bias=True).requires_grad_(False)
+    with torch.no_grad():
+        for layer in (o_proj, down):
+            layer.weight.copy_(torch.randn(*layer.weight.shape, generator=g))
+        down.bias.copy_(torch.randn(48, generator=g))
+    x, residual = torch.randn(rows, 64, generator=g), torch.randn(rows, 48, generator=g)
+    gate_up = torch.randn(rows, 160, generator=g)
+    kernel, calls = linear._kernel(), []
+
+    class Spy:
+        def linear_f32(self, *args):
+            calls.append(args[4:])   # (residual, silu)
+            return kernel.linear_f32(*args)
+
+    monkeypatch.setattr(linear, "_kernel", Spy)
+    got = linear.linear_add(o_proj, x, residual)
+    torch.testing.assert_close(got, residual + F.linear(x, o_proj.weight), rtol=1e-5, atol=1e-5)
+    gate, up = gate_up.chunk(2, dim=-1)
+    got = linear.silu_linear_add(down, gate_up, residual)
+    torch.testing.assert_close(got, residual + F.linear(F.silu(gate) * up, down.weight, down.bias), rtol=1e-5, atol=1e-5)
+    assert [len(c) for c in calls] == [2, 2] and calls[0][0] is residual and calls[1][0] is residual
+    assert [c[1] for c in calls] == [False, True], "one call each, silu folded into down's"
+
+
+def test_final_norm_and_greedy_argmax_on_the_kernel_match_torch():
+    g = torch.Generator().manual_seed(3)
+    x, weight, eps = torch.randn(4, 96, generator=g) * 5, torch.rand(96, generator=g) + 0.5, 1e-5
+    got = linear.rms_norm(x, weight * 96**0.5, weight, eps, (96 * eps) ** 0.5)
+    torch.testing.assert_close(got, F.rms_norm(x, (96,), weight, eps), rtol=1e-5, atol=1e-5)
+    logits = torch.randn(6, 16_000, generator=g)
+    logits[2, 7] = logits[2, 9000] = 100.0            # ties: the first index, as torch.argmax
+    assert linear.argmax_rows(logits).tolist() == logits.argmax(dim=-1).tolist()
+    assert linear.argmax_rows(logits).tolist()[2] == 7

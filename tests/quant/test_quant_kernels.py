@@ -147,6 +147,24 @@ def test_rms_linear_on_a_quant_linear_folds_the_norm_into_the_activation_scales(
         assert lin.forward_unit_rms(x, 0.3) is None
 
 
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 64)])
+def test_residual_add_and_silu_fold_into_the_quant_linear_call(kernel_path, bits, group):
+    import torch.nn.functional as F
+
+    from flint.engine.model.linear import linear_add, silu_linear_add
+
+    w = weights(48, 160, bits, group, seed=17)
+    g = torch.Generator().manual_seed(17)
+    lin = modules.QuantLinear(w, torch.randn(48, generator=g))
+    x, gate_up, residual = torch.randn(3, 160, generator=g), torch.randn(3, 320, generator=g), torch.randn(3, 48, generator=g)
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(linear_add(lin, x, residual), residual + lin(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(silu_linear_add(lin, gate_up, residual), residual + lin(F.silu(gate) * up),
+                               rtol=1e-5, atol=1e-5)
+    fused = lin.forward_fused(gate_up, -1.0, residual, True)
+    assert (fused is not None) == (kernel_path == "vnni"), "one tiled call on VNNI, the ops elsewhere"
+
+
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])
 def test_embedding_rows_match_the_reference(kernel, bits, group):
     w = weights(50, 100, bits, group, seed=12)   # K = 100: padded columns are not returned

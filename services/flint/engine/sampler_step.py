@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from flint.engine.model.linear import argmax_rows
 from flint.engine.request import Request
 from flint.engine.sampling import RequestSampler, sample_from_probs
 from flint.engine.speculative import verify_greedy, verify_sampled
@@ -31,7 +32,7 @@ class TokenChooser:
         for req, n, draft in work:
             if req.sampling.greedy:
                 if greedy_ids is None:
-                    greedy_ids = logits.argmax(dim=-1).tolist()
+                    greedy_ids = argmax_rows(logits).tolist()
                 ids = greedy_ids[row : row + n]
                 out.append(verify_greedy(ids, draft) if draft else ids[:1])
             else:

@@ -321,7 +321,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<int64_t, torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,
                     c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>())
       .def("__call__", &flint_tiled::TiledLinear::call, py::arg("x"), py::arg("unit_rms_floor") = -1.0,
-           "y [M, N] for x [M, K] float32 (x / hypot(|x|, floor) per row with floor >= 0), or None when the path is off");
+           py::arg("residual") = py::none(), py::arg("silu") = false,
+           "y [M, N] for x [M, K] float32 (x / hypot(|x|, floor) per row with floor >= 0; silu(gate) * up of a "
+           "[M, 2K] x with silu; plus residual [M, N]), or None when the path is off");
   m.def("linear_tiled", &flint_tiled::linear_tiled, py::arg("x"), py::arg("bits"), py::arg("w"), py::arg("scale"),
         py::arg("mins"), py::arg("n"), py::arg("kp"), py::arg("group"), py::arg("xscale"), py::arg("bias"),
         py::arg("unit_rms_floor") = -1.0,

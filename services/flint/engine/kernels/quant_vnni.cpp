@@ -32,6 +32,7 @@
 #endif
 
 #include "quant_vnni.h"
+#include "rowops.h"
 
 namespace flint_tiled {
 
@@ -297,10 +298,14 @@ TiledLinear::TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10
     : bits(bits), n(n), kp(kp), group(group), w(std::move(w)), scale(std::move(scale)), mins(std::move(mins)),
       xscale(std::move(xscale)), bias(std::move(bias)) {}
 
-py::object TiledLinear::call(const torch::Tensor& x, double unit_rms_floor) const {
+py::object TiledLinear::call(const torch::Tensor& x, double unit_rms_floor, const c10::optional<torch::Tensor>& residual,
+                             bool silu) const {
   if (!(available() && g_on)) return py::none();
-  const torch::Tensor xf = x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1 ? x : x.to(torch::kFloat32).contiguous();
-  return py::cast(linear_tiled(xf, bits, w, scale, mins, n, kp, group, xscale, bias, unit_rms_floor));
+  torch::Tensor xf = x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1 ? x : x.to(torch::kFloat32).contiguous();
+  if (silu) xf = flint_rows::silu_mul_tensor(xf.contiguous());
+  torch::Tensor y = linear_tiled(xf, bits, w, scale, mins, n, kp, group, xscale, bias, unit_rms_floor);
+  flint_rows::add_residual(y, residual);
+  return py::cast(y);
 }
 
 }  // namespace flint_tiled

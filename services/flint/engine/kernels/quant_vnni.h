@@ -14,7 +14,9 @@ torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Te
 struct TiledLinear {
   TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10::optional<torch::Tensor> mins, int64_t n,
               int64_t kp, int64_t group, c10::optional<torch::Tensor> xscale, c10::optional<torch::Tensor> bias);
-  py::object call(const torch::Tensor& x, double unit_rms_floor) const;
+  // residual: y += residual; silu: x is a gate_up [M, 2K], multiplied as silu(gate) * up (the MLP's down)
+  py::object call(const torch::Tensor& x, double unit_rms_floor, const c10::optional<torch::Tensor>& residual,
+                  bool silu) const;
   int64_t bits, n, kp, group;
   torch::Tensor w, scale;
   c10::optional<torch::Tensor> mins, xscale, bias;

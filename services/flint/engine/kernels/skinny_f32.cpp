@@ -10,6 +10,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "rowops.h"
+
 #include <cmath>
 #include <vector>
 
@@ -43,8 +45,9 @@ inline float dot(const float* a, const float* b, int64_t k) {
 
 }  // namespace
 
-torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias,
-                         double unit_rms_floor) {
+torch::Tensor linear_f32(const torch::Tensor& x_in, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias,
+                         double unit_rms_floor, const c10::optional<torch::Tensor>& residual, bool silu) {
+  const torch::Tensor x = silu ? flint_rows::silu_mul_tensor(x_in) : x_in;
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear_f32: x [M, K] and w [N, K] expected");
   TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "linear_f32: float32 only");
   TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "linear_f32: contiguous x and w expected");
@@ -70,14 +73,22 @@ torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, const c
       for (int64_t r = 0; r < m; ++r) yp[r * n + j] = dot(wr, xp + r * k, k) * row_scale[r] + b;
     }
   });
+  flint_rows::add_residual(y, residual);
   return y;
 }
 
 // x [T, d] / hypot(|x|, floor) per row: RMSNorm with its weight and sqrt(d) folded into the next Linear
 // (model/llama.py). One call instead of vector_norm, hypot and div.
-torch::Tensor unit_rms_f32(const torch::Tensor& x, double floor) {
+// With `weight` [d], times weight too: the final RMSNorm (weight * sqrt(d) given) in one call.
+torch::Tensor unit_rms_f32(const torch::Tensor& x, double floor, const c10::optional<torch::Tensor>& weight) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "unit_rms_f32: contiguous [T, d]");
   const int64_t t = x.size(0), d = x.size(1);
+  const float* wp = nullptr;
+  if (weight.has_value()) {
+    TORCH_CHECK(weight->scalar_type() == at::kFloat && weight->is_contiguous() && weight->numel() == d,
+                "unit_rms_f32: weight must be contiguous float32 [d]");
+    wp = weight->data_ptr<float>();
+  }
   auto y = torch::empty_like(x);
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -85,9 +96,30 @@ torch::Tensor unit_rms_f32(const torch::Tensor& x, double floor) {
   for (int64_t r = 0; r < t; ++r) {
     const float* xr = xp + r * d;
     const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dot(xr, xr, d)) + floor2));
-    for (int64_t i = 0; i < d; ++i) yp[r * d + i] = xr[i] * inv;
+    if (wp) for (int64_t i = 0; i < d; ++i) yp[r * d + i] = xr[i] * inv * wp[i];
+    else for (int64_t i = 0; i < d; ++i) yp[r * d + i] = xr[i] * inv;
   }
   return y;
+}
+
+// The index of each row's largest value (the first of equal ones, as torch.argmax; rows with NaN: unspecified,
+// the build assumes finite math), float32 [N, V] -> int64 [N]: greedy decoding's choice, ~15 us less per step than torch.argmax over a 16,000-token vocabulary.
+torch::Tensor argmax_rows(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.size(1) > 0,
+              "argmax_rows: contiguous float32 [N, V] with V > 0");
+  const int64_t rows = x.size(0), v = x.size(1);
+  auto out = torch::empty({rows}, x.options().dtype(at::kLong));
+  const float* xp = x.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = xp + r * v;
+    float best = xr[0];
+    int64_t at = 0;
+    for (int64_t i = 1; i < v; ++i)
+      if (xr[i] > best) { best = xr[i]; at = i; }
+    op[r] = at;
+  }
+  return out;
 }
 
 // gate_up [T, 2I] -> silu(gate) * up [T, I]: one call instead of chunk, silu and mul.
@@ -108,7 +140,11 @@ torch::Tensor silu_mul_f32(const torch::Tensor& gate_up) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_f32", &linear_f32, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("unit_rms_floor") = -1.0,
-        "y = x @ w^T + bias for a few float32 rows (x / hypot(|x|, floor) with floor >= 0)");
-  m.def("unit_rms_f32", &unit_rms_f32, "x / hypot(|x|, floor) per row");
+        py::arg("residual") = py::none(), py::arg("silu") = false,
+        "y = x @ w^T + bias (+ residual) for a few float32 rows (x / hypot(|x|, floor) with floor >= 0; "
+        "silu(gate) * up of a [M, 2K] x with silu)");
+  m.def("unit_rms_f32", &unit_rms_f32, py::arg("x"), py::arg("floor"), py::arg("weight") = py::none(),
+        "x / hypot(|x|, floor) per row (times weight if given)");
+  m.def("argmax_rows", &argmax_rows, "index of each row's largest value, int64 [N]");
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up from [T, 2I]");
 }

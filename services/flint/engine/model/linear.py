@@ -4,7 +4,10 @@ Decode (one row per sequence) and speculative verification (k + 1 rows) multiply
 by every weight matrix; torch's F.linear (MKL on CPU) reaches about half of what the CPU can read
 there. `flint/engine/kernels/skinny_f32.cpp` reads each weight row once for up to `MAX_ROWS` rows.
 `unit_rms` (3 torch ops) and `silu_mul` (3) are one call each there, and `rms_linear` folds unit_rms
-into the Linear that follows it (one call for norm + qkv, one for norm + gate_up). Everything else (more rows:
+into the Linear that follows it (one call for norm + qkv, one for norm + gate_up); `linear_add` and
+`silu_linear_add` fold the residual adds (and the MLP's silu_mul) into o_proj and down, so a decode layer
+is four Linear calls and one attention call. `rms_norm` (the final norm) and `argmax_rows` (greedy
+choice) are one native call each too. Everything else (more rows:
 prefill; other dtypes and devices; inside torch.compile) runs the plain torch ops.
 The kernel is built on first use and cached per machine (`flint.engine.kernels`); without a C++
 compiler the model runs F.linear and says so once in the log. `FLINT_NATIVE_LINEAR=0` turns it off
@@ -62,9 +65,15 @@ class Linear(nn.Linear):
 
     def forward_unit_rms(self, x: torch.Tensor, floor_value: float) -> torch.Tensor | None:
         """self(unit_rms(x)) in one kernel call, or None where the kernel does not take x."""
+        return self.forward_fused(x, floor_value)
+
+    def forward_fused(self, x: torch.Tensor, floor_value: float = -1.0, residual: torch.Tensor | None = None,
+                      silu: bool = False) -> torch.Tensor | None:
+        """residual + self(f(x)) in one kernel call, f being unit_rms (floor_value >= 0) or silu_mul (silu, x the
+        [T, 2I] gate_up), or None where the kernel does not take x."""
         kernel = _few_rows(x)
         if kernel is not None and self.weight.dtype == torch.float32:
-            return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias, floor_value)
+            return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias, floor_value, residual, silu)
         return None
 
 
@@ -74,6 +83,39 @@ def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_va
     fused = getattr(linear, "forward_unit_rms", None)
     y = fused(x, floor_value) if fused is not None else None
     return y if y is not None else linear(unit_rms(x, floor, floor_value))
+
+
+def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + linear(x): one call where the Linear's kernel takes x (the residual add after o_proj)."""
+    fused = getattr(linear, "forward_fused", None)
+    y = fused(x, -1.0, residual) if fused is not None else None
+    return y if y is not None else residual + linear(x)
+
+
+def silu_linear_add(linear: nn.Module, gate_up: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + linear(silu_mul(gate_up)): one call where the Linear's kernel takes it (the MLP's down)."""
+    fused = getattr(linear, "forward_fused", None)
+    y = fused(gate_up, -1.0, residual, True) if fused is not None else None
+    return y if y is not None else residual + linear(silu_mul(gate_up))
+
+
+def rms_norm(x: torch.Tensor, weight_times_sqrt_d: torch.Tensor, weight: torch.Tensor, eps: float,
+             floor_value: float) -> torch.Tensor:
+    """RMSNorm of x [T, d]: one native call for a few float32 rows (given weight * sqrt(d) and the floor
+    sqrt(d * eps)), else F.rms_norm (whose CPU kernel cost ~40 us for one row of 512 in a decode step)."""
+    kernel = _few_rows(x)
+    if kernel is not None and weight_times_sqrt_d.dtype == torch.float32:
+        return kernel.unit_rms_f32(x.contiguous(), floor_value, weight_times_sqrt_d)
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits [N, V] -> int64 [N], the first index of each row's maximum (greedy decoding)."""
+    kernel = _kernel() if (logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu"
+                           and logits.shape[-1] > 0) else None
+    if kernel is not None:
+        return kernel.argmax_rows(logits.contiguous())
+    return logits.argmax(dim=-1)
 
 
 def unit_rms(x: torch.Tensor, floor: torch.Tensor, floor_value: float) -> torch.Tensor:

@@ -35,12 +35,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flint.engine.model.attention import AttentionBackend
 from flint.engine.model.config import ModelConfig
-from flint.engine.model.linear import Linear, native_available, rms_linear, silu_mul
+from flint.engine.model.linear import (Linear, linear_add, native_available, rms_linear, rms_norm,
+                                       silu_linear_add, silu_mul)
 from flint.engine.model.rope import Rotary, apply_rotary
 from flint.engine.model.shard import AllReduce, ShardSpec
 from flint.errors import InvalidArgument
@@ -84,17 +84,19 @@ class DecoderLayer(nn.Module):
             q, k = qk[:, :h], qk[:, h:]
             v = qkv[:, (h + kv) * hd :].view(t, kv, hd)         # [T, KV, D]
             o = attn(layer_idx, q, k, v)                        # [T, H, D]
-        o = self.o_proj(o.reshape(t, h * hd))                   # [T, d] (partial sum under TP)
-        if all_reduce is not None:
-            o = all_reduce(o)
-        if self.o_bias is not None:
-            o = o + self.o_bias
-        x = x + o
+        if all_reduce is None and self.o_bias is None:
+            x = linear_add(self.o_proj, o.reshape(t, h * hd), x)   # x + o_proj(o), one call on the native kernels
+        else:
+            o = self.o_proj(o.reshape(t, h * hd))               # [T, d] (partial sum under TP)
+            if all_reduce is not None:
+                o = all_reduce(o)
+            if self.o_bias is not None:
+                o = o + self.o_bias
+            x = x + o
         gate_up = rms_linear(self.gate_up, x, self.floor, self.floor_value)  # [T, 2I] (post norm folded in)
-        m = self.down(silu_mul(gate_up))                        # [T, d] (partial sum under TP)
-        if all_reduce is not None:
-            m = all_reduce(m)
-        return x + m
+        if all_reduce is None:
+            return silu_linear_add(self.down, gate_up, x)       # x + down(silu_mul(gate_up))
+        return x + all_reduce(self.down(silu_mul(gate_up)))     # down's partial sums reduced first under TP
 
 
 class CausalLM(nn.Module):
@@ -125,6 +127,7 @@ class CausalLM(nn.Module):
         self.norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if self.is_last else None
         self.lm_head = Linear(d, config.vocab_size, bias=False, **kw) if self.is_last else None
         self.rotary = Rotary(config, self.device, dtype)
+        self._norm_scaled: torch.Tensor | None = None           # final norm weight * sqrt(d), made on first use
         self.requires_grad_(False)
 
     @property
@@ -138,6 +141,7 @@ class CausalLM(nn.Module):
         if missing or unexpected:
             raise InvalidArgument(f"weights do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         self.load_state_dict(tensors, assign=True, strict=True)
+        self._norm_scaled = None
         if self.lm_head is not None and self.embed is not None and self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         self.requires_grad_(False)
@@ -171,7 +175,10 @@ class CausalLM(nn.Module):
         """The last stage's final RMSNorm of the residual stream x [T, d]; identity on other stages."""
         if self.norm is None:
             return x
-        return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
+        if self._norm_scaled is None:                           # weight * sqrt(d) for the native kernel
+            self._norm_scaled = (self.norm * math.sqrt(self.config.hidden_size)).contiguous()
+        return rms_norm(x, self._norm_scaled, self.norm, self.config.rms_norm_eps,
+                        math.sqrt(self.config.hidden_size * self.config.rms_norm_eps))
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

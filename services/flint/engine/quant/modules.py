@@ -100,8 +100,14 @@ class QuantLinear(nn.Module):
     def forward_unit_rms(self, x: torch.Tensor, floor_value: float) -> torch.Tensor | None:
         """self(unit_rms(x)) in one kernel call (the norm only scales each row's activation scales), or None
         where the tiled kernel does not take x (then the caller runs the two ops)."""
+        return self.forward_fused(x, floor_value)
+
+    def forward_fused(self, x: torch.Tensor, floor_value: float = -1.0, residual: torch.Tensor | None = None,
+                      silu: bool = False) -> torch.Tensor | None:
+        """residual + self(f(x)) in one tiled-kernel call, f being unit_rms (floor_value >= 0) or silu_mul (silu,
+        x the [T, 2I] gate_up); None where the tiled kernel does not take x (the caller runs the ops)."""
         if self._op is not None and x.dim() == 2 and x.dtype == torch.float32:
-            return self._op(x, floor_value)
+            return self._op(x, floor_value, residual, silu)
         return None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
