@@ -150,6 +150,7 @@ class RequestOwner:
         self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
         self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
+        self._opened: tuple | None = None  # (stub, call): the first engine call, opened by `start()`
         # The request's registration in Redis (a coroutine: `Store.claim_request`), run beside the opening of
         # the engine call; nothing is delivered, journaled or recorded before it succeeded. None: registered.
         self._claim_work = claim
@@ -161,6 +162,9 @@ class RequestOwner:
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
+        # The engine call first: its round trip is the longest, and the claim's Redis write and the task's
+        # first step then overlap it instead of preceding it.
+        self._opened = self._open_call()
         if self._claim_work is None:
             self._local.add(self)
         else:  # join `LocalRequests` only once the id is ours: a refused claim must not shadow its holder
@@ -272,6 +276,9 @@ class RequestOwner:
             except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
                 log.warning("could not record the end of request %s: %s", self.request_id, exc)
             finally:
+                if self._opened is not None:   # stopped before `_generate` took the call over
+                    self._opened[1].cancel()
+                    self._opened = None
                 if self._held is not None:
                     self._held.drop()
                 self._left = True
@@ -292,9 +299,7 @@ class RequestOwner:
         tried: set[str] = set()
         liveness = self._pool.liveness
         while True:
-            stub = self._pool.stub(self._replica)
-            call = stub.Generate(self.engine_request, metadata=self._metadata, timeout=engine_call_timeout_s(
-                liveness, self.engine_request.sampling.max_time_ms))
+            (stub, call), self._opened = self._opened or self._open_call(), None
             watch = EngineWatch(liveness, self._prober(stub),
                                 f"{self._replica.replica_id} at {self._replica.address}")
             watch.start(call)
@@ -324,6 +329,11 @@ class RequestOwner:
             finally:
                 call.cancel()
                 await watch.stop()
+
+    def _open_call(self) -> tuple:
+        stub = self._pool.stub(self._replica)
+        return stub, stub.Generate(self.engine_request, metadata=self._metadata, timeout=engine_call_timeout_s(
+            self._pool.liveness, self.engine_request.sampling.max_time_ms))
 
     async def _claimed_or_stop(self) -> None:
         if not await self._claim_ok():
@@ -440,8 +450,9 @@ class RequestOwner:
 
     # ------------------------------------------------------------ delivery
     def _emit(self, event: ev.Event, *, deliver: bool = True, journal: bool = True) -> None:
-        """Queue the event for the journal and hand it to the edge, with no await in between (so last_seq is
-        the seq of the last delta the client has). The journal follows in batches."""
+        """Hand the event to the edge and queue it for the journal, with no await in between (so last_seq is
+        the seq of the last delta the client has). The edge first: the journal's batch (a Redis write) then
+        starts after the edge's writer has been woken, not before it. The journal follows in batches."""
         if isinstance(event, ev.Delta):
             self.last_seq = event.seq
             self._tokens += event.token_count
@@ -449,7 +460,7 @@ class RequestOwner:
             if self._ended:
                 return
             self._ended = True
-        if journal and self._journal is not None:
-            self._journal.write(event)
         if deliver:
             self._sink(event)
+        if journal and self._journal is not None:
+            self._journal.write(event)

@@ -155,13 +155,13 @@ class RequestObserver:
         self._first = True
 
     def observing(self, sink):
-        """`sink` that also passes each event through this observer first."""
+        """`sink` that also passes each event through this observer (after the sink: the client first)."""
         def observed(event) -> None:
+            sink(event)
             try:
                 self.on_event(event)
             except Exception:   # noqa: BLE001 - a metrics bug must never break a request
                 log.debug("request metrics failed", exc_info=True)
-            sink(event)
 
         return observed
 
