@@ -229,6 +229,17 @@ class Cluster:
             await engine.stop()
 
 
+def open_session(stub):
+    """A Session call fed from a queue: (call, queue); put ClientMessages in, None to half-close."""
+    outgoing: asyncio.Queue = asyncio.Queue()
+
+    async def requests():
+        while (message := await outgoing.get()) is not None:
+            yield message
+
+    return stub.Session(requests()), outgoing
+
+
 async def eventually(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
     """Wait until `predicate()` (sync or async) is true; fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

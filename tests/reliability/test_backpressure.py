@@ -9,7 +9,7 @@ import asyncio
 
 import grpc
 
-from rel_support import eventually
+from rel_support import eventually, open_session
 from flint.v1 import flint_pb2 as pb
 from flint.v1 import flint_pb2_grpc
 
@@ -89,13 +89,7 @@ async def test_a_session_stream_that_is_never_read_ends_each_request_resource_ex
                                                           "max_buffered_bytes_per_worker": WORKER_CAP})
     budget = worker.servicer.buffers
     async with grpc.aio.insecure_channel(worker.address, options=SMALL_WINDOW) as channel:
-        outgoing: asyncio.Queue = asyncio.Queue()
-
-        async def requests():
-            while (message := await outgoing.get()) is not None:
-                yield message
-
-        call = flint_pb2_grpc.FlintStub(channel).Session(requests())
+        call, outgoing = open_session(flint_pb2_grpc.FlintStub(channel))
         for i in range(2):
             outgoing.put_nowait(pb.ClientMessage(complete=pb.CompleteRequest(
                 request_id=f"sess-{i}", prefix="sess", sampling=pb.Sampling(max_tokens=6000))))
