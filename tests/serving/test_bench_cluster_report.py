@@ -40,3 +40,16 @@ def test_a_frozen_replica_never_detected_or_too_few_interrupts_miss_their_budget
     b = budgets(result(detect_s=[1.0], outcomes=["ended with no error"], late=1))
     assert not b["frozen_replica_detect_s"]["met"], "a stream that ended without UNAVAILABLE was not detected"
     assert not b["cross_worker_interrupt_p99_ms"]["met"], "a delta after the acknowledgement"
+
+
+def test_the_bare_proxy_floor_is_reported_beside_the_added_ttft(tmp_path):
+    r = result(detect_s=[2.0], outcomes=["UNAVAILABLE"])
+    r["relay_overhead"].update({"ttft_bare_grpc_proxy_ms": {"p50": 1.8},
+                                "bare_grpc_proxy_added_ttft_ms": {"p50": 0.3, "p90": 0.4, "p99": 0.6, "n": 200},
+                                "flint_over_bare_proxy_ms": {"p50": 0.2, "p90": 0.3, "p99": 0.5, "n": 200}})
+    r["budgets"] = budgets(r)
+    assert "bare grpc.aio proxy) add p50 0.3 ms; flint's own share p50 0.2 ms" in (
+        r["budgets"]["relay_added_ttft_p50_ms"]["note"])
+    write_markdown(tmp_path / "d.md", r)
+    text = (tmp_path / "d.md").read_text()
+    assert "added p50 0.3 ms, p99 0.6 ms over the direct call; the worker added p50 0.2 ms, p99 0.5 ms" in text

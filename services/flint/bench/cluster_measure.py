@@ -7,7 +7,9 @@
   worker B, time until A's stream ends;
 - relay overhead: first-token time through a front-end worker minus the same
   request sent straight to the engine replica's internal gRPC, sample by
-  sample (the two alternate, so load swings hit both alike);
+  sample (they alternate, so load swings hit both alike), and the same through
+  a bare grpc.aio proxy with no flint code (flint.bench.bare_proxy): the floor
+  that two Python gRPC hops put under any front-end;
 - relay throughput: `flint.bench.relay.throughput` (a stand-in engine, so the
   engine's own speed does not cap what is measured);
 - frozen replica: a replica in its own process is SIGSTOPped mid-stream;
@@ -131,26 +133,40 @@ async def interrupt_latency(worker_a: str, worker_b: str, *, samples: int) -> di
     return {"to_stream_end_ms": summary_ms(lat), "deltas_after_ack": late_deltas, "samples_stuck": stuck}
 
 
-async def relay_overhead(worker: str, replica: str, *, samples: int) -> dict:
+async def relay_overhead(worker: str, replica: str, *, samples: int, bare_proxy: str = "") -> dict:
+    """TTFT via the worker, straight to the replica, and (with `bare_proxy`, flint.bench.bare_proxy) via a
+    grpc.aio proxy with no flint code, alternating sample by sample; the added figures are per-sample
+    differences from the direct call."""
+    from flint.bench import bare_proxy as bare
     from flint.internal.v1 import engine_pb2
     from flint.security.internal import EngineClient, resolve_token
     from flint.v1 import flint_pb2 as pb
     from flint.v1 import flint_pb2_grpc
 
-    via, direct = [], []
-    async with grpc.aio.insecure_channel(worker) as cw, grpc.aio.insecure_channel(replica) as cr:
-        front, engine = flint_pb2_grpc.FlintStub(cw), EngineClient(cr, resolve_token())
+    via, direct, proxied = [], [], []
+    async with grpc.aio.insecure_channel(worker) as cw, grpc.aio.insecure_channel(replica) as cr, \
+            grpc.aio.insecure_channel(bare_proxy or replica) as cp:
+        front, engine, proxy = flint_pb2_grpc.FlintStub(cw), EngineClient(cr, resolve_token()), bare.stub(cp)
         for i in range(samples):
-            # Distinct prompts, and the direct call in a prefix-cache namespace of its own: neither call gets
-            # prefill help from the other (the front-end's calls carry the tenant's namespace, "" here).
+            # Distinct prompts, and the direct and proxied calls in prefix-cache namespaces of their own: no call
+            # gets prefill help from another (the front-end's calls carry the tenant's namespace, "" here).
             prefix = f"def f_{i}(x):\n    return x + {i}\n"
             via.append(await _first_output_s(front.Complete(pb.CompleteRequest(
                 prefix=prefix, sampling=pb.Sampling(max_tokens=1)))))
             direct.append(await _first_output_s(engine.Generate(engine_pb2.GenerateRequest(
                 request_id=f"bench-direct-{i}-{time.time_ns()}", prefix=prefix, cache_namespace="bench-direct",
                 sampling=engine_pb2.SamplingParams(max_tokens=1)))))
-    return {"ttft_via_frontend_ms": summary_ms(via), "ttft_direct_ms": summary_ms(direct),
-            "added_ttft_ms": summary_ms([v - d for v, d in zip(via, direct)])}
+            if bare_proxy:
+                proxied.append(await _first_output_s(proxy(engine_pb2.GenerateRequest(
+                    request_id=f"bench-bare-{i}-{time.time_ns()}", prefix=prefix, cache_namespace="bench-bare",
+                    sampling=engine_pb2.SamplingParams(max_tokens=1)))))
+    out = {"ttft_via_frontend_ms": summary_ms(via), "ttft_direct_ms": summary_ms(direct),
+           "added_ttft_ms": summary_ms([v - d for v, d in zip(via, direct)])}
+    if proxied:
+        out["ttft_bare_grpc_proxy_ms"] = summary_ms(proxied)
+        out["bare_grpc_proxy_added_ttft_ms"] = summary_ms([p - d for p, d in zip(proxied, direct)])
+        out["flint_over_bare_proxy_ms"] = summary_ms([v - p for v, p in zip(via, proxied)])
+    return out
 
 
 async def _first_output_s(call) -> float:

@@ -11,7 +11,8 @@ from /proc), next to the wall-clock rate.
 - throughput: N streams of long requests, as fast as the stand-in emits;
   engine deltas/s, client messages/s, worker CPU us per delta (journal off
   and on);
-- ttft: one-token requests via the worker vs straight to the replica;
+- ttft: one-token requests via the worker vs straight to the replica, and
+  through a bare grpc.aio proxy with no flint code (the floor of two hops);
 - interrupt: a paced stream on worker A, Interrupt sent to worker B, time
   to A's stream end, and deltas with seq > the acknowledged last seq.
 
@@ -152,28 +153,37 @@ async def throughput(worker: str, pid: int, *, streams: int, seconds: float, tok
             "worker_cpu_fraction": round(cpu / elapsed, 2), "streams": streams, "seconds": round(elapsed, 2)}
 
 
-async def ttft(worker: str, replica: str, *, samples: int) -> dict:
+async def ttft(worker: str, replica: str, *, samples: int, bare_proxy: str = "") -> dict:
+    """One-token requests via the worker, straight to the replica and (with `bare_proxy`) through a grpc.aio
+    proxy with no flint code (flint.bench.bare_proxy), alternating."""
+    from flint.bench import bare_proxy as bare
     from flint.internal.v1 import engine_pb2
     from flint.security.internal import EngineClient, resolve_token
     from flint.v1 import flint_pb2 as pb
     from flint.v1 import flint_pb2_grpc
 
-    via, direct = [], []
-    async with grpc.aio.insecure_channel(worker) as cw, grpc.aio.insecure_channel(replica) as cr:
-        front, engine = flint_pb2_grpc.FlintStub(cw), EngineClient(cr, resolve_token())
+    via, direct, proxied = [], [], []
+    async with grpc.aio.insecure_channel(worker) as cw, grpc.aio.insecure_channel(replica) as cr, \
+            grpc.aio.insecure_channel(bare_proxy or replica) as cp:
+        front, engine, proxy = flint_pb2_grpc.FlintStub(cw), EngineClient(cr, resolve_token()), bare.stub(cp)
         for i in range(samples):   # alternate, so load swings hit both sides alike
             t0 = time.perf_counter()
             async for m in front.Complete(pb.CompleteRequest(prefix="x", sampling=pb.Sampling(max_tokens=1))):
                 if m.WhichOneof("kind") == "delta":
                     via.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            async for e in engine.Generate(engine_pb2.GenerateRequest(
-                    request_id=f"bench-direct-{i}-{time.time_ns()}", prefix="x",
-                    sampling=engine_pb2.SamplingParams(max_tokens=1))):
-                if e.WhichOneof("kind") == "delta":
-                    direct.append(time.perf_counter() - t0)
-    return {"via_frontend_ms": _ms(via), "direct_ms": _ms(direct),
-            "added_p50_ms": round((statistics.median(via) - statistics.median(direct)) * 1e3, 3)}
+            for call, out in [(engine.Generate, direct), *([(proxy, proxied)] if bare_proxy else [])]:
+                t0 = time.perf_counter()
+                async for e in call(engine_pb2.GenerateRequest(request_id=f"bench-direct-{i}-{time.time_ns()}",
+                                                               prefix="x", sampling=engine_pb2.SamplingParams(
+                                                                   max_tokens=1))):
+                    if e.WhichOneof("kind") == "delta":
+                        out.append(time.perf_counter() - t0)
+    out = {"via_frontend_ms": _ms(via), "direct_ms": _ms(direct),
+           "added_p50_ms": round((statistics.median(via) - statistics.median(direct)) * 1e3, 3)}
+    if proxied:
+        out["bare_grpc_proxy_ms"] = _ms(proxied)
+        out["bare_grpc_proxy_added_p50_ms"] = round((statistics.median(proxied) - statistics.median(direct)) * 1e3, 3)
+    return out
 
 
 async def interrupt(worker_a: str, worker_b: str, *, samples: int) -> dict:
@@ -203,6 +213,7 @@ async def interrupt(worker_a: str, worker_b: str, *, samples: int) -> dict:
 async def relay_bench(*, streams: int = 8, seconds: float = 5.0, tokens: int = 2000, ttft_samples: int = 200,
                       interrupts: int = 100, interval_ms: float = 1.0) -> dict:
     """All figures in one run: embedded Valkey, two stand-in replicas in this process, worker processes."""
+    from flint.bench import bare_proxy
     from flint.config import ReplicaConfig
     from flint.replica.server import ReplicaServer
     from flint.valkey import EmbeddedValkey
@@ -220,6 +231,8 @@ async def relay_bench(*, streams: int = 8, seconds: float = 5.0, tokens: int = 2
         for r in (flat, paced):
             await r.start()
             replicas.append(r)
+        proxy_proc, proxy = bare_proxy.start(flat.address)   # the floor: the same two hops, no flint code
+        procs.append(proxy_proc)
         out = {"load_average": os.getloadavg(), "cores": os.cpu_count()}
         for journal in (False, True):
             proc, addr = start_worker(redis_url, f"relay-{journal}", "relay-flat", journal=journal)
@@ -229,7 +242,7 @@ async def relay_bench(*, streams: int = 8, seconds: float = 5.0, tokens: int = 2
             out[f"throughput_{key}"] = await throughput(addr, proc.pid, streams=streams, seconds=seconds,
                                                         tokens=tokens)
             say(f"ttft, {key}: {out[f'throughput_{key}']}")
-            out[f"ttft_{key}"] = await ttft(addr, flat.address, samples=ttft_samples)
+            out[f"ttft_{key}"] = await ttft(addr, flat.address, samples=ttft_samples, bare_proxy=proxy)
         addrs = []
         for w in ("relay-a", "relay-b"):
             proc, addr = start_worker(redis_url, w, "relay-paced", journal=True)
