@@ -65,10 +65,15 @@ class JournalConfig:
     write_timeout_ms: float = 500.0    # an append slower than this is dropped (the stream keeps going)
     worker_ttl_s: float = 3.0          # a worker that misses heartbeats this long is dead: its requests move
     poll_interval_ms: float = 200.0    # a resume re-checks the owner's liveness this often while tailing
+    # A request's first batch (its journal's start and Accepted) waits up to this long for the first delta to
+    # join it, so its Redis write follows the first token to the client instead of preceding it; 0 = at once.
+    start_delay_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_deltas, int) or self.max_deltas < 16:
             raise InvalidArgument(f"journal.max_deltas must be an integer >= 16, got {self.max_deltas!r}")
+        if not isinstance(self.start_delay_ms, (int, float)) or not 0 <= self.start_delay_ms <= 1000:
+            raise InvalidArgument(f"journal.start_delay_ms must be between 0 and 1000, got {self.start_delay_ms!r}")
         for name in ("ttl_s", "write_timeout_ms", "worker_ttl_s", "poll_interval_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
@@ -108,6 +113,7 @@ class Journal:
         self._pending: list[tuple[str, dict | tuple]] = []  # entries (or journal starts) of the next batch
         self._batch: asyncio.Future | None = None       # resolved when the next batch is in Redis
         self._flusher: asyncio.Task | None = None
+        self._delayed: asyncio.TimerHandle | None = None   # a first batch waiting for its request's first delta
         self.incomplete: set[str] = set()   # requests whose journal lost an append (this process)
         self.dropped_appends = 0
 
@@ -146,9 +152,10 @@ class Journal:
             await pipe.execute()
 
     def write(self, request_id: str, message: bytes, *, seq: int = 0, chars: int = 0,
-              terminal: bool = False) -> asyncio.Future | None:
+              terminal: bool = False, delay: bool = False) -> asyncio.Future | None:
         """Queue one message for the next batch, without waiting. Returns the batch's future (True once the
-        batch is in Redis, False if it failed), or None if the entry was dropped."""
+        batch is in Redis, False if it failed), or None if the entry was dropped. `delay`: the batch may wait
+        `start_delay_ms` for another entry (a request's first delta) before it goes."""
         if request_id in self.incomplete:
             return None
         if len(self._pending) >= MAX_PENDING_ENTRIES:  # Redis stalled: bound this worker's memory
@@ -157,27 +164,48 @@ class Journal:
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
         self._pending.append((request_id, {"m": message, "s": seq, "c": chars, "t": int(terminal)}))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
+        self._kick(delay)
         return self._batch
 
     def write_begin(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]]) -> None:
-        """Queue a request's journal start (see `begin_writes`) ahead of its first entry, in the same batch."""
+        """Queue a request's journal start (see `begin_writes`) ahead of its first entry, in the same batch
+        (which it does not start: that entry does)."""
         self.incomplete.discard(request_id)
-        self._queue_writes(request_id, deletes, writes)
+        self._queue_writes(request_id, deletes, writes, kick=False)
 
     def write_after(self, request_id: str, writes: list[tuple[str, bytes, int]]) -> asyncio.Future:
         """Queue `writes` ((key, value, ttl_ms) each) behind the request's entries queued so far, in the same
         pipeline when they share a batch (it runs in order); returns the batch's future, like `write`."""
         return self._queue_writes(request_id, [], writes)
 
-    def _queue_writes(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]]):
+    def _queue_writes(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]], *,
+                      kick: bool = True):
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
         self._pending.append((request_id, (deletes, writes)))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
+        if kick:
+            self._kick()
         return self._batch
+
+    def _kick(self, delay: bool = False) -> None:
+        """Start a flush of what is pending, unless one runs (it takes the rest in its next round); with
+        `delay`, in `start_delay_ms` unless something else starts it first."""
+        if self._flusher is not None and not self._flusher.done():
+            return
+        if delay and self.config.start_delay_ms:
+            if self._delayed is None:
+                self._delayed = asyncio.get_running_loop().call_later(self.config.start_delay_ms / 1000.0,
+                                                                      self._delay_over)
+            return
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
+        if self._pending:
+            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
+
+    def _delay_over(self) -> None:
+        self._delayed = None
+        self._kick()
 
     async def settle(self, request_id: str, batch: asyncio.Future | None) -> bool:
         """Wait (at most write_timeout_ms) until the batch holding a request's last entry is in Redis; True if
@@ -244,6 +272,7 @@ class Journal:
             await self.redis.set(self.gap_key(request_id), b"1", px=self._ttl_ms)
 
     async def close(self) -> None:
+        self._kick()   # a delayed first batch goes now
         if self._flusher is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flusher, self.config.write_timeout_ms / 1000.0)
@@ -342,8 +371,10 @@ class RequestJournal:
         if isinstance(event, ev.Delta):
             seq = event.seq
             self.chars += len(event.text)
+        # An Accepted waits (briefly) for the first delta: the batch then follows that delta to the client.
         batch = self._journal.write(self.request_id, to_message(event).SerializeToString(), seq=seq,
-                                    chars=self.chars, terminal=ev.is_terminal(event))
+                                    chars=self.chars, terminal=ev.is_terminal(event),
+                                    delay=isinstance(event, ev.Accepted))
         if batch is not None:
             self._last = batch
 

@@ -1,0 +1,81 @@
+"""The journal's batches against real Redis (Valkey): a request's first batch waits for its first delta.
+
+Why: the first batch (the journal's start and the Accepted) used to be written while the first token was
+on its way from the engine, a Redis write on the event loop between the two. Now it waits up to
+`start_delay_ms` for the first delta (or anything else that starts a batch) and goes with it.
+"""
+
+import asyncio
+import secrets
+
+import pytest
+import redis.asyncio as aioredis
+
+from flint.errors import InvalidArgument
+from flint.frontend import events as ev
+from flint.frontend.journal import Journal, JournalConfig, RequestJournal
+
+
+@pytest.fixture
+async def redis(valkey_url):
+    client = aioredis.Redis.from_url(valkey_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def journal_of(redis, start_delay_ms: float) -> tuple[Journal, RequestJournal]:
+    journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=start_delay_ms))
+    begin = journal.begin_writes("r-1", b"request", model="m")
+    return journal, RequestJournal(journal, "r-1", begin=begin)
+
+
+async def kinds(journal: Journal) -> list[str]:
+    from flint.frontend.render import from_message
+    from flint.v1 import flint_pb2 as pb
+
+    return [type(from_message(pb.ServerMessage.FromString(e.message))).__name__ for e in await journal.read("r-1")]
+
+
+async def test_the_accepted_waits_for_the_first_delta_and_goes_in_its_batch(redis):
+    journal, request = journal_of(redis, start_delay_ms=1000)   # far longer than the steps below
+    request.write(ev.Accepted("r-1", 3))
+    await asyncio.sleep(0.2)
+    assert await kinds(journal) == [] and await journal.meta("r-1") is None   # nothing written yet
+    request.write(ev.Delta("r-1", 1, "a", 1))
+    assert await request.settle()            # the delta started the batch: both are in Redis now
+    assert await kinds(journal) == ["Accepted", "Delta"]
+    assert (await journal.meta("r-1")).model == "m"
+    await journal.close()
+
+
+async def test_an_accepted_with_no_delta_is_written_after_the_delay(redis):
+    journal, request = journal_of(redis, start_delay_ms=100)   # a long prefill: no delta comes
+    request.write(ev.Accepted("r-1", 3))
+    async with asyncio.timeout(10):
+        while await kinds(journal) != ["Accepted"]:
+            await asyncio.sleep(0.02)
+    request.write(ev.Delta("r-1", 1, "a", 1))   # later entries start their batches at once again
+    assert await request.settle() and await kinds(journal) == ["Accepted", "Delta"]
+    await journal.close()
+
+
+async def test_closing_the_journal_writes_a_waiting_first_batch(redis):
+    journal, request = journal_of(redis, start_delay_ms=1000)
+    request.write(ev.Accepted("r-1", 3))
+    await journal.close()
+    assert await kinds(journal) == ["Accepted"]
+
+
+async def test_no_delay_writes_the_accepted_at_once(redis):
+    journal, request = journal_of(redis, start_delay_ms=0)
+    request.write(ev.Accepted("r-1", 3))
+    assert await request.settle() and await kinds(journal) == ["Accepted"]
+    await journal.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 1001, "5"])
+def test_start_delay_out_of_range_is_refused_with_its_name(bad):
+    with pytest.raises(InvalidArgument, match="journal.start_delay_ms"):
+        JournalConfig(start_delay_ms=bad)
