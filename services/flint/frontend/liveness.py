@@ -117,7 +117,10 @@ def engine_call_timeout_s(cfg: LivenessConfig, max_time_ms: int) -> float:
 
 class EngineWatch:
     """Watches one `Generate` call: `heard()` on every event; after `stall_s` of silence `probe()` must answer
-    within `probe_timeout_s`, else the call is cancelled and `failure` says why."""
+    within `probe_timeout_s`, else the call is cancelled and `failure` says why.
+
+    A timer, not a task: a call that keeps talking costs no task and no wake-up of its own; a probe task
+    runs only once the call has been silent for `stall_s`."""
 
     def __init__(self, cfg: LivenessConfig, probe: Callable[[float], Awaitable[None]], where: str):
         self._stall_s = cfg.engine_stall_s
@@ -126,6 +129,8 @@ class EngineWatch:
         self._where = where              # for the log only: clients never see replica addresses
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
+        self._call = None
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
         self.failure: str | None = None
         self.probes = 0
@@ -134,32 +139,42 @@ class EngineWatch:
         self._last = self._loop.time()
 
     def start(self, call) -> None:
-        self._task = asyncio.ensure_future(self._watch(call))
+        self._call = call
+        self._arm()
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
 
-    async def _watch(self, call) -> None:
-        while True:
-            wait = self._last + self._stall_s - self._loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            silent_s = self._loop.time() - self._last
-            self.probes += 1
-            try:
-                await asyncio.wait_for(self._probe(self._probe_timeout_s), self._probe_timeout_s)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure to answer means it cannot serve this stream
-                self.failure = (f"the engine replica serving this request sent nothing for {silent_s:.1f} s and "
-                                f"did not answer a probe within {self._probe_timeout_s:g} s")
-                log.warning("engine replica %s: %s (%s); ending its stream", self._where, self.failure,
-                            type(exc).__name__)
-                call.cancel()
-                return
-            self._last = max(self._last, self._loop.time())   # it answered: busy (a long prefill), not frozen
+    def _arm(self) -> None:
+        self._timer = self._loop.call_at(self._last + self._stall_s, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._loop.time() < self._last + self._stall_s:   # heard from meanwhile: wait from then
+            self._arm()
+        else:
+            self._task = asyncio.ensure_future(self._check(self._loop.time() - self._last))
+
+    async def _check(self, silent_s: float) -> None:
+        self.probes += 1
+        try:
+            await asyncio.wait_for(self._probe(self._probe_timeout_s), self._probe_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to answer means it cannot serve this stream
+            self.failure = (f"the engine replica serving this request sent nothing for {silent_s:.1f} s and "
+                            f"did not answer a probe within {self._probe_timeout_s:g} s")
+            log.warning("engine replica %s: %s (%s); ending its stream", self._where, self.failure,
+                        type(exc).__name__)
+            self._call.cancel()
+            return
+        self._last = max(self._last, self._loop.time())   # it answered: busy (a long prefill), not frozen
+        self._task = None
+        self._arm()
