@@ -10,6 +10,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from rel_support import eventually
 from flint.cli import main as flint_main
 from flint.client import FlintClient, RetryPolicy
 from flint.errors import Unauthenticated
@@ -126,3 +127,39 @@ async def test_server_refuses_keys_without_tls_off_loopback_and_warns_on_loopbac
     caplog.set_level(logging.WARNING)
     await cluster.add_worker("w-local", security={"api_keys_file": str(path)})
     assert "without TLS" in caplog.text
+
+
+# A client that announces a small HTTP/2 window and does not read: the server's writes wait for it after a
+# few KB, so the handler is parked inside gRPC's write (not in flint's stream loop) when the key is revoked.
+SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+HELD_WHILE_THE_WRITE_WAITS = 2048
+
+
+async def test_a_revoked_stream_whose_write_waits_for_an_unread_client_ends_unauthenticated_and_frees_the_engine(
+        cluster, tmp_path):
+    """The revocation's cancel lands inside gRPC's write, which ends the handler without a status (the
+    clean-clone CI failure of the test above: under load its unread stream was mid-write); the call must
+    still end UNAUTHENTICATED."""
+    path = tmp_path / "keys.json"
+    key = add_key_to_file(path, "tenant-a")
+    _, engine = await cluster.add_replica("r1")
+    worker = await cluster.add_worker("w1", security={"api_keys_file": str(path), "key_recheck_s": RECHECK_S})
+    budget = worker.servicer.buffers
+    metadata = (("authorization", f"Bearer {key}"),)
+    async with grpc.aio.insecure_channel(worker.address, options=SMALL_WINDOW) as channel:
+        stream = flint_pb2_grpc.FlintStub(channel).Complete(
+            pb.CompleteRequest(prefix="unread", sampling=pb.Sampling(max_tokens=LONG)), metadata=metadata)
+        assert (await stream.read()).WhichOneof("kind") == "accepted"
+        # Nobody reads: the window fills and the handler's write waits for the client. The owner then holds the
+        # new text back; had the writer taken anything meanwhile, the held text would have gone out with it.
+        await eventually(lambda: budget.bytes >= HELD_WHILE_THE_WRITE_WAITS, timeout_s=30)
+        assert flint_main(["keys", "revoke", "--key", key, "--file", str(path)]) == 0
+        await eventually(lambda: engine.load().running == 0 and engine.load().waiting == 0, timeout_s=BOUND_S)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with asyncio.timeout(BOUND_S):
+                while await stream.read() is not grpc.aio.EOF:   # what was sent before, then the status
+                    pass
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
+        assert "revoked" in err.value.details()
+    # The handler is gone too: nothing held for the stream, the tenant's stream slot free.
+    await eventually(lambda: budget.bytes == 0 and worker.servicer.guard.caps.held("stream", "tenant-a") == 0)

@@ -13,16 +13,20 @@ while the tenant is still bound (request ids in the client's own form).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import logging
 
 import grpc
 
 from flint.errors import FlintError, Unauthenticated, Unavailable
-from flint.grpc_status import as_flint_error
+from flint.grpc_status import abort_with, as_flint_error
 from flint.security.context import reset_tenant, set_tenant
 from flint.security.keystore import KeyStore
 
 PUBLIC_SERVICE_PREFIX = "/flint.v1.Flint/"
+
+log = logging.getLogger(__name__)
 
 
 def presented_key(metadata) -> str:
@@ -79,8 +83,6 @@ def _replace_behavior(handler, make):
 
 
 def _deny(error: FlintError):
-    from flint.grpc_status import abort_with
-
     def make(kind, _behavior):
         async def deny(request, context):
             await abort_with(context, error)
@@ -108,16 +110,16 @@ def _bind(tenant: str, keys: KeyStore, key: str):
         if inspect.isasyncgenfunction(behavior):
             async def bound_stream(request, context):
                 token = set_tenant(tenant)
-                revocation = _Revocation()
+                revocation = _Revocation(context)
                 try:
-                    with keys.watch(key, revocation.cancel_current_task):
-                        async for item in behavior(request, context):
-                            yield item
+                    with keys.watch(key, revocation.end_call):
+                        async with contextlib.aclosing(behavior(request, context)) as items:
+                            async for item in items:
+                                yield item
                 except asyncio.CancelledError:
                     if not revocation.revoked:
                         raise
-                    asyncio.current_task().uncancel()
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
+                    await revocation.end_here()
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the client's view of it, built while the tenant is bound
@@ -129,17 +131,16 @@ def _bind(tenant: str, keys: KeyStore, key: str):
 
         async def bound(request, context):
             token = set_tenant(tenant)
-            revocation = _Revocation()
+            revocation = _Revocation(context)
             try:
                 if not watched:
                     return await behavior(request, context)
-                with keys.watch(key, revocation.cancel_current_task):
+                with keys.watch(key, revocation.end_call):
                     return await behavior(request, context)
             except asyncio.CancelledError:
                 if not revocation.revoked:
                     raise
-                asyncio.current_task().uncancel()
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
+                await revocation.end_here()
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - as above
@@ -153,12 +154,50 @@ def _bind(tenant: str, keys: KeyStore, key: str):
 
 
 class _Revocation:
-    """Cancels the task serving a call when its key is revoked (no per-message cost while it is valid)."""
+    """Ends a call UNAUTHENTICATED when its key is revoked, wherever its handler is waiting.
 
-    def __init__(self):
+    The handler's task is cancelled (nothing is paid per message while the key is valid). A handler waiting
+    in flint's code gets the cancel and ends the call itself (`end_here`). But a streaming handler is an
+    async generator: while gRPC's own loop writes the item it yielded (the whole time, when a client that
+    does not read holds the write up on flow control) the cancel lands inside gRPC, which then ends the task
+    without sending any status, and the client would wait for one forever. So once the task is over without
+    a status, the status is sent from outside it (`_after_task`); it reaches the client after the messages
+    already written. Either way the task's end runs the call's done callbacks, which free its engine work.
+    """
+
+    def __init__(self, context):
         self.revoked = False
+        self._context = context
         self._task = asyncio.current_task()
+        self._ended = False
 
-    def cancel_current_task(self) -> None:
+    def end_call(self) -> None:
+        """`KeyStore.watch`'s callback: the key is no longer valid."""
         self.revoked = True
+        self._task.add_done_callback(self._after_task)
         self._task.cancel()
+
+    async def end_here(self) -> None:
+        """In the handler's task, once the revocation's cancel reached flint's code: end the call (raises)."""
+        self._ended = True
+        asyncio.current_task().uncancel()
+        await abort_with(self._context, Unauthenticated(REVOKED))
+
+    def _after_task(self, _task: asyncio.Task) -> None:
+        if self._ended or self._context.done():
+            return
+        self._ended = True
+        ending = asyncio.get_running_loop().create_task(self._end_from_outside(), name="end revoked call")
+        _ENDING.add(ending)
+        ending.add_done_callback(_ENDING.discard)
+
+    async def _end_from_outside(self) -> None:
+        try:
+            await abort_with(self._context, Unauthenticated(REVOKED))
+        except grpc.aio.AbortError:
+            pass  # abort's way of saying the status went out
+        except Exception as exc:  # noqa: BLE001 - the client went away meanwhile: nobody left to tell
+            log.info("could not end a call whose API key was revoked: %s: %s", type(exc).__name__, exc)
+
+
+_ENDING: set[asyncio.Task] = set()   # statuses being sent to revoked calls (the loop holds tasks weakly)
