@@ -124,3 +124,21 @@ def test_final_norm_and_greedy_argmax_on_the_kernel_match_torch():
     logits[2, 7] = logits[2, 9000] = 100.0            # ties: the first index, as torch.argmax
     assert linear.argmax_rows(logits).tolist() == logits.argmax(dim=-1).tolist()
     assert linear.argmax_rows(logits).tolist()[2] == 7
+
+
+@pytest.mark.parametrize("k", [512, 1536, 100])
+def test_a_row_gets_the_same_bits_alone_or_beside_other_rows(k):
+    """Decode multiplies one row, speculative verification and batched decode several: the kernel blocks
+    rows for speed but must give each row the bits it gets alone, or verification could disagree with
+    plain greedy decoding at a near-tie."""
+    g = torch.Generator().manual_seed(k)
+    layer = Linear(k, 300, bias=True).requires_grad_(False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(300, k, generator=g))
+        layer.bias.copy_(torch.randn(300, generator=g))
+    x = torch.randn(MAX_ROWS, k, generator=g)
+    together = layer(x)
+    for rows in (2, 3, 5, 16):
+        assert torch.equal(layer(x[:rows]), together[:rows])
+    for r in (0, 4, MAX_ROWS - 1):
+        assert torch.equal(layer(x[r : r + 1]), together[r : r + 1]), f"row {r} alone differs"

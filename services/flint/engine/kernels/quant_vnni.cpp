@@ -198,11 +198,11 @@ void int8_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
   }
 }
 
-// MB (1 or 2) rows over a whole work item of 4 tiles (one sequential stream): 3 accumulators per row and
+// MB rows over TB tiles of a work item (1 or 2 rows over its 4 tiles: one sequential stream; 4 rows over 2 tiles or
+// 8 over 1 when many rows share the call, each unpacked weight vector used by all of them): accumulators per row and
 // tile plus the unpacked weights fit the 32 registers; a last, partial item goes tile by tile.
-template <bool INT4, int MB>
+template <bool INT4, int MB, int TB = kTiles>
 struct Kern {
-  static constexpr int TB = kTiles;
   static void run(const Act& a, int64_t r0, const uint8_t* w, const float* s, const float* mn, int64_t kp,
                   int64_t g, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0, int64_t t1) {
     int64_t t = t0;
@@ -226,7 +226,12 @@ void linear(const Act& a, int64_t m, const uint8_t* w, const float* s, const flo
   at::parallel_for(0, (tiles + kTiles - 1) / kTiles, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t t0 = item * kTiles, t1 = std::min(tiles, t0 + kTiles);
-      for (int64_t r = 0; r < m; r += 2) {   // the item's 4 tiles in one pass, rows 2 at a time
+      int64_t r = 0;
+      for (; r + 8 <= m; r += 8)   // many rows: 8 at a time tile by tile, each unpacked weight vector used 8 times
+        Kern<INT4, 8, 1>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
+      for (; r + 4 <= m; r += 4)   // 4 at a time over 2 tiles
+        Kern<INT4, 4, 2>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
+      for (; r < m; r += 2) {      // the item's 4 tiles in one pass, rows 2 at a time
         if (m - r == 1) Kern<INT4, 1>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
         else Kern<INT4, 2>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
       }
