@@ -164,7 +164,8 @@ def _floor_line(relay: dict) -> str:
             f"trips, alternating with the others) added p50 {floor['p50']} ms, p99 {floor['p99']} ms over the "
             f"direct call; the worker added p50 {own['p50']} ms, p99 {own['p99']} ms over the proxy (per-sample "
             "differences). The first figure is grpc-core's, asyncio's and the kernel loopback's; the second is "
-            "flint's own code (auth, admission, routing, the owner, the outbox, rendering).")
+            "flint's own code (auth, admission, routing, the owner, the outbox, rendering); where it goes, from time "
+            "stamps along the worker's path: loadtests/results/relay-ttft-20261130/README.md.")
 
 
 def _model_info(checkpoint: str) -> dict:
