@@ -41,12 +41,27 @@ async def registered_replicas(redis_url: str, count: int, timeout_s: float = 60.
 
 
 @pytest.fixture(scope="module")
-def two_replicas(cluster_ray, valkey_url, demo_checkpoint):
+def stream_checkpoint(tmp_path_factory, bytelevel_tokenizer_file):
+    """A demo-format model big enough (4 layers, d=256, ~3M parameters) that a 900-token edit streams for about
+    a second: the tiny test model decodes 900 tokens in 0.1-0.4 s, and the replica-kill test must kill a
+    replica while its stream is still running."""
+    from support.checkpoints import VOCAB
+
+    from flint.engine.demo import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("demo-stream"), layers=4, hidden=256, heads=4, kv_heads=2,
+                           intermediate=768, vocab_size=VOCAB, max_position_embeddings=4096, seed=5,
+                           tokenizer_from=bytelevel_tokenizer_file.parent)
+
+
+@pytest.fixture(scope="module")
+def two_replicas(cluster_ray, valkey_url, stream_checkpoint):
     from ray import serve
 
     cfg = ServeDeploymentConfig(
         redis_url=valkey_url, min_replicas=2, max_replicas=2, max_replicas_per_node=1, num_cpus=0.5,
-        engine={"model": str(demo_checkpoint), "max_context_tokens": TEST_CONTEXT_TOKENS,
+        # no speculation: a random model's loops let an edit draft most of its 900 tokens, ending it sooner
+        engine={"model": str(stream_checkpoint), "max_context_tokens": TEST_CONTEXT_TOKENS, "speculation": "off",
                 "kv_cache_bytes": 1 << 24},
         replica={"key_prefix": KEY_PREFIX, "host": "127.0.0.1", "advertise_host": "127.0.0.1",
                  "heartbeat_interval_s": 0.5, "heartbeat_ttl_s": 2.0},

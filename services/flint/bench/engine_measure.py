@@ -217,17 +217,42 @@ def flint_vs_hf(engine: Engine, path: Path, tokens: int, hf_tokens: int, rounds:
 
 
 def skinny_gemm_us(d_in: int, d_out: int, rows=(1, 2, 4, 16), repeats: int = 50) -> dict:
-    """Time of one fp32 Linear [rows, d_in] x [d_out, d_in]^T: how batching / draft verification scales here."""
-    w = torch.randn(d_out, d_in)
+    """Time of one fp32 Linear [rows, d_in] x [d_out, d_in]^T on the engine's own kernel (as a decode step
+    calls it): how batching / draft verification scales here. Best of `repeats` (a busy machine adds noise)."""
+    from flint.engine.model.linear import Linear
+
+    layer = Linear(d_in, d_out, bias=False).requires_grad_(False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(d_out, d_in))
     out = {}
     for m_rows in rows:
         x = torch.randn(m_rows, d_in)
-        for _ in range(5):
-            torch.nn.functional.linear(x, w)
+        out[str(m_rows)] = _best_us(lambda: layer(x), repeats)
+    return out
+
+
+def _best_us(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
         t = time.perf_counter()
-        for _ in range(repeats):
-            torch.nn.functional.linear(x, w)
-        out[str(m_rows)] = (time.perf_counter() - t) / repeats * 1e6
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e6
+
+
+def linear_pass_us(engine: Engine, rows=(1, 16), repeats: int = 20) -> dict:
+    """One pass of `rows` rows through every Linear of the engine's model (lm_head included), on the kernels a
+    decode step calls, best of `repeats`: what a step over that many streams cannot go below."""
+    model = engine.runner.model
+    linears = [mod for mod in model.modules() if hasattr(mod, "in_features") and hasattr(mod, "out_features")
+               and not isinstance(mod, torch.nn.Embedding)]
+    out = {}
+    with torch.inference_mode():
+        for m_rows in rows:
+            xs = [torch.randn(m_rows, mod.in_features) for mod in linears]
+            out[str(m_rows)] = _best_us(lambda: [mod(x) for mod, x in zip(linears, xs)], repeats)
     return out
 
 

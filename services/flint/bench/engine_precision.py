@@ -115,11 +115,12 @@ def precision_figures(path: Path, gguf_dir: Path, *, threads: int, tokens: int, 
         read = info["weight_bytes_read_per_token"]
         bw = m.read_bandwidth_gbs(read, threads)
         agg = {str(n): m.aggregate_tok_s(engine, n, agg_tokens) for n in (1, 16)}
+        linear_us = m.linear_pass_us(engine)
         per[precision] = {
             "decode_tok_s": med[precision], "weight_bytes": info["bytes"], "weight_bytes_read_per_token": read,
             "read_bandwidth_gb_s_at_weight_size": bw, "bound_tok_s": bw * 1e9 / read,
             "pct_of_bound": 100 * med[precision] * read / (bw * 1e9),
-            "aggregate_tok_s": agg, "aggregate_16_vs_1": agg["16"] / agg["1"],
+            "aggregate_tok_s": agg, "aggregate_16_vs_1": agg["16"] / agg["1"], "linear_pass_us": linear_us,
             "step_profile": m.step_profile(engine, profile_steps),
         }
     for precision, note in flint_notes.items():

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flint.engine.model.attention import AttentionBackend
@@ -127,7 +128,7 @@ class CausalLM(nn.Module):
         self.norm = nn.Parameter(torch.empty(d, **kw), requires_grad=False) if self.is_last else None
         self.lm_head = Linear(d, config.vocab_size, bias=False, **kw) if self.is_last else None
         self.rotary = Rotary(config, self.device, dtype)
-        self._norm_scaled: torch.Tensor | None = None           # final norm weight * sqrt(d), made on first use
+        self._norm_scaled: torch.Tensor | None = None           # final norm weight * sqrt(d), set by load_state
         self.requires_grad_(False)
 
     @property
@@ -141,7 +142,8 @@ class CausalLM(nn.Module):
         if missing or unexpected:
             raise InvalidArgument(f"weights do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         self.load_state_dict(tensors, assign=True, strict=True)
-        self._norm_scaled = None
+        if self.norm is not None:                               # weight * sqrt(d), the native final norm's
+            self._norm_scaled = (self.norm * math.sqrt(self.config.hidden_size)).contiguous()
         if self.lm_head is not None and self.embed is not None and self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         self.requires_grad_(False)
@@ -175,8 +177,8 @@ class CausalLM(nn.Module):
         """The last stage's final RMSNorm of the residual stream x [T, d]; identity on other stages."""
         if self.norm is None:
             return x
-        if self._norm_scaled is None:                           # weight * sqrt(d) for the native kernel
-            self._norm_scaled = (self.norm * math.sqrt(self.config.hidden_size)).contiguous()
+        if torch.compiler.is_compiling() or self._norm_scaled is None:   # (no guard on the attribute in graphs)
+            return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
         return rms_norm(x, self._norm_scaled, self.norm, self.config.rms_norm_eps,
                         math.sqrt(self.config.hidden_size * self.config.rms_norm_eps))
 
