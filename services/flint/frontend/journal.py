@@ -66,11 +66,11 @@ class JournalConfig:
     worker_ttl_s: float = 3.0          # a worker that misses heartbeats this long is dead: its requests move
     poll_interval_ms: float = 200.0    # a resume re-checks the owner's liveness this often while tailing
     # A request's first batch (its journal's start and Accepted) waits up to this long for the first delta to
-    # join it, so its Redis write follows the first token to the client instead of preceding it; 0 = at once.
-    # Short on purpose: an engine that sends its first delta right after Started (a cached or tiny prompt)
-    # is covered, and a prefill longer than this hides the write; a long delay would instead land on the
-    # first delta of a prefill that long, and widen the window in which a resume finds no journal yet.
-    start_delay_ms: float = 1.0
+    # join it, so its Redis write follows the first token to the client instead of competing with the
+    # prefill for the CPU or preceding the token; 0 = at once. Nothing is lost meanwhile: a request with
+    # no delta yet whose worker dies is sent again (NOT_FOUND on resume), which costs what a takeover would
+    # (it runs the request again from the start); a cancel or an interrupt writes the batch at once.
+    start_delay_ms: float = 100.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_deltas, int) or self.max_deltas < 16:
