@@ -182,9 +182,9 @@ torch::Tensor argmax_rows(const torch::Tensor& x) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = xp + r * v;
     float best = xr[0];
+    for (int64_t i = 1; i < v; ++i) best = std::max(best, xr[i]);   // a reduction the compiler vectorises
     int64_t at = 0;
-    for (int64_t i = 1; i < v; ++i)
-      if (xr[i] > best) { best = xr[i]; at = i; }
+    while (at + 1 < v && xr[at] != best) ++at;                        // then its first index (bounded: NaN rows)
     op[r] = at;
   }
   return out;
