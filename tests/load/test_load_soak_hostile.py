@@ -32,3 +32,17 @@ def test_hostile_soak_reports_its_keys_and_the_victim_loses_no_token(tmp_path):
     assert r["hostile"]["cache_probe"]["control"]["prompt_tokens"] > 0
     assert r["worker_rss_mib_max"] > 0 and r["redis_bytes_max"] > 0
     assert "| 0 victim tokens lost | yes |" in (tmp_path / "soak-hostile.md").read_text()
+
+
+def test_the_hostile_tenant_labels_a_write_overtaken_by_the_servers_status_apart_from_a_servers_internal():
+    import grpc
+
+    from flint.load.hostile import OVERTAKEN_WRITE, _code
+
+    def error(code, debug):
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "Internal error from Core", debug)
+
+    overtaken = 'Failed "execute_batch": (<grpc._cython.cygrpc.SendMessageOperation object at 0x7f14c4702bb0>,)'
+    assert _code(error(grpc.StatusCode.INTERNAL, overtaken)) == OVERTAKEN_WRITE
+    assert _code(error(grpc.StatusCode.INTERNAL, "INTERNAL:internal error (error id e-1)")) == "INTERNAL"
+    assert _code(error(grpc.StatusCode.RESOURCE_EXHAUSTED, "")) == "RESOURCE_EXHAUSTED"

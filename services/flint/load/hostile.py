@@ -52,8 +52,14 @@ class HostileConfig:
             raise InvalidArgument("hostile: hold_s and call_timeout_s must be in (0, 60] s")
 
 
+# What gRPC's Python client reports for a write the server's status overtook (the server's status is lost).
+OVERTAKEN_WRITE = "INTERNAL (the client's write was overtaken by the server's status)"
+
+
 def _code(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
+        if exc.code() == grpc.StatusCode.INTERNAL and "SendMessageOperation" in (exc.debug_error_string() or ""):
+            return OVERTAKEN_WRITE
         return exc.code().name
     if isinstance(exc, asyncio.TimeoutError):
         return "CLIENT_TIMEOUT"

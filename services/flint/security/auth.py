@@ -21,6 +21,7 @@ import grpc
 
 from flint.errors import FlintError, Unauthenticated, Unavailable
 from flint.grpc_status import abort_with, as_flint_error
+from flint.security.connections import before_refusing
 from flint.security.context import reset_tenant, set_tenant
 from flint.security.keystore import KeyStore
 
@@ -89,6 +90,8 @@ def _deny(error: FlintError):
 
         if kind.endswith("_stream"):
             async def deny_stream(request, context):
+                if kind == "stream_stream":
+                    await before_refusing(request)   # (flint.security.connections)
                 await abort_with(context, error)
                 yield None  # unreachable: makes this an async generator
 
