@@ -65,12 +65,13 @@ class JournalConfig:
     write_timeout_ms: float = 500.0    # an append slower than this is dropped (the stream keeps going)
     worker_ttl_s: float = 3.0          # a worker that misses heartbeats this long is dead: its requests move
     poll_interval_ms: float = 200.0    # a resume re-checks the owner's liveness this often while tailing
-    # A request's first batch (its journal's start and Accepted) waits up to this long for the first delta to
-    # join it, so its Redis write follows the first token to the client instead of competing with the
-    # prefill for the CPU or preceding the token; 0 = at once. Nothing is lost meanwhile: a request with
-    # no delta yet whose worker dies is sent again (NOT_FOUND on resume), which costs what a takeover would
-    # (it runs the request again from the start); a cancel or an interrupt writes the batch at once.
-    start_delay_ms: float = 100.0
+    # A request's first batch (its journal's start and Accepted) may wait up to this long for the first delta
+    # to join it, so its Redis write follows the first token instead of competing with the prefill for the
+    # CPU (0.4-0.8 ms of TTFT on 2 shared cores, loadtests/results/relay-ttft-20261130). Default 0 = at once:
+    # while the start is held back, a Resume of the running request (a client that reconnects right after
+    # its Accepted, on this worker or another) finds no journal and gets NOT_FOUND; test_tenant_limits'
+    # resume test failed 2 of 4 runs that way at 100 ms. A cancel or an interrupt writes the batch at once.
+    start_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_deltas, int) or self.max_deltas < 16:
