@@ -142,3 +142,19 @@ def test_a_row_gets_the_same_bits_alone_or_beside_other_rows(k):
         assert torch.equal(layer(x[:rows]), together[:rows])
     for r in (0, 4, MAX_ROWS - 1):
         assert torch.equal(layer(x[r : r + 1]), together[r : r + 1]), f"row {r} alone differs"
+
+
+def test_the_layer_after_attention_is_one_call_equal_to_the_three_fused_calls(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    d, inter = 64, 96
+    o_proj, gate_up, down = (Linear(i, o, bias=False).requires_grad_(False)
+                             for i, o in ((d, d), (d, 2 * inter), (inter, d)))
+    with torch.no_grad():
+        for layer in (o_proj, gate_up, down):
+            layer.weight.copy_(torch.randn(*layer.weight.shape, generator=g) / 8)
+    o, x = torch.randn(3, d, generator=g), torch.randn(3, d, generator=g)
+    x1 = linear.linear_add(o_proj, o, x)
+    expected = linear.silu_linear_add(down, linear.rms_linear(gate_up, x1, torch.tensor(0.05), 0.05), x1)
+    assert torch.equal(linear.mlp_block(o_proj, gate_up, down, o, x, 0.05), expected)
+    o_proj.bias = torch.nn.Parameter(torch.zeros(d), requires_grad=False)   # a bias: the caller runs the three calls
+    assert linear.mlp_block(o_proj, gate_up, down, o, x, 0.05) is None

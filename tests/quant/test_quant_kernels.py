@@ -165,6 +165,22 @@ def test_residual_add_and_silu_fold_into_the_quant_linear_call(kernel_path, bits
     assert (fused is not None) == (kernel_path == "vnni"), "one tiled call on VNNI, the ops elsewhere"
 
 
+def test_the_layer_after_attention_is_one_tiled_call(kernel_path):
+    from flint.engine.model.linear import linear_add, mlp_block, rms_linear, silu_linear_add
+
+    g = torch.Generator().manual_seed(19)
+    o_proj, gate_up, down = (modules.QuantLinear(weights(n, k, 4, 32, seed=n + k)) for n, k in
+                             ((64, 64), (192, 64), (64, 96)))
+    o, x = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
+    x1 = linear_add(o_proj, o, x)
+    expected = silu_linear_add(down, rms_linear(gate_up, x1, torch.tensor(0.1), 0.1), x1)
+    got = mlp_block(o_proj, gate_up, down, o, x, 0.1)
+    if kernel_path == "vnni":
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    else:
+        assert got is None, "without the tiled path the caller runs the three calls"
+
+
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])
 def test_embedding_rows_match_the_reference(kernel, bits, group):
     w = weights(50, 100, bits, group, seed=12)   # K = 100: padded columns are not returned

@@ -313,4 +313,19 @@ py::object TiledLinear::call(const torch::Tensor& x, double unit_rms_floor, cons
   return py::cast(y);
 }
 
+py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
+                     const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor) {
+  if (!(available() && g_on)) return py::none();
+  TORCH_CHECK(o.scalar_type() == torch::kFloat32 && o.stride(-1) == 1, "mlp_block: o must be float32 with unit stride");
+  const auto run = [](const TiledLinear& l, const torch::Tensor& in, double floor) {
+    return linear_tiled(in, l.bits, l.w, l.scale, l.mins, l.n, l.kp, l.group, l.xscale, l.bias, floor);
+  };
+  torch::Tensor x1 = run(o_proj, o, -1.0);
+  flint_rows::add_residual(x1, x);
+  const torch::Tensor h = flint_rows::silu_mul_tensor(run(gate_up, x1, unit_rms_floor));
+  torch::Tensor y = run(down, h, -1.0);
+  flint_rows::add_residual(y, x1);
+  return py::cast(y);
+}
+
 }  // namespace flint_tiled

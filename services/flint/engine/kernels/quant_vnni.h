@@ -22,4 +22,9 @@ struct TiledLinear {
   c10::optional<torch::Tensor> mins, xscale, bias;
 };
 
+// The rest of a decoder layer after attention in one call (see skinny_f32.cpp's mlp_block_f32); None when the
+// tiled path is off.
+py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
+                     const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor);
+
 }  // namespace flint_tiled

@@ -206,7 +206,19 @@ torch::Tensor silu_mul_f32(const torch::Tensor& gate_up) {
   return y;
 }
 
+// The rest of a decoder layer after attention, three Linears back to back in one call (no Python between
+// them, so the weight streams follow each other): x1 = x + o @ Wo^T; returns x1 + Wd @ silu_mul(Wgu @
+// unit_rms(x1))^T. Bias-free o_proj / gate_up / down only (llama.py checks).
+torch::Tensor mlp_block_f32(const torch::Tensor& o, const torch::Tensor& x, const torch::Tensor& w_o,
+                            const torch::Tensor& w_gate_up, const torch::Tensor& w_down, double unit_rms_floor) {
+  const c10::optional<torch::Tensor> none;
+  const torch::Tensor x1 = linear_f32(o, w_o, none, -1.0, x, false);
+  const torch::Tensor gate_up = linear_f32(x1, w_gate_up, none, unit_rms_floor, none, false);
+  return linear_f32(gate_up, w_down, none, -1.0, x1, true);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mlp_block_f32", &mlp_block_f32, "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) in one call");
   m.def("linear_f32", &linear_f32, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("unit_rms_floor") = -1.0,
         py::arg("residual") = py::none(), py::arg("silu") = false,
         "y = x @ w^T + bias (+ residual) for a few float32 rows (x / hypot(|x|, floor) with floor >= 0; "

@@ -76,6 +76,17 @@ class Linear(nn.Linear):
             return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias, floor_value, residual, silu)
         return None
 
+    def mlp_block(self, gate_up: nn.Module, down: nn.Module, o: torch.Tensor, x: torch.Tensor,
+                  floor_value: float) -> torch.Tensor | None:
+        """`mlp_block` with self as o_proj: one kernel call when all three are bias-free fp32 `Linear`s."""
+        kernel = _few_rows(o)
+        layers = (self, gate_up, down)
+        if (kernel is None or not all(isinstance(m, Linear) and m.bias is None and m.weight.dtype == torch.float32
+                                      for m in layers) or x.dtype != torch.float32):
+            return None
+        return kernel.mlp_block_f32(o.contiguous(), x.contiguous(), *(m.weight.contiguous() for m in layers),
+                                    floor_value)
+
 
 def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_value: float) -> torch.Tensor:
     """linear(unit_rms(x)): one fused call when the Linear's kernel takes x (fp32 `Linear`, quantized
@@ -83,6 +94,15 @@ def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_va
     fused = getattr(linear, "forward_unit_rms", None)
     y = fused(x, floor_value) if fused is not None else None
     return y if y is not None else linear(unit_rms(x, floor, floor_value))
+
+
+def mlp_block(o_proj: nn.Module, gate_up: nn.Module, down: nn.Module, o: torch.Tensor, x: torch.Tensor,
+              floor_value: float) -> torch.Tensor | None:
+    """A decoder layer after attention, x1 = x + o_proj(o) then x1 + down(silu_mul(gate_up(unit_rms(x1)))), in
+    ONE native call where the three Linears' kernels take it (their weight streams then follow each other
+    with no Python between them); None otherwise (the caller runs linear_add, rms_linear, silu_linear_add)."""
+    block = getattr(o_proj, "mlp_block", None)
+    return block(gate_up, down, o, x, floor_value) if block is not None else None
 
 
 def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

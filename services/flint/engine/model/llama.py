@@ -40,8 +40,8 @@ from torch import nn
 
 from flint.engine.model.attention import AttentionBackend
 from flint.engine.model.config import ModelConfig
-from flint.engine.model.linear import (Linear, linear_add, native_available, rms_linear, rms_norm,
-                                       silu_linear_add, silu_mul)
+from flint.engine.model.linear import (Linear, linear_add, mlp_block, native_available, rms_linear,
+                                       rms_norm, silu_linear_add, silu_mul)
 from flint.engine.model.rope import Rotary, apply_rotary
 from flint.engine.model.shard import AllReduce, ShardSpec
 from flint.errors import InvalidArgument
@@ -86,6 +86,9 @@ class DecoderLayer(nn.Module):
             v = qkv[:, (h + kv) * hd :].view(t, kv, hd)         # [T, KV, D]
             o = attn(layer_idx, q, k, v)                        # [T, H, D]
         if all_reduce is None and self.o_bias is None:
+            y = mlp_block(self.o_proj, self.gate_up, self.down, o.reshape(t, h * hd), x, self.floor_value)
+            if y is not None:                                   # the rest of the layer in one native call
+                return y
             x = linear_add(self.o_proj, o.reshape(t, h * hd), x)   # x + o_proj(o), one call on the native kernels
         else:
             o = self.o_proj(o.reshape(t, h * hd))               # [T, d] (partial sum under TP)

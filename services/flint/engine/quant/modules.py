@@ -110,6 +110,16 @@ class QuantLinear(nn.Module):
             return self._op(x, floor_value, residual, silu)
         return None
 
+    def mlp_block(self, gate_up: nn.Module, down: nn.Module, o: torch.Tensor, x: torch.Tensor,
+                  floor_value: float) -> torch.Tensor | None:
+        """`flint.engine.model.linear.mlp_block` with self as o_proj: one tiled-kernel call when all three are
+        bound QuantLinears; None otherwise."""
+        layers = (self, gate_up, down)
+        if (o.dim() != 2 or o.dtype != torch.float32 or x.dtype != torch.float32
+                or not all(isinstance(m, QuantLinear) and m._op is not None for m in layers)):
+            return None
+        return kernel().mlp_block(o, x.contiguous(), self._op, gate_up._op, down._op, floor_value)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
