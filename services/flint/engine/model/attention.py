@@ -28,6 +28,11 @@ Details the implementations rely on:
 - models with a sliding window (Mistral) expose `config.sliding_window`: a key
   at position j is visible to a query at position i iff i - window < j <= i.
   `DenseAttention` (engine/model/dense.py) is the reference implementation.
+
+A backend may also offer `attend_qkv(layer_idx, qkv, rotation) -> out or None`: the layer's fused QKV
+output [T, (H + 2 KV) * D] before rotary, and the step's `Rotary.rotation`; it rotates, stores k/v and
+attends in one call, or returns None where it cannot (the layer then runs the contract above). The
+paged engine cache does this on the CPU (`PagedAttention.attend_qkv`, one native call per layer).
 """
 
 from __future__ import annotations
