@@ -32,7 +32,9 @@ def autoscaled(cluster_ray, valkey_url, demo_checkpoint):
     cfg = ServeDeploymentConfig(
         redis_url=valkey_url, min_replicas=1, max_replicas=2, target_requests_per_replica=2,
         upscale_delay_s=0.5, downscale_delay_s=1.0, metrics_interval_s=0.25, look_back_period_s=0.5,
-        drain_grace_s=60.0, num_cpus=0.5, max_replicas_per_node=1,
+        # 20 s, not 60: Serve's own serve.delete() gives up after 60 s, so a drain that used the whole grace
+        # failed the teardown (CI, once); the 600-token streams finish within a few seconds of a drain
+        drain_grace_s=20.0, num_cpus=0.5, max_replicas_per_node=1,
         engine={"model": str(demo_checkpoint), "max_context_tokens": TEST_CONTEXT_TOKENS,
                 "kv_cache_bytes": 1 << 24, "max_batch_size": 8},
         replica={"key_prefix": KEY_PREFIX, "heartbeat_interval_s": 0.25, "heartbeat_ttl_s": 2.0},
