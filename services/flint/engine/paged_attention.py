@@ -158,6 +158,16 @@ class PagedAttention:
             mask = torch.arange(max(lens), device=self.device)[None, :] < lens_t[:, None]   # [B, Lmax]
             self._decode_mask = mask[:, None, None, :]
 
+    def in_place_plan(self, layer_idx: int) -> tuple | None:
+        """When every sequence of the step attends in place on float32 caches: the kernel arguments of layer
+        `layer_idx` after rope (kc, vc, write slots, heads, slot maps, meta, window, scale), for a whole-layer
+        native call (model/linear.py `decode_layer`); else None."""
+        kc, vc = self._layers[layer_idx]
+        if self._kernel is None or self._chunks or not self._short_slots or kc.dtype != torch.float32:
+            return None
+        return (kc, vc, self._write_slots, self.num_heads, self._short_slots, self._short_meta, self._window,
+                self._scale)
+
     def attend_qkv(self, layer_idx: int, qkv: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor | None:
         """The layer's attention straight from its fused QKV output, or None where the kernel does not take it.
 

@@ -560,9 +560,11 @@ void rope_attend(at::Tensor out, at::Tensor qkv, const at::Tensor& rope, at::Ten
 
 }  // namespace
 
+#ifndef FLINT_PA_NO_MODULE   // skinny_f32.cpp and quant_vnni.cpp include this file for their decode_layer
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attend", &attend, "attention of new tokens over the paged KV cache, read in place");
   m.def("rope_table", &rope_table, "per-token rotary (cos, sin) pairs [T, 1, D/2, 2]");
   m.def("rope_attend", &rope_attend,
         "rotate q/k of a fused QKV output in place, write k/v to their cache slots, attend (one layer)");
 }
+#endif

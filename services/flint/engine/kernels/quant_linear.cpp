@@ -324,6 +324,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("residual") = py::none(), py::arg("silu") = false,
            "y [M, N] for x [M, K] float32 (x / hypot(|x|, floor) per row with floor >= 0; silu(gate) * up of a "
            "[M, 2K] x with silu; plus residual [M, N]), or None when the path is off");
+  m.def("decode_layer", &flint_tiled::decode_layer,
+        "a decoder layer of an in-place-attention step in one call over four TiledLinears, or None when off");
   m.def("mlp_block", &flint_tiled::mlp_block, py::arg("o"), py::arg("x"), py::arg("o_proj"), py::arg("gate_up"),
         py::arg("down"), py::arg("unit_rms_floor"),
         "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) over three TiledLinears, or None when off");

@@ -34,6 +34,9 @@
 #include "quant_vnni.h"
 #include "rowops.h"
 
+#define FLINT_PA_NO_MODULE
+#include "paged_attention.cpp"   // rope_attend, for decode_layer
+
 namespace flint_tiled {
 
 #ifdef FLINT_TILED
@@ -326,6 +329,22 @@ py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const Tiled
   torch::Tensor y = run(down, h, -1.0);
   flint_rows::add_residual(y, x1);
   return py::cast(y);
+}
+
+py::object decode_layer(const torch::Tensor& x, const TiledLinear& qkv, const TiledLinear& o_proj,
+                        const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor,
+                        const torch::Tensor& rope, at::Tensor kc, at::Tensor vc, const at::Tensor& write_slots,
+                        int64_t heads, const std::vector<at::Tensor>& slots, const at::Tensor& meta, int64_t window,
+                        double scale) {
+  if (!(available() && g_on)) return py::none();
+  TORCH_CHECK(!slots.empty(), "decode_layer: the step's sequences must all attend in place");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1, "decode_layer: x must be float32 with unit stride");
+  const torch::Tensor q = linear_tiled(x, qkv.bits, qkv.w, qkv.scale, qkv.mins, qkv.n, qkv.kp, qkv.group, qkv.xscale,
+                                       qkv.bias, unit_rms_floor);
+  const int64_t t = x.size(0), d = kc.size(2);
+  auto out = torch::empty({t, heads, d}, x.options());
+  ::rope_attend(out, q, rope, kc, vc, write_slots, heads, slots, meta, window, scale);
+  return mlp_block(out.view({t, heads * d}), x, o_proj, gate_up, down, unit_rms_floor);
 }
 
 }  // namespace flint_tiled

@@ -27,4 +27,12 @@ struct TiledLinear {
 py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
                      const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor);
 
+// One decoder layer of an in-place-attention step in one call (see skinny_f32.cpp's decode_layer_f32); None when
+// the tiled path is off.
+py::object decode_layer(const torch::Tensor& x, const TiledLinear& qkv, const TiledLinear& o_proj,
+                        const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor,
+                        const torch::Tensor& rope, at::Tensor kc, at::Tensor vc, const at::Tensor& write_slots,
+                        int64_t heads, const std::vector<at::Tensor>& slots, const at::Tensor& meta, int64_t window,
+                        double scale);
+
 }  // namespace flint_tiled

@@ -17,6 +17,9 @@
 
 #include "rowops.h"
 
+#define FLINT_PA_NO_MODULE
+#include "paged_attention.cpp"   // rope_attend, for decode_layer_f32
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -217,7 +220,25 @@ torch::Tensor mlp_block_f32(const torch::Tensor& o, const torch::Tensor& x, cons
   return linear_f32(gate_up, w_down, none, -1.0, x1, true);
 }
 
+// One decoder layer of a step whose sequences all attend in place (decode, verification, short extends), in
+// one call: qkv = Wqkv @ unit_rms(x) (+ bias); rotary, KV write and attention (paged_attention.cpp's
+// rope_attend); then mlp_block_f32. No Python between the four weight streams of the layer.
+torch::Tensor decode_layer_f32(const torch::Tensor& x, const torch::Tensor& w_qkv, const c10::optional<torch::Tensor>& b_qkv,
+                               const torch::Tensor& w_o, const torch::Tensor& w_gate_up, const torch::Tensor& w_down,
+                               double unit_rms_floor, const torch::Tensor& rope, at::Tensor kc, at::Tensor vc,
+                               const at::Tensor& write_slots, int64_t heads, const std::vector<at::Tensor>& slots,
+                               const at::Tensor& meta, int64_t window, double scale) {
+  TORCH_CHECK(!slots.empty(), "decode_layer_f32: the step's sequences must all attend in place");
+  const c10::optional<torch::Tensor> none;
+  const torch::Tensor qkv = linear_f32(x, w_qkv, b_qkv, unit_rms_floor, none, false);
+  const int64_t t = x.size(0), d = kc.size(2);
+  auto out = torch::empty({t, heads, d}, x.options());
+  rope_attend(out, qkv, rope, kc, vc, write_slots, heads, slots, meta, window, scale);
+  return mlp_block_f32(out.view({t, heads * d}), x, w_o, w_gate_up, w_down, unit_rms_floor);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_layer_f32", &decode_layer_f32, "a decoder layer of an in-place-attention step in one call");
   m.def("mlp_block_f32", &mlp_block_f32, "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) in one call");
   m.def("linear_f32", &linear_f32, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("unit_rms_floor") = -1.0,
         py::arg("residual") = py::none(), py::arg("silu") = false,

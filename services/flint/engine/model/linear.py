@@ -76,6 +76,17 @@ class Linear(nn.Linear):
             return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias, floor_value, residual, silu)
         return None
 
+    def decode_layer(self, layer: nn.Module, x: torch.Tensor, rotation: torch.Tensor, args: tuple) -> torch.Tensor | None:
+        """`decode_layer` with self as the layer's qkv: one kernel call when its o_proj, gate_up and down are
+        bias-free fp32 `Linear`s (qkv may have a bias: Qwen2)."""
+        kernel = _few_rows(x)
+        rest = (layer.o_proj, layer.gate_up, layer.down)
+        if (kernel is None or self.weight.dtype != torch.float32
+                or not all(isinstance(m, Linear) and m.bias is None and m.weight.dtype == torch.float32 for m in rest)):
+            return None
+        return kernel.decode_layer_f32(x.contiguous(), self.weight.contiguous(), self.bias,
+                                       *(m.weight.contiguous() for m in rest), layer.floor_value, rotation, *args)
+
     def mlp_block(self, gate_up: nn.Module, down: nn.Module, o: torch.Tensor, x: torch.Tensor,
                   floor_value: float) -> torch.Tensor | None:
         """`mlp_block` with self as o_proj: one kernel call when all three are bias-free fp32 `Linear`s."""
@@ -94,6 +105,19 @@ def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_va
     fused = getattr(linear, "forward_unit_rms", None)
     y = fused(x, floor_value) if fused is not None else None
     return y if y is not None else linear(unit_rms(x, floor, floor_value))
+
+
+def decode_layer(layer: nn.Module, x: torch.Tensor, rotation: torch.Tensor, attn, layer_idx: int) -> torch.Tensor | None:
+    """A whole decoder layer (norm + qkv, rotary + KV write + attention, o_proj + residual, norm + gate_up,
+    silu + down + residual) in ONE native call, when the step's sequences all attend in place
+    (`PagedAttention.in_place_plan`) and the layer's four Linears are on the fp32 or the VNNI kernel; None
+    otherwise (the layer then runs its calls one by one)."""
+    fused = getattr(layer.qkv, "decode_layer", None)
+    plan = getattr(attn, "in_place_plan", None)
+    if fused is None or plan is None or rotation.dtype != torch.float32:
+        return None
+    args = plan(layer_idx)
+    return fused(layer, x, rotation, args) if args is not None else None
 
 
 def mlp_block(o_proj: nn.Module, gate_up: nn.Module, down: nn.Module, o: torch.Tensor, x: torch.Tensor,

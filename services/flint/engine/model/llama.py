@@ -40,8 +40,8 @@ from torch import nn
 
 from flint.engine.model.attention import AttentionBackend
 from flint.engine.model.config import ModelConfig
-from flint.engine.model.linear import (Linear, linear_add, mlp_block, native_available, rms_linear,
-                                       rms_norm, silu_linear_add, silu_mul)
+from flint.engine.model.linear import (Linear, decode_layer, linear_add, mlp_block, native_available,
+                                       rms_linear, rms_norm, silu_linear_add, silu_mul)
 from flint.engine.model.rope import Rotary, apply_rotary
 from flint.engine.model.shard import AllReduce, ShardSpec
 from flint.errors import InvalidArgument
@@ -77,6 +77,10 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         h, hd, kv = self.n_heads, self.head_dim, self.n_kv
+        if all_reduce is None and self.o_bias is None:
+            y = decode_layer(self, x, rotation, attn, layer_idx)   # the whole layer in one native call, or None
+            if y is not None:
+                return y
         qkv = rms_linear(self.qkv, x, self.floor, self.floor_value)  # [T, (H + 2KV) * D] (input norm folded in)
         fused = getattr(attn, "attend_qkv", None)               # rotary, KV write and attention in one kernel call
         o = fused(layer_idx, qkv, rotation) if fused is not None else None

@@ -110,6 +110,15 @@ class QuantLinear(nn.Module):
             return self._op(x, floor_value, residual, silu)
         return None
 
+    def decode_layer(self, layer: nn.Module, x: torch.Tensor, rotation: torch.Tensor, args: tuple) -> torch.Tensor | None:
+        """`flint.engine.model.linear.decode_layer` with self as the layer's qkv: one tiled-kernel call when all
+        four Linears are bound QuantLinears; None otherwise."""
+        layers = (self, layer.o_proj, layer.gate_up, layer.down)
+        if (x.dim() != 2 or x.dtype != torch.float32
+                or not all(isinstance(m, QuantLinear) and m._op is not None for m in layers)):
+            return None
+        return kernel().decode_layer(x.contiguous(), *(m._op for m in layers), layer.floor_value, rotation, *args)
+
     def mlp_block(self, gate_up: nn.Module, down: nn.Module, o: torch.Tensor, x: torch.Tensor,
                   floor_value: float) -> torch.Tensor | None:
         """`flint.engine.model.linear.mlp_block` with self as o_proj: one tiled-kernel call when all three are
