@@ -181,33 +181,50 @@ class FrontendWorker:
         return server
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting, give running streams `grace_s` to finish, then release Redis."""
+        """Stop accepting, give running streams `grace_s` to finish, then release Redis. Bounded: a part that does
+        not finish within STOP_PART_S (beyond the grace) is logged by name and left behind, so a stuck
+        component cannot keep the worker from stopping."""
         grace_s = self.config.grace_period_s if grace_s is None else grace_s
         if self.readiness is not None:
-            await self.readiness.stop()
+            await _bounded(self.readiness.stop(), "the readiness endpoint")
             self.readiness = None
         http_drain = asyncio.ensure_future(self._http.stop(grace_s)) if self._http is not None else None
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
-            await self._server.stop(grace_s)      # both doors drain at once, within one grace period
+            await _bounded(self._server.stop(grace_s), "the gRPC server", grace_s)   # both doors drain at once
             self._server = None
         if http_drain is not None:
-            await http_drain
+            await _bounded(http_drain, "the HTTP door", grace_s)
             self._http = None
         if self.journal is not None:
-            await self.journal.close()
+            await _bounded(self.journal.close(), "the journal")
         if self._liveness is not None:
-            await self._liveness.stop()
+            await _bounded(self._liveness.stop(), "the liveness heartbeat")
             self._liveness = None
         if self._liveness_redis is not None:
-            await self._liveness_redis.aclose()
+            await _bounded(self._liveness_redis.aclose(), "the liveness Redis connection")
             self._liveness_redis = None
         if self._bus is not None:
-            await self._bus.stop()
+            await _bounded(self._bus.stop(), "the interrupt listener")
             self._bus = None
         if self._pool is not None:
-            await self._pool.close()
+            await _bounded(self._pool.close(), "the replica channels")
             self._pool = None
         if self._redis is not None:
-            await self._redis.aclose()
+            await _bounded(self._redis.aclose(), "the Redis connection")
             self._redis = None
+
+
+STOP_PART_S = 5.0   # how long past its grace one part of a worker's stop may take before it is left behind
+
+
+async def _bounded(awaitable, what: str, grace_s: float = 0.0) -> None:
+    """Await one part of `FrontendWorker.stop`, at most grace_s + STOP_PART_S; past that, cancel it without
+    waiting for it (a part that ignores the cancel must not hang the stop either) and log it by name."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=grace_s + STOP_PART_S)
+    if task in done:
+        task.result()   # its error, if any, as when it was awaited directly
+        return
+    task.cancel()
+    log.warning("front-end stop: %s did not finish within %.1f s; stopping without it", what, grace_s + STOP_PART_S)
