@@ -13,7 +13,8 @@
 //   x ~= sx[b] * xq,  xsum[b] = sum of xq over the block
 //   int4: y[n] = sum_g s[n, g] * sx[g] * idot_g + min[n, g] * sx[g] * xsum[g]
 //   int8: y[n] = s[n] * sum_b sx[b] * (idot_b - 128 * xsum[b])          (the +128 of the weight codes)
-// Rows are processed 2 at a time over each work item of 4 tiles, so the tiles' bytes come from memory once
+// Rows are processed 2 at a time over each work item of 4 tiles (4 or 8 at a time when more share the call, see
+// Kern), so the tiles' bytes come from memory once
 // per call and from L1 / L2 for the other rows: a verification step of 8 rows reads the weights once.
 // A row's result depends only on that row (same operations in the same order whatever MB): speculative
 // verification reproduces plain decoding bit for bit.
