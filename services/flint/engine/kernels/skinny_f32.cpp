@@ -31,7 +31,7 @@
 namespace {
 
 // out[r] = w . x[r] for R rows of x (R <= 3: 4 accumulators per row plus the weight vector fill the 16 AVX2
-// registers). Every row's sum is formed in the same order whatever R (and as `dot`, the one-row form): a row gets the same
+// registers). Every row's sum is formed in the same order whatever R (`dot` is the one-row form): a row gets the same
 // bits whether it is multiplied alone (decode) or beside others (speculative verification, batched decode),
 // while each weight vector is loaded once for the R rows instead of once per row (a dot product of two
 // streams does one FMA per two loads: the load ports, not the FMA units, bound it).
@@ -67,25 +67,9 @@ __attribute__((noinline, optimize("no-associative-math"))) void dot_rows(const f
 }
 
 inline float dot(const float* a, const float* b, int64_t k) {
-  int64_t i = 0;
-  float acc = 0.f;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-  for (; i + 32 <= k; i += 32) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
-    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), a2);
-    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), a3);
-  }
-  for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-  __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  acc = _mm_cvtss_f32(h);
-#endif
-  for (; i < k; ++i) acc += a[i] * b[i];
-  return acc;
+  float out;
+  dot_rows<1>(a, &b, k, &out);
+  return out;
 }
 
 }  // namespace
@@ -111,8 +95,6 @@ torch::Tensor linear_f32(const torch::Tensor& x_in, const torch::Tensor& w, cons
     for (int64_t r = 0; r < m; ++r)
       row_scale[r] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dot(xp + r * k, xp + r * k, k)) +
                                                         unit_rms_floor * unit_rms_floor));
-  // Output channels in blocks of about 16 KB of weights: a block is read from memory once, then from L1 for
-  // every 3 rows of x (whose 3 rows sit in L1 beside it); one row of x is one pass over the weights.
   if (m == 1) {   // decode: one stream through the weights
     at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
@@ -125,6 +107,8 @@ torch::Tensor linear_f32(const torch::Tensor& x_in, const torch::Tensor& w, cons
     flint_rows::add_residual(y, residual);
     return y;
   }
+  // Output channels in blocks of about 16 KB of weights: a block is read from memory once, then from L1 for
+  // every 3 rows of x (whose 3 rows sit in L1 beside it).
   const int64_t block = std::clamp<int64_t>(16384 / (4 * k), 1, 16);
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     float d[3];
