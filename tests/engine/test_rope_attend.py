@@ -12,8 +12,7 @@ import torch
 from flint.engine.model.config import ModelConfig
 from flint.engine.model.rope import Rotary, apply_rotary
 from flint.engine.paged_attention import PagedAttention, native_kernel
-
-BLOCK = 16
+from test_paged_attention_in_place import BLOCK, _slot_maps
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,23 +27,13 @@ def _config(heads: int, kv: int, d: int) -> ModelConfig:
                        qkv_bias=False, o_bias=False, sliding_window=None, bos_token_id=None, eos_token_ids=())
 
 
-def _slot_maps(lengths: list[int], gen: torch.Generator) -> list[torch.Tensor]:
-    blocks = sum(-(-n // BLOCK) for n in lengths)
-    order = torch.randperm(blocks, generator=gen)
-    maps, used = [], 0
-    for n in lengths:
-        b = order[used : used + -(-n // BLOCK)]
-        used += len(b)
-        maps.append((b[:, None] * BLOCK + torch.arange(BLOCK)).flatten()[:n])
-    return maps, blocks * BLOCK
-
-
 @pytest.mark.parametrize("heads,kv,d,window", [(8, 4, 64, None), (4, 4, 32, None), (6, 2, 128, 24)])
 def test_fused_rotary_write_and_attention_equal_the_op_by_op_path(heads, kv, d, window):
     gen = torch.Generator().manual_seed(heads * 100 + d)
     # (cached, new) per sequence: decodes, a short extend, a long prefill chunk (Python side), at layer 1
     shape = [(37, 1), (0, 1), (90, 5), (20, 40), (130, 1)]
-    maps, num_slots = _slot_maps([c + n for c, n in shape], gen)
+    blocks = sum(-(-(c + n) // BLOCK) for c, n in shape)
+    maps, num_slots = _slot_maps([c + n for c, n in shape], blocks, gen), blocks * BLOCK
     rotary = Rotary(_config(heads, kv, d), "cpu", torch.float32)
     caches = {}
     for name in ("fused", "ops"):
