@@ -93,7 +93,7 @@ class Harness:
         self.events: list = []
 
     async def start(self, request_id="r-1", *, replica=None, resume_from=ResumePoint(), pause_writes_ms=0,
-                    outbox=None):
+                    outbox=None, sink=None):
         """Register the request (claim + journal start), then start its owner (with Redis writes held for
         `pause_writes_ms` from then on)."""
         record = RequestRecord(request_id=request_id, owner="w-test", replica_id=(replica or self.replica).replica_id)
@@ -104,7 +104,8 @@ class Harness:
             await self.redis.execute_command("CLIENT", "PAUSE", pause_writes_ms, "WRITE")
         owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id=request_id),
                              pool=self.pool, replica=replica or self.replica, store=self.store, local=self.local,
-                             sink=self.events.append if outbox is None else outbox.put, journal=request_journal,
+                             sink=sink or (self.events.append if outbox is None else outbox.put),
+                             journal=request_journal,
                              resume_from=resume_from, outbox=outbox)
         owner.start()
         return owner
@@ -203,6 +204,30 @@ async def test_interrupt_ends_with_an_interrupted_final_after_the_last_delta_and
     again = await owner.interrupt()  # a second interrupt (the flag poll) gets the same answer, no second Final
     assert again == result
     assert sum(isinstance(e, ev.Final) for e in harness.events) == 1
+
+
+async def test_an_interrupt_asked_for_before_a_cancel_lands_ends_with_the_interrupted_final(harness):
+    """The interrupt's first step runs before the owner's task handles the cancel it caused (here the client's
+    cancel comes in the loop turn the delta went out, so the task is already due to wake): the request must
+    still end with the interrupted Final the interrupter is promised, not as a silent cancel."""
+    harness.engine.scripts.append([started(), delta("a"), delta("b"), HOLD])
+    owner, interrupting = None, []
+
+    def sink(event):
+        harness.events.append(event)
+        if isinstance(event, ev.Delta) and event.text == "b":
+            interrupting.append(asyncio.ensure_future(owner.interrupt()))
+            owner.cancel_soon()   # the client's cancel, before the interrupt task's first step
+
+    owner = await harness.start(sink=sink)
+    await until(lambda: interrupting)
+    result = await interrupting[0]
+    await owner.wait()
+    assert result.was_running and result.last_seq == 2
+    end = harness.events[-1]
+    assert isinstance(end, ev.Final) and end.finish_reason == ev.FinishReason.INTERRUPTED and end.seq == 3
+    record = await harness.store.get_request("r-1")
+    assert (record.state, record.last_seq) == ("interrupted", 2)
 
 
 async def test_cancel_delivers_nothing_more_and_frees_the_engine(harness):
