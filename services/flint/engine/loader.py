@@ -66,7 +66,7 @@ def load_model(
     quantization: str = "none",
     quant_group_size: int = 64,
 ) -> CausalLM:
-    from flint.engine import quant
+    from flint.engine import hugepages, quant
 
     path = Path(path)
     config = load_config(path)
@@ -75,12 +75,17 @@ def load_model(
     gptq = quant.gptq.gptq_config(path)
     with _Weights(path) as weights:
         if gptq is not None:
-            return quant.quantize_model(quant.gptq.load(model, weights, gptq, quant_group_size), quantization,
-                                        quant_group_size)
+            model = quant.quantize_model(quant.gptq.load(model, weights, gptq, quant_group_size), quantization,
+                                         quant_group_size)
+            hugepages.move_weights(model)
+            return model
         tensors = _read_shard(weights, config, model.shard, model.is_first, model.is_last)
     tensors = {name: t.to(device=device, dtype=dtype).contiguous() for name, t in tensors.items()}
     model.load_state(tensors)
-    return quant.quantize_model(model, quantization, quant_group_size)
+    del tensors
+    model = quant.quantize_model(model, quantization, quant_group_size)
+    hugepages.move_weights(model)   # the decode step streams them: no 4 KiB page walls (flint.engine.hugepages)
+    return model
 
 
 class _Weights:

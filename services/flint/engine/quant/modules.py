@@ -74,6 +74,10 @@ class QuantLinear(nn.Module):
         if k is not None and k.vnni_on():   # at load, not in the first request (~30 ms for a 16,000 x 512 matrix)
             self._bind(k)
 
+    def rebind(self) -> None:
+        """Bind the kernel's TiledLinear again (after the tiles moved, flint.engine.hugepages)."""
+        self._bind(kernel())
+
     def _bind(self, k) -> None:
         w, t = self.qweight, self.tiled()
         self._op = k.TiledLinear(w.bits, t.data, t.scale, t.mins, w.out_features, w.padded_in_features,
