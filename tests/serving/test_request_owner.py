@@ -442,16 +442,49 @@ async def test_cancel_while_the_claim_is_in_flight_frees_the_engine_and_leaves_n
 
 async def test_the_end_is_recorded_when_the_journal_has_nothing_to_carry_it(harness):
     # The record of the end rides the journal's last batch; a request the engine refused before its Started
-    # journals nothing (journal start still held back), and its record is written on its own.
+    # journals nothing, and its record is written on its own, deleting the journal start its claim wrote (a
+    # refused prompt is not kept, and a Resume of it is NOT_FOUND rather than a takeover that runs it again).
     record = RequestRecord(request_id="r-1", owner="w-test", replica_id=harness.replica.replica_id)
-    await harness.store.claim_request(record)
-    begin = harness.journal.begin_writes("r-1", b"", model="m")
+    deletes, writes = harness.journal.begin_writes("r-1", b"", model="m")
+    await harness.store.claim_request(record, deletes=deletes, writes=writes)
+    assert await harness.journal.meta("r-1") is not None
     harness.engine.scripts.append([(grpc.StatusCode.INVALID_ARGUMENT, "prompt too long")])
     owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id="r-1"), pool=harness.pool,
                          replica=harness.replica, store=harness.store, local=harness.local,
-                         sink=harness.events.append, journal=RequestJournal(harness.journal, "r-1", begin=begin))
+                         sink=harness.events.append, journal=RequestJournal(harness.journal, "r-1", begun=True))
     owner.start()
     await owner.wait()
     assert [type(e) for e in harness.events] == [ev.Failed]
     assert (await harness.store.get_request("r-1")).state == "failed"
     assert await harness.journal.meta("r-1") is None
+
+
+async def test_a_resume_between_the_accepted_and_the_first_delta_finds_the_request(harness):
+    # The Accepted's journal entry waits for the first delta (journal.start_delay_ms); the journal's start went
+    # with the claim, so a client that resumes in that window follows the request instead of getting NOT_FOUND.
+    from flint.frontend.resume import Resumer
+
+    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(start_delay_ms=1000))
+    record = RequestRecord(request_id="r-1", owner="w-test", replica_id=harness.replica.replica_id)
+    deletes, writes = harness.journal.begin_writes("r-1", b"", model="m")
+    harness.engine.scripts.append([started(), HOLD])
+    owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id="r-1"), pool=harness.pool,
+                         replica=harness.replica, store=harness.store, local=harness.local,
+                         sink=harness.events.append, journal=RequestJournal(harness.journal, "r-1", begun=True),
+                         claim=harness.store.claim_request(record, deletes=deletes, writes=writes))
+    owner.start()
+    await owner.claimed()
+    await until(lambda: harness.events)
+    assert [type(e) for e in harness.events] == [ev.Accepted]
+    assert await harness.redis.xlen(harness.journal.stream_key("r-1")) == 0   # its entry still waits
+    resumer = Resumer(worker_id="w-test", store=harness.store, journal=harness.journal, liveness=None,
+                      pool=harness.pool, local=harness.local)
+    follow = resumer.resume("r-1", 0)
+    first = asyncio.ensure_future(follow.__anext__())
+    await asyncio.sleep(0.2)
+    assert not first.done()                    # following the running request, not NOT_FOUND
+    result = await owner.interrupt()           # the end writes the waiting batch at once
+    assert result.was_running
+    assert isinstance(await first, ev.Accepted)
+    assert isinstance(await follow.__anext__(), ev.Final)
+    await follow.aclose()

@@ -65,13 +65,12 @@ class JournalConfig:
     write_timeout_ms: float = 500.0    # an append slower than this is dropped (the stream keeps going)
     worker_ttl_s: float = 3.0          # a worker that misses heartbeats this long is dead: its requests move
     poll_interval_ms: float = 200.0    # a resume re-checks the owner's liveness this often while tailing
-    # A request's first batch (its journal's start and Accepted) may wait up to this long for the first delta
-    # to join it, so its Redis write follows the first token instead of competing with the prefill for the
-    # CPU (0.4-0.8 ms of TTFT on 2 shared cores, loadtests/results/relay-ttft-20261130). Default 0 = at once:
-    # while the start is held back, a Resume of the running request (a client that reconnects right after
-    # its Accepted, on this worker or another) finds no journal and gets NOT_FOUND; test_tenant_limits'
-    # resume test failed 2 of 4 runs that way at 100 ms. A cancel or an interrupt writes the batch at once.
-    start_delay_ms: float = 0.0
+    # A request's Accepted may wait up to this long for the first delta to join its batch, so no Redis write
+    # competes with the prefill or comes between the engine's first token and the client (0.4-0.8 ms of TTFT
+    # on 2 shared cores, loadtests/results/relay-ttft-20261130). The journal's start (its metadata) is written
+    # with the request's claim, so a Resume in that window finds the request and follows it. A cancel, an
+    # interrupt or the end writes the batch at once; 0 = the Accepted at once.
+    start_delay_ms: float = 100.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_deltas, int) or self.max_deltas < 16:
@@ -139,7 +138,8 @@ class Journal:
     def begin_writes(self, request_id: str, engine_request: bytes, *, tenant: str = "",
                      model: str = "") -> tuple[list[str], list[tuple[str, bytes, int]]]:
         """The keys to delete and (key, value, ttl_ms) to set that start a request's journal: what is needed to
-        regenerate it, and no older journal under this id. Run them with the request's claim (Store)."""
+        regenerate it, and no older journal under this id. Run them with the request's claim (Store), and give
+        its `RequestJournal` `begun=True`."""
         meta = msgpack.packb({"request": engine_request, "tenant": tenant, "model": model,
                               "created_unix_s": time.time()})
         self.incomplete.discard(request_id)
@@ -171,24 +171,14 @@ class Journal:
         self._kick(delay)
         return self._batch
 
-    def write_begin(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]]) -> None:
-        """Queue a request's journal start (see `begin_writes`) ahead of its first entry, in the same batch
-        (which it does not start: that entry does)."""
-        self.incomplete.discard(request_id)
-        self._queue_writes(request_id, deletes, writes, kick=False)
-
     def write_after(self, request_id: str, writes: list[tuple[str, bytes, int]]) -> asyncio.Future:
         """Queue `writes` ((key, value, ttl_ms) each) behind the request's entries queued so far, in the same
-        pipeline when they share a batch (it runs in order); returns the batch's future, like `write`."""
-        return self._queue_writes(request_id, [], writes)
-
-    def _queue_writes(self, request_id: str, deletes: list[str], writes: list[tuple[str, bytes, int]], *,
-                      kick: bool = True):
+        pipeline when they share a batch (it runs in order), and start the batch; returns its future, like
+        `write`."""
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
-        self._pending.append((request_id, (deletes, writes)))
-        if kick:
-            self._kick()
+        self._pending.append((request_id, tuple(writes)))
+        self._kick()
         return self._batch
 
     def _kick(self, delay: bool = False) -> None:
@@ -244,11 +234,8 @@ class Journal:
                 with metrics().time_redis("journal_flush"):
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for request_id, fields in batch:
-                            if isinstance(fields, tuple):  # a journal's start (write_begin)
-                                deletes, writes = fields
-                                if deletes:
-                                    pipe.delete(*deletes)
-                                for key, value, ttl_ms in writes:
+                            if isinstance(fields, tuple):  # writes behind a request's entries (write_after)
+                                for key, value, ttl_ms in fields:
                                     pipe.set(key, value, px=ttl_ms)
                                 continue
                             pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
@@ -352,25 +339,28 @@ class WorkerLiveness:
 class RequestJournal:
     """The journal of one request as its owner sees it: queues events, counts text offsets, never raises."""
 
-    def __init__(self, journal: Journal, request_id: str, *, chars: int = 0, begin=None):
+    def __init__(self, journal: Journal, request_id: str, *, chars: int = 0, begun: bool = False):
         self._journal = journal
         self.request_id = request_id
         self.chars = chars               # characters of completion text journaled so far
         self._last: asyncio.Future | None = None
         self._gap_marked = False
-        self._begin = begin              # (deletes, writes) starting the journal, queued before the first event
+        # This request's claim started the journal (`Journal.begin_writes`) and nothing is journaled yet: a
+        # request that ends so (the engine refused it) journals nothing and leaves no metadata behind.
+        self._fresh = begun
+
+    def unused_keys(self) -> list[str]:
+        """The journal's keys to delete at the end of a request that journaled nothing (see `begun`)."""
+        return [self._journal.meta_key(self.request_id)] if self._fresh else []
 
     def write(self, event: ev.Event) -> None:
-        """Queue a front-end event (flint.frontend.events) for the journal; it is delivered meanwhile.
-
-        The journal's start (`begin`: keys to delete, metadata to set, from `Journal.begin_writes`) goes out
-        in the same batch as the first event, the Accepted the engine's Started becomes; a request that ends
-        before that (the engine refused it) leaves nothing in Redis: there is nothing to resume."""
-        if self._begin is not None:
+        """Queue a front-end event (flint.frontend.events) for the journal; it is delivered meanwhile. A new
+        request's first event is the Accepted its engine's Started becomes; a terminal event before it is not
+        journaled: there is nothing to resume."""
+        if self._fresh:
             if ev.is_terminal(event):
                 return
-            (deletes, writes), self._begin = self._begin, None
-            self._journal.write_begin(self.request_id, deletes, writes)
+            self._fresh = False
         seq = 0
         if isinstance(event, ev.Delta):
             seq = event.seq
@@ -386,7 +376,7 @@ class RequestJournal:
         """`settle`, with `writes` ((key, value, ttl_ms) each) queued behind the request's last entry, so they
         reach Redis in that entry's round trip, after it. True if the journal and `writes` got there; False if
         not (the journal is incomplete, or had nothing of this request): then make the writes yourself."""
-        if self._begin is not None or self._last is None or self.request_id in self._journal.incomplete:
+        if self._last is None or self.request_id in self._journal.incomplete:
             await self.settle()
             return False
         self._last = self._journal.write_after(self.request_id, writes)

@@ -294,11 +294,15 @@ class RequestOwner:
 
     async def _settle_and_record(self, state: str) -> RequestRecord:
         """The record of the end rides the journal's last batch (one round trip, after the journal's entries);
-        when the journal lost entries it is written alone, after the journal's gap is marked."""
+        when the journal lost entries it is written alone, after the journal's gap is marked; when it holds
+        nothing of a new request, with the deletion of the journal's start (its claim wrote it)."""
         done, write = self._store.finish_write(self.record, state, self.last_seq)
-        if self._journal is not None and await self._journal.settle_then([write]):
+        if self._journal is None:
+            return await self._store.finish_request(self.record, state, self.last_seq)
+        if await self._journal.settle_then([write]):
             return done
-        return await self._store.finish_request(self.record, state, self.last_seq)
+        return await self._store.finish_request(self.record, state, self.last_seq,
+                                                deletes=self._journal.unused_keys())
 
     async def _generate(self) -> None:
         """Run the request on a replica to its Final; on a refused connection, on another replica."""

@@ -91,19 +91,19 @@ class FlintServicer:
         return owner, session
 
     def _start_owner(self, msg, request_id, tenant, replica, engine_request, session, sink, release, outbox):
-        """Start the request's owner, which opens the engine call while it claims the request id and moves its
-        session's affinity (one Redis round trip, see `RequestOwner.claimed`; the journal starts in the batch of
-        its first event). From here the owner releases `release` when it ends, also if the claim fails."""
+        """Start the request's owner, which opens the engine call while it claims the request id, starts its
+        journal and moves its session's affinity (one Redis round trip, see `RequestOwner.claimed`). From here
+        the owner releases `release` when it ends, also if the claim fails."""
         try:
             record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
                                    session_id=session.session_id if session else "", replica_id=replica.replica_id,
                                    created_unix_s=time.time())
-            writes, request_journal = [], None
+            deletes, writes, request_journal = [], [], None
             if self.journal is not None:
                 pin_seed(engine_request)
-                begin = self.journal.begin_writes(request_id, engine_request.SerializeToString(), tenant=tenant,
-                                                  model=replica.model)
-                request_journal = RequestJournal(self.journal, request_id, begin=begin)
+                deletes, writes = self.journal.begin_writes(request_id, engine_request.SerializeToString(),
+                                                            tenant=tenant, model=replica.model)
+                request_journal = RequestJournal(self.journal, request_id, begun=True)
             if session is not None and session.replica_id != replica.replica_id:
                 session = replace(session, replica_id=replica.replica_id)
                 writes.append(self.store.session_write(session))
@@ -112,7 +112,7 @@ class FlintServicer:
             owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
                                  store=self.store, local=self.local, sink=sink, journal=request_journal,
                                  on_done=self._on_done(release, span), metadata=tracing.outgoing_metadata(span),
-                                 outbox=outbox, claim=self.store.claim_request(record, writes=writes))
+                                 outbox=outbox, claim=self.store.claim_request(record, deletes=deletes, writes=writes))
         except BaseException:
             if release is not None:
                 asyncio.ensure_future(release())

@@ -137,9 +137,17 @@ class Store:
         done = replace(record, state=state, last_seq=last_seq)
         return done, (self.request_key(record.request_id), msgpack.packb(asdict(done)), self._request_ttl_ms)
 
-    async def finish_request(self, record: RequestRecord, state: str, last_seq: int) -> RequestRecord:
+    async def finish_request(self, record: RequestRecord, state: str, last_seq: int, *,
+                             deletes: list[str] = ()) -> RequestRecord:
+        """Record the end of a request; also delete the keys `deletes` (in the same round trip)."""
         done, (key, value, ttl_ms) = self.finish_write(record, state, last_seq)
-        await self.redis.set(key, value, px=ttl_ms)
+        if not deletes:
+            await self.redis.set(key, value, px=ttl_ms)
+            return done
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, px=ttl_ms)
+            pipe.delete(*deletes)
+            await pipe.execute()
         return done
 
     async def refresh_requests(self, request_ids: list[str]) -> None:
