@@ -119,12 +119,16 @@ def test_rows_and_cat_fuse_along_output_channels():
 def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits, group):
     """Speculative verification (many rows) must reproduce plain decoding (one row) exactly."""
     w = weights(70, 192, bits, group, seed=11)
-    x = torch.randn(13, 192)
+    # VNNI: 29 rows, so its 16-, 8-, 4- and 1-row passes all run; the other kernel takes at most SMALL_M_ROWS
+    rows = 29 if kernel_path == "vnni" else 13
+    x = torch.randn(rows, 192)
     lin = modules.QuantLinear(w)
     together = lin(x)
-    for i in (0, 5, 12):
+    for i in sorted({0, 5, 12, 20, rows - 1} & set(range(rows))):
         assert torch.equal(lin(x[i: i + 1]), together[i: i + 1])
     assert torch.equal(lin(x[3:9]), together[3:9])
+    if rows > 16:   # 17 rows: a 16-row pass and a 1-row one
+        assert torch.equal(lin(x[rows - 17:]), together[rows - 17:])
 
 
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 64)])

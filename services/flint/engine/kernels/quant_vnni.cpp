@@ -51,6 +51,7 @@ struct Act {                 // int8 activations of M rows
   std::vector<int8_t> q;     // [M, kq]
   std::vector<float> sx;     // [M, blocks]
   std::vector<int32_t> sum;  // [M, blocks]
+  std::vector<float> sxsum;  // [M, blocks]: sx * sum, the int4 mins' factor (one product per block, not per tile)
 };
 
 // Rows of x [M, K] (row stride ldx), times xscale [K] if given, zero past K, rounded to int8 per block.
@@ -64,6 +65,7 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
   a.q.resize(m * a.kq);
   a.sx.resize(m * a.blocks);
   a.sum.resize(m * a.blocks);
+  a.sxsum.resize(m * a.blocks);
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * ldx;
     float row_scale = 1.f;
@@ -98,6 +100,7 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
       }
       a.sx[r * a.blocks + b] = sx * row_scale;
       a.sum[r * a.blocks + b] = _mm512_reduce_add_epi32(total);
+      a.sxsum[r * a.blocks + b] = a.sx[r * a.blocks + b] * static_cast<float>(a.sum[r * a.blocks + b]);
     }
   }
 }
@@ -120,8 +123,13 @@ inline void store_tile(float* y, int64_t o, int64_t n, __m512 v, const float* bi
   _mm512_mask_storeu_ps(y + o, live, v);
 }
 
-// Tiles [t0, t0 + TB) for rows [r0, r0 + MB). Two integer accumulators per (row, tile) (the even and odd
-// 4-column steps) so consecutive vpdpbusd do not wait on each other.
+// Integer accumulators per (row, tile): two (the even and odd 4-column steps, so consecutive vpdpbusd do not
+// wait on each other) while fewer than 8 (row, tile) pairs share a pass; one when 8 or more do (their chains
+// already overlap, and 16 rows then fit the 32 registers). Integer sums are exact: the same bits either way.
+template <int MB, int TB>
+constexpr bool kSplit = MB * TB < 8;
+
+// Tiles [t0, t0 + TB) for rows [r0, r0 + MB).
 template <int MB, int TB>
 void int4_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* mins, int64_t kp,
                 int64_t group, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0) {
@@ -142,7 +150,8 @@ void int4_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
         for (int r = 0; r < MB; ++r) {
           const int8_t* xr = a.q.data() + (r0 + r) * a.kq + 8 * s;
           lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], wl, bcast(xr));
-          hi[r][t] = _mm512_dpbusd_epi32(hi[r][t], wh, bcast(xr + 4));
+          if constexpr (kSplit<MB, TB>) hi[r][t] = _mm512_dpbusd_epi32(hi[r][t], wh, bcast(xr + 4));
+          else lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], wh, bcast(xr + 4));
         }
       }
     }
@@ -151,10 +160,10 @@ void int4_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
       const __m512 mn = _mm512_loadu_ps(mins + ((t0 + t) * groups + g) * 16);
       for (int r = 0; r < MB; ++r) {
         const int64_t i = (r0 + r) * a.blocks + g;
-        const float sx = a.sx[i];
-        const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r][t], hi[r][t]));
-        acc[r][t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(sc, _mm512_set1_ps(sx)), acc[r][t]);
-        acc[r][t] = _mm512_fmadd_ps(mn, _mm512_set1_ps(sx * static_cast<float>(a.sum[i])), acc[r][t]);
+        const __m512i idot = kSplit<MB, TB> ? _mm512_add_epi32(lo[r][t], hi[r][t]) : lo[r][t];
+        const __m512 dot = _mm512_cvtepi32_ps(idot);
+        acc[r][t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(sc, _mm512_set1_ps(a.sx[i])), acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.sxsum[i]), acc[r][t]);
       }
     }
   }
@@ -182,7 +191,8 @@ void int8_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
         for (int r = 0; r < MB; ++r) {
           const int8_t* xr = a.q.data() + (r0 + r) * a.kq + 4 * s;
           ev[r][t] = _mm512_dpbusd_epi32(ev[r][t], w0, bcast(xr));
-          od[r][t] = _mm512_dpbusd_epi32(od[r][t], w1, bcast(xr + 4));
+          if constexpr (kSplit<MB, TB>) od[r][t] = _mm512_dpbusd_epi32(od[r][t], w1, bcast(xr + 4));
+          else ev[r][t] = _mm512_dpbusd_epi32(ev[r][t], w1, bcast(xr + 4));
         }
       }
     }
@@ -191,7 +201,8 @@ void int8_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
       const __m512i corr = _mm512_set1_epi32(128 * a.sum[i]);
       const __m512 sx = _mm512_set1_ps(a.sx[i]);
       for (int t = 0; t < TB; ++t) {
-        const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(ev[r][t], od[r][t]), corr);
+        const __m512i sum = kSplit<MB, TB> ? _mm512_add_epi32(ev[r][t], od[r][t]) : ev[r][t];
+        const __m512i dot = _mm512_sub_epi32(sum, corr);
         acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc[r][t]);
       }
     }
@@ -231,6 +242,8 @@ void linear(const Act& a, int64_t m, const uint8_t* w, const float* s, const flo
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t t0 = item * kTiles, t1 = std::min(tiles, t0 + kTiles);
       int64_t r = 0;
+      for (; r + 16 <= m; r += 16)   // batched decode: 16 rows tile by tile, each weight vector used 16 times
+        Kern<INT4, 16, 1>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
       for (; r + 8 <= m; r += 8)   // many rows: 8 at a time tile by tile, each unpacked weight vector used 8 times
         Kern<INT4, 8, 1>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
       for (; r + 4 <= m; r += 4)   // 4 at a time over 2 tiles
