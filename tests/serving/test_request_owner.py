@@ -488,3 +488,28 @@ async def test_a_resume_between_the_accepted_and_the_first_delta_finds_the_reque
     assert isinstance(await first, ev.Accepted)
     assert isinstance(await follow.__anext__(), ev.Final)
     await follow.aclose()
+
+
+async def test_a_short_request_journals_in_one_batch_and_ends_in_another(harness):
+    # Per request: the claim (with the journal's start), one batch with the Accepted and the first delta, and
+    # one with the Final and the record of the end (the terminal entry waits for the record, not a batch alone).
+    from flint.observability.metrics import metrics
+
+    def batches() -> float:
+        return metrics().registry.get_sample_value("flint_redis_call_seconds_count", {"op": "journal_flush"}) or 0
+
+    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(start_delay_ms=1000))
+    record = RequestRecord(request_id="r-1", owner="w-test", replica_id=harness.replica.replica_id)
+    deletes, writes = harness.journal.begin_writes("r-1", b"", model="m")
+    harness.engine.scripts.append([started(), delta("a"), final(1)])
+    before = batches()
+    owner = RequestOwner(record=record, engine_request=ipb.GenerateRequest(request_id="r-1"), pool=harness.pool,
+                         replica=harness.replica, store=harness.store, local=harness.local,
+                         sink=harness.events.append, journal=RequestJournal(harness.journal, "r-1", begun=True),
+                         claim=harness.store.claim_request(record, deletes=deletes, writes=writes))
+    owner.start()
+    async with asyncio.timeout(5):   # far below start_delay_ms: nothing waited for the delay
+        await owner.wait()
+    assert [type(e) for e in await harness.journaled()] == [ev.Accepted, ev.Delta, ev.Final]
+    assert (await harness.store.get_request("r-1")).state == "finished"
+    assert batches() - before == 2

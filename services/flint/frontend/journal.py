@@ -69,7 +69,8 @@ class JournalConfig:
     # competes with the prefill or comes between the engine's first token and the client (0.4-0.8 ms of TTFT
     # on 2 shared cores, loadtests/results/relay-ttft-20261130). The journal's start (its metadata) is written
     # with the request's claim, so a Resume in that window finds the request and follows it. A cancel, an
-    # interrupt or the end writes the batch at once; 0 = the Accepted at once.
+    # interrupt or the end writes the batch at once; 0 = the Accepted at once. (A request's terminal entry
+    # waits the same way for its record of the end, which follows at once.)
     start_delay_ms: float = 100.0
 
     def __post_init__(self) -> None:
@@ -116,7 +117,8 @@ class Journal:
         self._pending: list[tuple[str, dict | tuple]] = []  # entries (or journal starts) of the next batch
         self._batch: asyncio.Future | None = None       # resolved when the next batch is in Redis
         self._flusher: asyncio.Task | None = None
-        self._delayed: asyncio.TimerHandle | None = None   # a first batch waiting for its request's first delta
+        self._delayed: asyncio.TimerHandle | None = None   # pending entries that may wait (see `write`'s delay)
+        self._urgent = False        # something pending may not wait: the next batch goes as soon as it can
         self.incomplete: set[str] = set()   # requests whose journal lost an append (this process)
         self.dropped_appends = 0
 
@@ -158,8 +160,9 @@ class Journal:
     def write(self, request_id: str, message: bytes, *, seq: int = 0, chars: int = 0,
               terminal: bool = False, delay: bool = False) -> asyncio.Future | None:
         """Queue one message for the next batch, without waiting. Returns the batch's future (True once the
-        batch is in Redis, False if it failed), or None if the entry was dropped. `delay`: the batch may wait
-        `start_delay_ms` for another entry (a request's first delta) before it goes."""
+        batch is in Redis, False if it failed), or None if the entry was dropped. `delay`: the entry may wait
+        up to `start_delay_ms` for another one that starts the batch (the first delta after an Accepted, the
+        record of the end after a terminal entry)."""
         if request_id in self.incomplete:
             return None
         if len(self._pending) >= MAX_PENDING_ENTRIES:  # Redis stalled: bound this worker's memory
@@ -183,10 +186,13 @@ class Journal:
 
     def _kick(self, delay: bool = False) -> None:
         """Start a flush of what is pending, unless one runs (it takes the rest in its next round); with
-        `delay`, in `start_delay_ms` unless something else starts it first."""
+        `delay`, in `start_delay_ms` unless something else starts it first. Entries that may wait (`delay`)
+        never start a batch or a flush's next round on their own before then."""
+        if not delay:
+            self._urgent = True
         if self._flusher is not None and not self._flusher.done():
             return
-        if delay and self.config.start_delay_ms:
+        if not self._urgent and self.config.start_delay_ms:
             if self._delayed is None:
                 self._delayed = asyncio.get_running_loop().call_later(self.config.start_delay_ms / 1000.0,
                                                                       self._delay_over)
@@ -203,8 +209,10 @@ class Journal:
 
     async def settle(self, request_id: str, batch: asyncio.Future | None) -> bool:
         """Wait (at most write_timeout_ms) until the batch holding a request's last entry is in Redis; True if
-        every entry of the request got there."""
+        every entry of the request got there. A batch still waiting (`delay`) goes now."""
         if batch is not None:
+            if not batch.done():
+                self._kick()
             # asyncio.wait, not wait_for: it never cancels the shared batch and never swallows a cancellation
             # of the caller that races with the write completing (wait_for does on 3.11).
             await asyncio.wait({batch}, timeout=self.config.write_timeout_ms / 1000.0)
@@ -227,7 +235,8 @@ class Journal:
         metrics().journal_dropped.inc()
 
     async def _flush(self) -> None:
-        while self._pending:
+        while self._pending and self._urgent:
+            self._urgent = False
             batch, self._pending = self._pending, []
             done, self._batch = self._batch, None
             try:
@@ -256,6 +265,8 @@ class Journal:
             if not done.done():
                 done.set_result(ok)
         self._flusher = None
+        if self._pending:   # only entries that may wait came meanwhile: their delay starts now
+            self._kick(delay=True)
 
     async def mark_gap(self, request_id: str) -> None:
         """Persist that this request's journal has a hole, so resumes elsewhere refuse instead of guessing."""
@@ -365,10 +376,13 @@ class RequestJournal:
         if isinstance(event, ev.Delta):
             seq = event.seq
             self.chars += len(event.text)
-        # An Accepted waits (briefly) for the first delta: the batch then follows that delta to the client.
+        # An Accepted waits (briefly) for the first delta: the batch then follows that delta to the client. A
+        # terminal entry waits for the record of the end its owner queues next (`settle_then`), which starts
+        # the batch: one round trip for both.
+        terminal = ev.is_terminal(event)
         batch = self._journal.write(self.request_id, to_message(event).SerializeToString(), seq=seq,
-                                    chars=self.chars, terminal=ev.is_terminal(event),
-                                    delay=isinstance(event, ev.Accepted))
+                                    chars=self.chars, terminal=terminal,
+                                    delay=terminal or isinstance(event, ev.Accepted))
         if batch is not None:
             self._last = batch
 
