@@ -73,7 +73,31 @@ async def test_no_delay_writes_the_accepted_at_once(redis):
     await journal.close()
 
 
-@pytest.mark.parametrize("bad", [-1, 1001, "5"])
-def test_start_delay_out_of_range_is_refused_with_its_name(bad):
-    with pytest.raises(InvalidArgument, match="journal.start_delay_ms"):
-        JournalConfig(start_delay_ms=bad)
+async def test_deltas_within_the_delta_delay_go_in_one_batch_without_anyone_waiting_for_it(redis):
+    journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=0, delta_delay_ms=50))
+    request = RequestJournal(journal, "r-1", begun=True)
+    request.write(ev.Accepted("r-1", 3))                     # no start delay: its batch goes at once
+    assert await request.settle()
+    flushes = journal_flushes()
+    for seq, text in enumerate("abc", 1):
+        request.write(ev.Delta("r-1", seq, text, 1))
+    await asyncio.sleep(0.01)
+    assert await kinds(journal) == ["Accepted"]              # the deltas wait for more
+    async with asyncio.timeout(10):                          # then go on their own (nobody settles them)
+        while await kinds(journal) != ["Accepted", "Delta", "Delta", "Delta"]:
+            await asyncio.sleep(0.01)
+    assert journal_flushes() - flushes == 1
+    await journal.close()
+
+
+def journal_flushes() -> float:
+    from flint.observability.metrics import metrics
+
+    return metrics().registry.get_sample_value("flint_redis_call_seconds_count", {"op": "journal_flush"}) or 0
+
+
+@pytest.mark.parametrize("name", ["start_delay_ms", "delta_delay_ms"])
+@pytest.mark.parametrize("bad", [-1, 1001, "5", True])
+def test_a_delay_out_of_range_is_refused_with_its_name(name, bad):
+    with pytest.raises(InvalidArgument, match=f"journal.{name}"):
+        JournalConfig(**{name: bad})
