@@ -52,7 +52,26 @@ struct Act {                 // int8 activations of M rows
   std::vector<float> sx;     // [M, blocks]
   std::vector<int32_t> sum;  // [M, blocks]
   std::vector<float> sxsum;  // [M, blocks]: sx * sum, the int4 mins' factor (one product per block, not per tile)
+  std::vector<int8_t> q16;   // [M / 16, kq / 4, 16, 4]: q of each full group of 16 rows, 4 columns of all 16 at a
+                             // time, so the 16-row pass broadcasts them from one pointer (16 pointers spill)
+  // The 4 bytes of columns [4u, 4u + 4) of row r0 + r, r0 a multiple of 16 when MB == 16.
+  template <int MB>
+  const int8_t* at(int64_t r0, int r, int64_t u) const {
+    if constexpr (MB == 16) return q16.data() + ((r0 / 16 * (kq / 4) + u) * 16 + r) * 4;
+    else return q.data() + (r0 + r) * kq + 4 * u;
+  }
 };
+
+// Act::q16 from Act::q, for the rows' full groups of 16.
+void interleave16(Act& a, int64_t m) {
+  const int64_t units = a.kq / 4, groups = m / 16;
+  a.q16.resize(groups * units * 64);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int r = 0; r < 16; ++r) {
+      const int8_t* src = a.q.data() + (g * 16 + r) * a.kq;
+      for (int64_t u = 0; u < units; ++u) std::memcpy(a.q16.data() + ((g * units + u) * 16 + r) * 4, src + 4 * u, 4);
+    }
+}
 
 // Rows of x [M, K] (row stride ldx), times xscale [K] if given, zero past K, rounded to int8 per block.
 // With floor >= 0 each row is first divided by hypot(|row|, floor) (llama.py's unit_rms, fused here: it only
@@ -148,10 +167,11 @@ void int4_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
         const __m512i wl = _mm512_and_si512(raw, low);
         const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
         for (int r = 0; r < MB; ++r) {
-          const int8_t* xr = a.q.data() + (r0 + r) * a.kq + 8 * s;
-          lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], wl, bcast(xr));
-          if constexpr (kSplit<MB, TB>) hi[r][t] = _mm512_dpbusd_epi32(hi[r][t], wh, bcast(xr + 4));
-          else lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], wh, bcast(xr + 4));
+          const int8_t* x0 = a.at<MB>(r0, r, 2 * s);
+          const int8_t* x1 = a.at<MB>(r0, r, 2 * s + 1);
+          lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], wl, bcast(x0));
+          if constexpr (kSplit<MB, TB>) hi[r][t] = _mm512_dpbusd_epi32(hi[r][t], wh, bcast(x1));
+          else lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], wh, bcast(x1));
         }
       }
     }
@@ -189,10 +209,11 @@ void int8_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
         const uint8_t* wt = tile_at(w, t0 + t, s, steps);
         const __m512i w0 = _mm512_loadu_si512(wt), w1 = _mm512_loadu_si512(tile_at(w, t0 + t, s + 1, steps));
         for (int r = 0; r < MB; ++r) {
-          const int8_t* xr = a.q.data() + (r0 + r) * a.kq + 4 * s;
-          ev[r][t] = _mm512_dpbusd_epi32(ev[r][t], w0, bcast(xr));
-          if constexpr (kSplit<MB, TB>) od[r][t] = _mm512_dpbusd_epi32(od[r][t], w1, bcast(xr + 4));
-          else ev[r][t] = _mm512_dpbusd_epi32(ev[r][t], w1, bcast(xr + 4));
+          const int8_t* x0 = a.at<MB>(r0, r, s);
+          const int8_t* x1 = a.at<MB>(r0, r, s + 1);
+          ev[r][t] = _mm512_dpbusd_epi32(ev[r][t], w0, bcast(x0));
+          if constexpr (kSplit<MB, TB>) od[r][t] = _mm512_dpbusd_epi32(od[r][t], w1, bcast(x1));
+          else ev[r][t] = _mm512_dpbusd_epi32(ev[r][t], w1, bcast(x1));
         }
       }
     }
@@ -301,6 +322,7 @@ torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Te
   }
   thread_local Act act;
   quantize(x.data_ptr<float>(), x.stride(0), m, k, xs, kp, block, unit_rms_floor, act);
+  if (m >= 16) interleave16(act, m);
   auto y = torch::empty({m, n}, x.options());
   const float* mn = bits == 4 ? mins->data_ptr<float>() : nullptr;
   if (bits == 4) linear<true>(act, m, w.data_ptr<uint8_t>(), scale.data_ptr<float>(), mn, kp, group, bp, y.data_ptr<float>(), n);
