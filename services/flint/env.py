@@ -67,6 +67,19 @@ def allow_plaintext_key() -> bool:
     return os.environ.get("FLINT_ALLOW_PLAINTEXT_KEY", "").strip().lower() not in ("", "0", "false", "no")
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def event_loop() -> str:
+    """`FLINT_EVENT_LOOP`: the event loop of a front-end worker process, `uvloop` (default) or `asyncio`."""
+    value = os.environ.get("FLINT_EVENT_LOOP", "").strip().lower() or EVENT_LOOPS[0]
+    if value not in EVENT_LOOPS:
+        from flint.errors import InvalidArgument
+
+        raise InvalidArgument(f"FLINT_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
+    return value
+
+
 INTERNAL_TOKEN = "FLINT_INTERNAL_TOKEN"
 INTERNAL_TOKEN_FILE = "FLINT_INTERNAL_TOKEN_FILE"
 

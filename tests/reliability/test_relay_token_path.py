@@ -7,6 +7,7 @@ machine allows.
 import asyncio
 
 import grpc
+import pytest
 
 from rel_support import eventually
 from flint.v1 import flint_pb2 as pb
@@ -80,3 +81,30 @@ async def test_deltas_keep_flowing_while_redis_holds_journal_writes_and_a_resume
     finally:
         await admin.execute_command("CLIENT", "UNPAUSE")
         await admin.aclose()
+
+
+async def test_a_worker_process_serves_on_uvloop_by_default_and_on_asyncio_when_asked(cluster, reference, monkeypatch):
+    """`python -m flint.frontend.worker` runs on uvloop (cheaper per request) unless FLINT_EVENT_LOOP=asyncio;
+    either way it serves the same text. A loop it does not know is refused by name."""
+    import json
+    from dataclasses import asdict
+
+    expected = await reference.atext("def g():", 12)
+    await cluster.add_replica("r1")
+    for asked, runs in ((None, "uvloop"), ("asyncio", "asyncio")):
+        if asked is None:
+            monkeypatch.delenv("FLINT_EVENT_LOOP", raising=False)
+        else:
+            monkeypatch.setenv("FLINT_EVENT_LOOP", asked)
+        config = json.dumps(asdict(cluster.frontend_config(f"loop-{runs}")))
+        address, ready = await cluster._spawn(runs, ["-m", "flint.frontend.worker", "--config", config])
+        assert ready["event_loop"] == runs
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = flint_pb2_grpc.FlintStub(channel)
+            messages = [m async for m in stub.Complete(pb.CompleteRequest(prefix="def g():",
+                                                                          sampling=pb.Sampling(max_tokens=12)))]
+        assert "".join(m.delta.text for m in messages if m.WhichOneof("kind") == "delta") == expected
+        assert messages[-1].WhichOneof("kind") == "final"
+    monkeypatch.setenv("FLINT_EVENT_LOOP", "trio")
+    with pytest.raises(RuntimeError, match="FLINT_EVENT_LOOP must be one of uvloop, asyncio"):
+        await cluster._spawn("bad", ["-m", "flint.frontend.worker", "--config", config])
