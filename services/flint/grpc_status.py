@@ -203,13 +203,42 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> N
     await context.abort(status_code(error), error.message)
 
 
+class WrappedHandlers:
+    """The wrapped form of each method handler an interceptor has seen, made once: a server's registered
+    handlers are the same objects on every call, so a call reuses their wrapping instead of building it anew.
+    Bounded (handlers built per call, such as the auth interceptor's, are wrapped each time and not kept)."""
+
+    LIMIT = 256
+
+    def __init__(self, wrap):
+        self._wrap = wrap
+        self._made: dict[int, tuple] = {}   # id(handler) -> (handler, its wrapped form)
+
+    def __call__(self, handler):
+        made = self._made.get(id(handler))
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapped = self._wrap(handler)
+        if len(self._made) >= self.LIMIT:
+            self._made.clear()
+        self._made[id(handler)] = (handler, wrapped)
+        return wrapped
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions escaping any handler to their gRPC status."""
+
+    def __init__(self):
+        self._wrapped = WrappedHandlers(self._wrap)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        return self._wrapped(handler)
+
+    @staticmethod
+    def _wrap(handler):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)

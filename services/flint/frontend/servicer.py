@@ -177,15 +177,6 @@ class FlintServicer:
             async for message in stream.run(request_iterator):
                 yield message
 
-    async def Complete(self, request, context):
-        with self.hold("stream"):
-            async for message in self._single(request, context):
-                yield message
-
-    async def Edit(self, request, context):
-        with self.hold("stream"):
-            async for message in self._single(request, context):
-                yield message
 
     async def Interrupt(self, request, context):
         request = check_decoded(request)
@@ -210,33 +201,37 @@ class FlintServicer:
                 yield to_message(event)
 
     async def _single(self, request, context):
-        """One request per call: accepted, deltas, final; an error ends the call with its status."""
-        arrival = time.time()
-        request = check_decoded(request)
-        out = Outbox(self.buffers)
-        handler, owners = asyncio.current_task(), []
+        """One request per call (Complete, Edit): accepted, deltas, final; an error ends the call with its status.
+        One generator between gRPC and the owner's outbox (each layer costs every message a resumption)."""
+        with self.hold("stream"):
+            arrival = time.time()
+            request = check_decoded(request)
+            out = Outbox(self.buffers)
+            handler, owners = asyncio.current_task(), []
 
-        def stop() -> None:  # the call ended: the client cancelled (or it is over anyway)
-            handler.cancel()
-            for owner in owners:
-                owner.cancel_soon()
+            def stop() -> None:  # the call ended: the client cancelled (or it is over anyway)
+                handler.cancel()
+                for owner in owners:
+                    owner.cancel_soon()
 
-        on_call_end(context, stop)
-        owner, _ = await self.start_request(request, request_id=request_id_of(request, current_tenant()),
-                                            session=None, sink=out.put, arrival_unix_s=arrival, outbox=out)
-        owners.append(owner)
-        if context.done():
-            stop()
-        owner.add_done_callback(lambda: out.put(None))  # ended without a Final: cancelled
-        try:
-            while True:
-                event = await out.get()
-                if event is None:
-                    return
-                if isinstance(event, ev.Failed):
-                    raise event.error
-                yield to_message(event)
-                if isinstance(event, ev.Final):
-                    return
-        finally:
-            await owner.cancel()  # the client went away mid-stream: free the engine slot now
+            on_call_end(context, stop)
+            owner, _ = await self.start_request(request, request_id=request_id_of(request, current_tenant()),
+                                                session=None, sink=out.put, arrival_unix_s=arrival, outbox=out)
+            owners.append(owner)
+            if context.done():
+                stop()
+            owner.add_done_callback(lambda: out.put(None))  # ended without a Final: cancelled
+            try:
+                while True:
+                    event = await out.get()
+                    if event is None:
+                        return
+                    if isinstance(event, ev.Failed):
+                        raise event.error
+                    yield to_message(event)
+                    if isinstance(event, ev.Final):
+                        return
+            finally:
+                await owner.cancel()  # the client went away mid-stream: free the engine slot now
+
+    Complete = Edit = _single

@@ -24,6 +24,7 @@ import inspect
 import grpc
 
 from flint.errors import ResourceExhausted
+from flint.grpc_status import WrappedHandlers
 
 PUBLIC_SERVICE_PREFIX = "/flint.v1.Flint/"
 HTTP2_BACKSTOP_FACTOR = 16
@@ -60,6 +61,7 @@ class ConnectionCallCap(grpc.aio.ServerInterceptor):
     def __init__(self, limit: int):
         self.limit = limit
         self._held: dict[str, int] = {}
+        self._wrapped = WrappedHandlers(self._capped)
 
     def held(self, peer: str) -> int:
         return self._held.get(peer, 0)
@@ -68,6 +70,9 @@ class ConnectionCallCap(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(PUBLIC_SERVICE_PREFIX):
             return handler
+        return self._wrapped(handler)
+
+    def _capped(self, handler):
         for kind, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
                            ("unary_stream", grpc.unary_stream_rpc_method_handler),
                            ("stream_unary", grpc.stream_unary_rpc_method_handler),
