@@ -29,6 +29,10 @@ def test_quick_bench_writes_all_figures(tmp_path, monkeypatch):
         read = r["precisions"][precision]["weight_bytes_read_per_token"]
         assert read < fp32["weight_bytes_read_per_token"] * (bits + 4) / 32      # packed weights + scales
     assert fp32["pct_of_bound"] > 0 and fp32["aggregate_tok_s"]["16"] > 0 and fp32["step_profile"]
+    for precision, instruction in (("fp32", "fma256"), ("int8", "vpdpbusd512"), ("int4", "vpdpbusd512")):
+        pass16 = r["precisions"][precision]["linear_16_rows"]     # the 16-row pass against the instruction's peak
+        assert pass16["instruction"] == instruction and pass16["instructions"] > 0 and pass16["per_s"] > 0
+        assert pass16["machine_peak_per_s"] is None or pass16["machine_peak_per_s"] >= 0
     assert set(r["aggregate_tok_s"]) == {"1", "4", "16"}
     assert set(r["keystroke_ttft_ms"]) == {"cached", "no_context", "no_prefix_cache"}
     assert len(r["prefill_tok_s"]) == 3 and all(v > 0 for v in r["prefill_tok_s"].values())

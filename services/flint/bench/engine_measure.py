@@ -55,10 +55,10 @@ def weight_bytes(model) -> tuple[int, int]:
 
     seen: set[int] = set()
     total = 0
-    for t in model.state_dict(keep_vars=True).values():
-        if t.device.type != "meta" and t.numel() and t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
+    for t in model.state_dict(keep_vars=True).values():   # (views into one mapping: flint.engine.hugepages)
+        if t.device.type != "meta" and t.numel() and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
     quantized = {id(m.qweight): m.qweight for m in model.modules() if hasattr(m, "qweight")}
     total += sum(w.nbytes for w in quantized.values())
     return total, read_per_step(model)
@@ -254,6 +254,29 @@ def linear_pass_us(engine: Engine, rows=(1, 16), repeats: int = 20) -> dict:
             xs = [torch.randn(m_rows, mod.in_features) for mod in linears]
             out[str(m_rows)] = _best_us(lambda: [mod(x) for mod, x in zip(linears, xs)], repeats)
     return out
+
+
+def instruction_peaks() -> dict:
+    """Per second over the intra-op threads: 256-bit FMAs (the fp32 kernel's instruction) and 512-bit vpdpbusd
+    (the VNNI kernel's), 12 independent ones in a loop: what a Linear pass on them cannot beat. 0 where the CPU
+    or build lacks the instruction; None where the kernels did not build."""
+    from flint.engine import kernels
+
+    out = {}
+    for key, module, fn in (("fma256_per_s", "skinny_f32", "fma_peak_per_s"),
+                            ("vpdpbusd512_per_s", "flint_quant_linear", "vnni_peak_per_s")):
+        try:
+            out[key] = max(getattr(kernels.load(module), fn)(20_000_000) for _ in range(3))
+        except (kernels.KernelUnavailable, AttributeError):
+            out[key] = None
+    return out
+
+
+def linear_macs(engine: Engine) -> int:
+    """Multiply-adds of one row through every Linear of the engine's model (lm_head included)."""
+    return sum(mod.in_features * mod.out_features for mod in engine.runner.model.modules()
+               if hasattr(mod, "in_features") and hasattr(mod, "out_features")
+               and not isinstance(mod, torch.nn.Embedding))
 
 
 def host_overhead_ms(engine: Engine, steps: int) -> dict:

@@ -110,6 +110,7 @@ def precision_figures(path: Path, gguf_dir: Path, *, threads: int, tokens: int, 
     if decoders:
         llamacpp["f32_leading_tokens_equal_to_flint_fp32"] = _leading_equal(engines["fp32"], prompt, llama_tokens)
     per: dict[str, dict] = {}
+    peaks = m.instruction_peaks()
     for precision, engine in engines.items():
         info = m.model_info(engine)
         read = info["weight_bytes_read_per_token"]
@@ -121,6 +122,7 @@ def precision_figures(path: Path, gguf_dir: Path, *, threads: int, tokens: int, 
             "read_bandwidth_gb_s_at_weight_size": bw, "bound_tok_s": bw * 1e9 / read,
             "pct_of_bound": 100 * med[precision] * read / (bw * 1e9),
             "aggregate_tok_s": agg, "aggregate_16_vs_1": agg["16"] / agg["1"], "linear_pass_us": linear_us,
+            "linear_16_rows": _against_peak(precision, 16 * m.linear_macs(engine), linear_us["16"], peaks),
             "step_profile": m.step_profile(engine, profile_steps),
         }
     for precision, note in flint_notes.items():
@@ -129,6 +131,17 @@ def precision_figures(path: Path, gguf_dir: Path, *, threads: int, tokens: int, 
         ("flint" if k == "fp32" else f"flint_{k}"): v for k, v in med.items() if not k.startswith("llamacpp")}
     decode |= {f"llamacpp_{p}": med.get(f"llamacpp_{p}") for p in lc.PRECISIONS}
     return {"decode_tok_s": decode, "rounds": rates, "precisions": per, "llamacpp": llamacpp}
+
+
+def _against_peak(precision: str, macs: int, us: float, peaks: dict) -> dict:
+    """A 16-row Linear pass as instructions per second of its kernel's multiply-add instruction, and that rate
+    as a share of the machine's peak for the instruction (8 fp32 multiply-adds per 256-bit FMA, 64 int8 ones
+    per 512-bit vpdpbusd)."""
+    key, width = ("fma256_per_s", 8) if precision == "fp32" else ("vpdpbusd512_per_s", 64)
+    rate = macs / width / (us * 1e-6)
+    peak = peaks.get(key)
+    return {"instruction": key.removesuffix("_per_s"), "instructions": macs // width, "per_s": rate,
+            "machine_peak_per_s": peak, "pct_of_peak": 100 * rate / peak if peak else None}
 
 
 def _leading_equal(engine, prompt: list[int], llama_tokens: list[int]) -> int:

@@ -84,11 +84,15 @@ def precision_budgets(r: dict) -> dict:
                    f"{lp['16']:.0f} us at 16 ({lp['16'] / lp['1']:.1f}x): on the Linears alone 16 streams run at "
                    f"most {16 * lp['1'] / lp['16']:.1f}x one stream's rate" if lp.get("1") and lp.get("16")
                    else "a Linear over 16 rows costs several times one row on this CPU (gemm_us_by_rows)")
+            peak = p.get("linear_16_rows") or {}
+            if peak.get("pct_of_peak"):
+                why += (f"; the 16-row pass runs {peak['per_s'] / 1e9:.2f}G {peak['instruction']} per second, "
+                        f"{peak['pct_of_peak']:.0f}% of the {peak['machine_peak_per_s'] / 1e9:.2f}G this machine's "
+                        f"threads reach on that instruction alone (the rest: loads, unpacking, scales, sums)")
             i8, i4 = (per.get(q, {}).get("linear_pass_us", {}).get("16") for q in ("int8", "int4"))
             if precision != "fp32" and i8 and i4:
-                why += (f"; 16-row passes: int8 {i8:.0f} us, int4 {i4:.0f} us for half the bytes, so the quantized "
-                        "kernel is bound there by its multiply-add instructions (vpdpbusd on VNNI), not by reading "
-                        "or unpacking weights")
+                why += (f"; 16-row passes: int8 {i8:.0f} us, int4 {i4:.0f} us for half the bytes, so reading the "
+                        "weights is not what bounds them")
             out[f"aggregate_16_vs_1_{precision}"] = _budget(p["aggregate_16_vs_1"], 4.0, True, "x", why)
     return out
 

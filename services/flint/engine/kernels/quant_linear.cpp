@@ -316,6 +316,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("has_vnni") = flint_tiled::available();
   m.def("use_vnni", [](bool on) { flint_tiled::g_on = on; return flint_tiled::available() && on; },
         "choose the VNNI path (tiled weights, int8 activations) or register dequantization (fp32 activations)");
+  m.def("vnni_peak_per_s", &flint_tiled::vnni_peak_per_s, py::arg("calls") = 20'000'000,
+        "512-bit vpdpbusd instructions per second over the intra-op threads (0 without AVX512-VNNI)");
   m.def("vnni_on", []() { return flint_tiled::available() && flint_tiled::g_on; }, "whether QuantLinear takes the VNNI path");
   py::class_<flint_tiled::TiledLinear>(m, "TiledLinear", py::module_local())   // local: a second build (tests) can load beside it
       .def(py::init<int64_t, torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,

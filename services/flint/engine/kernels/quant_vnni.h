@@ -6,6 +6,7 @@ namespace flint_tiled {
 
 extern bool g_on;
 bool available();
+double vnni_peak_per_s(int64_t calls);
 torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
                            const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,
                            const c10::optional<torch::Tensor>& xscale, const c10::optional<torch::Tensor>& bias,

@@ -2,6 +2,10 @@
 // Python-level op (and its tensor) per layer of a decode step.
 #pragma once
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
 
 #include <cmath>
 #include <cstdint>
@@ -36,6 +40,31 @@ inline void add_residual(torch::Tensor& y, const c10::optional<torch::Tensor>& r
   float* yp = y.data_ptr<float>();
   const float* rp = residual->data_ptr<float>();
   for (int64_t i = 0, n = y.numel(); i < n; ++i) yp[i] += rp[i];
+}
+
+// Instructions per second all intra-op threads reach together running `block` (12 independent instructions
+// per call) `calls` times each: the machine's peak for that instruction, which `flint bench engine` sets a
+// kernel's rate against (a kernel cannot beat it).
+// 12 independent `op`s on vector registers of kind `r` ("ymm", "zmm"): 0-11 += f(14, 15), a peak_rate block.
+#define FLINT_PEAK_OPS(op, r)                                                                                    \
+  asm volatile(op " %%" r "14, %%" r "15, %%" r "0\n" op " %%" r "14, %%" r "15, %%" r "1\n"                     \
+               op " %%" r "14, %%" r "15, %%" r "2\n" op " %%" r "14, %%" r "15, %%" r "3\n"                     \
+               op " %%" r "14, %%" r "15, %%" r "4\n" op " %%" r "14, %%" r "15, %%" r "5\n"                     \
+               op " %%" r "14, %%" r "15, %%" r "6\n" op " %%" r "14, %%" r "15, %%" r "7\n"                     \
+               op " %%" r "14, %%" r "15, %%" r "8\n" op " %%" r "14, %%" r "15, %%" r "9\n"                     \
+               op " %%" r "14, %%" r "15, %%" r "10\n" op " %%" r "14, %%" r "15, %%" r "11\n"                   \
+               ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11")
+
+template <typename Block>
+double peak_rate(Block block, int64_t calls) {
+  const int64_t threads = std::max(1, at::get_num_threads());
+  const auto t0 = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t a, int64_t z) {
+    for (int64_t i = a; i < z; ++i)
+      for (int64_t c = 0; c < calls; ++c) block();
+  });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return static_cast<double>(threads * calls * 12) / s;
 }
 
 }  // namespace flint_rows

@@ -221,7 +221,19 @@ torch::Tensor decode_layer_f32(const torch::Tensor& x, const torch::Tensor& w_qk
   return mlp_block_f32(out.view({t, heads * d}), x, w_o, w_gate_up, w_down, unit_rms_floor);
 }
 
+// 256-bit FMAs per second over the intra-op threads (the instruction linear_f32 runs): its ceiling here.
+double fma_peak_per_s(int64_t calls) {
+#if defined(__AVX2__) && defined(__FMA__)
+  return flint_rows::peak_rate([] { FLINT_PEAK_OPS("vfmadd231ps", "ymm"); }, calls);
+#else
+  (void)calls;
+  return 0.0;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("fma_peak_per_s", &fma_peak_per_s, py::arg("calls") = 20'000'000,
+        "256-bit FMA instructions per second over the intra-op threads (0 without AVX2/FMA)");
   m.def("decode_layer_f32", &decode_layer_f32, "a decoder layer of an in-place-attention step in one call");
   m.def("mlp_block_f32", &mlp_block_f32, "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) in one call");
   m.def("linear_f32", &linear_f32, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("unit_rms_floor") = -1.0,
