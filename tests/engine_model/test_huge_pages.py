@@ -50,8 +50,8 @@ def test_every_large_weight_and_tile_moves_into_one_aligned_mapping(qwen2_checkp
     moved = []
     real = hugepages.copy_to_huge_pages
 
-    def recording(tensors):
-        copies = real(tensors)
+    def recording(tensors, placed=None):
+        copies = real(tensors, placed)
         moved.extend(copies)
         return copies
 

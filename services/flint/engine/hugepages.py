@@ -17,6 +17,7 @@ import logging
 import mmap
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -39,9 +40,11 @@ def available() -> bool:
         return False
 
 
-def copy_to_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Contiguous copies of `tensors` (CPU) in one mapping advised MADV_HUGEPAGE, in order. The mapping lives
-    as long as any of the copies (each holds the buffer it views)."""
+def copy_to_huge_pages(tensors: list[torch.Tensor],
+                       placed: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+    """Contiguous copies of `tensors` (CPU) in one mapping advised MADV_HUGEPAGE, in order; `placed(i, copy)`
+    is called as each copy is made (so the caller can let the original go before the next one is copied).
+    The mapping lives as long as any of the copies (each holds the buffer it views)."""
     sizes = [t.numel() * t.element_size() for t in tensors]
     offsets, total = [], 0
     for size in sizes:
@@ -53,9 +56,13 @@ def copy_to_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     raw = torch.frombuffer(region, dtype=torch.uint8)
     start = -raw.data_ptr() % HUGE_PAGE_BYTES
     copies = []
-    for t, size, offset in zip(tensors, sizes, offsets):
+    for i, (size, offset) in enumerate(zip(sizes, offsets)):
+        t = tensors[i]
         copy = raw[start + offset: start + offset + size].view(t.dtype).view(t.shape)
         copy.copy_(t)
+        del t
+        if placed is not None:
+            placed(i, copy)
         copies.append(copy)
     return copies
 
@@ -76,27 +83,34 @@ def move_weights(model: nn.Module) -> int:
                 tensor = getattr(module._tiled, name)
                 if tensor is not None:
                     slots.append((module._tiled, name, tensor))
-    unique: dict[int, torch.Tensor] = {}
-    for _, _, tensor in slots:
+    groups: dict[int, list[tuple[object, str, torch.Tensor]]] = {}   # one tensor (tied ones too) -> its slots
+    for slot in slots:
+        tensor = slot[2]
         if (tensor.device.type == "cpu" and tensor.is_contiguous() and not tensor.is_sparse
                 and tensor.numel() * tensor.element_size() >= MIN_TENSOR_BYTES):
-            unique.setdefault(tensor.data_ptr(), tensor)
-    if not unique:
+            groups.setdefault(tensor.data_ptr(), []).append(slot)
+    del slots
+    if not groups:
         return 0
-    moved = dict(zip(unique, copy_to_huge_pages(list(unique.values()))))
-    for owner, name, tensor in slots:
-        copy = moved.get(tensor.data_ptr())
-        if copy is None or copy.shape != tensor.shape or copy.dtype != tensor.dtype:
-            continue
-        if isinstance(tensor, nn.Parameter):
-            tensor.data = copy
-        elif isinstance(owner, nn.Module):
-            setattr(owner, name, copy)
-        else:
-            object.__setattr__(owner, name, copy)
+    keys = list(groups)
+    originals = [groups[k][0][2] for k in keys]
+    nbytes = sum(t.numel() * t.element_size() for t in originals)
+
+    def place(i: int, copy: torch.Tensor) -> None:   # swap the copy in at once: at most one extra tensor alive
+        originals[i] = None
+        for owner, name, tensor in groups.pop(keys[i]):
+            if copy.shape != tensor.shape or copy.dtype != tensor.dtype:
+                continue
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = copy
+            elif isinstance(owner, nn.Module):
+                setattr(owner, name, copy)
+            else:
+                object.__setattr__(owner, name, copy)
+
+    copy_to_huge_pages(originals, place)
     for module in model.modules():   # the kernels' bound objects hold the tensors they were made with
         if isinstance(module, QuantLinear) and module._op is not None:
             module.rebind()
-    nbytes = sum(t.numel() * t.element_size() for t in unique.values())
     log.info("weights: %.1f MB in transparent huge pages", nbytes / 1e6)
     return nbytes
