@@ -26,7 +26,9 @@ Keys (prefix `flint` by default):
 Bounded: at most `max_deltas` entries per request (oldest trimmed), and every
 key expires `ttl_s` after its last write. Writes are group-committed: every
 entry queued while one pipeline is in flight goes out in the next, so a
-worker serving many streams pays one round trip per batch, not per delta.
+worker serving many streams pays one round trip per batch, not per delta;
+an entry may also wait briefly for others (`start_delay_ms`, `delta_delay_ms`),
+so a short request's entries and its record of the end share one round trip.
 A Redis outage never stops a stream: a batch that fails or does not settle
 within `write_timeout_ms` marks the request's journal incomplete (a gap key),
 and a later resume of it fails clearly instead of sending a gap.
