@@ -166,13 +166,11 @@ class Journal:
                 pipe.set(key, value, px=ttl_ms)
             await pipe.execute()
 
-    def write(self, request_id: str, message: bytes | ev.Event, *, seq: int = 0, chars: int = 0,
+    def write(self, request_id: str, message: bytes, *, seq: int = 0, chars: int = 0,
               terminal: bool = False, wait_ms: float = 0.0) -> asyncio.Future | None:
-        """Queue one message (a serialized ServerMessage, or a front-end event, rendered when its batch is built:
-        off the path between the engine and the client) for the next batch, without waiting. Returns the batch's
-        future (True once the batch is in Redis, False if it failed), or None if the entry was dropped.
-        `wait_ms`: how long the entry may wait for others to join its batch (0: the batch goes as soon as it
-        can)."""
+        """Queue one message for the next batch, without waiting. Returns the batch's future (True once the
+        batch is in Redis, False if it failed), or None if the entry was dropped. `wait_ms`: how long the entry
+        may wait for others to join its batch (0: the batch goes as soon as it can)."""
         if request_id in self.incomplete:
             return None
         if len(self._pending) >= MAX_PENDING_ENTRIES:  # Redis stalled: bound this worker's memory
@@ -262,9 +260,6 @@ class Journal:
                                 for key, value, ttl_ms in fields:
                                     pipe.set(key, value, px=ttl_ms)
                                 continue
-                            message = fields["m"]
-                            if not isinstance(message, bytes):
-                                fields["m"] = to_message(message).SerializeToString()
                             pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
                                       approximate=False)
                         for request_id in {r for r, _ in batch}:
@@ -399,11 +394,8 @@ class RequestJournal:
         terminal = ev.is_terminal(event)
         config = self._journal.config
         wait_ms = config.delta_delay_ms if isinstance(event, ev.Delta) else config.start_delay_ms
-        # Rendered when the batch is built, off the way to the client; an error now, while its tenant is bound
-        # (its message is scrubbed for that tenant).
-        message = to_message(event).SerializeToString() if isinstance(event, ev.Failed) else event
-        batch = self._journal.write(self.request_id, message, seq=seq, chars=self.chars, terminal=terminal,
-                                    wait_ms=wait_ms)
+        batch = self._journal.write(self.request_id, to_message(event).SerializeToString(), seq=seq,
+                                    chars=self.chars, terminal=terminal, wait_ms=wait_ms)
         if batch is not None:
             self._last = batch
 
