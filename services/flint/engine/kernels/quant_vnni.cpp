@@ -66,11 +66,14 @@ struct Act {                 // int8 activations of M rows
 void interleave16(Act& a, int64_t m) {
   const int64_t units = a.kq / 4, groups = m / 16;
   a.q16.resize(groups * units * 64);
-  for (int64_t g = 0; g < groups; ++g)
-    for (int r = 0; r < 16; ++r) {
-      const int8_t* src = a.q.data() + (g * 16 + r) * a.kq;
-      for (int64_t u = 0; u < units; ++u) std::memcpy(a.q16.data() + ((g * units + u) * 16 + r) * 4, src + 4 * u, 4);
-    }
+  const int8_t* q = a.q.data();
+  int8_t* q16 = a.q16.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8_t* rows = q + g * 16 * a.kq;
+    int8_t* dst = q16 + g * units * 64;
+    for (int64_t u = 0; u < units; ++u)   // each 64 bytes written once, from 16 sequential row streams
+      for (int r = 0; r < 16; ++r) std::memcpy(dst + u * 64 + r * 4, rows + r * a.kq + 4 * u, 4);
+  }
 }
 
 // Rows of x [M, K] (row stride ldx), times xscale [K] if given, zero past K, rounded to int8 per block.
