@@ -134,8 +134,9 @@ def run(s: dict, *, models_dir: str = "", skip_hf: bool = False, skip_compile: b
     mi = r["model"]
     r["gemm_us_by_rows"] = m.skinny_gemm_us(mi["hidden"], 2 * mi["intermediate"])
 
-    _log("aggregate tokens/s at 1, 4, 16 streams")
-    r["aggregate_tok_s"] = {str(n): m.aggregate_tok_s(engine, n, s["agg_tokens"]) for n in (1, 4, 16)}
+    _log("aggregate tokens/s at 1, 4, 16 streams, interleaved rounds")
+    r["aggregate_tok_s"], r["aggregate_rounds"] = m.aggregate_rates(engine, (1, 4, 16), s["agg_tokens"],
+                                                                     s["repeats"])
 
     _log("keystroke TTFT")
     nocache = m.engine_for(bench, num_threads=threads, prefix_cache=False)

@@ -322,6 +322,16 @@ def host_overhead_ms(engine: Engine, steps: int) -> dict:
             "forward_ms": float(np.median(model)) * 1e3}
 
 
+def aggregate_rates(engine: Engine, counts, tokens: int, rounds: int) -> tuple[dict, dict]:
+    """aggregate_tok_s at each stream count in `counts`, in `rounds` interleaved rounds (every count once per
+    round, so machine noise hits all alike): ({count: median}, {count: every round's rate})."""
+    runs: dict[str, list[float]] = {str(n): [] for n in counts}
+    for _ in range(rounds):
+        for n in counts:
+            runs[str(n)].append(aggregate_tok_s(engine, n, tokens))
+    return {n: float(np.median(v)) for n, v in runs.items()}, runs
+
+
 def aggregate_tok_s(engine: Engine, streams: int, tokens: int) -> float:
     reqs = [token_request(engine, f"agg{streams}-{i}", prompt_ids(engine, 16, seed=i), tokens)
             for i in range(streams)]

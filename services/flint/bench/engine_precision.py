@@ -6,7 +6,8 @@
   it) and llama.cpp f32 / q8_0 / q4_0 (when llama-cpp-python is installed), same checkpoint, same
   thread count, measured in interleaved rounds (every engine once per round, medians over rounds)
   so machine noise hits all alike; then weight bytes read per token, the read bandwidth of a buffer
-  that size (the bound), aggregate tokens/s at 1 and 16 streams and a profile of a decode step.
+  that size (the bound), aggregate tokens/s at 1 and 16 streams (medians of interleaved rounds) and a profile
+  of a decode step.
 """
 
 from __future__ import annotations
@@ -115,13 +116,14 @@ def precision_figures(path: Path, gguf_dir: Path, *, threads: int, tokens: int, 
         info = m.model_info(engine)
         read = info["weight_bytes_read_per_token"]
         bw = m.read_bandwidth_gbs(read, threads)
-        agg = {str(n): m.aggregate_tok_s(engine, n, agg_tokens) for n in (1, 16)}
+        agg, agg_rounds = m.aggregate_rates(engine, (1, 16), agg_tokens, rounds)
         linear_us = m.linear_pass_us(engine)
         per[precision] = {
             "decode_tok_s": med[precision], "weight_bytes": info["bytes"], "weight_bytes_read_per_token": read,
             "read_bandwidth_gb_s_at_weight_size": bw, "bound_tok_s": bw * 1e9 / read,
             "pct_of_bound": 100 * med[precision] * read / (bw * 1e9),
-            "aggregate_tok_s": agg, "aggregate_16_vs_1": agg["16"] / agg["1"], "linear_pass_us": linear_us,
+            "aggregate_tok_s": agg, "aggregate_rounds": agg_rounds, "aggregate_16_vs_1": agg["16"] / agg["1"],
+            "linear_pass_us": linear_us,
             "linear_16_rows": _against_peak(precision, 16 * m.linear_macs(engine), linear_us["16"], peaks),
             "step_profile": m.step_profile(engine, profile_steps),
         }
