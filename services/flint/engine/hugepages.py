@@ -4,8 +4,9 @@ A decode step streams every weight once. From 4 KiB pages that stream crosses a 
 miss each time, and the hardware prefetchers stop at every page boundary. Weights loaded from safetensors
 or made by torch ops sit in 4 KiB pages (Linux's transparent huge pages are "madvise" on most distributions,
 and torch's allocator does not ask for them). So after loading, the engine copies its large weight tensors
-into one anonymous mapping advised MADV_HUGEPAGE (`move_weights`): one decode step of the fp32 benchmark
-model (83 MB) went from 3.16 to 2.73 ms, median of 12 interleaved rounds on the 2-core EPYC (README).
+into one anonymous mapping advised MADV_HUGEPAGE (`move_weights`): a decode step of the fp32 benchmark
+model (83 MB) took 0.65-0.86x the time of the same engine without the move, in same-process interleaved
+runs on the 2-core EPYC (README: Engine).
 
 Where the kernel gives no huge pages (THP "never", not Linux), the copies still work and cost nothing
 beyond the copy; `FLINT_HUGE_PAGES=0` keeps the weights where they were loaded.
