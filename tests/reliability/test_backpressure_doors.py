@@ -176,3 +176,33 @@ def check_deltas(messages, *, after: int) -> list:
 
 async def _one(message):
     yield message
+
+
+async def test_an_http_stream_whose_client_stopped_reading_is_cut_after_the_write_timeout(cluster):
+    """security.http_write_timeout_s: a stream whose client accepts nothing for that long loses its connection,
+    so its handler (and the request) do not wait for the client forever."""
+    _, engine = await cluster.add_replica()
+    worker = await cluster.add_worker("http-stall", http_port=0, buffers=BUFFERS,
+                                      security={"http_write_timeout_s": 1.0})
+    door = worker._http
+    for listener in door._site._server.sockets:   # small kernel buffers: the writes stall after a few KB
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    body = {"prompt": "never", "max_tokens": 6000, "temperature": 0, "stream": True}
+    reader, writer = await open_unread_http_stream(worker.http_port, body)
+    try:
+        await eventually(lambda: bool(door._active), timeout_s=30)            # the stream's handler runs
+        await eventually(lambda: not door._active and engine_idle(engine), timeout_s=60)   # cut and freed
+        raw = await asyncio.wait_for(reader.read(), 30)   # what got through before the cut, then the end
+        assert raw.startswith(b"HTTP/1.1 200") and b"data: [DONE]" not in raw
+    finally:
+        writer.close()
+
+
+def test_the_http_write_timeout_is_validated_by_name():
+    import pytest
+
+    from flint.errors import InvalidArgument
+    from flint.security.config import SecurityConfig
+
+    with pytest.raises(InvalidArgument, match="http_write_timeout_s"):
+        SecurityConfig(http_write_timeout_s=0)

@@ -37,9 +37,11 @@ from flint.security.context import reset_tenant, set_tenant
 log = logging.getLogger(__name__)
 
 class HttpDoor:
-    def __init__(self, *, servicer, pool, readiness, keys=None, host: str, port: int, reuse_port: bool):
+    def __init__(self, *, servicer, pool, readiness, keys=None, host: str, port: int, reuse_port: bool,
+                 write_timeout_s: float = 60.0):
         self.servicer, self.pool, self.readiness, self.keys = servicer, pool, readiness, keys
         self.host, self.port, self.reuse_port = host, port, reuse_port
+        self.write_timeout_s = write_timeout_s   # security.http_write_timeout_s: a stalled stream is cut
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._active: set[asyncio.Task] = set()     # requests in flight, drained on stop
@@ -181,21 +183,38 @@ class HttpDoor:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        event = first
-        while True:
-            if isinstance(event, ev.Failed):   # mid-stream: OpenAI-style error event, then the end
-                _, body = oai.error_of(event.error)
-                await _sse(response, body)
-                break
-            for chunk in renderer.chunks(event):
-                await _sse(response, chunk)
-            if isinstance(event, ev.Final):
-                break
-            event = await out.get()
-        await response.write(b"data: [DONE]\n\n")
+        try:
+            await self._events(response, first, out, renderer)
+            await self._write(response, b"data: [DONE]\n\n")
+        except _Stalled:
+            log.info("HTTP client %s accepted nothing for %g s (security.http_write_timeout_s): connection cut",
+                     request.remote, self.write_timeout_s)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+    async def _events(self, response: web.StreamResponse, event, out: Outbox, renderer: oai.Renderer) -> None:
+        while True:
+            if isinstance(event, ev.Failed):   # mid-stream: OpenAI-style error event, then the end
+                _, body = oai.error_of(event.error)
+                await self._write(response, _sse(body))
+                return
+            for chunk in renderer.chunks(event):
+                await self._write(response, _sse(chunk))
+            if isinstance(event, ev.Final):
+                return
+            event = await out.get()
+
+    async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+        """One write, cut short when the client has taken none of it for `write_timeout_s`."""
+        try:
+            async with asyncio.timeout(self.write_timeout_s):
+                await response.write(data)
+        except TimeoutError:
+            raise _Stalled from None
 
     async def _default_model(self) -> str:
         replica = await self.pool.default_model()
@@ -212,5 +231,9 @@ async def _json(request: web.Request) -> dict:
     return body
 
 
-async def _sse(response: web.StreamResponse, obj: dict) -> None:
-    await response.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+def _sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _Stalled(Exception):
+    """The client accepted none of a write for the door's write timeout."""

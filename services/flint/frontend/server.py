@@ -131,7 +131,8 @@ class FrontendWorker:
 
         keys = key_store(self._security, redis=self._redis, key_prefix=self.config.key_prefix)  # gRPC's keys
         self._http = HttpDoor(servicer=servicer, pool=self._pool, readiness=self.readiness, keys=keys,
-                              host=self.config.host, port=self.config.http_port, reuse_port=self.config.reuse_port)
+                              host=self.config.host, port=self.config.http_port, reuse_port=self.config.reuse_port,
+                              write_timeout_s=self._security.http_write_timeout_s)
         return await self._http.start()
 
     def _guard(self):

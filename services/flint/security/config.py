@@ -35,6 +35,9 @@ class SecurityConfig:
     # A Session stream whose client sent nothing this long, with no request or resume of it running, ends
     # DEADLINE_EXCEEDED and frees its stream slot (the session itself lives on: Open with its id continues it).
     session_idle_timeout_s: float = 300.0
+    # An HTTP door stream (SSE) whose client accepts none of one write for this long (it stopped reading and
+    # the socket buffers are full) is cut: the connection closes, the request ends and its handler is freed.
+    http_write_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -50,6 +53,9 @@ class SecurityConfig:
         if not isinstance(self.session_idle_timeout_s, (int, float)) or not 0.05 <= self.session_idle_timeout_s <= 86400:
             raise InvalidArgument("security.session_idle_timeout_s must be in [0.05, 86400] seconds, got "
                                   f"{self.session_idle_timeout_s!r}")
+        if not isinstance(self.http_write_timeout_s, (int, float)) or not 0.05 <= self.http_write_timeout_s <= 86400:
+            raise InvalidArgument("security.http_write_timeout_s must be in [0.05, 86400] seconds, got "
+                                  f"{self.http_write_timeout_s!r}")
         if self.rate_limit_per_s < 0 or self.rate_burst < 0:
             raise InvalidArgument("security: rate_limit_per_s and rate_burst must be >= 0")
         for name in ("max_prompt_bytes", "max_context_files", "max_context_file_bytes",
