@@ -5,7 +5,7 @@
 stdout once it serves, then runs until SIGTERM/SIGINT, when it drains
 gracefully. It runs on uvloop (`FLINT_EVENT_LOOP=asyncio` for asyncio's own
 loop): per one-token request the worker's main thread spent 225-350 us less
-CPU on it (loadtests/results/relay-ttft-20261130).
+CPU on it (loadtests/results/relay-cuts-20261130).
 """
 
 from __future__ import annotations
