@@ -187,7 +187,7 @@ class HttpDoor:
             await self._events(response, first, out, renderer)
             await self._write(response, b"data: [DONE]\n\n")
         except _Stalled:
-            log.info("HTTP client %s accepted nothing for %g s (security.http_write_timeout_s): connection cut",
+            log.info("HTTP client %s took no write for %g s (security.http_write_timeout_s): connection cut",
                      request.remote, self.write_timeout_s)
             if request.transport is not None:
                 request.transport.abort()
@@ -209,7 +209,7 @@ class HttpDoor:
             event = await out.get()
 
     async def _write(self, response: web.StreamResponse, data: bytes) -> None:
-        """One write, cut short when the client has taken none of it for `write_timeout_s`."""
+        """One write, cut short when it has not completed within `write_timeout_s` (the client stopped reading)."""
         try:
             async with asyncio.timeout(self.write_timeout_s):
                 await response.write(data)
@@ -236,4 +236,4 @@ def _sse(obj: dict) -> bytes:
 
 
 class _Stalled(Exception):
-    """The client accepted none of a write for the door's write timeout."""
+    """A write to the client did not complete within the door's write timeout."""

@@ -35,8 +35,9 @@ class SecurityConfig:
     # A Session stream whose client sent nothing this long, with no request or resume of it running, ends
     # DEADLINE_EXCEEDED and frees its stream slot (the session itself lives on: Open with its id continues it).
     session_idle_timeout_s: float = 300.0
-    # An HTTP door stream (SSE) whose client accepts none of one write for this long (it stopped reading and
-    # the socket buffers are full) is cut: the connection closes, the request ends and its handler is freed.
+    # An HTTP door stream (SSE) one of whose writes does not complete within this long (the client stopped
+    # reading and the buffers on the way are full) is cut: the connection closes, the request ends and its
+    # handler is freed.
     http_write_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
