@@ -245,9 +245,7 @@ def _best_us(fn, repeats: int) -> float:
 def linear_pass_us(engine: Engine, rows=(1, 16), repeats: int = 20) -> dict:
     """One pass of `rows` rows through every Linear of the engine's model (lm_head included), on the kernels a
     decode step calls, best of `repeats`: what a step over that many streams cannot go below."""
-    model = engine.runner.model
-    linears = [mod for mod in model.modules() if hasattr(mod, "in_features") and hasattr(mod, "out_features")
-               and not isinstance(mod, torch.nn.Embedding)]
+    linears = _linears(engine)
     out = {}
     with torch.inference_mode():
         for m_rows in rows:
@@ -272,11 +270,15 @@ def instruction_peaks() -> dict:
     return out
 
 
+def _linears(engine: Engine) -> list:
+    """Every Linear of the engine's model, fp32 or quantized, lm_head included."""
+    return [mod for mod in engine.runner.model.modules() if hasattr(mod, "in_features")
+            and hasattr(mod, "out_features") and not isinstance(mod, torch.nn.Embedding)]
+
+
 def linear_macs(engine: Engine) -> int:
     """Multiply-adds of one row through every Linear of the engine's model (lm_head included)."""
-    return sum(mod.in_features * mod.out_features for mod in engine.runner.model.modules()
-               if hasattr(mod, "in_features") and hasattr(mod, "out_features")
-               and not isinstance(mod, torch.nn.Embedding))
+    return sum(mod.in_features * mod.out_features for mod in _linears(engine))
 
 
 def host_overhead_ms(engine: Engine, steps: int) -> dict:

@@ -75,14 +75,12 @@ def load_model(
     gptq = quant.gptq.gptq_config(path)
     with _Weights(path) as weights:
         if gptq is not None:
-            model = quant.quantize_model(quant.gptq.load(model, weights, gptq, quant_group_size), quantization,
-                                         quant_group_size)
-            hugepages.move_weights(model)
-            return model
-        tensors = _read_shard(weights, config, model.shard, model.is_first, model.is_last)
-    tensors = {name: t.to(device=device, dtype=dtype).contiguous() for name, t in tensors.items()}
-    model.load_state(tensors)
-    del tensors
+            model = quant.gptq.load(model, weights, gptq, quant_group_size)
+        else:
+            tensors = _read_shard(weights, config, model.shard, model.is_first, model.is_last)
+    if gptq is None:
+        model.load_state({name: t.to(device=device, dtype=dtype).contiguous() for name, t in tensors.items()})
+        del tensors
     model = quant.quantize_model(model, quantization, quant_group_size)
     hugepages.move_weights(model)   # the decode step streams them: no 4 KiB page walls (flint.engine.hugepages)
     return model

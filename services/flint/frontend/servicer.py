@@ -177,7 +177,6 @@ class FlintServicer:
             async for message in stream.run(request_iterator):
                 yield message
 
-
     async def Interrupt(self, request, context):
         request = check_decoded(request)
         if not request.request_id:

@@ -42,9 +42,6 @@ inline void add_residual(torch::Tensor& y, const c10::optional<torch::Tensor>& r
   for (int64_t i = 0, n = y.numel(); i < n; ++i) yp[i] += rp[i];
 }
 
-// Instructions per second all intra-op threads reach together running `block` (12 independent instructions
-// per call) `calls` times each: the machine's peak for that instruction, which `flint bench engine` sets a
-// kernel's rate against (a kernel cannot beat it).
 // 12 independent `op`s on vector registers of kind `r` ("ymm", "zmm"): 0-11 += f(14, 15), a peak_rate block.
 #define FLINT_PEAK_OPS(op, r)                                                                                    \
   asm volatile(op " %%" r "14, %%" r "15, %%" r "0\n" op " %%" r "14, %%" r "15, %%" r "1\n"                     \
@@ -55,6 +52,9 @@ inline void add_residual(torch::Tensor& y, const c10::optional<torch::Tensor>& r
                op " %%" r "14, %%" r "15, %%" r "10\n" op " %%" r "14, %%" r "15, %%" r "11\n"                   \
                ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11")
 
+// Instructions per second all intra-op threads reach together running `block` (12 independent instructions
+// per call) `calls` times each: the machine's peak for that instruction, which `flint bench engine` sets a
+// kernel's rate against (a kernel cannot beat it).
 template <typename Block>
 double peak_rate(Block block, int64_t calls) {
   const int64_t threads = std::max(1, at::get_num_threads());
