@@ -27,6 +27,7 @@ from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.v1 import flint_pb2 as pb
 
 HOLD = "hold"  # script step: send nothing more until cancelled
+LINGER = "linger"  # script step: wait 0.3 s before the call's status (a replica slow to end its handler)
 
 
 def started(prompt_tokens=5):
@@ -56,6 +57,8 @@ class ScriptedEngine(engine_pb2_grpc.EngineServicer):
             for step in self.scripts.pop(0):
                 if step == HOLD:
                     await asyncio.Event().wait()
+                elif step == LINGER:
+                    await asyncio.sleep(0.3)
                 elif isinstance(step, tuple):
                     await context.abort(*step)
                 else:
@@ -152,6 +155,17 @@ async def test_live_request_numbers_deltas_and_ends_with_one_final_journaled_in_
     assert await harness.journaled() == harness.events  # the journal holds exactly what the client got
     record = await harness.store.get_request("r-1")
     assert (record.state, record.last_seq) == ("finished", 2)
+
+
+async def test_an_engine_call_that_sent_its_final_is_left_to_end_not_cancelled(harness):
+    """After the engine's Final the owner is done with the call; cancelling it would cost a RST_STREAM to the
+    replica (and its handling there) on every request, so the call ends by itself, with its status."""
+    harness.engine.scripts.append([started(), delta("a"), final(1), LINGER])
+    owner = await harness.start()
+    await owner.wait()
+    assert isinstance(harness.events[-1], ev.Final)
+    await asyncio.sleep(0.5)   # past the replica's linger: its handler returned, or was cancelled meanwhile
+    assert not harness.engine.cancelled.is_set()
 
 
 async def test_deltas_reach_the_client_while_redis_holds_every_write_and_the_journal_catches_up(harness):

@@ -313,7 +313,7 @@ class RequestOwner:
             watch = EngineWatch(liveness, self._prober(stub),
                                 f"{self._replica.replica_id} at {self._replica.address}")
             watch.start(call)
-            heard = False
+            heard = finished = False
             try:
                 async for event in call:
                     if not heard and self._claim is not None and not self._claim.done():
@@ -321,6 +321,7 @@ class RequestOwner:
                     heard = True
                     watch.heard()
                     if self._on_engine_event(event):
+                        finished = True
                         return
                 raise Internal(f"engine replica {self._replica.replica_id} ended the stream of request "
                                f"{self.request_id!r} without a final message")
@@ -337,7 +338,8 @@ class RequestOwner:
                     raise
                 raise self._frozen(watch) from None
             finally:
-                call.cancel()
+                if not finished:   # a call past its Final ends by itself: a cancel would cost the replica a RST_STREAM
+                    call.cancel()
                 await watch.stop()
 
     def _open_call(self) -> tuple:
