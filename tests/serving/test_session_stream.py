@@ -88,6 +88,23 @@ async def test_request_error_does_not_end_the_session(flint_stub):
     assert await conv.finish() == grpc.StatusCode.OK
 
 
+async def test_a_request_id_in_use_on_the_same_stream_is_refused_and_the_running_one_still_finishes(flint_stub):
+    # The refusal comes from the new request's owner (its claim), which the stream tracks beside the running
+    # one: a half-close still waits for the request that holds the id, so its Final arrives before the end.
+    conv = Conversation(flint_stub)
+    conv.send(edit=long_edit("held", 200))
+    assert [(await conv.read()).WhichOneof("kind") for _ in range(2)] == ["accepted", "delta"]
+    conv.send(complete=pb.CompleteRequest(request_id="held", prefix="x", sampling=pb.Sampling(max_tokens=2)))
+    conv.close()
+    messages = []
+    while (message := await conv.read()) is not grpc.aio.EOF:
+        messages.append(message)
+    errors = [m.error for m in messages if m.WhichOneof("kind") == "error"]
+    assert len(errors) == 1 and errors[0].request_id == "held" and "already in use" in errors[0].message
+    assert messages[-1].WhichOneof("kind") == "final" and messages[-1].final.request_id == "held"
+    assert await conv.call.code() == grpc.StatusCode.OK
+
+
 async def test_redirect_interrupts_the_old_request_and_starts_the_new_one(flint_stub):
     conv = Conversation(flint_stub)
     conv.send(edit=long_edit("old"))
