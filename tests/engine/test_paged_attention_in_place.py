@@ -222,3 +222,32 @@ def test_engine_greedy_outputs_equal_the_pytorch_fallback(demo_checkpoint, monke
     fallback, used_fallback_kernel = _greedy_outputs(demo_checkpoint)
     assert used_kernel and not used_fallback_kernel
     assert native == fallback and len(native) == 6
+
+
+@pytest.mark.parametrize("native", [NATIVE, FALLBACK])
+@pytest.mark.parametrize("news", [[1, 1, 1, 1], [1], [5], [1, 3, 1, 16, 40, 2], [IN_PLACE_MAX_TOKENS + 5]],
+                         ids=["decode", "decode-one", "extend-one", "mixed-with-chunk", "chunk-only"])
+def test_cpu_step_plan_equals_the_plan_built_with_tensor_ops(native, news):
+    """begin_step on the CPU builds its index tensors from numpy views; other devices build them with torch ops
+    on the device. Both give the same positions, write slots, in-place sequences and long chunks."""
+    gen = torch.Generator().manual_seed(len(news))
+    starts = [3 + 11 * i for i in range(len(news))]
+    k_cache, v_cache = _cache(100, 2, 16, torch.float32, gen)
+    maps = _slot_maps([s + n + 5 for s, n in zip(starts, news)], 100, gen)   # longer than start + n, as the engine's
+    seqs = list(zip(maps, starts, news))
+    fast, slow = (PagedAttention(k_cache, v_cache, num_heads=4, native=native) for _ in range(2))
+    positions = fast.begin_step(seqs)
+    assert positions.tolist() == slow._begin_step_tensors(seqs).tolist()
+    assert fast._write_slots.tolist() == slow._write_slots.tolist()
+    assert [(c.row, c.start, c.n, c.key_slots.tolist()) for c in fast._chunks] == \
+           [(c.row, c.start, c.n, c.key_slots.tolist()) for c in slow._chunks]
+    if native:
+        assert fast._all_short == slow._all_short
+        assert [m.data_ptr() for m in fast._short_slots] == [m.data_ptr() for m in slow._short_slots]
+        assert (fast._short_meta is None) == (slow._short_meta is None)
+        if fast._short_meta is not None:
+            assert fast._short_meta.tolist() == slow._short_meta.tolist()
+    else:
+        for name in ("_decode_rows", "_decode_slots", "_decode_mask"):
+            a, b = getattr(fast, name), getattr(slow, name)
+            assert (a is None and b is None) or a.tolist() == b.tolist(), name

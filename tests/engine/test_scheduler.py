@@ -221,3 +221,25 @@ def test_a_long_prefill_paused_by_keystrokes_still_progresses():
         sched.add(_req(f"k{i}", 8, first_token=5000 + 10 * i, max_tokens=1))
         chunks.append(_ids(_step(sched)).get("bulk", 0))
     assert chunks[:3] == [0, 0, 0] and 64 in chunks                  # paused, then never starved
+
+
+def test_slot_map_follows_growth_admission_and_release():
+    """A request hands out the same slot-map view while its slots are unchanged (the engine asks every step),
+    and a fresh one once KV grows, the request is re-admitted after release, or its slots are gone."""
+    sched, kv = _setup(budget=64)
+    req = _req("r", 6, max_tokens=400)
+    sched.add(req)
+    _advance(sched.schedule(0.0))
+    first = req.slot_map
+    assert req.slot_map is first and first.tolist() == req.slots[: req.num_slots].tolist()
+    before = req.num_slots
+    assert kv.grow(req, before + 9)
+    grown = req.slot_map
+    assert req.num_slots > before and grown.shape[0] == req.num_slots
+    assert grown.tolist() == req.slots[: req.num_slots].tolist()
+    sched.remove(req)
+    kv.release(req)
+    req.status, req.num_computed = Status.WAITING, 0
+    sched.add(req)
+    _advance(sched.schedule(0.0))                          # re-admitted: a new slots tensor
+    assert req.slot_map is not grown and req.slot_map.tolist() == req.slots[: req.num_slots].tolist()

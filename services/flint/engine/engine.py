@@ -251,12 +251,13 @@ class Engine:
                 if start + n == req.num_tokens:
                     rows.append(row + n - 1)
                     work.append((req, 1, None))
-            ids.append(torch.from_numpy(req.tokens[start : start + n]))
+            ids.append(req.tokens[start : start + n])
             seqs.append((req.request_id, req.slot_map, start, n))
             req.num_computed = start + n
             row += n
-        batch = StepBatch(input_ids=torch.cat(ids) if len(ids) > 1 else ids[0], seqs=seqs,
-                          logit_rows=torch.tensor(rows, dtype=torch.int64))
+        # One numpy concatenation and one array of rows per step, not a tensor per request.
+        batch = StepBatch(input_ids=torch.from_numpy(np.concatenate(ids) if len(ids) > 1 else ids[0]), seqs=seqs,
+                          logit_rows=torch.from_numpy(np.array(rows, dtype=np.int64)))
         return batch, work, prefill_tokens
 
     def _emit(self, logits: torch.Tensor, work, events: list[Event]) -> int:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
@@ -103,8 +104,43 @@ class PagedAttention:
         """seqs: (slot map, cached tokens, new tokens) per sequence in packing order -> positions [T].
 
         Slot maps must be on the cache's device (the runner moves them); positions and every index
-        tensor are built there.
+        tensor are built there. On the CPU the per-sequence work is plain Python and numpy (a slot map's
+        numpy view, a scalar read or a slice of it); positions, write slots and the kernel's (row, start, n)
+        meta are then one array each, so a 16-sequence decode step makes a handful of tensors, not 50.
         """
+        if self.device.type != "cpu":
+            return self._begin_step_tensors(seqs)
+        maps, starts, news = zip(*seqs)
+        start_arr = np.array(starts, dtype=np.int64)
+        if max(news) == 1:                                     # decode: position = start, one write slot each
+            writes = np.fromiter((m.numpy()[s] for m, s in zip(maps, starts)), dtype=np.int64, count=len(maps))
+            positions, rows, new_arr = start_arr, np.arange(len(maps), dtype=np.int64), np.ones(len(maps), np.int64)
+        else:
+            writes = np.concatenate([m.numpy()[s : s + n] for m, s, n in zip(maps, starts, news)])
+            new_arr = np.array(news, dtype=np.int64)
+            ends = np.cumsum(new_arr)
+            rows = ends - new_arr
+            # token j of sequence b sits at row rows[b] + j, position starts[b] + j
+            positions = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(start_arr - rows, new_arr)
+        self._write_slots = torch.from_numpy(writes)
+        if max(news) <= self._in_place_max:
+            short, self._chunks = range(len(maps)), []
+        else:
+            short = [b for b, n in enumerate(news) if n <= self._in_place_max]
+            self._chunks = [_Chunk(int(rows[b]), starts[b], n, maps[b][: starts[b] + n])
+                            for b, n in enumerate(news) if n > self._in_place_max]
+        if self._kernel is not None:
+            self._all_short = not self._chunks
+            self._short_slots = list(maps) if not self._chunks else [maps[b] for b in short]
+            meta = np.stack((rows, start_arr, new_arr), axis=1)                   # [B, 3] (row, start, n)
+            meta = meta if not self._chunks else meta[short]
+            self._short_meta = torch.from_numpy(meta) if self._short_slots else None
+        else:
+            self._begin_short([(int(rows[b]), starts[b], news[b], maps[b]) for b in short], all_rows=not self._chunks)
+        return torch.from_numpy(positions)
+
+    def _begin_step_tensors(self, seqs: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
+        """`begin_step` for caches off the CPU: index tensors built with torch ops on the cache's device."""
         if len(seqs) == 1:                                     # batch 1, the latency-critical case
             slots, start, n = seqs[0]
             self._write_slots = slots[start : start + n]

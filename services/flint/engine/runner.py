@@ -94,8 +94,11 @@ class LocalRunner:
         if self.attn is None:
             raise RuntimeError("LocalRunner.execute before init_kv")
         dev = self.device
-        positions = self.attn.begin_step([(slots[: start + n].to(dev, non_blocking=True), start, n)
-                                          for _, slots, start, n in batch.seqs])                   # [T]
+        if dev.type == "cpu":       # slot maps are built on the CPU: moving them (or their used prefix) is a no-op
+            seqs = [(slots, start, n) for _, slots, start, n in batch.seqs]
+        else:
+            seqs = [(slots[: start + n].to(dev, non_blocking=True), start, n) for _, slots, start, n in batch.seqs]
+        positions = self.attn.begin_step(seqs)                                                   # [T]
         forward = self.model
         if self.compiled_decode is not None and batch.num_tokens == len(batch.seqs):   # 1 token per sequence
             forward = self.compiled_decode
