@@ -16,6 +16,12 @@
 // leaving unnormalised partials (max, sum, acc[D]). A final pass merges the partials of a
 // sequence with their log-sum-exps.
 //
+// Short sequences (float32, head_dim 64 or 128, at most kShortMaxKeys visible keys: the decode rows of a
+// many-stream step) skip all that (run_short): one task per sequence, the scores of all its keys and
+// queries in per-thread scratch, an exact softmax, the values, the output rows written directly. With
+// 16 sequences of 48 keys the per-task State, partials and merge pass cost more than the arithmetic
+// (loadtests/results/attention-short-20261130.md).
+//
 // Where the memory goes (1 new token over 131,072 cached, demo shape, one thread): reading a
 // tile of K rows and then the tile's V rows kept one memory stream going at a time and read the
 // cache at ~40% of a plain sum's rate. Decode and short extends over float32 caches (up to
@@ -57,7 +63,7 @@ struct Seq {
 
 struct Task {
   int64_t seq, lo, hi;      // keys [lo, hi) of sequence seq, every KV head
-  int64_t part;             // offset of its partials: [H * n, D + 2] floats
+  int64_t part;             // offset of its partials: [H * n, D + 2] floats; -1: run_short, no partials
 };
 
 template <typename T>
@@ -111,10 +117,10 @@ inline void scores_transposed(const float* q, const float* kt, int64_t d, int64_
   }
 }
 
-// acc[i] += sum_t p[i * kTile + t] * rows[t] for queries i < nq (kD floats each): two queries' accumulators
-// stay in registers over the tile and share each value row's loads.
-template <int kD>
-void accumulate_f32(const float* p, int64_t nq, const float* const* rows, int64_t tn, float* acc, int tile) {
+// acc[i] += sum_t p[i * stride + t] * row(t) for queries i < nq (kD floats each): two queries' accumulators
+// stay in registers over the keys and share each value row's loads.
+template <int kD, typename Row>
+void accumulate_f32(const float* p, int64_t nq, Row row, int64_t tn, float* acc, int64_t stride) {
   constexpr int kV = kD / 16;
   for (int64_t i = 0; i < nq; i += 2) {
     const bool two = i + 1 < nq;
@@ -123,12 +129,13 @@ void accumulate_f32(const float* p, int64_t nq, const float* const* rows, int64_
       o0[j] = _mm512_loadu_ps(acc + i * kD + 16 * j);
       o1[j] = two ? _mm512_loadu_ps(acc + (i + 1) * kD + 16 * j) : _mm512_setzero_ps();
     }
-    const float* p0 = p + i * tile;
-    const float* p1 = two ? p + (i + 1) * tile : p0;
+    const float* p0 = p + i * stride;
+    const float* p1 = two ? p + (i + 1) * stride : p0;
     for (int64_t t = 0; t < tn; ++t) {
       const __m512 w0 = _mm512_set1_ps(p0[t]), w1 = _mm512_set1_ps(p1[t]);
+      const float* r = row(t);
       for (int j = 0; j < kV; ++j) {
-        const __m512 v = _mm512_loadu_ps(rows[t] + 16 * j);
+        const __m512 v = _mm512_loadu_ps(r + 16 * j);
         o0[j] = _mm512_fmadd_ps(w0, v, o0[j]);
         o1[j] = _mm512_fmadd_ps(w1, v, o1[j]);
       }
@@ -137,6 +144,74 @@ void accumulate_f32(const float* p, int64_t nq, const float* const* rows, int64_
       _mm512_storeu_ps(acc + i * kD + 16 * j, o0[j]);
       if (two) _mm512_storeu_ps(acc + (i + 1) * kD + 16 * j, o1[j]);
     }
+  }
+}
+
+// Lane k = the sum of the 16 lanes of s[k]: a transpose-and-add tree, 45 instructions where 16 separate
+// horizontal sums take about 130.
+inline __m512 sum16(const __m512* s) {
+  __m512 a[8], b[4];
+  for (int k = 0; k < 8; ++k)   // per 128-bit lane of x = s[2k], y = s[2k + 1]: x0+x2, y0+y2, x1+x3, y1+y3
+    a[k] = _mm512_add_ps(_mm512_unpacklo_ps(s[2 * k], s[2 * k + 1]), _mm512_unpackhi_ps(s[2 * k], s[2 * k + 1]));
+  for (int k = 0; k < 4; ++k) {  // per 128-bit lane: that lane's sums of s[4k .. 4k + 3]
+    const __m512d x = _mm512_castps_pd(a[2 * k]), y = _mm512_castps_pd(a[2 * k + 1]);
+    b[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const auto lanes = [](__m512 x, __m512 y) {  // (x.l0 + x.l1, x.l2 + x.l3, y.l0 + y.l1, y.l2 + y.l3)
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+  };
+  return lanes(lanes(b[0], b[1]), lanes(b[2], b[3]));
+}
+
+// e^x for x <= 0: 2^n e^r with n = round(x / ln 2), r = x - n ln 2 (|r| <= 0.35, Cody-Waite), e^r by its
+// degree-6 Taylor polynomial (error ~1e-7 relative). x is clamped at -80 so that 2^n stays normal: weights
+// below e^-80 of the row's largest do not matter to a float sum. Inline, where libmvec's expf is a call
+// per 16 lanes (and slow on very negative lanes).
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-80.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);     // ln 2, high bits
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);           // ln 2, the rest
+  __m512 e = _mm512_set1_ps(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(e, n);
+}
+
+// p[t] = e^(p[t] - max) for t in [a, b), 0 for the other t < padded (a multiple of 16); returns the sum.
+inline float softmax_row(float* p, int64_t a, int64_t b, int64_t padded) {
+  const auto visible = [&](int64_t t0) {
+    const int64_t lo = std::clamp<int64_t>(a - t0, 0, 16), hi = std::clamp<int64_t>(b - t0, 0, 16);
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+  };
+  __m512 mx = _mm512_set1_ps(kNeg);
+  for (int64_t t0 = 0; t0 < padded; t0 += 16) mx = _mm512_mask_max_ps(mx, visible(t0), mx, _mm512_loadu_ps(p + t0));
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t t0 = 0; t0 < padded; t0 += 16) {
+    const __m512 e = _mm512_maskz_mov_ps(visible(t0), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(p + t0), m)));
+    _mm512_storeu_ps(p + t0, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+// out[t] = q . (base + off[t])[0 : kD] for t < keys, 16 keys at a time (off padded to a multiple of 16 with
+// valid offsets): one vector of partial sums per key, reduced together by sum16.
+template <int kD>
+void scores_short(const float* q, const float* base, const int64_t* off, int64_t keys, float* out) {
+  constexpr int kV = kD / 16;
+  __m512 qv[kV];
+  for (int j = 0; j < kV; ++j) qv[j] = _mm512_loadu_ps(q + 16 * j);
+  for (int64_t t0 = 0; t0 < keys; t0 += 16) {
+    __m512 s[16];
+    for (int k = 0; k < 16; ++k) {
+      const float* r = base + off[t0 + k];
+      s[k] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(r));
+      for (int j = 1; j < kV; ++j) s[k] = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(r + 16 * j), s[k]);
+    }
+    _mm512_storeu_ps(out + t0, sum16(s));
   }
 }
 #endif
@@ -305,8 +380,8 @@ void run_task(const Step<T>& st, const Seq& s, const Task& task, float* part) {
       }
 #ifdef FLINT_PA_AVX512
       if constexpr (std::is_same_v<T, float> && (kD == 64 || kD == 128)) {
-        accumulate_f32<kD>(z.sc.data() + g * per_head * kTile, per_head, v, tn, z.acc.data() + g * per_head * d,
-                           kTile);
+        accumulate_f32<kD>(z.sc.data() + g * per_head * kTile, per_head, [&](int64_t t) { return v[t]; }, tn,
+                           z.acc.data() + g * per_head * d, kTile);
         continue;
       }
 #endif
@@ -377,6 +452,98 @@ void run_task_fused(const Step<float>& st, const Seq& s, const Task& task, float
   write_partials(z, nq, kD, part);
 }
 
+// A sequence whose visible keys all fit one task and at most kShortMaxKeys (decode and short extends over a
+// short context, the common case of a many-stream step) skips the online softmax: the scores of all its keys
+// and queries, an exact softmax per query over the keys it sees, the values weighted into registers, its rows
+// of out written directly (no partials, no merge pass). Scratch is per thread and grows once.
+constexpr int64_t kShortMaxKeys = 512;
+constexpr int64_t kShortMaxScores = 1 << 16;   // queries x keys of one sequence (256 KiB of scores at most)
+
+struct ShortScratch {
+  std::vector<float> q, sc, acc, inv;
+  std::vector<int64_t> off;
+  // Room for nq queries of kd floats over `padded` keys; the vectors only grow.
+  void reserve(int64_t nq, int64_t kd, int64_t padded) {
+    if ((int64_t)sc.size() < nq * padded) sc.resize(nq * padded);
+    if ((int64_t)q.size() < nq * kd) q.resize(nq * kd), acc.resize(nq * kd), inv.resize(nq);
+    if ((int64_t)off.size() < padded) off.resize(padded);
+  }
+};
+
+template <int kD>
+void run_short(const Step<float>& st, const Seq& s) {
+  static thread_local ShortScratch scratch;
+  const int64_t group = st.group, per_head = group * s.n, nq = st.kv_heads * per_head;
+  const int64_t keys = s.hi - s.lo, padded = (keys + 15) / 16 * 16;
+  ShortScratch& z = scratch;                                 // one TLS look-up, not one per use
+  z.reserve(nq, kD, padded);
+  float *const q = z.q.data(), *const sc = z.sc.data(), *const acc = z.acc.data(), *const inv = z.inv.data();
+  int64_t* const off = z.off.data();
+  for (int64_t t = 0; t < keys; ++t) off[t] = s.slots[(s.lo + t) * s.slot_stride] * st.slot_stride;
+  for (int64_t t = keys; t < padded; ++t) off[t] = off[0];   // scored, never weighted
+  for (int64_t qa = 0; qa < nq; ++qa) {                      // query qa in State's order, pre-scaled
+    const int64_t g = qa / per_head, j = (qa % per_head) / group, r = qa % group;
+    const float* src = st.q + (s.row + j) * st.q_row + (g * group + r) * st.q_head;
+    for (int i = 0; i < kD; ++i) q[qa * kD + i] = src[i] * st.scale;
+  }
+  // All the scores first, then the softmaxes: a row is read back long after its stores, not right behind
+  // them (a 64-byte load straight after the 64-byte store of the same line waited on the store).
+  for (int64_t qa = 0; qa < nq; ++qa) {
+    const float* base = st.kc + qa / per_head * kD;
+    float* p = sc + qa * padded;
+#ifdef FLINT_PA_AVX512
+    scores_short<kD>(q + qa * kD, base, off, keys, p);
+#else
+    for (int64_t t = 0; t < keys; ++t) {
+      float dot = 0.f;
+      for (int i = 0; i < kD; ++i) dot += q[qa * kD + i] * base[off[t] + i];
+      p[t] = dot;
+    }
+#endif
+  }
+  for (int64_t qa = 0; qa < nq; ++qa) {
+    // Keys [a, b) are visible to this query (causal, window); the others get weight 0.
+    const int64_t pos = s.start + (qa % per_head) / group;
+    const int64_t a = (st.window > 0 ? std::max(s.lo, pos - st.window + 1) : s.lo) - s.lo, b = pos + 1 - s.lo;
+    float* p = sc + qa * padded;
+#ifdef FLINT_PA_AVX512
+    const float sum = softmax_row(p, a, b, padded);
+#else
+    float mx = p[a];
+    for (int64_t t = a + 1; t < b; ++t) mx = std::max(mx, p[t]);
+    float sum = 0.f;
+    for (int64_t t = a; t < b; ++t) {
+      p[t] = std::exp(p[t] - mx);
+      sum += p[t];
+    }
+    std::fill(p, p + a, 0.f);
+    std::fill(p + b, p + padded, 0.f);
+#endif
+    inv[qa] = 1.f / sum;
+  }
+  std::fill(acc, acc + nq * kD, 0.f);
+  for (int64_t g = 0; g < st.kv_heads; ++g) {
+    const float* base = st.vc + g * kD;
+    const float* w = sc + g * per_head * padded;
+    float* o = acc + g * per_head * kD;
+#ifdef FLINT_PA_AVX512
+    accumulate_f32<kD>(w, per_head, [&](int64_t t) { return base + off[t]; }, keys, o, padded);
+#else
+    for (int64_t i = 0; i < per_head; ++i)
+      for (int64_t t = 0; t < keys; ++t) {
+        const float wt = w[i * padded + t], *v = base + off[t];
+        float* __restrict__ oi = o + i * kD;
+        for (int k = 0; k < kD; ++k) oi[k] += wt * v[k];
+      }
+#endif
+  }
+  for (int64_t qa = 0; qa < nq; ++qa) {
+    const int64_t g = qa / per_head, j = (qa % per_head) / group, r = qa % group;
+    float* dst = st.out + (s.row + j) * st.out_row + (g * group + r) * st.out_head;
+    for (int i = 0; i < kD; ++i) dst[i] = acc[qa * kD + i] * inv[qa];
+  }
+}
+
 // Merge the partials of the tasks [first, last) of one sequence into its rows of out.
 template <typename T>
 void merge(const Step<T>& st, const Seq& s, const std::vector<Task>& tasks, int64_t first, int64_t last,
@@ -411,10 +578,17 @@ void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
   const int64_t split = std::max(kMinSplitKeys, (total + threads * kTasksPerThread - 1) / (threads * kTasksPerThread));
   std::vector<Task> tasks;
   std::vector<int64_t> first{0};            // tasks of sequence b are [first[b], first[b + 1])
+  std::vector<int64_t> merged;              // the sequences whose tasks leave partials to merge
   int64_t floats = 0;
   for (int64_t b = 0; b < (int64_t)seqs.size(); ++b) {
     const Seq& s = seqs[b];
     const int64_t keys = s.hi - s.lo;
+    if (std::is_same_v<T, float> && (st.d == 64 || st.d == 128) && keys <= kShortMaxKeys &&
+        st.heads * s.n * keys <= kShortMaxScores) {
+      tasks.push_back({b, s.lo, s.hi, -1});  // run_short: out written directly
+      first.push_back((int64_t)tasks.size());
+      continue;
+    }
     const int64_t nsplit = std::max<int64_t>(1, (keys + split - 1) / split);
     const int64_t per = ((keys + nsplit - 1) / nsplit + kTile - 1) / kTile * kTile;
     for (int64_t lo = s.lo; lo < s.hi; lo += per) {
@@ -422,12 +596,20 @@ void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
       floats += st.heads * s.n * (st.d + 2);
     }
     first.push_back((int64_t)tasks.size());
+    merged.push_back(b);
   }
   std::vector<float> parts(floats);
   at::parallel_for(0, (int64_t)tasks.size(), 1, [&](int64_t a, int64_t z) {
     for (int64_t i = a; i < z; ++i) {
-      float* part = parts.data() + tasks[i].part;
       const Seq& s = seqs[tasks[i].seq];
+      if constexpr (std::is_same_v<T, float>) {
+        if (tasks[i].part < 0) {
+          if (st.d == 64) run_short<64>(st, s);
+          else run_short<128>(st, s);
+          continue;
+        }
+      }
+      float* part = parts.data() + tasks[i].part;
       if constexpr (std::is_same_v<T, float>) {
         if (st.group * s.n <= kDotMaxQueries && (st.d == 64 || st.d == 128)) {
           if (st.d == 64) run_task_fused<64>(st, s, tasks[i], part);
@@ -440,8 +622,12 @@ void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
       else run_task<T, 0>(st, s, tasks[i], part);
     }
   });
-  at::parallel_for(0, (int64_t)seqs.size(), 4, [&](int64_t a, int64_t z) {
-    for (int64_t b = a; b < z; ++b) merge(st, seqs[b], tasks, first[b], first[b + 1], parts.data());
+  if (merged.empty()) return;
+  at::parallel_for(0, (int64_t)merged.size(), 4, [&](int64_t a, int64_t z) {
+    for (int64_t i = a; i < z; ++i) {
+      const int64_t b = merged[i];
+      merge(st, seqs[b], tasks, first[b], first[b + 1], parts.data());
+    }
   });
 }
 
