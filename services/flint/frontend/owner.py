@@ -113,6 +113,13 @@ async def to_completion(work):
     return inner.result()
 
 
+def open_engine_call(pool, replica, engine_request: ipb.GenerateRequest, metadata=()) -> tuple:
+    """(stub, call): `engine_request`'s `Generate` call on `replica`, with its deadline (flint.frontend.liveness)."""
+    stub = pool.stub(replica)
+    return stub, stub.Generate(engine_request, metadata=metadata, timeout=engine_call_timeout_s(
+        pool.liveness, engine_request.sampling.max_time_ms))
+
+
 class _NotClaimed(Exception):
     """The request's claim failed while its engine call was open."""
 
@@ -122,7 +129,7 @@ class RequestOwner:
                  store: Store, local: LocalRequests, sink: Callable[[ev.Event], None], journal=None,
                  resume_from: ResumePoint = START, model: str = "",
                  on_done: Callable[["RequestOwner"], None] | None = None, metadata=(), outbox=None,
-                 claim=None):
+                 claim=None, opened: tuple | None = None):
         self.record = record
         self.request_id = record.request_id
         self.engine_request = engine_request
@@ -151,7 +158,9 @@ class RequestOwner:
         self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
         self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
-        self._opened: tuple | None = None  # (stub, call): the first engine call, opened by `start()`
+        # (stub, call): the first engine call, opened by `start()` or, before the owner was built, by its driver
+        # (`open_engine_call`; the owner cancels it if it ends without taking it over)
+        self._opened: tuple | None = opened
         # The request's registration in Redis (a coroutine: `Store.claim_request`), run beside the opening of
         # the engine call; nothing is delivered, journaled or recorded before it succeeded. None: registered.
         self._claim_work = claim
@@ -165,7 +174,8 @@ class RequestOwner:
     def start(self) -> None:
         # The engine call first: its round trip is the longest, and the claim's Redis write and the task's
         # first step then overlap it instead of preceding it.
-        self._opened = self._open_call()
+        if self._opened is None:
+            self._opened = self._open_call()
         if self._claim_work is None:
             self._local.add(self)
         else:  # join `LocalRequests` only once the id is ours: a refused claim must not shadow its holder
@@ -343,9 +353,7 @@ class RequestOwner:
                 await watch.stop()
 
     def _open_call(self) -> tuple:
-        stub = self._pool.stub(self._replica)
-        return stub, stub.Generate(self.engine_request, metadata=self._metadata, timeout=engine_call_timeout_s(
-            self._pool.liveness, self.engine_request.sampling.max_time_ms))
+        return open_engine_call(self._pool, self._replica, self.engine_request, self._metadata)
 
     async def _claimed_or_stop(self) -> None:
         if not await self._claim_ok():

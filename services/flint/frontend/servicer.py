@@ -25,7 +25,7 @@ from flint.frontend.documents import SessionDocuments, names_documents
 from flint.frontend.interrupts import InterruptBus
 from flint.frontend.journal import RequestJournal, pin_seed
 from flint.frontend.outbox import BufferBudget, Outbox
-from flint.frontend.owner import LocalRequests, RequestOwner, to_completion
+from flint.frontend.owner import LocalRequests, RequestOwner, open_engine_call, to_completion
 from flint.frontend.render import to_message
 from flint.frontend.replicas import ReplicaPool
 from flint.frontend.session import SessionStream
@@ -68,7 +68,6 @@ class FlintServicer:
         stats = metrics()
         with stats.time_stage("route"):
             replica = await self.pool.pick(model=model, affinity=session.replica_id if session else "")
-        sink = stats.request(replica.model, arrival_unix_s).observing(sink)   # the vLLM-style request metrics
         engine_request = to_engine_request(msg, request_id=request_id, max_context_tokens=replica.max_context_tokens,
                                            arrival_unix_s=arrival_unix_s)
         engine_request.cache_namespace = tenant  # one tenant's prefix cache never serves another's prompts
@@ -91,29 +90,38 @@ class FlintServicer:
         return owner, session
 
     def _start_owner(self, msg, request_id, tenant, replica, engine_request, session, sink, release, outbox):
-        """Start the request's owner, which opens the engine call while it claims the request id, starts its
-        journal and moves its session's affinity (one Redis round trip, see `RequestOwner.claimed`). From here
-        the owner releases `release` when it ends, also if the claim fails."""
+        """Open the engine call, then start the request's owner, which claims the request id, starts its journal
+        and moves its session's affinity (one Redis round trip, see `RequestOwner.claimed`) while the engine has
+        the request. From here the owner releases `release` when it ends, also if the claim fails."""
+        opened = None
         try:
+            if self.journal is not None:
+                pin_seed(engine_request)   # before the engine has it: a takeover runs it again with the same seed
+            span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
+                                              replica.replica_id)
+            # The engine call first: what the worker does before it is on every request's way to its first token;
+            # the record, the journal's start and the owner are built while the request travels.
+            metadata = tracing.outgoing_metadata(span)
+            opened = open_engine_call(self.pool, replica, engine_request, metadata)
+            sink = metrics().request(replica.model, engine_request.arrival_unix_s).observing(sink)  # vLLM-style
             record = RequestRecord(request_id=request_id, owner=self.worker_id, tenant=tenant,
                                    session_id=session.session_id if session else "", replica_id=replica.replica_id,
                                    created_unix_s=time.time())
             deletes, writes, request_journal = [], [], None
             if self.journal is not None:
-                pin_seed(engine_request)
                 deletes, writes = self.journal.begin_writes(request_id, engine_request.SerializeToString(),
                                                             tenant=tenant, model=replica.model)
                 request_journal = RequestJournal(self.journal, request_id, begun=True)
             if session is not None and session.replica_id != replica.replica_id:
                 session = replace(session, replica_id=replica.replica_id)
                 writes.append(self.store.session_write(session))
-            span = tracing.start_request_span(request_id, "edit" if isinstance(msg, pb.EditRequest) else "complete",
-                                              replica.replica_id)
             owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
                                  store=self.store, local=self.local, sink=sink, journal=request_journal,
-                                 on_done=self._on_done(release, span), metadata=tracing.outgoing_metadata(span),
-                                 outbox=outbox, claim=self.store.claim_request(record, deletes=deletes, writes=writes))
+                                 on_done=self._on_done(release, span), metadata=metadata, outbox=outbox, opened=opened,
+                                 claim=self.store.claim_request(record, deletes=deletes, writes=writes))
         except BaseException:
+            if opened is not None:   # the engine frees the request at its next step
+                opened[1].cancel()
             if release is not None:
                 asyncio.ensure_future(release())
             raise
