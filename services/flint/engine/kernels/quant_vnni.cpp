@@ -195,6 +195,7 @@ void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
     __m512i e0 = _mm512_setzero_si512(), e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0, e8 = e0,
             e9 = e0, e10 = e0, e11 = e0, e12 = e0, e13 = e0, e14 = e0, e15 = e0;
     const int64_t s1 = std::min(steps, (b + 1) * bsteps);
+#pragma GCC unroll 8
     for (int64_t s = b * bsteps; s + 2 <= s1; s += 2) {
       const __m512i w0 = _mm512_loadu_si512(tile_at(w, t0, s, steps));
       const __m512i w1 = _mm512_loadu_si512(tile_at(w, t0, s + 1, steps));
@@ -214,6 +215,38 @@ void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
   for (int r = 0; r < 16; ++r) store_tile(y + (r0 + r) * ldy, 16 * t0, n, _mm512_mul_ps(acc.get(r, 0), sc), bias);
 }
 
+// int4_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16). A step's low and high nibbles are the two steps of
+// FLINT_DP8X2 (x at step 2s, then 2s + 1: 64 bytes on in Act::q16).
+void int4_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* mins, int64_t kp,
+                 int64_t group, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0) {
+  const int64_t steps = kp / 8, groups = kp / group, gsteps = group / 8;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  FloatAcc<16, 1> acc;
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i e0 = _mm512_setzero_si512(), e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0, e8 = e0,
+            e9 = e0, e10 = e0, e11 = e0, e12 = e0, e13 = e0, e14 = e0, e15 = e0;
+#pragma GCC unroll 8
+    for (int64_t s = g * gsteps; s < (g + 1) * gsteps; ++s) {
+      const __m512i raw = _mm512_loadu_si512(tile_at(w, t0, s, steps));
+      const __m512i wl = _mm512_and_si512(raw, low);
+      const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+      const int8_t* x = a.at<16>(r0, 0, 2 * s);
+      const int8_t* x8 = x + 32;
+      FLINT_DP8X2(x, wl, wh, e0, e1, e2, e3, e4, e5, e6, e7);
+      FLINT_DP8X2(x8, wl, wh, e8, e9, e10, e11, e12, e13, e14, e15);
+    }
+    const __m512i ev[16] = {e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15};
+    const __m512 sc = _mm512_loadu_ps(scale + (t0 * groups + g) * 16);
+    const __m512 mn = _mm512_loadu_ps(mins + (t0 * groups + g) * 16);
+    for (int r = 0; r < 16; ++r) {
+      const int64_t i = (r0 + r) * a.blocks + g;
+      const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ev[r]), _mm512_mul_ps(sc, _mm512_set1_ps(a.sx[i])), acc.get(r, 0));
+      acc.set(r, 0, _mm512_fmadd_ps(mn, _mm512_set1_ps(a.sxsum[i]), v));
+    }
+  }
+  for (int r = 0; r < 16; ++r) store_tile(y + (r0 + r) * ldy, 16 * t0, n, acc.get(r, 0), bias);
+}
+
 // Integer accumulators per (row, tile): two (the even and odd 4-column steps, so consecutive vpdpbusd do not
 // wait on each other) while fewer than 8 (row, tile) pairs share a pass; one when 8 or more do (their chains
 // already overlap, and 16 rows then fit the 32 registers). Integer sums are exact: the same bits either way.
@@ -224,6 +257,10 @@ constexpr bool kSplit = MB * TB < 8;
 template <int MB, int TB>
 void int4_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* mins, int64_t kp,
                 int64_t group, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0) {
+  if constexpr (MB == 16 && TB == 1) {
+    int4_tile16(a, r0, w, scale, mins, kp, group, bias, y, ldy, n, t0);
+    return;
+  }
   const int64_t steps = kp / 8, groups = kp / group, gsteps = group / 8;
   const __m512i low = _mm512_set1_epi8(0x0F);
   FloatAcc<MB, TB> acc;
