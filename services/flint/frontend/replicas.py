@@ -1,7 +1,10 @@
 """The front-end's view of the engine replicas: registry reads, routing, channels.
 
 The registry is re-read at most every `refresh_interval_s` (loads in it are
-one heartbeat old anyway); one gRPC channel is kept per replica address.
+one heartbeat old anyway), behind the request that finds the view that old:
+a request waits for the read (two Redis round trips) only when the view is
+older than twice that, or there is none yet, so routing stays off Redis on a
+busy worker. One gRPC channel is kept per replica address.
 
 The pool also keeps this worker's own in-flight count per replica, which
 the routing policy weighs: an engine call opened through `stub()` counts
@@ -13,6 +16,7 @@ before it reached the engine), so a burst of picks sees its own earlier picks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict, deque
 
@@ -24,6 +28,8 @@ from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.security.internal import EngineClient
 from flint.frontend.liveness import LivenessConfig, engine_channel_options
 from flint.security.limits import unknown_model
+
+log = logging.getLogger(__name__)
 
 RESERVATION_S = 2.0   # a pick counts as in flight this long at most before its engine call opens
 
@@ -39,6 +45,7 @@ class ReplicaPool:
         self._internal_token = internal_token
         self._cached: list[ReplicaInfo] = []
         self._cached_at = -1e9
+        self._refreshing: asyncio.Task | None = None   # the read behind a request that found the view stale
         self._drop_s = drop_s
         self._dropped: dict[str, float] = {}   # address -> monotonic time it may be routed to again
         self._channels: dict[str, tuple[grpc.aio.Channel, EngineClient]] = {}
@@ -46,12 +53,29 @@ class ReplicaPool:
         self._reserved: dict[str, deque] = defaultdict(deque)    # replica id -> expiry times of picks not started
 
     async def replicas(self, *, fresh: bool = False) -> list[ReplicaInfo]:
-        now = time.monotonic()
-        if fresh or now - self._cached_at > self._refresh_interval_s:
-            self._dropped = {a: until for a, until in self._dropped.items() if until > now}
-            self._cached = [r for r in await self._registry.list() if r.address not in self._dropped]
-            self._cached_at = now
+        """The registered replicas, less those dropped. A view older than `refresh_interval_s` is returned
+        while a read behind it replaces it; one older than twice that (or `fresh`, or none yet) is read first."""
+        age_s = time.monotonic() - self._cached_at
+        if fresh or age_s > 2 * self._refresh_interval_s:
+            await self._refresh()
+        elif age_s > self._refresh_interval_s and self._refreshing is None:
+            self._refreshing = asyncio.create_task(self._refresh_behind(), name="replica registry read")
         return self._cached
+
+    async def _refresh(self) -> None:
+        now = time.monotonic()
+        listed = await self._registry.list()
+        self._dropped = {a: until for a, until in self._dropped.items() if until > time.monotonic()}
+        self._cached = [r for r in listed if r.address not in self._dropped]
+        self._cached_at = now
+
+    async def _refresh_behind(self) -> None:
+        try:
+            await self._refresh()
+        except Exception as exc:  # noqa: BLE001 - the view ages on; a request reads it itself past twice the interval
+            log.warning("reading the replica registry failed: %s", exc)
+        finally:
+            self._refreshing = None
 
     async def pick(self, *, model: str = "", affinity: str = "", exclude=frozenset()) -> ReplicaInfo:
         """A routable replica serving `model` ("" = any) and not in `exclude` (ids); waits up to `wait_s`
@@ -122,6 +146,8 @@ class ReplicaPool:
         return _CountingClient(entry[1], self, replica.replica_id)  # open Generates count in `inflight()`
 
     async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         channels, self._channels = self._channels, {}
         for channel, _ in channels.values():
             await channel.close()

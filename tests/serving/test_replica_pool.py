@@ -1,0 +1,55 @@
+"""The front-end's registry view (ReplicaPool) against real Redis (Valkey): routing does not wait on a read."""
+
+import asyncio
+import secrets
+
+import pytest
+import redis.asyncio as aioredis
+
+from flint.frontend.replicas import ReplicaPool
+from flint.frontend.routing import PowerOfTwoChoices
+from flint.replica.registry import ReplicaInfo, ReplicaRegistry
+
+INTERVAL_S = 0.2
+
+
+def replica(replica_id: str) -> ReplicaInfo:
+    return ReplicaInfo(replica_id=replica_id, address=f"127.0.0.1:{1000 + len(replica_id)}", model="m",
+                       max_context_tokens=64)
+
+
+@pytest.fixture
+async def registry(valkey_url):
+    redis = aioredis.Redis.from_url(valkey_url)
+    registry = ReplicaRegistry(redis, f"pool-{secrets.token_hex(4)}")
+    pool = ReplicaPool(registry, PowerOfTwoChoices(seed=0), wait_s=0.5, internal_token="t",
+                       refresh_interval_s=INTERVAL_S)
+    try:
+        yield redis, registry, pool
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+async def test_a_view_past_its_interval_routes_at_once_while_it_is_read_again_behind(registry):
+    redis, registry, pool = registry
+    await registry.publish(replica("a"), ttl_s=60)
+    assert (await pool.pick()).replica_id == "a"          # no view yet: read first
+    await registry.publish(replica("bb"), ttl_s=60)
+    await asyncio.sleep(INTERVAL_S * 1.25)                # stale, not yet twice the interval
+    await redis.execute_command("CLIENT", "PAUSE", 600, "ALL")   # a read now waits 0.6 s
+    picked = await asyncio.wait_for(pool.pick(), 0.3)     # routed from the view it had, not held by the read
+    assert picked.replica_id == "a"
+    async with asyncio.timeout(5):                        # the read behind it brings the new replica
+        while {r.replica_id for r in await pool.replicas()} != {"a", "bb"}:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_view_older_than_twice_its_interval_is_read_before_routing(registry):
+    redis, registry, pool = registry
+    await registry.publish(replica("a"), ttl_s=60)
+    await pool.pick()
+    await registry.publish(replica("bb"), ttl_s=60)
+    await asyncio.sleep(INTERVAL_S * 2.5)
+    await pool.pick()
+    assert {r.replica_id for r in pool._cached} == {"a", "bb"}
