@@ -115,7 +115,7 @@ def test_residual_add_and_silu_fold_into_one_kernel_call_and_match_the_ops(rows,
     assert [c[1] for c in calls] == [False, True], "one call each, silu folded into down's"
 
 
-def test_final_norm_and_greedy_argmax_on_the_kernel_match_torch():
+def test_final_norm_on_the_kernel_and_greedy_argmax_match_torch():
     g = torch.Generator().manual_seed(3)
     x, weight, eps = torch.randn(4, 96, generator=g) * 5, torch.rand(96, generator=g) + 0.5, 1e-5
     got = linear.rms_norm(x, weight * 96**0.5, weight, eps, (96 * eps) ** 0.5)
@@ -124,6 +124,9 @@ def test_final_norm_and_greedy_argmax_on_the_kernel_match_torch():
     logits[2, 7] = logits[2, 9000] = 100.0            # ties: the first index, as torch.argmax
     assert linear.argmax_rows(logits).tolist() == logits.argmax(dim=-1).tolist()
     assert linear.argmax_rows(logits).tolist()[2] == 7
+    logits[4, 123] = float("nan")                      # a broken row: torch's answer (the NaN's index)
+    assert linear.argmax_rows(logits).tolist() == logits.argmax(dim=-1).tolist()
+    assert linear.argmax_rows(logits[1:5:2]).tolist() == logits[1:5:2].argmax(dim=-1).tolist()   # strided rows
 
 
 @pytest.mark.parametrize("k", [512, 1536, 100])

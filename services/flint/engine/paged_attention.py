@@ -90,6 +90,7 @@ class PagedAttention:
         self._write_slots = torch.empty(0, dtype=torch.int64)
         self._chunks: list[_Chunk] = []
         self._short_slots: list[torch.Tensor] = []             # native: slot map per short sequence
+        self._views: dict[int, tuple[torch.Tensor, np.ndarray]] = {}   # CPU: slot maps' numpy views, last step
         self._short_meta: torch.Tensor | None = None           # native: [B, 3] (row, start, n)
         self._decode_rows: torch.Tensor | None = None          # fallback: decode rows, None = all rows
         self._decode_slots: torch.Tensor | None = None         # fallback: [B, Lmax]
@@ -111,33 +112,53 @@ class PagedAttention:
         if self.device.type != "cpu":
             return self._begin_step_tensors(seqs)
         maps, starts, news = zip(*seqs)
+        views = self._numpy_views(maps)
+        b = len(maps)
         start_arr = np.array(starts, dtype=np.int64)
+        meta = np.empty((b, 3), dtype=np.int64)                 # (row, start, n) per sequence
+        meta[:, 1] = start_arr
         if max(news) == 1:                                     # decode: position = start, one write slot each
-            writes = np.fromiter((m.numpy()[s] for m, s in zip(maps, starts)), dtype=np.int64, count=len(maps))
-            positions, rows, new_arr = start_arr, np.arange(len(maps), dtype=np.int64), np.ones(len(maps), np.int64)
+            writes = np.array([v[s] for v, s in zip(views, starts)], dtype=np.int64)
+            positions = start_arr
+            meta[:, 0] = np.arange(b)
+            meta[:, 2] = 1
         else:
-            writes = np.concatenate([m.numpy()[s : s + n] for m, s, n in zip(maps, starts, news)])
-            new_arr = np.array(news, dtype=np.int64)
-            ends = np.cumsum(new_arr)
-            rows = ends - new_arr
-            # token j of sequence b sits at row rows[b] + j, position starts[b] + j
-            positions = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(start_arr - rows, new_arr)
+            writes = np.concatenate([v[s : s + n] for v, s, n in zip(views, starts, news)])
+            meta[:, 2] = news
+            ends = np.cumsum(meta[:, 2])
+            meta[:, 0] = ends - meta[:, 2]
+            # token j of sequence b sits at row meta[b, 0] + j, position starts[b] + j
+            positions = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(start_arr - meta[:, 0], meta[:, 2])
         self._write_slots = torch.from_numpy(writes)
         if max(news) <= self._in_place_max:
-            short, self._chunks = range(len(maps)), []
+            short, self._chunks = range(b), []
         else:
-            short = [b for b, n in enumerate(news) if n <= self._in_place_max]
-            self._chunks = [_Chunk(int(rows[b]), starts[b], n, maps[b][: starts[b] + n])
-                            for b, n in enumerate(news) if n > self._in_place_max]
+            short = [i for i, n in enumerate(news) if n <= self._in_place_max]
+            self._chunks = [_Chunk(int(meta[i, 0]), starts[i], n, maps[i][: starts[i] + n])
+                            for i, n in enumerate(news) if n > self._in_place_max]
         if self._kernel is not None:
             self._all_short = not self._chunks
-            self._short_slots = list(maps) if not self._chunks else [maps[b] for b in short]
-            meta = np.stack((rows, start_arr, new_arr), axis=1)                   # [B, 3] (row, start, n)
+            self._short_slots = list(maps) if not self._chunks else [maps[i] for i in short]
             meta = meta if not self._chunks else meta[short]
             self._short_meta = torch.from_numpy(meta) if self._short_slots else None
         else:
-            self._begin_short([(int(rows[b]), starts[b], news[b], maps[b]) for b in short], all_rows=not self._chunks)
+            self._begin_short([(int(meta[i, 0]), starts[i], news[i], maps[i]) for i in short], all_rows=not self._chunks)
         return torch.from_numpy(positions)
+
+    def _numpy_views(self, maps: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+        """Each slot map's numpy view (shared memory). Views of the maps of the previous step are reused:
+        `Tensor.numpy()` costs ~0.9 us, and a running sequence hands over the same slot-map object every
+        step until its map grows (`Request.slot_map`). The cache holds the maps it saw last step only."""
+        seen, kept = self._views, {}
+        out = []
+        for m in maps:
+            entry = seen.get(id(m))
+            if entry is None or entry[0] is not m:
+                entry = (m, m.numpy())
+            kept[id(m)] = entry
+            out.append(entry[1])
+        self._views = kept
+        return out
 
     def _begin_step_tensors(self, seqs: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
         """`begin_step` for caches off the CPU: index tensors built with torch ops on the cache's device."""
