@@ -35,3 +35,11 @@ def test_missing_or_broken_tokenizer_files(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(InvalidArgument, match="tokenizer.json"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_decode_id_is_decode_of_that_one_id_for_every_id(llama_checkpoint):
+    tok = Tokenizer.from_dir(llama_checkpoint)
+    for skip in (True, False):
+        for i in range(tok.vocab_size):
+            assert tok.decode_id(i, skip_special_tokens=skip) == tok.decode([i], skip_special_tokens=skip), (i, skip)
+        assert tok.decode_id(5, skip_special_tokens=skip) == tok.decode([5], skip_special_tokens=skip)   # kept

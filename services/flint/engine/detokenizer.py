@@ -87,7 +87,10 @@ class IncrementalDetokenizer:
     def _advance(self) -> None:
         # The window restarts at the previous clean boundary, so the next decode keeps one token of context.
         self._prefix, self._read = self._read, len(self._ids)
-        self._prefix_text = self._decode(self._ids[self._prefix : self._read])
+        if self._read - self._prefix == 1:           # the usual decode step: one token's text, memoised
+            self._prefix_text = self._tok.decode_id(self._ids[self._prefix], skip_special_tokens=self._skip)
+        else:
+            self._prefix_text = self._decode(self._ids[self._prefix : self._read])
         if self._prefix > 64:  # drop ids no window will look at again
             del self._ids[: self._prefix]
             self._read -= self._prefix

@@ -24,6 +24,8 @@ class OutputProcessor:
 
     def accept(self, req: Request, new_tokens: list[int]) -> tuple[Delta | None, FinishReason | None]:
         """Append tokens up to the first end condition; returns this step's delta and finish reason."""
+        if len(new_tokens) == 1:                 # a decode step's one token: the same rules, no lists
+            return self._accept_one(req, new_tokens[0])
         reason = None
         kept: list[int] = []
         text = []
@@ -47,6 +49,23 @@ class OutputProcessor:
         if reason is not None:
             text.append(req.detok.flush())
         return self._delta(req, "".join(text)), reason
+
+    def _accept_one(self, req: Request, token: int) -> tuple[Delta | None, FinishReason | None]:
+        detok = req.detok
+        if token in req.stop_token_ids:
+            return self._delta(req, detok.flush()), FinishReason.EOS
+        text = detok.add(token)
+        if detok.stopped:
+            reason = FinishReason.STOP
+        elif req.max_tokens - req.num_output <= 1:
+            reason = FinishReason.LENGTH
+        else:
+            reason = None
+        req.append((token,))
+        req.pending_tokens += 1
+        if reason is not None:
+            text += detok.flush()
+        return self._delta(req, text), reason
 
     def _delta(self, req: Request, text: str) -> Delta | None:
         if not text:

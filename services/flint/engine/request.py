@@ -138,9 +138,12 @@ class Request:
     def output_ids(self) -> list[int]:
         return self.tokens[self.prompt_len : self.num_tokens].tolist()
 
-    def append(self, token_ids: list[int]) -> None:
+    def append(self, token_ids) -> None:
         n = len(token_ids)
-        self.tokens[self.num_tokens : self.num_tokens + n] = token_ids
+        if n == 1:                                   # a scalar store: ~0.1 us, a slice from a list ~0.8 us
+            self.tokens[self.num_tokens] = token_ids[0]
+        else:
+            self.tokens[self.num_tokens : self.num_tokens + n] = token_ids
         self.num_tokens += n
 
     def take_seq(self) -> int:

@@ -13,6 +13,7 @@ Public API (stable):
                                           tokenizers do not add their start-of-text "▁")
     .encode_with_offsets(text, continuation=False) -> (ids, [(start, end) char offsets])
     .decode(ids, skip_special_tokens=True) -> str
+    .decode_id(id, skip_special_tokens=True) -> str   (decode([id]), memoised)
     .special_id(token) -> int | None      (id of an added/special token, by its text)
     .eos_token_ids: frozenset[int]; .bos_token_id; .add_bos; .vocab_size
     .special_ids: frozenset[int]; .is_byte_fallback (token ids like <0xE2> exist)
@@ -48,6 +49,7 @@ class Tokenizer:
         self.bos_token_id = bos_token_id
         self.add_bos = add_bos and bos_token_id is not None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self._id_texts: tuple[dict[int, str], dict[int, str]] = ({}, {})   # decode_id, by skip_special_tokens
         model = spec.get("model", {})
         self.is_byte_fallback = bool(model.get("byte_fallback"))
         self._byte_ids = frozenset(
@@ -99,6 +101,15 @@ class Tokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def decode_id(self, token_id: int, skip_special_tokens: bool = True) -> str:
+        """decode([token_id]), kept per id (at most the vocabulary): the incremental detokenizer asks for one
+        token's text at every decode step of every stream."""
+        texts = self._id_texts[bool(skip_special_tokens)]
+        text = texts.get(token_id)
+        if text is None:
+            text = texts[token_id] = self._tok.decode([token_id], skip_special_tokens=skip_special_tokens)
+        return text
 
     def special_id(self, token: str) -> int | None:
         """Id of an added token by its exact text (e.g. "<|fim_prefix|>"), or None."""
