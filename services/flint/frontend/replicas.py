@@ -65,6 +65,8 @@ class ReplicaPool:
     async def _refresh(self) -> None:
         now = time.monotonic()
         listed = await self._registry.list()
+        if now < self._cached_at:   # a read that began later (a caller that asked for a fresh view) landed first
+            return
         self._dropped = {a: until for a, until in self._dropped.items() if until > time.monotonic()}
         self._cached = [r for r in listed if r.address not in self._dropped]
         self._cached_at = now
