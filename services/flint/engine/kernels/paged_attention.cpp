@@ -118,20 +118,36 @@ inline void scores_transposed(const float* q, const float* kt, int64_t d, int64_
 }
 
 // acc[i] += sum_t p[i * stride + t] * row(t) for queries i < nq (kD floats each): two queries' accumulators
-// stay in registers over the keys and share each value row's loads.
+// stay in registers over the keys and share each value row's loads; even and odd keys go to separate
+// accumulators where head_dim is 64 (two independent FMA chains per vector, not one).
 template <int kD, typename Row>
 void accumulate_f32(const float* p, int64_t nq, Row row, int64_t tn, float* acc, int64_t stride) {
   constexpr int kV = kD / 16;
   for (int64_t i = 0; i < nq; i += 2) {
     const bool two = i + 1 < nq;
-    __m512 o0[kV], o1[kV];
+    __m512 o0[kV], o1[kV], e0[kV], e1[kV];
     for (int j = 0; j < kV; ++j) {
       o0[j] = _mm512_loadu_ps(acc + i * kD + 16 * j);
       o1[j] = two ? _mm512_loadu_ps(acc + (i + 1) * kD + 16 * j) : _mm512_setzero_ps();
+      e0[j] = e1[j] = _mm512_setzero_ps();
     }
     const float* p0 = p + i * stride;
     const float* p1 = two ? p + (i + 1) * stride : p0;
-    for (int64_t t = 0; t < tn; ++t) {
+    int64_t t = 0;
+    if constexpr (kV <= 4)   // kD 128: two queries' 16 accumulators are chains enough (and 32 would spill)
+      for (; t + 2 <= tn; t += 2) {
+        const __m512 w0 = _mm512_set1_ps(p0[t]), w1 = _mm512_set1_ps(p1[t]);
+        const __m512 x0 = _mm512_set1_ps(p0[t + 1]), x1 = _mm512_set1_ps(p1[t + 1]);
+        const float *r = row(t), *s = row(t + 1);
+        for (int j = 0; j < kV; ++j) {
+          const __m512 v = _mm512_loadu_ps(r + 16 * j), u = _mm512_loadu_ps(s + 16 * j);
+          o0[j] = _mm512_fmadd_ps(w0, v, o0[j]);
+          o1[j] = _mm512_fmadd_ps(w1, v, o1[j]);
+          e0[j] = _mm512_fmadd_ps(x0, u, e0[j]);
+          e1[j] = _mm512_fmadd_ps(x1, u, e1[j]);
+        }
+      }
+    for (; t < tn; ++t) {
       const __m512 w0 = _mm512_set1_ps(p0[t]), w1 = _mm512_set1_ps(p1[t]);
       const float* r = row(t);
       for (int j = 0; j < kV; ++j) {
@@ -141,8 +157,8 @@ void accumulate_f32(const float* p, int64_t nq, Row row, int64_t tn, float* acc,
       }
     }
     for (int j = 0; j < kV; ++j) {
-      _mm512_storeu_ps(acc + i * kD + 16 * j, o0[j]);
-      if (two) _mm512_storeu_ps(acc + (i + 1) * kD + 16 * j, o1[j]);
+      _mm512_storeu_ps(acc + i * kD + 16 * j, _mm512_add_ps(o0[j], e0[j]));
+      if (two) _mm512_storeu_ps(acc + (i + 1) * kD + 16 * j, _mm512_add_ps(o1[j], e1[j]));
     }
   }
 }
@@ -197,22 +213,19 @@ inline float softmax_row(float* p, int64_t a, int64_t b, int64_t padded) {
   return _mm512_reduce_add_ps(sum);
 }
 
-// out[t] = q . (base + off[t])[0 : kD] for t < keys, 16 keys at a time (off padded to a multiple of 16 with
-// valid offsets): one vector of partial sums per key, reduced together by sum16.
+// out[k] = q . (base + off[k])[0 : kD] for the 16 keys k of a block: one vector of partial sums per key,
+// reduced together by sum16.
 template <int kD>
-void scores_short(const float* q, const float* base, const int64_t* off, int64_t keys, float* out) {
+inline void scores16(const float* q, const float* base, const int64_t* off, float* out) {
   constexpr int kV = kD / 16;
-  __m512 qv[kV];
+  __m512 qv[kV], s[16];
   for (int j = 0; j < kV; ++j) qv[j] = _mm512_loadu_ps(q + 16 * j);
-  for (int64_t t0 = 0; t0 < keys; t0 += 16) {
-    __m512 s[16];
-    for (int k = 0; k < 16; ++k) {
-      const float* r = base + off[t0 + k];
-      s[k] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(r));
-      for (int j = 1; j < kV; ++j) s[k] = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(r + 16 * j), s[k]);
-    }
-    _mm512_storeu_ps(out + t0, sum16(s));
+  for (int k = 0; k < 16; ++k) {
+    const float* r = base + off[k];
+    s[k] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(r));
+    for (int j = 1; j < kV; ++j) s[k] = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(r + 16 * j), s[k]);
   }
+  _mm512_storeu_ps(out, sum16(s));
 }
 #endif
 
@@ -296,11 +309,26 @@ inline void softmax_tile(State& z, int64_t nq, int64_t d) {
       for (int64_t i = 0; i < d; ++i) a[i] *= alpha;
       z.m[qa] = mnew;
     }
+#ifdef FLINT_PA_AVX512
+    // Inline exp; masked keys (kNeg) get exactly 0 without going through exp's underflow path.
+    static_assert(kTile == 32, "two vectors of 16 scores");
+    const __m512 m = _mm512_set1_ps(mnew), live = _mm512_set1_ps(0.5f * kNeg);
+    __m512 s = _mm512_setzero_ps();
+    for (int h = 0; h < 2; ++h) {
+      const __m512 x = _mm512_loadu_ps(p + 16 * h);
+      const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, live, _CMP_GT_OQ),
+                                           exp_nonpositive(_mm512_sub_ps(x, m)));
+      _mm512_storeu_ps(p + 16 * h, e);
+      s = _mm512_add_ps(s, e);
+    }
+    const float sum = _mm512_reduce_add_ps(s);
+#else
     float sum = 0.f;
     for (int t = 0; t < kTile; ++t) {
       p[t] = std::exp(p[t] - mnew);
       sum += p[t];
     }
+#endif
     z.l[qa] += sum;
   }
 }
@@ -487,20 +515,22 @@ void run_short(const Step<float>& st, const Seq& s) {
     for (int i = 0; i < kD; ++i) q[qa * kD + i] = src[i] * st.scale;
   }
   // All the scores first, then the softmaxes: a row is read back long after its stores, not right behind
-  // them (a 64-byte load straight after the 64-byte store of the same line waited on the store).
-  for (int64_t qa = 0; qa < nq; ++qa) {
-    const float* base = st.kc + qa / per_head * kD;
-    float* p = sc + qa * padded;
+  // them (a 64-byte load straight after the 64-byte store of the same line waited on the store). A block of
+  // 16 keys at a time for every query, so its K rows (all KV heads of a slot, one contiguous row each) are
+  // read from memory once, in order, and stay in L1 for the other queries.
+  for (int64_t t0 = 0; t0 < padded; t0 += 16)
+    for (int64_t qa = 0; qa < nq; ++qa) {
+      const float* base = st.kc + qa / per_head * kD;
 #ifdef FLINT_PA_AVX512
-    scores_short<kD>(q + qa * kD, base, off, keys, p);
+      scores16<kD>(q + qa * kD, base, off + t0, sc + qa * padded + t0);
 #else
-    for (int64_t t = 0; t < keys; ++t) {
-      float dot = 0.f;
-      for (int i = 0; i < kD; ++i) dot += q[qa * kD + i] * base[off[t] + i];
-      p[t] = dot;
-    }
+      for (int64_t t = t0; t < t0 + 16; ++t) {
+        float dot = 0.f;
+        for (int i = 0; i < kD; ++i) dot += q[qa * kD + i] * base[off[t] + i];
+        sc[qa * padded + t] = dot;
+      }
 #endif
-  }
+    }
   for (int64_t qa = 0; qa < nq; ++qa) {
     // Keys [a, b) are visible to this query (causal, window); the others get weight 0.
     const int64_t pos = s.start + (qa % per_head) / group;
