@@ -66,8 +66,8 @@ class LocalRunner:
     The engine builds step inputs on the host; `execute` moves every one of them (token ids, the slot maps'
     used prefixes, logit rows) to the model's device, and PagedAttention builds positions and its index tensors
     there. Slot maps are moved every step (the engine writes new blocks' slots into them as a sequence grows);
-    on the CPU every move is a no-op. tests/engine/test_device_discipline.py runs the model on the meta
-    device to prove it.
+    on the CPU, where moving is a no-op, they are handed over whole, as the engine made them.
+    tests/engine/test_device_discipline.py runs the model on the meta device to prove it.
     """
 
     def __init__(self, model, *, k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None):
