@@ -19,8 +19,10 @@
 // Short sequences (float32, head_dim 64 or 128, at most kShortMaxKeys visible keys: the decode rows of a
 // many-stream step) skip all that (run_short): one task per sequence, the scores of all its keys and
 // queries in per-thread scratch, an exact softmax, the values, the output rows written directly. With
-// 16 sequences of 48 keys the per-task State, partials and merge pass cost more than the arithmetic
-// (loadtests/results/attention-short-20261130.md).
+// 16 sequences of 48 keys the per-task State, partials and merge pass cost more than the arithmetic.
+// Like the split path it reads each K and V row whole and in slot order: with the KV out of the caches
+// (an engine step streams its weights through the L3 between two reads of a layer's KV), reading rows
+// head by head was 1.1-1.9x slower than the split path (loadtests/results/attention-short-20261130.md).
 //
 // Where the memory goes (1 new token over 131,072 cached, demo shape, one thread): reading a
 // tile of K rows and then the tile's V rows kept one memory stream going at a time and read the
@@ -211,6 +213,43 @@ inline float softmax_row(float* p, int64_t a, int64_t b, int64_t padded) {
     sum = _mm512_add_ps(sum, e);
   }
   return _mm512_reduce_add_ps(sum);
+}
+
+// Scores of the 16 keys of a block for all nq queries, each key's K row (all KV heads) read whole, in order:
+// the partial sums go to part [nq][16] vectors, then each query's 16 are reduced by sum16.
+template <int kD>
+inline void scores_rows(const float* q, int64_t nq, int64_t per_head, const float* kc, const int64_t* off,
+                        __m512* part, float* out, int64_t stride) {
+  constexpr int kV = kD / 16;
+  for (int k = 0; k < 16; ++k) {
+    const float* row = kc + off[k];
+    for (int64_t qa = 0; qa < nq; ++qa) {
+      const float* r = row + qa / per_head * kD;
+      const float* qv = q + qa * kD;
+      __m512 s = _mm512_mul_ps(_mm512_loadu_ps(qv), _mm512_loadu_ps(r));
+      for (int j = 1; j < kV; ++j) s = _mm512_fmadd_ps(_mm512_loadu_ps(qv + 16 * j), _mm512_loadu_ps(r + 16 * j), s);
+      part[qa * 16 + k] = s;
+    }
+  }
+  for (int64_t qa = 0; qa < nq; ++qa) _mm512_storeu_ps(out + qa * stride, sum16(part + qa * 16));
+}
+
+// acc[qa] += sum_k w[qa * stride + k] * V row k (qa's KV head) for the tn keys of a block, each V row read
+// whole and in order (all its KV heads), as the K rows: the accumulators (nq x kD floats) stay in L1.
+template <int kD>
+inline void accumulate_rows(const float* w, int64_t nq, int64_t per_head, const float* vc, const int64_t* off,
+                            int64_t tn, float* acc, int64_t stride) {
+  constexpr int kV = kD / 16;
+  for (int64_t k = 0; k < tn; ++k) {
+    const float* row = vc + off[k];
+    for (int64_t qa = 0; qa < nq; ++qa) {
+      const __m512 wv = _mm512_set1_ps(w[qa * stride + k]);
+      const float* r = row + qa / per_head * kD;
+      float* a = acc + qa * kD;
+      for (int j = 0; j < kV; ++j)
+        _mm512_storeu_ps(a + 16 * j, _mm512_fmadd_ps(wv, _mm512_loadu_ps(r + 16 * j), _mm512_loadu_ps(a + 16 * j)));
+    }
+  }
 }
 
 // out[k] = q . (base + off[k])[0 : kD] for the 16 keys k of a block: one vector of partial sums per key,
@@ -486,10 +525,16 @@ void run_task_fused(const Step<float>& st, const Seq& s, const Task& task, float
 // of out written directly (no partials, no merge pass). Scratch is per thread and grows once.
 constexpr int64_t kShortMaxKeys = 512;
 constexpr int64_t kShortMaxScores = 1 << 16;   // queries x keys of one sequence (256 KiB of scores at most)
+constexpr int64_t kShortValueKeys = 16;         // keys per block of the value pass
+
+constexpr int64_t kRowQueries = 32;   // up to this many queries per sequence, K and V rows are read whole
 
 struct ShortScratch {
   std::vector<float> q, sc, acc, inv;
   std::vector<int64_t> off;
+#ifdef FLINT_PA_AVX512
+  __m512 part[kRowQueries * 16];       // scores_rows' partial sums of a block
+#endif
   // Room for nq queries of kd floats over `padded` keys; the vectors only grow.
   void reserve(int64_t nq, int64_t kd, int64_t padded) {
     if ((int64_t)sc.size() < nq * padded) sc.resize(nq * padded);
@@ -516,9 +561,16 @@ void run_short(const Step<float>& st, const Seq& s) {
   }
   // All the scores first, then the softmaxes: a row is read back long after its stores, not right behind
   // them (a 64-byte load straight after the 64-byte store of the same line waited on the store). A block of
-  // 16 keys at a time for every query, so its K rows (all KV heads of a slot, one contiguous row each) are
-  // read from memory once, in order, and stay in L1 for the other queries.
-  for (int64_t t0 = 0; t0 < padded; t0 += 16)
+  // 16 keys at a time, each K row (all KV heads of a slot, contiguous) read whole and in slot order for all
+  // queries: with the cache cold, reading the rows head by head (a row's lines in four passes) took 1.3-1.9x
+  // the time of the split path, which reads each row whole.
+  for (int64_t t0 = 0; t0 < padded; t0 += 16) {
+#ifdef FLINT_PA_AVX512
+    if (nq <= kRowQueries) {
+      scores_rows<kD>(q, nq, per_head, st.kc, off + t0, z.part, sc + t0, padded);
+      continue;
+    }
+#endif
     for (int64_t qa = 0; qa < nq; ++qa) {
       const float* base = st.kc + qa / per_head * kD;
 #ifdef FLINT_PA_AVX512
@@ -531,6 +583,7 @@ void run_short(const Step<float>& st, const Seq& s) {
       }
 #endif
     }
+  }
   for (int64_t qa = 0; qa < nq; ++qa) {
     // Keys [a, b) are visible to this query (causal, window); the others get weight 0.
     const int64_t pos = s.start + (qa % per_head) / group;
@@ -551,21 +604,32 @@ void run_short(const Step<float>& st, const Seq& s) {
 #endif
     inv[qa] = 1.f / sum;
   }
+  // Values in blocks of kShortValueKeys keys, each V row read whole and in order like the K rows (many
+  // queries: head by head within the block, accumulators in registers).
   std::fill(acc, acc + nq * kD, 0.f);
-  for (int64_t g = 0; g < st.kv_heads; ++g) {
-    const float* base = st.vc + g * kD;
-    const float* w = sc + g * per_head * padded;
-    float* o = acc + g * per_head * kD;
+  for (int64_t t0 = 0; t0 < keys; t0 += kShortValueKeys) {
+    const int64_t tn = std::min(kShortValueKeys, keys - t0);
 #ifdef FLINT_PA_AVX512
-    accumulate_f32<kD>(w, per_head, [&](int64_t t) { return base + off[t]; }, keys, o, padded);
-#else
-    for (int64_t i = 0; i < per_head; ++i)
-      for (int64_t t = 0; t < keys; ++t) {
-        const float wt = w[i * padded + t], *v = base + off[t];
-        float* __restrict__ oi = o + i * kD;
-        for (int k = 0; k < kD; ++k) oi[k] += wt * v[k];
-      }
+    if (nq <= kRowQueries) {
+      accumulate_rows<kD>(sc + t0, nq, per_head, st.vc, off + t0, tn, acc, padded);
+      continue;
+    }
 #endif
+    for (int64_t g = 0; g < st.kv_heads; ++g) {
+      const float* base = st.vc + g * kD;
+      const float* w = sc + g * per_head * padded + t0;
+      float* o = acc + g * per_head * kD;
+#ifdef FLINT_PA_AVX512
+      accumulate_f32<kD>(w, per_head, [&](int64_t t) { return base + off[t0 + t]; }, tn, o, padded);
+#else
+      for (int64_t i = 0; i < per_head; ++i)
+        for (int64_t t = 0; t < tn; ++t) {
+          const float wt = w[i * padded + t], *v = base + off[t0 + t];
+          float* __restrict__ oi = o + i * kD;
+          for (int k = 0; k < kD; ++k) oi[k] += wt * v[k];
+        }
+#endif
+    }
   }
   for (int64_t qa = 0; qa < nq; ++qa) {
     const int64_t g = qa / per_head, j = (qa % per_head) / group, r = qa % group;
