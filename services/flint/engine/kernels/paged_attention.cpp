@@ -234,6 +234,28 @@ inline void scores_rows(const float* q, int64_t nq, int64_t per_head, const floa
   for (int64_t qa = 0; qa < nq; ++qa) _mm512_storeu_ps(out + qa * stride, sum16(part + qa * 16));
 }
 
+// scores_rows for kNq queries (a divisor of 16) in registers: 16 / kNq keys' partial sums for all queries
+// are exactly the 16 vectors of one sum16, no trip through memory; the scores come out key-major,
+// out[t * kNq + qa].
+template <int kD, int kNq>
+inline void scores_rows_keymajor(const float* q, int64_t per_head, const float* kc, const int64_t* off,
+                                 int64_t padded, float* out) {
+  constexpr int kV = kD / 16, kK = 16 / kNq;
+  for (int64_t t0 = 0; t0 < padded; t0 += kK) {
+    __m512 s[16];
+    for (int k = 0; k < kK; ++k) {
+      const float* row = kc + off[t0 + k];
+      for (int qa = 0; qa < kNq; ++qa) {
+        const float *r = row + qa / per_head * kD, *qv = q + qa * kD;
+        __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qv), _mm512_loadu_ps(r));
+        for (int j = 1; j < kV; ++j) a = _mm512_fmadd_ps(_mm512_loadu_ps(qv + 16 * j), _mm512_loadu_ps(r + 16 * j), a);
+        s[k * kNq + qa] = a;
+      }
+    }
+    _mm512_storeu_ps(out + t0 * kNq, sum16(s));
+  }
+}
+
 // acc[qa] += sum_k w[qa * stride + k] * V row k (qa's KV head) for the tn keys of a block, each V row read
 // whole and in order (all its KV heads), as the K rows: the accumulators (nq x kD floats) stay in L1.
 template <int kD>
@@ -537,7 +559,7 @@ struct ShortScratch {
 #endif
   // Room for nq queries of kd floats over `padded` keys; the vectors only grow.
   void reserve(int64_t nq, int64_t kd, int64_t padded) {
-    if ((int64_t)sc.size() < nq * padded) sc.resize(nq * padded);
+    if ((int64_t)sc.size() < 2 * nq * padded) sc.resize(2 * nq * padded);   // scores, key-major scores
     if ((int64_t)q.size() < nq * kd) q.resize(nq * kd), acc.resize(nq * kd), inv.resize(nq);
     if ((int64_t)off.size() < padded) off.resize(padded);
   }
@@ -564,6 +586,16 @@ void run_short(const Step<float>& st, const Seq& s) {
   // 16 keys at a time, each K row (all KV heads of a slot, contiguous) read whole and in slot order for all
   // queries: with the cache cold, reading the rows head by head (a row's lines in four passes) took 1.3-1.9x
   // the time of the split path, which reads each row whole.
+#ifdef FLINT_PA_AVX512
+  if (nq == 4 || nq == 8 || nq == 16) {
+    float* keymajor = sc + nq * padded;                      // [padded][nq], then transposed into sc
+    if (nq == 4) scores_rows_keymajor<kD, 4>(q, per_head, st.kc, off, padded, keymajor);
+    else if (nq == 8) scores_rows_keymajor<kD, 8>(q, per_head, st.kc, off, padded, keymajor);
+    else scores_rows_keymajor<kD, 16>(q, per_head, st.kc, off, padded, keymajor);
+    for (int64_t qa = 0; qa < nq; ++qa)
+      for (int64_t t = 0; t < padded; ++t) sc[qa * padded + t] = keymajor[t * nq + qa];
+  } else
+#endif
   for (int64_t t0 = 0; t0 < padded; t0 += 16) {
 #ifdef FLINT_PA_AVX512
     if (nq <= kRowQueries) {
