@@ -10,7 +10,9 @@ Per layer:
    speculative verification, a keystroke's few re-prefilled tokens after a
    long cached context) attend in ONE call of the native kernel
    (kernels/paged_attention.cpp) that reads their keys and values where they
-   lie in the cache, through the slot map: flash-decoding, the context split
+   lie in the cache, through the slot map: a sequence of at most 512
+   visible keys is one task with an exact softmax (the decode rows of a
+   many-stream step); a longer one is flash-decoding, its context split
    across the thread pool and merged by log-sum-exp. Nothing is copied per
    sequence, so a step reads each cached key and value of a layer once;
 3. longer prefill chunks (n new tokens after `start` cached ones) gather
