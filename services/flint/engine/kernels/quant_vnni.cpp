@@ -184,7 +184,7 @@ struct FloatAcc<MB, TB, true> {
       : [a0] "+v"(r0), [a1] "+v"(r1), [a2] "+v"(r2), [a3] "+v"(r3), [a4] "+v"(r4), [a5] "+v"(r5),               \
         [a6] "+v"(r6), [a7] "+v"(r7)                                                                           \
       : [w0] "v"(w0_), [w1] "v"(w1_), [x] "r"(x_)                                                              \
-      : "xmm30", "xmm31")
+      : "xmm30", "xmm31", "memory")   /* it reads Act::q16 */
 
 // int8_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16).
 void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* bias, float* y,
