@@ -49,14 +49,10 @@ class SecurityConfig:
             path = getattr(self, name)
             if path and not Path(path).expanduser().is_file():
                 raise InvalidArgument(f"security.{name}: {path!r} is not a readable file")
-        if not 0.05 <= self.key_recheck_s <= 300:
-            raise InvalidArgument(f"security.key_recheck_s must be in [0.05, 300] seconds, got {self.key_recheck_s!r}")
-        if not isinstance(self.session_idle_timeout_s, (int, float)) or not 0.05 <= self.session_idle_timeout_s <= 86400:
-            raise InvalidArgument("security.session_idle_timeout_s must be in [0.05, 86400] seconds, got "
-                                  f"{self.session_idle_timeout_s!r}")
-        if not isinstance(self.http_write_timeout_s, (int, float)) or not 0.05 <= self.http_write_timeout_s <= 86400:
-            raise InvalidArgument("security.http_write_timeout_s must be in [0.05, 86400] seconds, got "
-                                  f"{self.http_write_timeout_s!r}")
+        for name, most_s in (("key_recheck_s", 300), ("session_idle_timeout_s", 86400), ("http_write_timeout_s", 86400)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.05 <= value <= most_s:
+                raise InvalidArgument(f"security.{name} must be in [0.05, {most_s}] seconds, got {value!r}")
         if self.rate_limit_per_s < 0 or self.rate_burst < 0:
             raise InvalidArgument("security: rate_limit_per_s and rate_burst must be >= 0")
         for name in ("max_prompt_bytes", "max_context_files", "max_context_file_bytes",
