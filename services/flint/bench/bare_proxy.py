@@ -12,6 +12,10 @@ so what a worker adds above it is flint's own cost, and what the proxy adds
 over a direct call is grpc.aio's, asyncio's and the loopback's.
 
 Prints `{"event": "listening", "port": N}` once it serves; runs until SIGTERM.
+`--channel-options` (a JSON list of [name, value] pairs for the channel to the
+replica), `--timeout-s` (a deadline on each internal call, as a worker sets
+one) and `--event-loop` let flint.bench.floor compare variants of this hop;
+without them it is the plain proxy `flint bench cluster` runs.
 """
 
 from __future__ import annotations
@@ -32,17 +36,23 @@ def _same(data: bytes) -> bytes:
     return data
 
 
-async def serve(target: str, token: str) -> None:
+async def serve(target: str, token: str, *, channel_options=(), timeout_s: float | None = None) -> None:
     from flint.security.internal import METADATA_KEY
 
-    channel = grpc.aio.insecure_channel(target)
+    channel = grpc.aio.insecure_channel(target, options=list(channel_options))
     generate = channel.unary_stream(ENGINE_GENERATE, request_serializer=_same, response_deserializer=_same)
     metadata = ((METADATA_KEY, token),)
 
     async def forward(request: bytes, context):
-        async for message in generate(request, metadata=metadata):
+        async for message in generate(request, metadata=metadata, timeout=timeout_s):
             yield message
 
+    await serve_method(forward)
+    await channel.close()
+
+
+async def serve_method(forward) -> None:
+    """Serve `forward` (bytes in, a stream of bytes out) as this proxy's one method on 127.0.0.1 until SIGTERM."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("flint.bench.BareProxy", {
         "Generate": grpc.unary_stream_rpc_method_handler(forward, request_deserializer=_same,
@@ -55,14 +65,14 @@ async def serve(target: str, token: str) -> None:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(0)
-    await channel.close()
 
 
-def start(target: str):
-    """Start the proxy process (the internal token from this process's environment); (process, address)."""
+def start(target: str, *args: str, module: str = "flint.bench.bare_proxy"):
+    """Start the proxy process (the internal token from this process's environment; `args` are more of its
+    flags); (process, address)."""
     import subprocess
 
-    proc = subprocess.Popen([sys.executable, "-m", "flint.bench.bare_proxy", "--target", target],
+    proc = subprocess.Popen([sys.executable, "-m", module, "--target", target, *args],
                             stdout=subprocess.PIPE, text=True)
     ready = json.loads(proc.stdout.readline() or "{}")
     if ready.get("event") != "listening":
@@ -81,12 +91,30 @@ def stub(channel: grpc.aio.Channel):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flint.bench.bare_proxy", description=__doc__.splitlines()[0])
-    p.add_argument("--target", required=True, help="the engine replica's internal address")
+    add_arguments(p)
     args = p.parse_args(argv)
     from flint.security.internal import require_token
 
-    asyncio.run(serve(args.target, require_token()))
+    run(serve(args.target, require_token(), channel_options=[tuple(o) for o in json.loads(args.channel_options)],
+              timeout_s=args.timeout_s), args.event_loop)
     return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="the engine replica's internal address (host:port or unix:PATH)")
+    p.add_argument("--channel-options", default="[]", help="JSON list of [name, value] for the channel to it")
+    p.add_argument("--timeout-s", type=float, default=None, help="deadline of each internal call")
+    p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
+
+
+def run(main, event_loop: str) -> None:
+    """As a worker runs (flint.frontend.worker.run), without importing the front-end into this process."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 if __name__ == "__main__":
