@@ -4,13 +4,8 @@ demo checkpoint's replica (a ReplicaHost in this process, as flint.bench.cluster
 usage: run_floor.py SAMPLES ROUNDS OUT.jsonl [VARIANT ...]   (no VARIANT: all)"""
 import asyncio, json, os, subprocess, sys, tempfile, time
 from flint.bench import bare_proxy, floor
-from flint.config import ReplicaConfig
-from flint.engine.config import EngineConfig
-from flint.engine.demo import ensure_demo_checkpoint
 from flint.frontend.liveness import LivenessConfig, engine_channel_options
-from flint.replica.host import ReplicaHost
-from flint.security.internal import ensure_process_token, resolve_token
-from flint.valkey import EmbeddedValkey
+from flint.security.internal import resolve_token
 
 MSG = [["grpc.max_receive_message_length", 64 << 20], ["grpc.max_send_message_length", 64 << 20]]
 WORKER = MSG + [list(o) for o in engine_channel_options(LivenessConfig())]   # the worker's channel (replicas.py)
@@ -47,11 +42,11 @@ def cpu_s(proc) -> float:
 
 
 async def main(samples, rounds, out_path, names):
-    ensure_process_token()
-    valkey = EmbeddedValkey(); url = valkey.start()
-    host = ReplicaHost(EngineConfig.from_dict({"model": str(ensure_demo_checkpoint()), "kv_cache_bytes": 1 << 26}),
-                       ReplicaConfig(redis_url=url, key_prefix="bench"))
-    real = await host.start()
+    async with floor.demo_replica() as (host, _, real):
+        await run(host, real, samples, rounds, out_path, names)
+
+
+async def run(host, real, samples, rounds, out_path, names):
     servicer = host._server._servicer
     tmp = tempfile.mkdtemp(prefix="flint-floor-")
     srv, tcp = await floor.floor_server(servicer, resolve_token(), f"{tmp}/replica.sock")
@@ -70,10 +65,11 @@ async def main(samples, rounds, out_path, names):
             procs.append(proc); proxies[name] = addr
         cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
-        await floor.compare(tcp, proxies, samples=20, baseline=names[0])    # warm-up, not recorded
+        await floor.compare(tcp, proxies, samples=20, baseline=names[0], prompt_tag="w")    # warm-up, not recorded
         for r in range(rounds):
             load0, t0, cpu0 = os.getloadavg(), time.time(), {n: cpu_s(p) for n, p in zip(names, procs)}
-            out = await floor.compare(tcp, proxies, samples=samples, baseline=names[0], direct_also={"direct_real": real, "direct_same": tcp})
+            out = await floor.compare(tcp, proxies, samples=samples, baseline=names[0], direct_also={"direct_real": real, "direct_same": tcp},
+                                    prompt_tag=f"{os.getpid()}r{r}_")   # prompts no earlier round had
             rec = {"round": r + 1, "utc": time.strftime("%H:%M:%S", time.gmtime(t0)), "elapsed_s": round(time.time() - t0, 1),
                    "load_start": [round(x, 2) for x in load0], "load_end": [round(x, 2) for x in os.getloadavg()],
                    "cpu": model, "variants": {n: VARIANTS[n][:1] + (VARIANTS[n][1].rsplit(".", 1)[1],) + tuple(VARIANTS[n][2:]) for n in names},
@@ -92,7 +88,6 @@ async def main(samples, rounds, out_path, names):
         for p in procs: p.terminate()
         for p in procs: p.wait(15)
         await srv.stop(0); await srv2.stop(0); raw.close(); raw_tcp.close()
-        await host.stop(0); valkey.stop()
 
 if __name__ == "__main__":
     names = sys.argv[4:] or list(VARIANTS)

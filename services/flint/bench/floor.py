@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import random
 import sys
@@ -248,11 +249,38 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- the measurement ---------------------------------------------------------------------------------
 
+@contextlib.asynccontextmanager
+async def demo_replica():
+    """Embedded Valkey and a `ReplicaHost` serving the demo checkpoint in this process, as `flint bench cluster`
+    sets them up (this process's internal token is made first); yields (host, redis_url, address)."""
+    from flint.config import ReplicaConfig
+    from flint.engine.config import EngineConfig
+    from flint.engine.demo import ensure_demo_checkpoint
+    from flint.replica.host import ReplicaHost
+    from flint.security.internal import ensure_process_token
+    from flint.valkey import EmbeddedValkey
+
+    ensure_process_token()
+    valkey = EmbeddedValkey()
+    url = valkey.start()
+    try:
+        host = ReplicaHost(EngineConfig.from_dict({"model": str(ensure_demo_checkpoint()), "kv_cache_bytes": 1 << 26}),
+                           ReplicaConfig(redis_url=url, key_prefix="bench"))
+        address = await host.start()
+        try:
+            yield host, url, address
+        finally:
+            await host.stop(0)
+    finally:
+        valkey.stop()
+
+
 async def compare(replica: str, proxies: dict[str, str], *, samples: int, baseline: str,
-                  direct_also: dict[str, str] | None = None) -> dict:
+                  direct_also: dict[str, str] | None = None, prompt_tag: str = "") -> dict:
     """One-token TTFT straight to `replica` and through each proxy (name -> address), in an order shuffled each
     sample (a fixed cycle would give every variant the same predecessor, whose tail work it then always meets); per variant its TTFT, its per-sample difference from the direct call (`added_ttft_ms`) and from
-    `baseline`'s (`vs_baseline_ms`, + = slower). `direct_also`: more direct targets (name -> address)."""
+    `baseline`'s (`vs_baseline_ms`, + = slower). `direct_also`: more direct targets (name -> address). Give each
+    round its own `prompt_tag` (see cluster_measure.relay_overhead)."""
     from flint.bench.cluster_measure import _first_output_s, summary_ms
     from flint.internal.v1 import engine_pb2
     from flint.security.internal import EngineClient, resolve_token
@@ -266,7 +294,7 @@ async def compare(replica: str, proxies: dict[str, str], *, samples: int, baseli
     names = list(calls)
     try:
         for i in range(samples):
-            prefix = f"def f_{i}(x):\n    return x + {i}\n"
+            prefix = f"def f_{prompt_tag}{i}(x):\n    return x + {i}\n"
             order = names[:]
             random.Random(i).shuffle(order)
             for name in order:
