@@ -36,6 +36,8 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+
+#include "pool.h"
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -725,7 +727,7 @@ void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
     merged.push_back(b);
   }
   std::vector<float> parts(floats);
-  at::parallel_for(0, (int64_t)tasks.size(), 1, [&](int64_t a, int64_t z) {
+  flint_pool::parallel_for(0, (int64_t)tasks.size(), 1, [&](int64_t a, int64_t z) {
     for (int64_t i = a; i < z; ++i) {
       const Seq& s = seqs[tasks[i].seq];
       if constexpr (std::is_same_v<T, float>) {
@@ -749,7 +751,7 @@ void attend_typed(const Step<T>& st, std::vector<Seq>& seqs) {
     }
   });
   if (merged.empty()) return;
-  at::parallel_for(0, (int64_t)merged.size(), 4, [&](int64_t a, int64_t z) {
+  flint_pool::parallel_for(0, (int64_t)merged.size(), 4, [&](int64_t a, int64_t z) {
     for (int64_t i = a; i < z; ++i) {
       const int64_t b = merged[i];
       merge(st, seqs[b], tasks, first[b], first[b + 1], parts.data());
@@ -807,7 +809,7 @@ at::Tensor rope_table(const at::Tensor& positions, const at::Tensor& inv_freq, d
   const float* f = inv_freq.data_ptr<float>();
   float* o = table.data_ptr<float>();
   const float mag = static_cast<float>(magnitude);
-  at::parallel_for(0, t, 256, [&](int64_t a, int64_t z) {
+  flint_pool::parallel_for(0, t, 256, [&](int64_t a, int64_t z) {
     for (int64_t r = a; r < z; ++r) {
       const float p = static_cast<float>(pos[r]);   // as torch: positions.to(float32) * inv_freq
       for (int64_t i = 0; i < half; ++i) {
@@ -847,7 +849,7 @@ void rope_attend(at::Tensor out, at::Tensor qkv, const at::Tensor& rope, at::Ten
   const int64_t ws_stride = write_slots.stride(0), width = (heads + 2 * kv_heads) * d, kvw = kv_heads * d;
   for (int64_t r = 0; r < t; ++r)
     TORCH_CHECK(ws[r * ws_stride] >= 0 && ws[r * ws_stride] < slots_n, "rope_attend: write slot out of range");
-  at::parallel_for(0, t, 16, [&](int64_t a, int64_t z) {
+  flint_pool::parallel_for(0, t, 16, [&](int64_t a, int64_t z) {
     for (int64_t r = a; r < z; ++r) {
       float* row = x + r * width;
       const float* rot = rp + r * half * 2;
@@ -874,6 +876,9 @@ void rope_attend(at::Tensor out, at::Tensor qkv, const at::Tensor& rope, at::Ten
 
 #ifndef FLINT_PA_NO_MODULE   // skinny_f32.cpp and quant_vnni.cpp include this file for their decode_layer
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  flint_pool::attach();
+  m.def("pool_hold_workers", &flint_pool::hold_workers, "tests: keep the kernel pool's workers out of jobs (or let them in)");
+  m.def("pool_worker_chunks", &flint_pool::worker_chunks, "tests: chunks the kernel pool's workers have run");
   m.def("attend", &attend, "attention of new tokens over the paged KV cache, read in place");
   m.def("rope_table", &rope_table, "per-token rotary (cos, sin) pairs [T, 1, D/2, 2]");
   m.def("rope_attend", &rope_attend,

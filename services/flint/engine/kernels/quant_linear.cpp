@@ -14,6 +14,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "pool.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -155,7 +157,7 @@ torch::Tensor padded_input(const torch::Tensor& x, int64_t kp, const c10::option
 
 template <typename Body>
 void over_outputs(int64_t n, Body body) {
-  at::parallel_for(0, n, kGrain, body);
+  flint_pool::parallel_for(0, n, kGrain, body);
 }
 
 #define FLINT_DISPATCH_ROWS(FN, MB, ...)                    \
@@ -312,6 +314,7 @@ torch::Tensor embedding(const torch::Tensor& ids, int64_t bits, const torch::Ten
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  flint_pool::attach();
   m.attr("isa") = kIsa;
   m.attr("has_vnni") = flint_tiled::available();
   m.def("use_vnni", [](bool on) { flint_tiled::g_on = on; return flint_tiled::available() && on; },

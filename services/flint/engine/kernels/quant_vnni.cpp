@@ -34,6 +34,7 @@
 
 #include "quant_vnni.h"
 #include "rowops.h"
+#include "pool.h"
 
 #define FLINT_PA_NO_MODULE
 #include "paged_attention.cpp"   // rope_attend, for decode_layer
@@ -368,7 +369,7 @@ void linear(const Act& a, int64_t m, const uint8_t* w, const float* s, const flo
   const int64_t tiles = (n + 15) / 16;
   // a work item: kTiles tiles (64 outputs) for every row; rows go 4 at a time over the item's tiles, whose
   // bytes (64 x Kp or Kp / 2) stay in L1 / L2 after the first 4 rows
-  at::parallel_for(0, (tiles + kTiles - 1) / kTiles, 1, [&](int64_t i0, int64_t i1) {
+  flint_pool::parallel_for(0, (tiles + kTiles - 1) / kTiles, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t t0 = item * kTiles, t1 = std::min(tiles, t0 + kTiles);
       int64_t r = 0;

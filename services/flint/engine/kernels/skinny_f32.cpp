@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include "rowops.h"
+#include "pool.h"
 
 #define FLINT_PA_NO_MODULE
 #include "paged_attention.cpp"   // rope_attend, for decode_layer_f32
@@ -96,7 +97,7 @@ torch::Tensor linear_f32(const torch::Tensor& x_in, const torch::Tensor& w, cons
       row_scale[r] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dot(xp + r * k, xp + r * k, k)) +
                                                         unit_rms_floor * unit_rms_floor));
   if (m == 1) {   // decode: one stream through the weights
-    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    flint_pool::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const float b = bp ? bp[j] : 0.f;
         float d;
@@ -110,7 +111,7 @@ torch::Tensor linear_f32(const torch::Tensor& x_in, const torch::Tensor& w, cons
   // Output channels in blocks of about 16 KB of weights: a block is read from memory once, then from L1 for
   // every 3 rows of x (whose 3 rows sit in L1 beside it).
   const int64_t block = std::clamp<int64_t>(16384 / (4 * k), 1, 16);
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+  flint_pool::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     float d[3];
     for (int64_t j0 = begin; j0 < end; j0 += block) {
       const int64_t j1 = std::min(end, j0 + block);
@@ -212,6 +213,7 @@ double fma_peak_per_s(int64_t calls) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  flint_pool::attach();
   m.def("fma_peak_per_s", &fma_peak_per_s, py::arg("calls") = 20'000'000,
         "256-bit FMA instructions per second over the intra-op threads (0 without AVX2/FMA)");
   m.def("decode_layer_f32", &decode_layer_f32, "a decoder layer of an in-place-attention step in one call");
