@@ -175,7 +175,9 @@ struct FloatAcc<MB, TB, true> {
 // two steps of a 16-row pass (Act::q16). In asm, on named locals, so the 16 accumulators keep their registers
 // across the step loop (GCC's own code copied some of them to other registers and to the stack every step). The
 // activation bytes are vpdpbusd's own broadcast memory operand ({1to16}), not a vpbroadcastd each: half the
-// instructions; paired A/B in one process, 16 rows: int8 0.75-0.88x and int4 0.95-0.98x the time per pass.
+// instructions. Measured on the 2-core EPYC, 16-row int8 pass over the benchmark model: 0.97x the time at one
+// thread and the same within noise at two, in separate processes (a paired A/B of both builds loaded into one
+// process had shown 0.75-0.88x, which separate processes did not confirm).
 #define FLINT_DP2(r, off0, off1)                                          \
   "vpdpbusd " #off0 "(%[x])%{1to16%}, %[w0], %[a" #r "]\n\t"              \
   "vpdpbusd " #off1 "(%[x])%{1to16%}, %[w1], %[a" #r "]\n\t"
