@@ -222,8 +222,8 @@ def write_markdown(path: Path, r: dict) -> None:
         "pay back less than on hardware where a step's cost is flat in the row count.",
         "- Threads: the engine defaults to the cores it is given (`num_threads = 0`); the first rows give "
         "decode at 1 and at that count, on the machine as the run found it and under CPU burner processes "
-        "the command started (one per core). When other work shares the cores, 2 threads lose to 1: "
-        "every op ends at a barrier that waits for a descheduled thread.",
+        "the command started (one per core). The kernels split their work over flint's own pool, where the "
+        "caller never waits for a thread the OS has not run (README: Engine, `num_threads`).",
         "- Bounds: each precision's bound is the read bandwidth of a buffer the size of its weights with "
         "the same threads (these weights fit in a large L3, so the bound is a cache bandwidth); "
         "`bandwidth bound` above is the DRAM figure (512 MB reduction) for the fp32 weights.",
