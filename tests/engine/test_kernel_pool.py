@@ -59,6 +59,20 @@ def test_a_job_completes_on_the_caller_while_workers_are_held_out(two_threads):
     assert pa.pool_worker_chunks() > before
 
 
+def test_back_to_back_jobs_of_different_kernels_each_get_their_own_result(two_threads):
+    """Jobs follow each other with no gap, each with its own body and range: a worker still in one job, or
+    arriving late, must never run a chunk of one job with another's body."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(1, 64, 3000), (3, 128, 700), (2, 32, 5000)]        # rows, columns, outputs
+    cases = [(torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)) for m, k, n in shapes]
+    torch.set_num_threads(1)
+    expected = [_linear_f32(x, w) for x, w in cases]
+    torch.set_num_threads(2)
+    for i in range(3000):
+        x, w = cases[i % 3]
+        assert torch.equal(_linear_f32(x, w), expected[i % 3]), f"call {i}"
+
+
 def test_a_forked_child_computes_with_the_pool():
     code = textwrap.dedent("""
         import os, sys, torch

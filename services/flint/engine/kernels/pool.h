@@ -48,7 +48,7 @@ struct Pool {
   static constexpr int kVersion = 1;   // the layout of this struct: pools of other builds are not shared
   int version = kVersion;
 
-  alignas(64) std::atomic<uint64_t> gen{0};   // bumped when a job is published
+  alignas(64) std::atomic<uint64_t> gen{0};   // odd while a job is being written, even once it is published
   alignas(64) std::atomic<int> inside{0};      // workers between reading a job and leaving it
   std::atomic<bool> busy{false};               // a caller is running a job (a second caller runs inline)
   std::atomic<bool> held{false};               // workers stay out of jobs (tests: a worker the OS is not running)
@@ -96,24 +96,31 @@ struct Pool {
     }
   }
 
+  // A job is published when gen turns even; while it is odd the caller is writing the job's fields, and a worker
+  // that entered late (`inside`) sees gen changed and leaves without reading them.
   void work(int id) {
-    uint64_t seen = gen.load(std::memory_order_acquire);
+    uint64_t seen = gen.load();
+    const auto ready = [&] {
+      const uint64_t g = gen.load();
+      return g != seen && (g & 1) == 0;
+    };
     for (;;) {
       const auto t0 = Clock::now();
-      while (gen.load(std::memory_order_acquire) == seen) {
-        for (int i = 0; i < 16 && gen.load(std::memory_order_relaxed) == seen; ++i) FLINT_POOL_PAUSE();
+      while (!ready()) {
+        for (int i = 0; i < 16 && !ready(); ++i) FLINT_POOL_PAUSE();
         sched_yield();
         if (Clock::now() - t0 > kSpin) {
           std::unique_lock<std::mutex> lock(mu);
           sleepers.fetch_add(1);
-          cv.wait(lock, [&] { return gen.load() != seen; });
+          cv.wait(lock, ready);
           sleepers.fetch_sub(1);
         }
       }
-      seen = gen.load(std::memory_order_acquire);
-      inside.fetch_add(1, std::memory_order_acq_rel);
-      if (gen.load(std::memory_order_acquire) == seen && id < helpers && !held.load()) drain(true);
-      inside.fetch_sub(1, std::memory_order_acq_rel);
+      seen = gen.load();
+      if (seen & 1) continue;                    // a new job is being written already
+      inside.fetch_add(1);
+      if (gen.load() == seen && id < helpers && !held.load()) drain(true);
+      inside.fetch_sub(1);
     }
   }
 
@@ -134,6 +141,7 @@ struct Pool {
     sleepers.store(0);
     inside.store(0);
     busy.store(false);
+    if (gen.load() & 1) gen.fetch_add(1);   // forked while a job was being written: none is
   }
 
   void run(int64_t begin, int64_t stop, int64_t grain_, int64_t threads_, Body body_, const void* ctx_);
@@ -148,7 +156,11 @@ inline thread_local bool t_in_job = false;
 
 inline void Pool::run(int64_t begin, int64_t stop, int64_t grain_, int64_t threads_, Body body_, const void* ctx_) {
   grow((int)threads_ - 1);
-  while (inside.load(std::memory_order_acquire) != 0) FLINT_POOL_PAUSE();   // the last job's late joiners
+  gen.fetch_add(1);                                      // odd: writing; no worker enters from here on
+  for (int spins = 0; inside.load() != 0; ++spins) {    // workers still in the last job (or just turned away)
+    FLINT_POOL_PAUSE();
+    if (spins % 64 == 63) sched_yield();
+  }
   body = body_;
   ctx = ctx_;
   end = stop;
@@ -158,7 +170,7 @@ inline void Pool::run(int64_t begin, int64_t stop, int64_t grain_, int64_t threa
   error = nullptr;
   left.store(stop - begin, std::memory_order_relaxed);
   next.store(begin, std::memory_order_relaxed);
-  gen.fetch_add(1);   // seq_cst, as the sleepers count and the sleeping worker's check of gen
+  gen.fetch_add(1);   // even: published (seq_cst, as the sleepers count and the sleeping worker's check of gen)
   if (sleepers.load() > 0) {
     std::lock_guard<std::mutex> lock(mu);
     cv.notify_all();
