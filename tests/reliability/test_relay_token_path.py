@@ -43,8 +43,9 @@ async def test_an_interrupt_arriving_twice_still_ends_the_stream_with_one_final(
 async def test_deltas_keep_flowing_while_redis_holds_journal_writes_and_a_resume_replays_them_exactly(
         cluster, reference, valkey_url):
     """Redis is off the per-delta path: while every Redis write is held (CLIENT PAUSE ... WRITE), the client
-    keeps getting deltas, one per engine delta (seqs 1, 2, 3, ..., text and token counts exact); the journal
-    catches up in batches, so a resume afterwards replays what the client saw, seq for seq."""
+    keeps getting deltas (seqs 1, 2, 3, ..., text and token counts exact; one per engine delta while it keeps
+    up, merged when it lags, as backpressure allows); the journal catches up in batches, so a resume afterwards
+    replays what the client saw, seq for seq."""
     import redis.asyncio as aioredis
 
     tokens = 600
@@ -74,7 +75,7 @@ async def test_deltas_keep_flowing_while_redis_holds_journal_writes_and_a_resume
             assert "".join(d.text for d in deltas) == want.text
             assert sum(d.token_count for d in deltas) == tokens == final.completion_tokens
             assert final.seq == len(deltas) + 1
-            assert len(deltas) == want.deltas, "one client delta per engine delta"
+            assert len(deltas) <= want.deltas, "a client delta carries one or more whole engine deltas"
             tail = [m async for m in stub.Resume(pb.ResumeRequest(request_id="flow-1", last_seq=1))]
             assert [m.delta for m in tail if m.WhichOneof("kind") == "delta"] == deltas[1:]
             assert tail[-1].final.seq == final.seq
