@@ -36,10 +36,10 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
-
-#include "pool.h"
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+
+#include "pool.h"
 
 #include <algorithm>
 #include <cmath>

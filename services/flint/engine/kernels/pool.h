@@ -56,7 +56,6 @@ struct Pool {
   Body body = nullptr;
   const void* ctx = nullptr;
   int64_t end = 0, grain = 1, threads = 1;
-  int helpers = 0;                             // workers 0 .. helpers - 1 may join the job
   alignas(64) std::atomic<int64_t> next{0};    // the first unclaimed index
   std::atomic<int64_t> left{0};                // indices not yet done
   std::mutex error_mu;
@@ -119,7 +118,7 @@ struct Pool {
       seen = gen.load();
       if (seen & 1) continue;                    // a new job is being written already
       inside.fetch_add(1);
-      if (gen.load() == seen && id < helpers && !held.load()) drain(true);
+      if (gen.load() == seen && id < threads - 1 && !held.load()) drain(true);   // workers 0 .. threads - 2
       inside.fetch_sub(1);
     }
   }
@@ -166,7 +165,6 @@ inline void Pool::run(int64_t begin, int64_t stop, int64_t grain_, int64_t threa
   end = stop;
   grain = std::max<int64_t>(1, grain_);
   threads = threads_;
-  helpers = (int)threads_ - 1;
   error = nullptr;
   left.store(stop - begin, std::memory_order_relaxed);
   next.store(begin, std::memory_order_relaxed);
