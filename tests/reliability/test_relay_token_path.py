@@ -51,7 +51,10 @@ async def test_deltas_keep_flowing_while_redis_holds_journal_writes_and_a_resume
     tokens = 600
     want = await asyncio.to_thread(reference.run, "q", tokens)
     await cluster.add_replica()
-    worker = await cluster.add_worker("flow")
+    # The pause is well inside the journal's write timeout: this test is about catching up. A stall past the
+    # timeout leaves a gap instead (test_request_owner); at the default 500 ms, a 500 ms pause sat on that edge
+    # and a loaded CI run crossed it.
+    worker = await cluster.add_worker("flow", journal={"write_timeout_ms": 5000.0})
     admin = aioredis.Redis.from_url(valkey_url)
     try:
         async with grpc.aio.insecure_channel(worker.address) as channel:

@@ -181,6 +181,20 @@ async def test_deltas_reach_the_client_while_redis_holds_every_write_and_the_jou
     assert (await harness.store.get_request("r-1")).state == "finished"
 
 
+async def test_a_redis_stall_longer_than_the_journal_write_timeout_leaves_a_gap_and_still_records_the_end(harness):
+    """journal.write_timeout_ms bounds how long a request's end waits for its journal: with every write held
+    past it, the stream is delivered whole, the end is still recorded once writes resume, and the journal is
+    marked with a gap, so a later resume refuses it clearly instead of replaying a hole."""
+    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(write_timeout_ms=100.0))
+    harness.engine.scripts.append([started(), *(delta(c) for c in "abc"), final(3)])
+    owner = await harness.start(pause_writes_ms=400)
+    await until(lambda: harness.events and isinstance(harness.events[-1], ev.Final))
+    assert text(harness.events) == "abc"
+    await owner.wait()
+    assert await harness.journal.has_gap("r-1")
+    assert (await harness.store.get_request("r-1")).state == "finished"
+
+
 async def test_claim_journal_start_and_session_affinity_are_one_round_trip(harness):
     from flint.frontend.store import SessionRecord
 
