@@ -119,8 +119,9 @@ def test_rows_and_cat_fuse_along_output_channels():
 def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits, group):
     """Speculative verification (many rows) must reproduce plain decoding (one row) exactly."""
     w = weights(70, 192, bits, group, seed=11)
-    # VNNI: 29 rows, so its 16-, 8-, 4- and 1-row passes all run; the other kernel takes at most SMALL_M_ROWS
-    rows = 29 if kernel_path == "vnni" else 13
+    # VNNI: 45 rows, so its 16-row pass runs twice (the second group of 16 rows has its own place in the
+    # interleaved activations) and its 8-, 4- and 1-row passes once; the other kernel takes at most SMALL_M_ROWS
+    rows = 45 if kernel_path == "vnni" else 13
     x = torch.randn(rows, 192)
     lin = modules.QuantLinear(w)
     together = lin(x)
@@ -129,6 +130,8 @@ def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits
     assert torch.equal(lin(x[3:9]), together[3:9])
     if rows > 16:   # 17 rows: a 16-row pass and a 1-row one
         assert torch.equal(lin(x[rows - 17:]), together[rows - 17:])
+    if rows > 32:   # rows 16-31 alone: the first group of 16 of a call
+        assert torch.equal(lin(x[16:32]), together[16:32])
 
 
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 64)])

@@ -63,32 +63,14 @@ struct Act {                 // int8 activations of M rows
   }
 };
 
-// Act::q16 from Act::q, for the rows' full groups of 16.
-void interleave16(Act& a, int64_t m) {
-  const int64_t units = a.kq / 4, groups = m / 16;
-  a.q16.resize(groups * units * 64);
-  const int8_t* q = a.q.data();
-  int8_t* q16 = a.q16.data();
-  for (int64_t g = 0; g < groups; ++g) {
-    const int8_t* rows = q + g * 16 * a.kq;
-    int8_t* dst = q16 + g * units * 64;
-    for (int64_t u = 0; u < units; ++u)   // each 64 bytes written once, from 16 sequential row streams
-      for (int r = 0; r < 16; ++r) std::memcpy(dst + u * 64 + r * 4, rows + r * a.kq + 4 * u, 4);
-  }
-}
-
 // Rows of x [M, K] (row stride ldx), times xscale [K] if given, zero past K, rounded to int8 per block.
 // With floor >= 0 each row is first divided by hypot(|row|, floor) (llama.py's unit_rms, fused here: it only
-// scales the row's block scales).
-void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, int64_t kp, int64_t block,
-              double floor, Act& a) {
-  a.block = block;
-  a.blocks = (kp + block - 1) / block;
-  a.kq = a.blocks * block;
-  a.q.resize(m * a.kq);
-  a.sx.resize(m * a.blocks);
-  a.sum.resize(m * a.blocks);
-  a.sxsum.resize(m * a.blocks);
+// scales the row's block scales). With kQ16, the rows of each full group of 16 also go to Act::q16 as they are
+// rounded (4 columns of a row every 64 bytes). That was a second pass over Act::q: the 16-row pass's layers and
+// lm_head measured 0.85-0.96x the time without it in 3 of 4 alternated process pairs on the 2-core EPYC.
+template <bool kQ16>
+void quantize_rows(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, double floor, Act& a) {
+  const int64_t block = a.block, units = a.kq / 4, full = m / 16 * 16;
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * ldx;
     float row_scale = 1.f;
@@ -100,6 +82,8 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
       }
       row_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(_mm512_reduce_add_ps(ss)) + floor * floor));
     }
+    // this row in q16: columns [4u, 4u + 4) at ((group * units + u) * 16 + row in group) * 4 bytes
+    int32_t* q16r = kQ16 && r < full ? reinterpret_cast<int32_t*>(a.q16.data()) + r / 16 * units * 16 + r % 16 : nullptr;
     for (int64_t b = 0; b < a.blocks; ++b) {
       __m512 v[8];   // blocks are at most 128 columns
       const int64_t k0 = b * block, nv = block / 16;
@@ -119,13 +103,35 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
       for (int64_t i = 0; i < nv; ++i) {
         const __m512i iv = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));   // round to nearest even
         total = _mm512_add_epi32(total, iv);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), _mm512_cvtsepi32_epi8(iv));
+        const __m128i bytes = _mm512_cvtsepi32_epi8(iv);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), bytes);
+        if (kQ16 && q16r != nullptr) {   // these 16 columns are 4 units, 64 bytes apart in q16
+          int32_t* dst = q16r + (k0 + 16 * i) / 4 * 16;
+          dst[0] = _mm_cvtsi128_si32(bytes);
+          dst[16] = _mm_extract_epi32(bytes, 1);
+          dst[32] = _mm_extract_epi32(bytes, 2);
+          dst[48] = _mm_extract_epi32(bytes, 3);
+        }
       }
       a.sx[r * a.blocks + b] = sx * row_scale;
       a.sum[r * a.blocks + b] = _mm512_reduce_add_epi32(total);
       a.sxsum[r * a.blocks + b] = a.sx[r * a.blocks + b] * static_cast<float>(a.sum[r * a.blocks + b]);
     }
   }
+}
+
+void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, int64_t kp, int64_t block,
+              double floor, Act& a) {
+  a.block = block;
+  a.blocks = (kp + block - 1) / block;
+  a.kq = a.blocks * block;
+  a.q.resize(m * a.kq);
+  a.q16.resize(m / 16 * 16 * a.kq);
+  a.sx.resize(m * a.blocks);
+  a.sum.resize(m * a.blocks);
+  a.sxsum.resize(m * a.blocks);
+  if (m >= 16) quantize_rows<true>(x, ldx, m, k, xscale, floor, a);
+  else quantize_rows<false>(x, ldx, m, k, xscale, floor, a);
 }
 
 // The 64 bytes of tile t at step s: tiles come in runs of kTiles whose steps are interleaved (step s of
@@ -444,7 +450,6 @@ torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Te
   }
   thread_local Act act;
   quantize(x.data_ptr<float>(), x.stride(0), m, k, xs, kp, block, unit_rms_floor, act);
-  if (m >= 16) interleave16(act, m);
   auto y = torch::empty({m, n}, x.options());
   const float* mn = bits == 4 ? mins->data_ptr<float>() : nullptr;
   if (bits == 4) linear<true>(act, m, w.data_ptr<uint8_t>(), scale.data_ptr<float>(), mn, kp, group, bp, y.data_ptr<float>(), n);
