@@ -26,6 +26,19 @@ MAX_STRING_CHARS = 4096
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "bytes": (bytes,)}
 
 
+def pack_record(record) -> bytes:
+    """The msgpack bytes `unpack_record` reads back: a map of the record's fields. Its fields are plain values,
+    so no copy is made (`dataclasses.asdict` deep-copies each: 8.6 us against 1.3 us for a request record, and a
+    request's claim and end each pack one on the front-end's event loop)."""
+    names = _NAMES.get(type(record))
+    if names is None:
+        names = _NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))
+    return msgpack.packb({name: getattr(record, name) for name in names})
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def unpack_record(cls: type[T], data: bytes | None, *, where: str) -> T | None:
     """The `cls` record stored in `data`, or None (logged) when it is missing or malformed."""
     if data is None:

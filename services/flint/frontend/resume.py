@@ -21,8 +21,6 @@ import secrets
 import time
 from dataclasses import asdict
 
-import msgpack
-
 from flint.errors import NotFound
 from flint.frontend import events as ev
 from flint.frontend.journal import Journal, RequestJournal, WorkerLiveness
@@ -31,7 +29,7 @@ from flint.frontend.owner import LocalRequests, RequestOwner, ResumePoint
 from flint.frontend.render import from_message
 from flint.frontend.store import RUNNING, RequestRecord, Store
 from flint.frontend.validate import check_request_id, public_request_id
-from flint.records import unpack_record
+from flint.records import pack_record, unpack_record
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.observability.metrics import metrics
 from flint.v1 import flint_pb2 as pb
@@ -152,7 +150,7 @@ class Resumer:
                                        replica_id=old.replica_id if old else "", created_unix_s=time.time(),
                                        tenant=tenant)
                 pipe.multi()
-                pipe.set(key, msgpack.packb(asdict(record)), px=self.store._request_ttl_ms)
+                pipe.set(key, pack_record(record), px=self.store._request_ttl_ms)
                 pipe.delete(self.store.flag_key(request_id))
                 await pipe.execute()
                 return record

@@ -13,12 +13,10 @@ Keys (prefix `flint` by default):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
-
-import msgpack
+from dataclasses import dataclass, replace
 
 from flint.errors import InvalidArgument
-from flint.records import unpack_record
+from flint.records import pack_record, unpack_record
 
 RUNNING = "running"
 TERMINAL_STATES = ("finished", "interrupted", "failed")
@@ -105,19 +103,19 @@ class Store:
         return unpack_record(SessionRecord, await self.redis.get(key), where=key)
 
     async def put_session(self, session: SessionRecord) -> None:
-        await self.redis.set(self.session_key(session.session_id), msgpack.packb(asdict(session)),
+        await self.redis.set(self.session_key(session.session_id), pack_record(session),
                              px=self._session_ttl_ms)
 
     # ------------------------------------------------------------ requests
     def session_write(self, session: SessionRecord) -> tuple[str, bytes, int]:
         """(key, value, ttl_ms) of a session record, for `claim_request(..., writes=)`."""
-        return self.session_key(session.session_id), msgpack.packb(asdict(session)), self._session_ttl_ms
+        return self.session_key(session.session_id), pack_record(session), self._session_ttl_ms
 
     async def claim_request(self, record: RequestRecord, *, deletes=(), writes=()) -> None:
         """Register a new request; a client-chosen id still running is refused. Only if the claim succeeds,
         also delete the keys `deletes` and set `writes` ((key, value, ttl_ms) each): one round trip."""
         record = replace(record, created_unix_s=record.created_unix_s or time.time())
-        payload = msgpack.packb(asdict(record))
+        payload = pack_record(record)
         keys = [self.request_key(record.request_id), self.flag_key(record.request_id), *deletes,
                 *(key for key, _, _ in writes)]
         args = [payload, self._request_ttl_ms, len(deletes)]
@@ -135,7 +133,7 @@ class Store:
     def finish_write(self, record: RequestRecord, state: str, last_seq: int) -> tuple[RequestRecord, tuple]:
         """The ended record and its (key, value, ttl_ms) write, for a caller that batches it (`finish_request`)."""
         done = replace(record, state=state, last_seq=last_seq)
-        return done, (self.request_key(record.request_id), msgpack.packb(asdict(done)), self._request_ttl_ms)
+        return done, (self.request_key(record.request_id), pack_record(done), self._request_ttl_ms)
 
     async def finish_request(self, record: RequestRecord, state: str, last_seq: int, *,
                              deletes: list[str] = ()) -> RequestRecord:

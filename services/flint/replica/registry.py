@@ -12,9 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import msgpack
-
-from flint.records import unpack_record
+from flint.records import pack_record, unpack_record
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class ReplicaInfo:
         return self.healthy and not self.draining
 
     def pack(self) -> bytes:
-        return msgpack.packb(asdict(self))
+        return pack_record(self)
 
     @classmethod
     def unpack(cls, data: bytes, *, where: str = "") -> "ReplicaInfo | None":
