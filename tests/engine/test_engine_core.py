@@ -205,3 +205,14 @@ def test_prefix_cache_entries_do_not_count_as_kv_in_use_for_load(make_engine):
     engine.step()
     assert 0.0 < engine.load().kv_used_fraction <= engine.kv.used_fraction()
     engine.run_until_done()
+
+
+def test_inter_token_latency_has_one_sample_per_request_per_decode_step(make_engine):
+    engine = make_engine()
+    out = run(engine, greedy("a", n=5), greedy("b", CODE[:40], n=9), greedy("c", "import os\n", n=13))
+    samples = {s.name: s.value for family in engine.metrics.registry.collect()
+               if family.name == "flint_engine_inter_token_latency_seconds" for s in family.samples}
+    # The first token of each comes from its prefill; every later one from a decode step, one token each.
+    assert samples["flint_engine_inter_token_latency_seconds_count"] == sum(
+        final.completion_tokens - 1 for _, final, _ in out.values()) == 4 + 8 + 12
+    assert samples["flint_engine_inter_token_latency_seconds_sum"] > 0

@@ -37,7 +37,7 @@ import torch
 from flint.engine.config import EngineConfig
 from flint.engine.fair_share import QueueShares
 from flint.engine.kv_cache import PagedKVCache
-from flint.engine.metrics import EngineMetrics
+from flint.engine.metrics import EngineMetrics, observe_all
 from flint.engine.output import OutputProcessor
 from flint.engine.prepare import RequestBuilder
 from flint.engine.request import Request, Status
@@ -265,6 +265,7 @@ class Engine:
         now = time.perf_counter()
         chosen = self.chooser.choose(logits, work)
         produced = 0
+        gaps = []    # each request's inter-token gap: a step's are usually one repeated value, recorded at once
         for (req, n, draft), tokens in zip(work, chosen):
             if not req.first_token_at:                           # the prompt's last chunk: first token
                 req.prefill_done_at = now
@@ -285,7 +286,7 @@ class Engine:
                     self.metrics.spec_accepted.inc(accepted)
                     req.num_computed -= len(draft) - accepted      # rejected drafts' KV is garbage
                 if req.last_token_at:
-                    self.metrics.itl.observe((now - req.last_token_at) / len(tokens))
+                    gaps.append((now - req.last_token_at) / len(tokens))
             req.last_token_at = now
             before = req.num_tokens
             delta, reason = self.output.accept(req, tokens)
@@ -296,6 +297,8 @@ class Engine:
                 events.append(delta)
             if reason is not None:
                 events.append(self._finish(req, reason, now))
+        if gaps:
+            observe_all(self.metrics.itl, gaps)
         return produced
 
     def _queue_timeout_error(self, req: Request) -> ResourceExhausted:
