@@ -12,7 +12,8 @@
 // Activations are rounded to int8 once per call, per row and block (the int4 group; 64 columns for int8):
 //   x ~= sx[b] * xq,  xsum[b] = sum of xq over the block
 //   int4: y[n] = sum_g s[n, g] * sx[g] * idot_g + min[n, g] * sx[g] * xsum[g]
-//   int8: y[n] = s[n] * sum_b sx[b] * (idot_b - 128 * xsum[b])          (the +128 of the weight codes)
+//   int8: y[n] = s[n] * (sum_b sx[b] * idot_b - corr),  corr = 128 * sum_b sx[b] * xsum[b]
+//         (the +128 of the weight codes, the same for every output n of a row: taken off once, at the end)
 // Rows are processed 2 at a time over each work item of 4 tiles (4 or 8 at a time when more share the call, see
 // Kern), so the tiles' bytes come from memory once
 // per call and from L1 / L2 for the other rows: a verification step of 8 rows reads the weights once.
@@ -53,6 +54,7 @@ struct Act {                 // int8 activations of M rows
   std::vector<float> sx;     // [M, blocks]
   std::vector<int32_t> sum;  // [M, blocks]
   std::vector<float> sxsum;  // [M, blocks]: sx * sum, the int4 mins' factor (one product per block, not per tile)
+  std::vector<float> corr;   // [M]: 128 * (sum over blocks of sxsum): the int8 codes' +128, taken off a row once
   std::vector<int8_t> q16;   // [M / 16, kq / 4, 16, 4]: q of each full group of 16 rows, 4 columns of all 16 at a
                              // time, so the 16-row pass broadcasts them from one pointer (16 pointers spill)
   // The 4 bytes of columns [4u, 4u + 4) of row r0 + r, r0 a multiple of 16 when MB == 16.
@@ -73,7 +75,7 @@ void quantize_rows(const float* x, int64_t ldx, int64_t m, int64_t k, const floa
   const int64_t block = a.block, units = a.kq / 4, full = m / 16 * 16;
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * ldx;
-    float row_scale = 1.f;
+    float row_scale = 1.f, offset = 0.f;
     if (floor >= 0) {
       __m512 ss = _mm512_setzero_ps();
       for (int64_t c = 0; c < k; c += 16) {
@@ -116,7 +118,9 @@ void quantize_rows(const float* x, int64_t ldx, int64_t m, int64_t k, const floa
       a.sx[r * a.blocks + b] = sx * row_scale;
       a.sum[r * a.blocks + b] = _mm512_reduce_add_epi32(total);
       a.sxsum[r * a.blocks + b] = a.sx[r * a.blocks + b] * static_cast<float>(a.sum[r * a.blocks + b]);
+      offset += a.sxsum[r * a.blocks + b];
     }
+    a.corr[r] = 128.f * offset;
   }
 }
 
@@ -130,6 +134,7 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
   a.sx.resize(m * a.blocks);
   a.sum.resize(m * a.blocks);
   a.sxsum.resize(m * a.blocks);
+  a.corr.resize(m);
   if (m >= 16) quantize_rows<true>(x, ldx, m, k, xscale, floor, a);
   else quantize_rows<false>(x, ldx, m, k, xscale, floor, a);
 }
@@ -216,12 +221,13 @@ void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
     const __m512i ev[16] = {e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15};
     for (int r = 0; r < 16; ++r) {
       const int64_t i = (r0 + r) * a.blocks + b;
-      const __m512i dot = _mm512_sub_epi32(ev[r], _mm512_set1_epi32(128 * a.sum[i]));
-      acc.set(r, 0, _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.sx[i]), acc.get(r, 0)));
+      acc.set(r, 0, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ev[r]), _mm512_set1_ps(a.sx[i]), acc.get(r, 0)));
     }
   }
   const __m512 sc = _mm512_loadu_ps(scale + t0 * 16);
-  for (int r = 0; r < 16; ++r) store_tile(y + (r0 + r) * ldy, 16 * t0, n, _mm512_mul_ps(acc.get(r, 0), sc), bias);
+  for (int r = 0; r < 16; ++r)
+    store_tile(y + (r0 + r) * ldy, 16 * t0, n,
+               _mm512_mul_ps(_mm512_sub_ps(acc.get(r, 0), _mm512_set1_ps(a.corr[r0 + r])), sc), bias);
 }
 
 // int4_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16). A step's low and high nibbles are the two steps of
@@ -337,18 +343,18 @@ void int8_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
     }
     for (int r = 0; r < MB; ++r) {
       const int64_t i = (r0 + r) * a.blocks + b;
-      const __m512i corr = _mm512_set1_epi32(128 * a.sum[i]);
       const __m512 sx = _mm512_set1_ps(a.sx[i]);
       for (int t = 0; t < TB; ++t) {
         const __m512i sum = kSplit<MB, TB> ? _mm512_add_epi32(ev[r][t], od[r][t]) : ev[r][t];
-        const __m512i dot = _mm512_sub_epi32(sum, corr);
-        acc.set(r, t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc.get(r, t)));
+        acc.set(r, t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), sx, acc.get(r, t)));
       }
     }
   }
   for (int t = 0; t < TB; ++t) {
     const __m512 sc = _mm512_loadu_ps(scale + (t0 + t) * 16);
-    for (int r = 0; r < MB; ++r) store_tile(y + (r0 + r) * ldy, 16 * (t0 + t), n, _mm512_mul_ps(acc.get(r, t), sc), bias);
+    for (int r = 0; r < MB; ++r)
+      store_tile(y + (r0 + r) * ldy, 16 * (t0 + t), n,
+                 _mm512_mul_ps(_mm512_sub_ps(acc.get(r, t), _mm512_set1_ps(a.corr[r0 + r])), sc), bias);
   }
 }
 
