@@ -48,6 +48,8 @@ class IncrementalDetokenizer:
         (e.g. SentencePiece's "▁x" -> " x" after code, not the start-of-text "x"). Their text is not emitted."""
         self._tok = tokenizer
         self._skip = skip_special_tokens
+        self._byte_fallback = tokenizer.is_byte_fallback
+        self._decode_ids, self._decode_id = tokenizer.decode, tokenizer.decode_id   # bound once, used per token
         self._ids: list[int] = list(context_ids)[-6:]
         self._prefix = 0                     # window start in _ids
         self._read = len(self._ids)          # last clean boundary in _ids
@@ -63,17 +65,23 @@ class IncrementalDetokenizer:
         return self._stops.stop_string
 
     def add(self, ids: int | Iterable[int]) -> str:
-        if self.stopped:
+        # Called once per stream per decode step: locals, no properties, no feed without stop strings.
+        stops = self._stops
+        if stops.stopped:
             return ""
-        self._ids.extend([ids] if isinstance(ids, int) else ids)
-        if self._tok.is_byte_fallback and self._ends_in_byte_run():
+        if isinstance(ids, int):
+            self._ids.append(ids)
+        else:
+            self._ids.extend(ids)
+        if self._byte_fallback and self._ends_in_byte_run():
             return ""
         text = self._decode(self._ids[self._prefix :])
-        if text.endswith(_REPLACEMENT) or len(text) <= len(self._prefix_text):
+        held = self._prefix_text
+        if text.endswith(_REPLACEMENT) or len(text) <= len(held):
             return ""
-        new = text[len(self._prefix_text) :]
         self._advance()
-        return self._stops.feed(new)
+        new = text[len(held) :]
+        return stops.feed(new) if stops.stops else new
 
     def flush(self) -> str:
         """Release everything held back (an unfinished character decodes as U+FFFD)."""
@@ -86,14 +94,16 @@ class IncrementalDetokenizer:
 
     def _advance(self) -> None:
         # The window restarts at the previous clean boundary, so the next decode keeps one token of context.
-        self._prefix, self._read = self._read, len(self._ids)
-        if self._read - self._prefix == 1:           # the usual decode step: one token's text, memoised
-            self._prefix_text = self._tok.decode_id(self._ids[self._prefix], skip_special_tokens=self._skip)
+        ids = self._ids
+        prefix = self._prefix = self._read
+        read = self._read = len(ids)
+        if read - prefix == 1:                       # the usual decode step: one token's text, memoised
+            self._prefix_text = self._decode_id(ids[prefix], self._skip)
         else:
-            self._prefix_text = self._decode(self._ids[self._prefix : self._read])
-        if self._prefix > 64:  # drop ids no window will look at again
-            del self._ids[: self._prefix]
-            self._read -= self._prefix
+            self._prefix_text = self._decode(ids[prefix:read])
+        if prefix > 64:  # drop ids no window will look at again
+            del ids[:prefix]
+            self._read = read - prefix
             self._prefix = 0
 
     def _ends_in_byte_run(self) -> bool:
@@ -104,7 +114,7 @@ class IncrementalDetokenizer:
         return False
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=self._skip)
+        return self._decode_ids(ids, skip_special_tokens=self._skip)
 
 
 class StopMatcher:
