@@ -27,12 +27,19 @@ def tok(request) -> Tokenizer:
     return Tokenizer(HF.from_file(str(file)))
 
 
+class DecodesEveryStep(Tokenizer):
+    """No joined texts: the detokenizer decodes its window at every step."""
+
+    def joined_text(self, token_id: int) -> str:
+        return ""
+
+
 def stream(tok: Tokenizer, ids: list[int], chunks: list[int], **kw) -> list[str]:
     detok = IncrementalDetokenizer(tok, **kw)
     pieces, i, c = [], 0, 0
     while i < len(ids):
         n = max(1, chunks[c % len(chunks)]) if chunks else 1
-        pieces.append(detok.add(ids[i : i + n]))
+        pieces.append(detok.add(ids[i] if n == 1 else ids[i : i + n]))   # one id: an int, as a decode step adds it
         i, c = i + n, c + 1
     pieces.append(detok.flush())
     return pieces
@@ -55,6 +62,36 @@ def test_random_token_ids_concatenate_to_full_decode(tok, data, chunks):
     for skip in (True, False):
         pieces = stream(tok, ids, chunks, skip_special_tokens=skip)
         assert "".join(pieces) == tok.decode(ids, skip_special_tokens=skip)
+
+
+@SETTINGS
+@given(data=st.data(), text=TEXT, chunks=st.lists(st.integers(1, 3), max_size=4), stop=st.lists(TEXT, max_size=2))
+def test_joined_texts_give_the_pieces_of_decoding_every_step(tok, data, text, chunks, stop):
+    # Encoded text (multi-byte characters, byte runs) mixed with random ids (special tokens, bytes that form no
+    # character), one id per step as in decoding and in chunks, with and without skipping specials.
+    decoding = DecodesEveryStep(tok.hf)
+    any_id = st.one_of(st.integers(0, tok.vocab_size - 1), st.sampled_from(sorted(tok.special_ids)))
+    ids = data.draw(st.permutations(tok.encode(text) + data.draw(st.lists(any_id, max_size=12))))
+    context = data.draw(st.lists(any_id, max_size=3))
+    for skip in (True, False):
+        for steps in ([1], chunks):
+            kw = dict(skip_special_tokens=skip, context_ids=context, stop=[s for s in stop if s])
+            assert stream(tok, ids, steps, **kw) == stream(decoding, ids, steps, **kw)
+
+
+def test_a_bytelevel_tokenizer_streams_code_mostly_without_decoding(bytelevel_tokenizer_file):
+    from tokenizers import Tokenizer as HF
+
+    tok = Tokenizer(HF.from_file(str(bytelevel_tokenizer_file)))
+    decode = tok.decode
+    for text, decodes in (("def area(r):\n    return 3.14159 * r * r\n", 1),   # the first token's only
+                          ("# é 中文 😀\n", None)):                            # characters split over tokens
+        ids, calls = tok.encode(text), []
+        tok.decode = lambda *a, **kw: calls.append(a) or decode(*a, **kw)
+        detok = IncrementalDetokenizer(tok)
+        pieces = [detok.add(i) for i in ids]
+        assert len(calls) == decodes if decodes else len(calls) > 1
+        assert "".join(pieces) + detok.flush() == text
 
 
 @SETTINGS

@@ -43,3 +43,19 @@ def test_decode_id_is_decode_of_that_one_id_for_every_id(llama_checkpoint):
         for i in range(tok.vocab_size):
             assert tok.decode_id(i, skip_special_tokens=skip) == tok.decode([i], skip_special_tokens=skip), (i, skip)
         assert tok.decode_id(5, skip_special_tokens=skip) == tok.decode([5], skip_special_tokens=skip)   # kept
+
+
+def test_joined_texts_of_two_tokens_are_their_decode(bytelevel_tokenizer_file, llama_checkpoint):
+    from tokenizers import Tokenizer as HF
+
+    tok = Tokenizer(HF.from_file(str(bytelevel_tokenizer_file)))
+    joined = {i: tok.joined_text(i) for i in range(tok.vocab_size)}
+    plain = [i for i, t in joined.items() if t]
+    assert len(plain) > tok.vocab_size / 2
+    assert not any(joined[i] for i in tok.special_ids)
+    assert any("\ufffd" in tok.decode([i]) for i in range(tok.vocab_size) if not joined[i])   # partial characters
+    for a in plain:
+        for b in plain:
+            assert tok.decode([a, b]) == joined[a] + joined[b], (a, b)
+    sentencepiece = Tokenizer.from_dir(llama_checkpoint)      # Metaspace and byte fallback: always decoded
+    assert not any(sentencepiece.joined_text(i) for i in range(sentencepiece.vocab_size))

@@ -12,7 +12,8 @@ SentencePiece decoders right). A boundary is clean when the text up to it
 does not end in U+FFFD (an incomplete character) and, for byte-fallback
 tokenizers, the last token is not a <0xHH> byte token (a later invalid byte
 turns the whole byte run into U+FFFDs). Cost per token: one or two decodes
-of a few ids, independent of the sequence length.
+of a few ids, independent of the sequence length; none for a ByteLevel
+tokenizer's tokens of whole characters (`Tokenizer.joined_text`).
 
 `StopMatcher` holds back text that could be the start of a stop string until
 it is resolved; a stop string ends generation and is not emitted.
@@ -50,6 +51,8 @@ class IncrementalDetokenizer:
         self._skip = skip_special_tokens
         self._byte_fallback = tokenizer.is_byte_fallback
         self._decode_ids, self._decode_id = tokenizer.decode, tokenizer.decode_id   # bound once, used per token
+        self._joined = tokenizer.joined_text
+        self._prefix_joins = False           # the window is one token with a joined text (Tokenizer.joined_text)
         self._ids: list[int] = list(context_ids)[-6:]
         self._prefix = 0                     # window start in _ids
         self._read = len(self._ids)          # last clean boundary in _ids
@@ -70,7 +73,13 @@ class IncrementalDetokenizer:
         if stops.stopped:
             return ""
         if isinstance(ids, int):
+            # The usual decode step of a ByteLevel tokenizer: the window's one token and this one both have a
+            # joined text, so decoding the two would give the window's text plus this one's: no decode.
+            piece = self._joined(ids) if self._prefix_joins and len(self._ids) == self._read else ""
             self._ids.append(ids)
+            if piece:
+                self._advance(piece)
+                return stops.feed(piece) if stops.stops else piece
         else:
             self._ids.extend(ids)
         if self._byte_fallback and self._ends_in_byte_run():
@@ -92,15 +101,20 @@ class IncrementalDetokenizer:
         self._advance()
         return self._stops.feed(new) + self._stops.flush()
 
-    def _advance(self) -> None:
+    def _advance(self, joined: str = "") -> None:
+        """`joined`: the new window's one token's joined text, when the caller has it."""
         # The window restarts at the previous clean boundary, so the next decode keeps one token of context.
         ids = self._ids
         prefix = self._prefix = self._read
         read = self._read = len(ids)
-        if read - prefix == 1:                       # the usual decode step: one token's text, memoised
+        if joined:
+            self._prefix_text, self._prefix_joins = joined, True
+        elif read - prefix == 1:                     # the usual decode step: one token's text, memoised
             self._prefix_text = self._decode_id(ids[prefix], self._skip)
+            self._prefix_joins = bool(self._joined(ids[prefix]))
         else:
             self._prefix_text = self._decode(ids[prefix:read])
+            self._prefix_joins = False
         if prefix > 64:  # drop ids no window will look at again
             del ids[:prefix]
             self._read = read - prefix

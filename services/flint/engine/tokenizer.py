@@ -14,6 +14,7 @@ Public API (stable):
     .encode_with_offsets(text, continuation=False) -> (ids, [(start, end) char offsets])
     .decode(ids, skip_special_tokens=True) -> str
     .decode_id(id, skip_special_tokens=True) -> str   (decode([id]), memoised)
+    .joined_text(id) -> str   (what id appends to text without a decode, "" when that needs one; memoised)
     .special_id(token) -> int | None      (id of an added/special token, by its text)
     .eos_token_ids: frozenset[int]; .bos_token_id; .add_bos; .vocab_size
     .special_ids: frozenset[int]; .is_byte_fallback (token ids like <0xE2> exist)
@@ -50,8 +51,14 @@ class Tokenizer:
         self.add_bos = add_bos and bos_token_id is not None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self._id_texts: tuple[dict[int, str], dict[int, str]] = ({}, {})   # decode_id, by skip_special_tokens
+        # A lone ByteLevel decoder (GPT-2 style: Qwen, DeepSeek, StarCoder) turns each model token into its bytes
+        # and decodes them all together: see joined_text.
+        self._joins = (spec.get("decoder") or {}).get("type") == "ByteLevel"
+        self._added_ids = frozenset(added)
+        self._joined: dict[int, str] = {}
         model = spec.get("model", {})
         self.is_byte_fallback = bool(model.get("byte_fallback"))
+        self._joins = self._joins and not self.is_byte_fallback
         self._byte_ids = frozenset(
             i for t, i in tok.get_vocab(with_added_tokens=False).items()
             if self.is_byte_fallback and len(t) == 6 and t.startswith("<0x") and t.endswith(">")
@@ -109,6 +116,21 @@ class Tokenizer:
         text = texts.get(token_id)
         if text is None:
             text = texts[token_id] = self._tok.decode([token_id], skip_special_tokens=skip_special_tokens)
+        return text
+
+    def joined_text(self, token_id: int) -> str:
+        """The text `token_id` adds after any token with a joined text, found without a decode; "" when it
+        depends on its neighbours. Non-empty only for a lone ByteLevel decoder, a model (not added) token and
+        a text of whole characters: the decoder decodes all tokens' bytes together, and bytes that are whole
+        UTF-8 characters on both sides of a boundary decode to the two texts joined."""
+        text = self._joined.get(token_id)
+        if text is None:
+            text = ""
+            if self._joins and token_id not in self._added_ids:
+                text = self.decode_id(token_id)
+                if "\ufffd" in text:
+                    text = ""
+            self._joined[token_id] = text
         return text
 
     def special_id(self, token: str) -> int | None:
