@@ -101,3 +101,27 @@ def journal_flushes() -> float:
 def test_a_delay_out_of_range_is_refused_with_its_name(name, bad):
     with pytest.raises(InvalidArgument, match=f"journal.{name}"):
         JournalConfig(**{name: bad})
+
+
+def test_a_wait_shorter_than_uvloops_timer_resolution_does_not_break_the_next_write(valkey_url):
+    """uvloop (the worker's default loop) runs a callback due in under half a millisecond as a plain Handle,
+    which has no `when()`: the journal kept such a handle as its timer and the next entry's write raised
+    AttributeError (a soak run under load hit it: the request was left running). Here the first entry may wait
+    0.1 ms, so its timer is such a handle; the second entry, which may wait longer, must still be queued and
+    both must reach Redis."""
+    import uvloop
+
+    async def main():
+        client = aioredis.Redis.from_url(valkey_url)
+        try:
+            journal = Journal(client, f"jb-{secrets.token_hex(4)}", JournalConfig(delta_delay_ms=0.1))
+            request = RequestJournal(journal, "r-1", begun=True)
+            request.write(ev.Delta("r-1", 1, "a", 1))       # a timer due in 0.1 ms: uvloop gives a plain Handle
+            request.write(ev.Accepted("r-1", 3))            # may wait 100 ms: compares with that timer
+            assert await request.settle()
+            assert sorted(await kinds(journal)) == ["Accepted", "Delta"]
+            await journal.close()
+        finally:
+            await client.aclose()
+
+    uvloop.run(main())

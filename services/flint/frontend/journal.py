@@ -126,7 +126,8 @@ class Journal:
         self._pending: list[tuple[str, dict | tuple]] = []  # entries (or journal starts) of the next batch
         self._batch: asyncio.Future | None = None       # resolved when the next batch is in Redis
         self._flusher: asyncio.Task | None = None
-        self._delayed: asyncio.TimerHandle | None = None   # when pending entries that may wait must go (`wait_ms`)
+        self._delayed: asyncio.Handle | None = None   # when pending entries that may wait must go (`wait_ms`)
+        self._delayed_due = 0.0                         # its due time, loop.time()
         self._urgent = False        # something pending may not wait: the next batch goes as soon as it can
         self.incomplete: set[str] = set()   # requests whose journal lost an append (this process)
         self.dropped_appends = 0
@@ -199,10 +200,12 @@ class Journal:
         if wait_ms:
             loop = asyncio.get_running_loop()
             due = loop.time() + wait_ms / 1000.0
-            if self._delayed is None or self._delayed.when() > due:
+            if self._delayed is None or self._delayed_due > due:
                 if self._delayed is not None:
                     self._delayed.cancel()
-                self._delayed = loop.call_at(due, self._delay_over)
+                # The due time is kept here: uvloop returns a plain Handle, with no when(), for a callback due
+                # within half a millisecond.
+                self._delayed, self._delayed_due = loop.call_at(due, self._delay_over), due
         else:
             self._urgent = True
         if not self._urgent or (self._flusher is not None and not self._flusher.done()):
