@@ -51,14 +51,13 @@ class Tokenizer:
         self.add_bos = add_bos and bos_token_id is not None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self._id_texts: tuple[dict[int, str], dict[int, str]] = ({}, {})   # decode_id, by skip_special_tokens
-        # A lone ByteLevel decoder (GPT-2 style: Qwen, DeepSeek, StarCoder) turns each model token into its bytes
-        # and decodes them all together: see joined_text.
-        self._joins = (spec.get("decoder") or {}).get("type") == "ByteLevel"
-        self._added_ids = frozenset(added)
-        self._joined: dict[int, str] = {}
         model = spec.get("model", {})
         self.is_byte_fallback = bool(model.get("byte_fallback"))
-        self._joins = self._joins and not self.is_byte_fallback
+        # A lone ByteLevel decoder (GPT-2 style: Qwen, DeepSeek, StarCoder) turns each model token into its bytes
+        # and decodes them all together: see joined_text.
+        self._joins = (spec.get("decoder") or {}).get("type") == "ByteLevel" and not self.is_byte_fallback
+        self._added_ids = frozenset(added)
+        self._joined: dict[int, str] = {}
         self._byte_ids = frozenset(
             i for t, i in tok.get_vocab(with_added_tokens=False).items()
             if self.is_byte_fallback and len(t) == 6 and t.startswith("<0x") and t.endswith(">")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import asdict
+from dataclasses import replace
 
 from flint.errors import NotFound
 from flint.frontend import events as ev
@@ -124,7 +124,7 @@ class Resumer:
         except BaseException:
             await self.store.finish_request(record, "failed", point.seq)
             raise
-        record = RequestRecord(**{**asdict(record), "replica_id": replica.replica_id})
+        record = replace(record, replica_id=replica.replica_id)
         owner = RequestOwner(record=record, engine_request=engine_request, pool=self.pool, replica=replica,
                              store=self.store, local=self.local, sink=outbox.put, model=meta.model, outbox=outbox,
                              journal=RequestJournal(self.journal, request_id, chars=point.chars), resume_from=point)

@@ -10,7 +10,7 @@ route; `flint status` reads it to report. No torch here: front-ends import it.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 from flint.records import pack_record, unpack_record
 
@@ -64,7 +64,7 @@ class ReplicaRegistry:
         return f"{self._prefix}:replica:{replica_id}"
 
     async def publish(self, info: ReplicaInfo, ttl_s: float) -> None:
-        info = ReplicaInfo(**{**asdict(info), "updated_unix_s": time.time()})
+        info = replace(info, updated_unix_s=time.time())
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self.record_key(info.replica_id), info.pack(), px=int(ttl_s * 1000))
             pipe.sadd(self.index_key, info.replica_id)
