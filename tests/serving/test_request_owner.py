@@ -10,11 +10,13 @@ import asyncio
 import secrets
 
 import grpc
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 
 from flint.errors import InvalidArgument, NotFound, Unavailable
 from flint.frontend import events as ev
+from flint.frontend.interrupts import AckTo
 from flint.frontend.journal import Journal, JournalConfig, RequestJournal
 from flint.frontend.owner import LocalRequests, RequestOwner, ResumePoint
 from flint.frontend.render import from_message
@@ -232,6 +234,88 @@ async def test_interrupt_ends_with_an_interrupted_final_after_the_last_delta_and
     again = await owner.interrupt()  # a second interrupt (the flag poll) gets the same answer, no second Final
     assert again == result
     assert sum(isinstance(e, ev.Final) for e in harness.events) == 1
+
+
+async def _ack_listener(harness, channel: str):
+    """A subscriber on `channel` (a requester's ack channel): returns (pubsub, messages), each message with the
+    request's record as it was in Redis when the message arrived."""
+    pubsub = harness.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    got: list = []
+
+    async def listen():
+        async for message in pubsub.listen():
+            got.append((msgpack.unpackb(message["data"]), await harness.store.get_request("r-1")))
+
+    return pubsub, got, asyncio.ensure_future(listen())
+
+
+async def test_an_interrupt_delivers_its_final_at_once_and_acknowledges_behind_the_record_of_the_end(harness):
+    """A cross-worker interrupt: the interrupted Final goes out in the interrupter's step (no wait for the owner's
+    task), and the owner publishes the requester's acknowledgement itself, in the round trip that records the
+    end and after that record, so the requester hears it once the record says interrupted."""
+    harness.engine.scripts.append([started(), delta("a"), delta("b"), HOLD])
+    owner = await harness.start()
+    await until(lambda: text(harness.events) == "ab")
+    pubsub, acks, listening = await _ack_listener(harness, "acks-of-w-b")
+    try:
+        answer = owner.interrupt_soon(AckTo("acks-of-w-b", "nonce-1"))
+        end = harness.events[-1]   # already delivered: no await since interrupt_soon
+        assert isinstance(end, ev.Final) and end.finish_reason == ev.FinishReason.INTERRUPTED and end.seq == 3
+        result = await answer
+        assert result.was_running and result.last_seq == 2 and result.acknowledged
+        await until(lambda: acks)
+        await asyncio.sleep(0.1)   # no second acknowledgement follows
+        [(message, record)] = acks
+        assert message == {"request_id": "r-1", "nonce": "nonce-1", "was_running": True, "last_seq": 2}
+        assert (record.state, record.last_seq) == ("interrupted", 2)
+        await asyncio.wait_for(harness.engine.cancelled.wait(), 5)
+        assert (await harness.journaled())[-1] == end
+        assert sum(isinstance(e, ev.Final) for e in harness.events) == 1
+    finally:
+        listening.cancel()
+        await pubsub.aclose()
+
+
+async def test_an_interrupts_ack_rides_the_record_of_the_end_also_when_the_journal_cannot_carry_it(harness):
+    harness.engine.scripts.append([started(), delta("a"), HOLD])
+    owner = await harness.start()
+    await until(lambda: text(harness.events) == "a")
+    harness.journal.incomplete.add("r-1")   # the journal lost an entry: the end is recorded on its own
+    pubsub, acks, listening = await _ack_listener(harness, "acks-of-w-b")
+    try:
+        result = await owner.interrupt_soon(AckTo("acks-of-w-b", "nonce-2"))
+        assert result.was_running and result.acknowledged
+        await until(lambda: acks)
+        [(message, record)] = acks
+        assert message["nonce"] == "nonce-2" and (record.state, record.last_seq) == ("interrupted", 1)
+        assert await harness.journal.has_gap("r-1")
+    finally:
+        listening.cancel()
+        await pubsub.aclose()
+
+
+async def test_an_interrupt_after_the_end_is_not_acknowledged_by_the_owner(harness):
+    """Once the end is recorded the owner publishes nothing: the caller acknowledges (was_running False)."""
+    harness.engine.scripts.append([started(), delta("a"), final(1)])
+    owner = await harness.start()
+    await owner.wait()
+    result = await owner.interrupt_soon(AckTo("acks-of-w-b", "nonce-3"))
+    assert not result.was_running and not result.acknowledged and result.last_seq == 1
+
+
+async def test_an_interrupt_while_a_client_cancel_records_the_end_leaves_the_ack_to_its_caller(harness):
+    """The client went away and the owner is recording that end (Redis holds writes) when an interrupt with an
+    acknowledgement comes: the record is queued already, so the caller acknowledges (was_running False)."""
+    harness.engine.scripts.append([started(), delta("a"), HOLD])
+    owner = await harness.start(pause_writes_ms=300)
+    await until(lambda: text(harness.events) == "a")
+    owner.cancel_soon()
+    await until(lambda: owner._end is not None)   # the end is queued, behind the held writes
+    result = await owner.interrupt_soon(AckTo("acks-of-w-b", "nonce-4"))
+    assert not result.was_running and not result.acknowledged and result.last_seq == 1
+    assert not any(isinstance(e, ev.Final) for e in harness.events)   # the client is gone: no Final for it
+    assert (await harness.store.get_request("r-1")).state == "interrupted"
 
 
 async def test_an_interrupt_asked_for_before_a_cancel_lands_ends_with_the_interrupted_final(harness):

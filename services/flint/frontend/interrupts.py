@@ -3,11 +3,14 @@
 Pub/sub is at-most-once, so every interrupt is sent two ways: a message on
 the owner's channel (fast path) and a flag key the owner polls for all of
 its running requests with one MGET per interval (backup). The owner stops
-relaying, cancels the engine call, records the final state and last seq in
-the request registry, then acknowledges on the requester's ack channel;
-the requester also polls that record, so a lost acknowledgement only costs
-one poll interval. The subscriber uses its own Redis connection, as a
-connection in subscribe mode can run no other command.
+relaying, cancels the engine call, delivers the interrupted Final and
+records the final state and last seq in the request registry; the
+acknowledgement on the requester's ack channel rides that record's round
+trip, after it (flint.frontend.owner), or, when the owner had already
+ended, follows it. The requester also polls that record, so a lost
+acknowledgement only costs one poll interval. The subscriber uses its own
+Redis connection, as a connection in subscribe mode can run no other
+command.
 """
 
 from __future__ import annotations
@@ -33,10 +36,24 @@ class InterruptResult:
     request_id: str
     was_running: bool
     last_seq: int
+    acknowledged: bool = False   # the owner published the requester's acknowledgement (`AckTo`) with its end
+
+
+@dataclass(frozen=True)
+class AckTo:
+    """Where the acknowledgement of a cross-worker interrupt goes: the requester's ack channel and its nonce."""
+
+    channel: str
+    nonce: str
+
+    def message(self, result: InterruptResult) -> bytes:
+        return msgpack.packb({"request_id": result.request_id, "nonce": self.nonce,
+                              "was_running": result.was_running, "last_seq": result.last_seq})
 
 
 class Interruptible(Protocol):
     async def interrupt(self) -> InterruptResult: ...
+    def interrupt_soon(self, ack: AckTo | None = None) -> "asyncio.Future[InterruptResult]": ...
 
 
 class Owned(Protocol):
@@ -175,21 +192,32 @@ class InterruptBus:
                 else:
                     if not all(isinstance(payload[k], str) for k in ("request_id", "nonce", "reply_to")):
                         raise TypeError("request_id, nonce and reply_to must be strings")
-                    self._spawn(self._serve_interrupt(payload), "interrupt")
+                    self._serve_interrupt(payload)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring malformed pub/sub message on %s: %s", message["channel"], exc)
 
-    async def _serve_interrupt(self, payload: dict) -> None:
+    def _serve_interrupt(self, payload: dict) -> None:
+        """Start the interrupt in this step (the owner delivers the interrupted Final and queues the record of the
+        end with the acknowledgement behind it); acknowledge here only if the owner did not."""
         request_id = payload["request_id"]
+        ack = AckTo(self.ack_channel(payload["reply_to"]), payload["nonce"])
         local = self._local.get(request_id)
-        if local is not None:
-            result = await local.interrupt()
+        try:
+            answer = local.interrupt_soon(ack) if local is not None else None
+        except Exception:  # noqa: BLE001 - the listener outlives any one request; the flag poll retries it
+            log.exception("interrupt of request %s failed to start", request_id)
+            return
+        self._spawn(self._acknowledge(request_id, ack, answer), "interrupt acknowledgement")
+
+    async def _acknowledge(self, request_id: str, ack: AckTo, answer: asyncio.Future | None) -> None:
+        if answer is not None:
+            result = await answer
+            if result.acknowledged:
+                return
         else:  # already finished (or never ours): report what the registry knows
             record = await self._store.get_request(request_id)
             result = InterruptResult(request_id, False, record.last_seq if record else 0)
-        reply = {"request_id": request_id, "nonce": payload["nonce"], "was_running": result.was_running,
-                 "last_seq": result.last_seq}
-        await self._store.redis.publish(self.ack_channel(payload["reply_to"]), msgpack.packb(reply))
+        await self._store.redis.publish(ack.channel, ack.message(result))
 
     async def _poll_flags(self) -> None:
         """Poll the interrupt flags of local requests; every third of the record TTL, refresh their records."""

@@ -183,13 +183,14 @@ class Journal:
         self._kick(wait_ms)
         return self._batch
 
-    def write_after(self, request_id: str, writes: list[tuple[str, bytes, int]]) -> asyncio.Future:
-        """Queue `writes` ((key, value, ttl_ms) each) behind the request's entries queued so far, in the same
-        pipeline when they share a batch (it runs in order), and start the batch; returns its future, like
-        `write`."""
+    def write_after(self, request_id: str, writes: list[tuple[str, bytes, int]],
+                    publishes: list[tuple[str, bytes]] = ()) -> asyncio.Future:
+        """Queue `writes` ((key, value, ttl_ms) each), then `publishes` ((channel, message) each), behind the
+        request's entries queued so far, in the same pipeline when they share a batch (it runs in order, on one
+        connection), and start the batch; returns its future, like `write`."""
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
-        self._pending.append((request_id, tuple(writes)))
+        self._pending.append((request_id, (tuple(writes), tuple(publishes))))
         self._kick()
         return self._batch
 
@@ -260,8 +261,11 @@ class Journal:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for request_id, fields in batch:
                             if isinstance(fields, tuple):  # writes behind a request's entries (write_after)
-                                for key, value, ttl_ms in fields:
+                                writes, publishes = fields
+                                for key, value, ttl_ms in writes:
                                     pipe.set(key, value, px=ttl_ms)
+                                for channel, message in publishes:
+                                    pipe.publish(channel, message)
                                 continue
                             pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
                                       approximate=False)
@@ -392,7 +396,7 @@ class RequestJournal:
             seq = event.seq
             self.chars += len(event.text)
         # An Accepted waits (briefly) for the first delta: the batch then follows that delta to the client. A
-        # terminal entry waits for the record of the end its owner queues next (`settle_then`), which starts
+        # terminal entry waits for the record of the end its owner queues next (`then`), which starts
         # the batch: one round trip for both. A delta waits a little for the next entries.
         terminal = ev.is_terminal(event)
         config = self._journal.config
@@ -402,15 +406,15 @@ class RequestJournal:
         if batch is not None:
             self._last = batch
 
-    async def settle_then(self, writes: list[tuple[str, bytes, int]]) -> bool:
-        """`settle`, with `writes` ((key, value, ttl_ms) each) queued behind the request's last entry, so they
-        reach Redis in that entry's round trip, after it. True if the journal and `writes` got there; False if
-        not (the journal is incomplete, or had nothing of this request): then make the writes yourself."""
+    def then(self, writes: list[tuple[str, bytes, int]], publishes: list[tuple[str, bytes]] = ()) -> bool:
+        """Queue `writes` ((key, value, ttl_ms) each) and then `publishes` ((channel, message) each) behind the
+        request's last entry, so they reach Redis in that entry's round trip, after it, and send the batch now;
+        False if they cannot (the journal is incomplete, or has nothing of this request): then `settle` and make
+        them yourself. True: `settle` says whether the journal and they got there."""
         if self._last is None or self.request_id in self._journal.incomplete:
-            await self.settle()
             return False
-        self._last = self._journal.write_after(self.request_id, writes)
-        return await self.settle()
+        self._last = self._journal.write_after(self.request_id, writes, publishes)
+        return True
 
     async def settle(self) -> bool:
         """Wait until everything written is in Redis; a journal that lost entries is marked with a gap."""

@@ -28,11 +28,16 @@ reaches the client only after the journal holds it (so the one-per-engine-
 delta numbering of a takeover still holds after the journal's end). Held
 text past the stream's or worker's cap ends the request RESOURCE_EXHAUSTED.
 To interrupt, the owner's task is cancelled (which cancels the engine call,
-so the engine frees the slot at its next step); the owner then delivers an
-interrupted Final, waits for its journal to settle and records the end in
-Redis (in the journal's last batch, one round trip) *before* `interrupt()` returns, so the acknowledgement that follows
-can promise that no delta with a higher seq will come. `last_seq` is
-updated with no await between it and the delivery of that delta.
+so the engine frees the slot at its next step) and, in the interrupter's
+own step when the request is running and its claim held, the interrupted
+Final is delivered and the record of the end queued behind the journal's
+entries, with the acknowledgement a cross-worker interrupter waits for
+(`AckTo`) behind that record: one Redis round trip, sent as soon as the
+journal's batch in flight (if any) is back, and no wait for the owner's
+task to run. The end is recorded *before* `interrupt()` returns and before
+that acknowledgement is published, so it can promise that no delta with a
+higher seq will come. `last_seq` is updated with no await between it and
+the delivery of that delta.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import grpc
 
 from flint.errors import FlintError, Internal, NotFound, Unavailable
 from flint.frontend import events as ev
-from flint.frontend.interrupts import InterruptResult
+from flint.frontend.interrupts import AckTo, InterruptResult
 from flint.frontend.liveness import EngineWatch, engine_call_timeout_s
 from flint.frontend.outbox import HeldText
 from flint.frontend.store import RequestRecord, Store
@@ -156,6 +161,10 @@ class RequestOwner:
         self._stopping = False             # the task has been cancelled (interrupt() or cancel()): once only
         self._started = False              # the task has begun `_run`
         self._interrupted: asyncio.Future | None = None  # the one interrupt every caller awaits
+        # Acknowledgements to publish with the record of the end (None once it is queued), and those published
+        self._acks: list[AckTo] | None = []
+        self._acked: set[AckTo] = set()
+        self._end: asyncio.Future | None = None    # the record of the end: queued once, however the request ends
         self._client_seq = resume_from.client_seq  # deltas up to this seq are journaled, not delivered
         self._task: asyncio.Task | None = None
         # (stub, call): the first engine call, opened by `start()` or, before the owner was built, by its driver
@@ -218,17 +227,51 @@ class RequestOwner:
         Idempotent: the owner hears one cross-worker interrupt twice (pub/sub and the flag poll), so every
         caller after the first awaits the first one's stop and gets the same result; the shield keeps one
         caller going away (a cancelled ack task) from abandoning the stop for the others."""
+        return await asyncio.shield(self.interrupt_soon())
+
+    def interrupt_soon(self, ack: AckTo | None = None) -> asyncio.Future:
+        """`interrupt()` started in the caller's step; the future gives its `InterruptResult`. With `ack`, the
+        owner publishes the interrupter's acknowledgement itself, behind the record of the end (then the result
+        says `acknowledged`), if that record is not queued yet; else the caller acknowledges."""
         if self._interrupted is None:
             if self._ended or self._task is None or self._task.done():
-                await self.wait()
-                return InterruptResult(self.request_id, False, self.last_seq)
+                return asyncio.ensure_future(self._not_running())
             # Decided here, in the caller's step, not in a task of its own: a cancel (the client going away)
             # that the owner's task handles after this point must still end the request with the interrupted
             # Final the interrupter is promised. Also after cancel(), while the task has not yet handled it.
             self._interrupting = True
+            self._take_ack(ack)
+            # Running, nobody cancelled it yet and the id is ours: the Final and the record of the end need
+            # nothing from the task. Else (a cancel is pending, the claim is not settled) the task ends it.
+            at_once = not self._stopping and self._claim_held()
             self._cancel_once()
+            if at_once:
+                self._interrupt_honoured = True
+                self._emit(self._final_interrupted())
+                self._record_end("interrupted")
             self._interrupted = asyncio.ensure_future(self._stopped_by_interrupt())
-        return await asyncio.shield(self._interrupted)
+        else:
+            self._take_ack(ack)
+        if ack is None:
+            return self._interrupted
+        return asyncio.ensure_future(self._answer(ack))
+
+    def _take_ack(self, ack: AckTo | None) -> None:
+        """Publish `ack` with the record of the end, unless that record is queued already."""
+        if ack is not None and self._acks is not None:
+            self._acks.append(ack)
+
+    async def _answer(self, ack: AckTo) -> InterruptResult:
+        result = await asyncio.shield(self._interrupted)
+        return replace(result, acknowledged=ack in self._acked)
+
+    async def _not_running(self) -> InterruptResult:
+        await self.wait()
+        return InterruptResult(self.request_id, False, self.last_seq)
+
+    def _claim_held(self) -> bool:
+        claim = self._claim
+        return claim is None or (claim.done() and not claim.cancelled() and claim.exception() is None)
 
     async def _stopped_by_interrupt(self) -> InterruptResult:
         await asyncio.wait({self._task})
@@ -272,7 +315,8 @@ class RequestOwner:
             if not self._interrupting:
                 raise
             ending = "interrupted"
-            self._interrupt_honoured = not self._ended   # else the live Final went out first
+            if not self._ended:   # else the live Final went out first (or interrupt_soon's)
+                self._interrupt_honoured = True
         except FlintError as error:
             ending = error
         except _NotClaimed:
@@ -286,7 +330,7 @@ class RequestOwner:
                         # Retryable (the replica went away): not journaled, so a resume runs the request again.
                         self._emit(ev.Failed(self.request_id, ending), journal=not ending.retryable)
                     # journal, then record: a record that is no longer running promises a whole journal
-                    self.record = await to_completion(self._settle_and_record(state))
+                    self.record = await to_completion(self._record_end(state))
                 else:  # the id was not ours: nothing was delivered; the caller of claimed() reports why
                     self.record = replace(self.record, state="failed")
             except Exception as exc:  # noqa: BLE001 - the stream already ended; the record expires
@@ -302,17 +346,30 @@ class RequestOwner:
                 if self._on_done is not None:
                     self._on_done(self)
 
-    async def _settle_and_record(self, state: str) -> RequestRecord:
-        """The record of the end rides the journal's last batch (one round trip, after the journal's entries);
-        when the journal lost entries it is written alone, after the journal's gap is marked; when it holds
-        nothing of a new request, with the deletion of the journal's start (its claim wrote it)."""
-        done, write = self._store.finish_write(self.record, state, self.last_seq)
+    def _record_end(self, state: str) -> asyncio.Future:
+        """Queue the record of the end, once (whichever comes first: the task's end or `interrupt_soon`), with
+        the interrupters' acknowledgements behind it; the future gives the ended record once it is in Redis.
+        The record rides the journal's last batch (one round trip, after the journal's entries); when the journal
+        lost entries it is written alone, after the journal's gap is marked; when it holds nothing of a new
+        request, with the deletion of the journal's start (its claim wrote it)."""
+        if self._end is None:
+            acks, self._acks = self._acks, None
+            result = InterruptResult(self.request_id, self._interrupt_honoured, self.last_seq)
+            publishes = [(ack.channel, ack.message(result)) for ack in acks]
+            done, write = self._store.finish_write(self.record, state, self.last_seq)
+            queued = self._journal is not None and self._journal.then([write], publishes)
+            self._end = asyncio.ensure_future(self._recorded(done, state, acks, publishes, queued))
+        return self._end
+
+    async def _recorded(self, done: RequestRecord, state: str, acks: list[AckTo], publishes: list,
+                        queued: bool) -> RequestRecord:
         if self._journal is None:
-            return await self._store.finish_request(self.record, state, self.last_seq)
-        if await self._journal.settle_then([write]):
-            return done
-        return await self._store.finish_request(self.record, state, self.last_seq,
-                                                deletes=self._journal.unused_keys())
+            done = await self._store.finish_request(self.record, state, self.last_seq, publishes=publishes)
+        elif not (await self._journal.settle() and queued):
+            done = await self._store.finish_request(self.record, state, self.last_seq, publishes=publishes,
+                                                    deletes=self._journal.unused_keys())
+        self._acked.update(acks)
+        return done
 
     async def _generate(self) -> None:
         """Run the request on a replica to its Final; on a refused connection, on another replica."""

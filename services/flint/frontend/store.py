@@ -136,15 +136,19 @@ class Store:
         return done, (self.request_key(record.request_id), pack_record(done), self._request_ttl_ms)
 
     async def finish_request(self, record: RequestRecord, state: str, last_seq: int, *,
-                             deletes: list[str] = ()) -> RequestRecord:
-        """Record the end of a request; also delete the keys `deletes` (in the same round trip)."""
+                             deletes: list[str] = (), publishes: list[tuple[str, bytes]] = ()) -> RequestRecord:
+        """Record the end of a request; also delete the keys `deletes`, then publish `publishes` ((channel,
+        message) each), in the same round trip, after the record."""
         done, (key, value, ttl_ms) = self.finish_write(record, state, last_seq)
-        if not deletes:
+        if not deletes and not publishes:
             await self.redis.set(key, value, px=ttl_ms)
             return done
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, value, px=ttl_ms)
-            pipe.delete(*deletes)
+            if deletes:
+                pipe.delete(*deletes)
+            for channel, message in publishes:
+                pipe.publish(channel, message)
             await pipe.execute()
         return done
 
