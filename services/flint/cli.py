@@ -62,7 +62,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--routing", choices=["affinity", "least_loaded"], help="replica routing policy")
     p.add_argument("--quantization", choices=["none", "int8", "int4"],
                    help="weight-only quantization at load: int8 per output channel, int4 in groups of "
-                   "engine.quant_group_size (default 64) columns; every Linear and the embedding (default none)")
+                   "engine.quant_group_size (default 128) columns; every Linear and the embedding (default none)")
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file whose keys mirror these flags "
                    "(plus an [engine] table of engine settings); flags override it")
 

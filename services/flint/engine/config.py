@@ -31,7 +31,7 @@ class EngineConfig:
     # Weight-only quantization at load: none | int8 (per output channel) | int4 (group-wise); every Linear and
     # the embedding / lm_head (flint.engine.quant).
     quantization: str = "none"
-    quant_group_size: int = 64           # int4 columns per scale/min: 32 | 64 | 128 (README, quantization)
+    quant_group_size: int = 128          # int4 columns per scale/min: 32 | 64 | 128 (README, quantization)
     # torch intra-op threads (process-wide); 0 = the cores this engine is given: the replica actor's Ray
     # num_cpus when Ray hosts it, else the process's CPU affinity (`cores_given`). Measured reason: README.
     num_threads: int = 0

@@ -12,7 +12,7 @@ never holds more than its part in memory.
 
 Public API (stable):
     load_model(path, *, dtype=torch.float32, device="cpu", shard=None, all_reduce=None,
-               quantization="none", quant_group_size=64) -> CausalLM
+               quantization="none", quant_group_size=128) -> CausalLM
     load_config(path) -> ModelConfig
     parse_dtype("float32" | "bfloat16" | "float16" | torch.dtype) -> torch.dtype
 `quantization` "int8" / "int4" quantizes every Linear and the embedding after loading (see
@@ -64,7 +64,7 @@ def load_model(
     shard: ShardSpec | None = None,
     all_reduce: AllReduce | None = None,
     quantization: str = "none",
-    quant_group_size: int = 64,
+    quant_group_size: int = 128,
 ) -> CausalLM:
     from flint.engine import hugepages, quant
 

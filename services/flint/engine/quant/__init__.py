@@ -1,7 +1,7 @@
 """Weight-only quantization (int8 per output channel, int4 group-wise) of a loaded model.
 
     from flint.engine.quant import quantize_model
-    quantize_model(model, "int4", group_size=64)   # in place; returns the model
+    quantize_model(model, "int4", group_size=128)   # in place; returns the model
 
 A pass over the built model: every `nn.Linear` becomes a `QuantLinear` and every `nn.Embedding` a
 `QuantEmbedding`; a tied lm_head and embedding share one quantized matrix. It runs after the weights
