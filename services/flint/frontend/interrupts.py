@@ -2,7 +2,9 @@
 
 Pub/sub is at-most-once, so every interrupt is sent two ways: a message on
 the owner's channel (fast path) and a flag key the owner polls for all of
-its running requests with one MGET per interval (backup). The owner stops
+its running requests with one MGET per interval (backup). The requesting
+worker reads the request's record, checks its tenant and state, sets the
+flag and publishes in one script (one round trip). The owner stops
 relaying, cancels the engine call, delivers the interrupted Final and
 records the final state and last seq in the request registry; the
 acknowledgement on the requester's ack channel rides that record's round
@@ -27,8 +29,28 @@ import msgpack
 
 from flint.errors import NotFound, Unavailable
 from flint.frontend.store import RequestRecord, Store
+from flint.frontend.validate import public_request_id
+from flint.records import unpack_record
 
 log = logging.getLogger(__name__)
+
+# An interrupt's request side in one round trip: read the request's record (KEYS[1]) and, only if it belongs to
+# tenant ARGV[1] and is running, set its interrupt flag (KEYS[2], PX ARGV[2]) and publish ARGV[5] on its owner's
+# channel (ARGV[3] .. owner .. ARGV[4]). Returns {record or nil, 1 if published else 0}.
+_INTERRUPT = """
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return {false, 0}
+end
+local ok, rec = pcall(cmsgpack.unpack, current)
+if not ok or type(rec) ~= 'table' or rec['tenant'] ~= ARGV[1] or rec['state'] ~= 'running'
+    or type(rec['owner']) ~= 'string' then
+  return {current, 0}
+end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3] .. rec['owner'] .. ARGV[4], ARGV[5])
+return {current, 1}
+"""
 
 
 @dataclass(frozen=True)
@@ -77,9 +99,12 @@ class InterruptBus:
         self._sub_redis = None
         self._pubsub = None
         self._tasks: set[asyncio.Task] = set()
+        self._signal = store.redis.register_script(_INTERRUPT)  # EVALSHA after the first call
+        self._channel_ends = (f"{store.prefix}:worker:", ":interrupt")   # an interrupt channel, around the owner
 
     def interrupt_channel(self, worker_id: str) -> str:
-        return f"{self._store.prefix}:worker:{worker_id}:interrupt"
+        head, tail = self._channel_ends
+        return f"{head}{worker_id}{tail}"
 
     def ack_channel(self, worker_id: str) -> str:
         return f"{self._store.prefix}:worker:{worker_id}:acks"
@@ -138,29 +163,27 @@ class InterruptBus:
         task.add_done_callback(self._tasks.discard)
 
     # ---------------------------------------------------------------- requester side
-    async def interrupt(self, request_id: str, *, record: RequestRecord | None = None) -> InterruptResult:
-        """Stop `request_id` wherever it runs; returns once its owner has stopped relaying. `record`: its
-        registry record if the caller just read it (saves a round trip)."""
+    async def interrupt(self, request_id: str, *, tenant: str = "") -> InterruptResult:
+        """Stop tenant `tenant`'s `request_id` wherever it runs; returns once its owner has stopped relaying and
+        recorded the end. NOT_FOUND when no such request of that tenant is known (another tenant's looks
+        unknown): its record is gone, or, while only this worker knows it, this worker does not run it."""
         local = self._local.get(request_id)
-        if local is not None:
+        if local is not None and local.record.tenant == tenant:
             return await local.interrupt()
-        if record is None:
-            record = await self._store.get_request(request_id)
-        if record is None:
-            raise NotFound(f"no request with id {request_id!r} (it never existed here or expired); "
-                           "check the id from the Accepted message")
-        if not record.running:
-            return InterruptResult(request_id, False, record.last_seq)
-
         nonce = secrets.token_hex(8)
         ack = asyncio.get_running_loop().create_future()
         self._acks[nonce] = ack
         try:
-            message = {"request_id": request_id, "reply_to": self._worker_id, "nonce": nonce}
-            async with self._store.redis.pipeline(transaction=False) as pipe:  # flag + message: one round trip
-                pipe.set(self._store.flag_key(request_id), b"1", px=self._store.request_ttl_ms)
-                pipe.publish(self.interrupt_channel(record.owner), msgpack.packb(message))
-                await pipe.execute()
+            message = msgpack.packb({"request_id": request_id, "reply_to": self._worker_id, "nonce": nonce})
+            stored, published = await self._signal(
+                keys=[self._store.request_key(request_id), self._store.flag_key(request_id)],
+                args=[tenant, self._store.request_ttl_ms, *self._channel_ends, message])
+            record = unpack_record(RequestRecord, stored, where=self._store.request_key(request_id))
+            if not published:
+                if record is None or record.tenant != tenant:
+                    raise NotFound(f"no request with id {public_request_id(request_id)!r} (it never existed here or "
+                                   "expired); check the id from the Accepted message")
+                return InterruptResult(request_id, False, record.last_seq)
             deadline = time.monotonic() + self._ack_timeout_s
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):

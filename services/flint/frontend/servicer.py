@@ -18,7 +18,7 @@ from typing import Callable
 
 import grpc
 
-from flint.errors import InvalidArgument, NotFound
+from flint.errors import InvalidArgument
 from flint.frontend import events as ev
 from flint.frontend.codec import check_decoded, on_call_end
 from flint.frontend.documents import SessionDocuments, names_documents
@@ -144,25 +144,10 @@ class FlintServicer:
 
         return done
 
-    async def check_owner(self, request_id: str) -> tuple[str, RequestRecord | None]:
-        """The internal id of the calling tenant's `request_id` and its record (None while only this worker knows
-        the request); NOT_FOUND unless its record (or, with the record gone, the request this worker runs)
-        belongs to that tenant: ids of others look unknown."""
-        tenant = current_tenant()
-        scoped = scope_request_id(check_request_id(request_id), tenant)
-        stored = record = await self.store.get_request(scoped)
-        if record is None:
-            local = self.local.get(scoped)
-            record = local.record if local is not None else None
-        if record is None or record.tenant != tenant:
-            raise NotFound(f"no request with id {request_id!r} (it never existed here or expired); "
-                           "check the id from the Accepted message")
-        return scoped, stored
-
     async def interrupt(self, request_id: str):
-        """Interrupt the calling tenant's `request_id` wherever it runs (the record read once, for both)."""
-        scoped, record = await self.check_owner(request_id)
-        return await self.bus.interrupt(scoped, record=record)
+        """Interrupt the calling tenant's `request_id` wherever it runs (another tenant's ids look unknown)."""
+        tenant = current_tenant()
+        return await self.bus.interrupt(scope_request_id(check_request_id(request_id), tenant), tenant=tenant)
 
     async def opened(self, session: SessionRecord) -> pb.Opened:
         default = await self.pool.default_model()
