@@ -243,12 +243,15 @@ class RequestOwner:
             self._take_ack(ack)
             # Running, nobody cancelled it yet and the id is ours: the Final and the record of the end need
             # nothing from the task. Else (a cancel is pending, the claim is not settled) the task ends it.
-            at_once = not self._stopping and self._claim_held()
-            self._cancel_once()
-            if at_once:
+            if not self._stopping and self._claim_held():
                 self._interrupt_honoured = True
-                self._emit(self._final_interrupted())
+                # The acknowledgement's round trip is the long pole: its batch starts before the edge writes the
+                # Final and the task handles its cancel (the loop runs them in the order they were scheduled).
+                final = self._final_interrupted()
+                self._emit(final, deliver=False)
                 self._record_end("interrupted")
+                self._sink(final)
+            self._cancel_once()
             self._interrupted = asyncio.ensure_future(self._stopped_by_interrupt())
         else:
             self._take_ack(ack)
