@@ -40,3 +40,18 @@ def test_quick_bench_writes_all_figures(tmp_path, monkeypatch):
     assert spec["outputs_match"] is True and spec["accepted_per_step"] >= 0 and spec["speedup"] > 0
     md = (tmp_path / "out" / "engine.md").read_text()
     assert "flint / bound" in md and "keystroke TTFT" in md
+
+
+def test_a_missed_16_stream_budget_states_the_ceiling_at_the_instruction_peak():
+    """The report says what the 16-row pass would take at the machine's peak for its instruction, and the
+    ratio that leaves the Linears against the one-row pass: whether the hardware or the kernels bound it."""
+    from flint.bench.engine_report import precision_budgets
+
+    int4 = {"weight_bytes_read_per_token": 11 << 20, "pct_of_bound": 13.0, "read_bandwidth_gb_s_at_weight_size": 160.0,
+            "step_profile": [], "aggregate_16_vs_1": 2.5, "linear_pass_us": {"1": 200.0, "16": 1600.0},
+            "linear_16_rows": {"per_s": 3.5e9, "pct_of_peak": 50.0, "machine_peak_per_s": 7e9,
+                               "instruction": "vpdpbusd512"}}
+    r = {"decode_tok_s": {"flint_int4": 2000.0}, "precisions": {"int4": int4}, "llamacpp": {}}
+    why = precision_budgets(r)["aggregate_16_vs_1_int4"]["bound_by"]
+    # 1600 us at 50% of the peak is 800 us at the peak; 16 x 200 / 800 = 4.0
+    assert "at that peak the 16-row pass would take 800 us" in why and "allow at most 4.0x" in why

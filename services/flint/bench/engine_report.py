@@ -89,6 +89,10 @@ def precision_budgets(r: dict) -> dict:
                 why += (f"; the 16-row pass runs {peak['per_s'] / 1e9:.2f}G {peak['instruction']} per second, "
                         f"{peak['pct_of_peak']:.0f}% of the {peak['machine_peak_per_s'] / 1e9:.2f}G this machine's "
                         f"threads reach on that instruction alone (the rest: loads, unpacking, scales, sums)")
+                if lp.get("1") and lp.get("16"):   # the hardware's ceiling: the 16-row pass at that peak
+                    at_peak = lp["16"] * peak["pct_of_peak"] / 100
+                    why += (f"; at that peak the 16-row pass would take {at_peak:.0f} us, so against this run's "
+                            f"one-row pass the Linears alone allow at most {16 * lp['1'] / at_peak:.1f}x")
             i8, i4 = (per.get(q, {}).get("linear_pass_us", {}).get("16") for q in ("int8", "int4"))
             if precision != "fp32" and i8 and i4:
                 why += (f"; 16-row passes: int8 {i8:.0f} us, int4 {i4:.0f} us for half the bytes, so reading the "
