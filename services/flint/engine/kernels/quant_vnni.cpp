@@ -203,22 +203,9 @@ struct FloatAcc<MB, TB, true> {
       : [w0] "v"(w0_), [w1] "v"(w1_), [x] "r"(x_)                                                              \
       : "memory")   /* it reads Act::q16 */
 
-// Lines a 16-row tile pass prefetches towards L2 as it goes (the next work item's share; none by default).
-struct Ahead {
-  const char* p = nullptr;
-  const char* end = nullptr;
-  void two() {   // a step's share
-    if (p < end) {
-      __builtin_prefetch(p, 0, 2);
-      __builtin_prefetch(p + 64, 0, 2);
-      p += 128;
-    }
-  }
-};
-
 // int8_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16).
 void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* bias, float* y,
-                 int64_t ldy, int64_t n, int64_t kp, int64_t t0, Ahead ahead = {}) {
+                 int64_t ldy, int64_t n, int64_t kp, int64_t t0) {
   const int64_t steps = kp / 4, bsteps = kInt8Block / 4;
   FloatAcc<16, 1> acc;
   for (int64_t b = 0; b < a.blocks; ++b) {
@@ -231,7 +218,6 @@ void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
       const __m512i w1 = _mm512_loadu_si512(tile_at(w, t0, s + 1, steps));
       const int8_t* x = a.at<16>(r0, 0, s);
       const int8_t* x8 = x + 32;
-      ahead.two();
       FLINT_DP8X2(x, w0, w1, e0, e1, e2, e3, e4, e5, e6, e7);
       FLINT_DP8X2(x8, w0, w1, e8, e9, e10, e11, e12, e13, e14, e15);
     }
@@ -250,7 +236,7 @@ void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
 // int4_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16). A step's low and high nibbles are the two steps of
 // FLINT_DP8X2 (x at step 2s, then 2s + 1: 64 bytes on in Act::q16).
 void int4_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* mins, int64_t kp,
-                 int64_t group, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0, Ahead ahead = {}) {
+                 int64_t group, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0) {
   const int64_t steps = kp / 8, groups = kp / group, gsteps = group / 8;
   const __m512i low = _mm512_set1_epi8(0x0F);
   FloatAcc<16, 1> acc;
@@ -264,7 +250,6 @@ void int4_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
       const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
       const int8_t* x = a.at<16>(r0, 0, 2 * s);
       const int8_t* x8 = x + 32;
-      if (s & 1) ahead.two();
       FLINT_DP8X2(x, wl, wh, e0, e1, e2, e3, e4, e5, e6, e7);
       FLINT_DP8X2(x8, wl, wh, e8, e9, e10, e11, e12, e13, e14, e15);
     }
@@ -399,27 +384,14 @@ template <bool INT4>
 void linear(const Act& a, int64_t m, const uint8_t* w, const float* s, const float* mn, int64_t kp, int64_t g,
             const float* bias, float* y, int64_t n) {
   const int64_t tiles = (n + 15) / 16;
-  const int64_t item_bytes = kTiles * 16 * (INT4 ? kp / 2 : kp);   // a run of kTiles tiles
   // a work item: kTiles tiles (64 outputs) for every row; rows go 4 at a time over the item's tiles, whose
   // bytes (64 x Kp or Kp / 2) stay in L1 / L2 after the first 4 rows
   flint_pool::parallel_for(0, (tiles + kTiles - 1) / kTiles, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t t0 = item * kTiles, t1 = std::min(tiles, t0 + kTiles);
       int64_t r = 0;
-      // batched decode: 16 rows tile by tile, each weight vector used 16 times. The first 16 rows' pass over
-      // the item's tiles prefetches the next item of this share towards L2, a quarter per tile: a real step
-      // reads the weights from L3, and the hardware prefetchers follow only the tile being read.
-      for (; r + 16 <= m; r += 16)
-        for (int64_t t = t0; t < t1; ++t) {
-          Ahead ahead;
-          if (r == 0 && item + 1 < i1 && t1 - t0 == kTiles) {
-            const int64_t bytes = item_bytes / kTiles;
-            ahead.p = reinterpret_cast<const char*>(w) + (item + 1) * item_bytes + (t - t0) * bytes;
-            ahead.end = ahead.p + bytes;
-          }
-          if constexpr (INT4) int4_tile16(a, r, w, s, mn, kp, g, bias, y, n, n, t, ahead);
-          else int8_tile16(a, r, w, s, bias, y, n, n, kp, t, ahead);
-        }
+      for (; r + 16 <= m; r += 16)   // batched decode: 16 rows tile by tile, each weight vector used 16 times
+        Kern<INT4, 16, 1>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
       for (; r + 8 <= m; r += 8)   // many rows: 8 at a time tile by tile, each unpacked weight vector used 8 times
         Kern<INT4, 8, 1>::run(a, r, w, s, mn, kp, g, bias, y, n, n, t0, t1);
       for (; r + 4 <= m; r += 4)   // 4 at a time over 2 tiles
