@@ -18,19 +18,21 @@ from flint.errors import NotFound
 from flint.frontend.interrupts import InterruptBus
 from flint.frontend.owner import LocalRequests
 from flint.frontend.store import RequestRecord, Store
+from flint.respconn import RespConnection
 
 
 @pytest.fixture
 async def bus(valkey_url):
     """B's bus (worker id w-b) and its store, under a prefix of their own."""
-    redis = aioredis.Redis.from_url(valkey_url)
-    store = Store(redis, f"bus-{secrets.token_hex(4)}", session_ttl_s=60, request_ttl_s=60)
+    redis, claims = aioredis.Redis.from_url(valkey_url), RespConnection.from_url(valkey_url)
+    store = Store(redis, f"bus-{secrets.token_hex(4)}", session_ttl_s=60, request_ttl_s=60, claims=claims)
     bus = InterruptBus(valkey_url, store, "w-b", LocalRequests(), poll_interval_s=0.05, ack_timeout_s=2.0)
     await bus.start()
     try:
         yield bus, store
     finally:
         await bus.stop()
+        await claims.close()
         await redis.aclose()
 
 

@@ -14,19 +14,24 @@ import redis.asyncio as aioredis
 from flint.errors import InvalidArgument
 from flint.frontend import events as ev
 from flint.frontend.journal import Journal, JournalConfig, RequestJournal
+from flint.respconn import RespConnection
 
 
 @pytest.fixture
 async def redis(valkey_url):
-    client = aioredis.Redis.from_url(valkey_url)
+    """A redis-py client (reads) and the journal's own connection for its batches, as a worker has them."""
+    client, batches = aioredis.Redis.from_url(valkey_url), RespConnection.from_url(valkey_url)
+    client.batches = batches
     try:
         yield client
     finally:
+        await batches.close()
         await client.aclose()
 
 
 def journal_of(redis, start_delay_ms: float) -> tuple[Journal, RequestJournal]:
-    journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=start_delay_ms))
+    journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=start_delay_ms),
+                      batches=redis.batches)
     return journal, RequestJournal(journal, "r-1", begun=True)
 
 
@@ -74,7 +79,8 @@ async def test_no_delay_writes_the_accepted_at_once(redis):
 
 
 async def test_deltas_within_the_delta_delay_go_in_one_batch_without_anyone_waiting_for_it(redis):
-    journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=0, delta_delay_ms=50))
+    journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=0, delta_delay_ms=50),
+                      batches=redis.batches)
     request = RequestJournal(journal, "r-1", begun=True)
     request.write(ev.Accepted("r-1", 3))                     # no start delay: its batch goes at once
     assert await request.settle()
@@ -112,9 +118,10 @@ def test_a_wait_shorter_than_uvloops_timer_resolution_does_not_break_the_next_wr
     import uvloop
 
     async def main():
-        client = aioredis.Redis.from_url(valkey_url)
+        client, batches = aioredis.Redis.from_url(valkey_url), RespConnection.from_url(valkey_url)
         try:
-            journal = Journal(client, f"jb-{secrets.token_hex(4)}", JournalConfig(delta_delay_ms=0.1))
+            journal = Journal(client, f"jb-{secrets.token_hex(4)}", JournalConfig(delta_delay_ms=0.1),
+                              batches=batches)
             request = RequestJournal(journal, "r-1", begun=True)
             request.write(ev.Delta("r-1", 1, "a", 1))       # a timer due in 0.1 ms: uvloop gives a plain Handle
             request.write(ev.Accepted("r-1", 3))            # may wait 100 ms: compares with that timer
@@ -122,6 +129,56 @@ def test_a_wait_shorter_than_uvloops_timer_resolution_does_not_break_the_next_wr
             assert sorted(await kinds(journal)) == ["Accepted", "Delta"]
             await journal.close()
         finally:
+            await batches.close()
             await client.aclose()
 
     uvloop.run(main())
+
+
+async def client_info(redis, client_id: int) -> dict:
+    return next(c for c in await redis.client_list() if c["id"] == str(client_id))
+
+
+async def test_the_ends_batch_goes_to_redis_while_a_batch_before_it_awaits_its_reply(redis):
+    """About 15% of cross-worker interrupts found a delta batch in flight, and the batch with the record of the
+    end (and the interrupter's acknowledgement) waited for that batch's reply before it was sent. Now it is
+    written at once, behind it on the same connection (so Redis runs it after), and both settle."""
+    journal, request = journal_of(redis, start_delay_ms=0)
+    client_id = await redis.batches.call("CLIENT", "ID")
+    record = f"{journal.prefix}:req:r-1"
+    await redis.client_pause(1000, all=False)            # writes wait in Valkey: the first batch has no reply
+    try:
+        request.write(ev.Accepted("r-1", 3))               # goes at once
+        async with asyncio.timeout(5):
+            while (await client_info(redis, client_id))["cmd"] != "xadd":
+                await asyncio.sleep(0.005)
+        assert request.then([(record, b"ended", 60_000)])   # the record of the end, behind it
+        async with asyncio.timeout(5):                     # its bytes wait in Valkey's query buffer
+            while int((await client_info(redis, client_id))["qbuf"]) == 0:
+                await asyncio.sleep(0.005)
+    finally:
+        await redis.client_unpause()
+    assert await request.settle()
+    assert await kinds(journal) == ["Accepted"] and await redis.get(record) == b"ended"
+    await journal.close()
+
+
+async def test_a_batch_on_a_killed_connection_marks_its_requests_incomplete_and_the_next_batch_reconnects(redis):
+    journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=0), batches=redis.batches)
+    lost, later = RequestJournal(journal, "r-1", begun=True), RequestJournal(journal, "r-2", begun=True)
+    client_id = await redis.batches.call("CLIENT", "ID")
+    await redis.client_pause(1000, all=False)
+    try:
+        lost.write(ev.Accepted("r-1", 3))
+        async with asyncio.timeout(5):
+            while (await client_info(redis, client_id))["cmd"] != "xadd":
+                await asyncio.sleep(0.005)
+        await redis.client_kill_filter(_id=client_id)     # the batch's reply never comes
+    finally:
+        await redis.client_unpause()
+    assert not await lost.settle()                          # its journal is incomplete, and marked so in Redis
+    assert await journal.has_gap("r-1") and "r-1" in journal.incomplete
+    later.write(ev.Accepted("r-2", 3))                      # a new connection carries the next batch
+    assert await later.settle()
+    assert await redis.batches.call("CLIENT", "ID") != client_id
+    await journal.close()

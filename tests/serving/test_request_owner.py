@@ -26,6 +26,7 @@ from flint.frontend.store import RequestRecord, Store
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.internal.v1 import engine_pb2_grpc
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
+from flint.respconn import RespConnection
 from flint.v1 import flint_pb2 as pb
 
 HOLD = "hold"  # script step: send nothing more until cancelled
@@ -85,12 +86,14 @@ async def engine():
 
 
 class Harness:
-    def __init__(self, redis, prefix, engine):
+    def __init__(self, redis, prefix, engine, valkey_url):
         self.redis = redis
         self.prefix = prefix
         self.engine = engine
-        self.store = Store(redis, prefix, session_ttl_s=60, request_ttl_s=60)
-        self.journal = Journal(redis, prefix, JournalConfig())
+        self.claims = RespConnection.from_url(valkey_url)     # as a worker has them: one for claims,
+        self.batches = RespConnection.from_url(valkey_url)    # one for the journal's batches
+        self.store = Store(redis, prefix, session_ttl_s=60, request_ttl_s=60, claims=self.claims)
+        self.journal = Journal(redis, prefix, JournalConfig(), batches=self.batches)
         self.registry = ReplicaRegistry(redis, prefix)
         self.pool = ReplicaPool(self.registry, PowerOfTwoChoices(seed=0), wait_s=0.5, internal_token="test-token")
         self.local = LocalRequests()
@@ -122,11 +125,13 @@ class Harness:
 @pytest.fixture
 async def harness(valkey_url, engine):
     redis = aioredis.Redis.from_url(valkey_url)
-    h = Harness(redis, f"owner-{secrets.token_hex(4)}", engine)
+    h = Harness(redis, f"owner-{secrets.token_hex(4)}", engine, valkey_url)
     try:
         yield h
     finally:
         await h.pool.close()
+        await h.claims.close()
+        await h.batches.close()
         await redis.aclose()
 
 
@@ -187,7 +192,7 @@ async def test_a_redis_stall_longer_than_the_journal_write_timeout_leaves_a_gap_
     """journal.write_timeout_ms bounds how long a request's end waits for its journal: with every write held
     past it, the stream is delivered whole, the end is still recorded once writes resume, and the journal is
     marked with a gap, so a later resume refuses it clearly instead of replaying a hole."""
-    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(write_timeout_ms=100.0))
+    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(write_timeout_ms=100.0), batches=harness.batches)
     harness.engine.scripts.append([started(), *(delta(c) for c in "abc"), final(3)])
     owner = await harness.start(pause_writes_ms=400)
     await until(lambda: harness.events and isinstance(harness.events[-1], ev.Final))
@@ -576,7 +581,7 @@ async def test_a_resume_between_the_accepted_and_the_first_delta_finds_the_reque
     # with the claim, so a client that resumes in that window follows the request instead of getting NOT_FOUND.
     from flint.frontend.resume import Resumer
 
-    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(start_delay_ms=1000))
+    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(start_delay_ms=1000), batches=harness.batches)
     record = RequestRecord(request_id="r-1", owner="w-test", replica_id=harness.replica.replica_id)
     deletes, writes = harness.journal.begin_writes("r-1", b"", model="m")
     harness.engine.scripts.append([started(), HOLD])
@@ -610,7 +615,7 @@ async def test_a_short_request_journals_in_one_batch(harness):
     def batches() -> float:
         return metrics().registry.get_sample_value("flint_redis_call_seconds_count", {"op": "journal_flush"}) or 0
 
-    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(start_delay_ms=1000, delta_delay_ms=1000))
+    harness.journal = Journal(harness.redis, harness.prefix, JournalConfig(start_delay_ms=1000, delta_delay_ms=1000), batches=harness.batches)
     record = RequestRecord(request_id="r-1", owner="w-test", replica_id=harness.replica.replica_id)
     deletes, writes = harness.journal.begin_writes("r-1", b"", model="m")
     harness.engine.scripts.append([started(), delta("a"), final(1)])

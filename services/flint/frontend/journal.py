@@ -21,14 +21,15 @@ Keys (prefix `flint` by default):
   {p}:journal:{request_id}:meta  msgpack {request: engine GenerateRequest bytes,
                                  tenant, created_unix_s}: what a resume needs to
                                  regenerate a request whose owner is gone
-  {p}:worker:{worker_id}:alive   liveness of a front-end worker (short TTL)
 
 Bounded: at most `max_deltas` entries per request (oldest trimmed), and every
 key expires `ttl_s` after its last write. Writes are group-committed: every
-entry queued while one pipeline is in flight goes out in the next, so a
-worker serving many streams pays one round trip per batch, not per delta;
-an entry may also wait briefly for others (`start_delay_ms`, `delta_delay_ms`),
-so a short request's entries and its record of the end share one round trip.
+entry queued in one event-loop turn goes out in one pipeline, written at once
+on the journal's own connection (flint.respconn) without waiting for the
+previous pipeline's reply (Redis runs them in the order written, so a request's
+entries and its record of the end stay in order); an entry may also wait
+briefly for others (`start_delay_ms`, `delta_delay_ms`), so a short request's
+entries and its record of the end share one round trip.
 A Redis outage never stops a stream: a batch that fails or does not settle
 within `write_timeout_ms` marks the request's journal incomplete (a gap key),
 and a later resume of it fails clearly instead of sending a gap.
@@ -51,6 +52,7 @@ from flint.frontend import events as ev
 from flint.frontend.render import to_message
 from flint.records import unpack_record
 from flint.observability.metrics import metrics
+from flint.respconn import RespConnection
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +119,22 @@ class JournalMeta:
 
 
 class Journal:
-    """Group-committed appends and reads of request journals through one `redis.asyncio` client."""
+    """Group-committed appends through `batches` (flint.respconn: each batch is written at once, never behind
+    the previous batch's reply, and runs in Redis in the order written), reads through a `redis.asyncio`
+    client."""
 
-    def __init__(self, redis, key_prefix: str, config: JournalConfig):
+    def __init__(self, redis, key_prefix: str, config: JournalConfig, *, batches: RespConnection):
         self.redis = redis
+        self.batches = batches
         self.prefix = key_prefix
         self.config = config
         self._pending: list[tuple[str, dict | tuple]] = []  # entries (or journal starts) of the next batch
         self._batch: asyncio.Future | None = None       # resolved when the next batch is in Redis
-        self._flusher: asyncio.Task | None = None
+        self._sending: asyncio.Handle | None = None     # the loop turn that sends what is pending
+        self._in_flight: set[asyncio.Future] = set()    # batches sent, not yet answered
+        self._in_flight_entries = 0
         self._delayed: asyncio.Handle | None = None   # when pending entries that may wait must go (`wait_ms`)
         self._delayed_due = 0.0                         # its due time, loop.time()
-        self._urgent = False        # something pending may not wait: the next batch goes as soon as it can
         self.incomplete: set[str] = set()   # requests whose journal lost an append (this process)
         self.dropped_appends = 0
 
@@ -174,7 +180,7 @@ class Journal:
         may wait for others to join its batch (0: the batch goes as soon as it can)."""
         if request_id in self.incomplete:
             return None
-        if len(self._pending) >= MAX_PENDING_ENTRIES:  # Redis stalled: bound this worker's memory
+        if len(self._pending) + self._in_flight_entries >= MAX_PENDING_ENTRIES:  # Redis stalled: bound memory
             self._mark_incomplete(request_id, "dropped: the journal backlog is full")
             return None
         if self._batch is None:
@@ -186,8 +192,8 @@ class Journal:
     def write_after(self, request_id: str, writes: list[tuple[str, bytes, int]],
                     publishes: list[tuple[str, bytes]] = ()) -> asyncio.Future:
         """Queue `writes` ((key, value, ttl_ms) each), then `publishes` ((channel, message) each), behind the
-        request's entries queued so far, in the same pipeline when they share a batch (it runs in order, on one
-        connection), and start the batch; returns its future, like `write`."""
+        request's entries queued so far (batches run in Redis in the order they are sent, on one connection,
+        each in order), and send the batch; returns its future, like `write`."""
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
         self._pending.append((request_id, (tuple(writes), tuple(publishes))))
@@ -195,11 +201,13 @@ class Journal:
         return self._batch
 
     def _kick(self, wait_ms: float = 0.0) -> None:
-        """Start a flush of what is pending, unless one runs (it takes the rest in its next round); with
-        `wait_ms`, within that time unless something else starts it first. Entries that may wait never start
-        a batch or a flush's next round on their own before their time."""
+        """Send what is pending at the end of this loop turn (everything queued in the turn goes as one batch,
+        without waiting for a batch still in flight); with `wait_ms`, within that time unless something else
+        sends it first. Entries that may wait never send a batch on their own before their time."""
+        loop = asyncio.get_running_loop()
+        if self._sending is not None:
+            return   # what is pending goes with the send already due this turn
         if wait_ms:
-            loop = asyncio.get_running_loop()
             due = loop.time() + wait_ms / 1000.0
             if self._delayed is None or self._delayed_due > due:
                 if self._delayed is not None:
@@ -207,22 +215,57 @@ class Journal:
                 # The due time is kept here: uvloop returns a plain Handle, with no when(), for a callback due
                 # within half a millisecond.
                 self._delayed, self._delayed_due = loop.call_at(due, self._delay_over), due
-        else:
-            self._urgent = True
-        if not self._urgent or (self._flusher is not None and not self._flusher.done()):
-            return
-        if self._delayed is not None:
-            self._delayed.cancel()
-            self._delayed = None
-        if self._pending:
-            self._flusher = asyncio.create_task(self._flush(), name="journal flush")
-        else:
-            self._urgent = False
+        elif self._pending:
+            self._sending = loop.call_soon(self._send)
 
     def _delay_over(self) -> None:
         self._delayed = None
-        if self._pending:
-            self._kick()
+        self._kick()
+
+    def _send(self) -> None:
+        """Write every pending entry as one pipeline; its reply settles the batch's future."""
+        self._sending = None
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        done, self._batch = self._batch, None
+        sent = self.batches.send(self._commands(batch))
+        self._in_flight.add(sent)
+        self._in_flight_entries += len(batch)
+        timer = metrics().time_redis("journal_flush").__enter__()
+        sent.add_done_callback(lambda _: self._answered(sent, batch, done, timer))
+
+    def _commands(self, batch: list[tuple[str, dict | tuple]]) -> list[tuple]:
+        commands, maxlen = [], self.config.max_deltas
+        for request_id, fields in batch:
+            if isinstance(fields, tuple):  # writes behind a request's entries (write_after)
+                writes, publishes = fields
+                commands += [(b"SET", key, value, b"PX", ttl_ms) for key, value, ttl_ms in writes]
+                commands += [(b"PUBLISH", channel, message) for channel, message in publishes]
+            else:
+                commands.append((b"XADD", self.stream_key(request_id), b"MAXLEN", maxlen, b"*", b"m", fields["m"],
+                                 b"s", fields["s"], b"c", fields["c"], b"t", fields["t"]))
+        for request_id in {r for r, _ in batch}:
+            commands.append((b"PEXPIRE", self.stream_key(request_id), self._ttl_ms))
+            commands.append((b"PEXPIRE", self.meta_key(request_id), self._ttl_ms))
+        return commands
+
+    def _answered(self, sent: asyncio.Future, batch: list, done: asyncio.Future, timer) -> None:
+        timer.__exit__(None, None, None)
+        self._in_flight.discard(sent)
+        self._in_flight_entries -= len(batch)
+        error = asyncio.CancelledError() if sent.cancelled() else sent.exception()
+        if error is None:
+            error = next((reply for reply in sent.result() if isinstance(reply, Exception)), None)
+        if error is not None:  # Redis blips must not stop any stream: the requests' journals are incomplete
+            log.warning("journal write of %d entries failed: %s", len(batch), error)
+            for request_id in {r for r, _ in batch}:
+                self._mark_incomplete(request_id, "failed")
+        if not done.done():
+            done.set_result(error is None)
 
     async def settle(self, request_id: str, batch: asyncio.Future | None) -> bool:
         """Wait (at most write_timeout_ms) until the batch holding a request's last entry is in Redis; True if
@@ -251,52 +294,18 @@ class Journal:
         self.dropped_appends += 1
         metrics().journal_dropped.inc()
 
-    async def _flush(self) -> None:
-        while self._pending and self._urgent:
-            self._urgent = False
-            batch, self._pending = self._pending, []
-            done, self._batch = self._batch, None
-            try:
-                with metrics().time_redis("journal_flush"):
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for request_id, fields in batch:
-                            if isinstance(fields, tuple):  # writes behind a request's entries (write_after)
-                                writes, publishes = fields
-                                for key, value, ttl_ms in writes:
-                                    pipe.set(key, value, px=ttl_ms)
-                                for channel, message in publishes:
-                                    pipe.publish(channel, message)
-                                continue
-                            pipe.xadd(self.stream_key(request_id), fields, maxlen=self.config.max_deltas,
-                                      approximate=False)
-                        for request_id in {r for r, _ in batch}:
-                            pipe.pexpire(self.stream_key(request_id), self._ttl_ms)
-                            pipe.pexpire(self.meta_key(request_id), self._ttl_ms)
-                        await pipe.execute()
-                ok = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis blips must not stop any stream
-                log.warning("journal write of %d entries failed: %s", len(batch), exc)
-                ok = False
-            if not ok:
-                for request_id in {r for r, _ in batch}:
-                    self._mark_incomplete(request_id, "failed")
-            if not done.done():
-                done.set_result(ok)
-        self._flusher = None
-        self._urgent = False   # what is still pending may wait: its timer is set
-
     async def mark_gap(self, request_id: str) -> None:
         """Persist that this request's journal has a hole, so resumes elsewhere refuse instead of guessing."""
         with contextlib.suppress(Exception):
             await self.redis.set(self.gap_key(request_id), b"1", px=self._ttl_ms)
 
     async def close(self) -> None:
-        self._kick()   # entries still waiting go now
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flusher, self.config.write_timeout_ms / 1000.0)
+        """Send what is still waiting and wait (at most write_timeout_ms) for the batches in flight."""
+        if self._sending is not None:
+            self._sending.cancel()
+        self._send()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=self.config.write_timeout_ms / 1000.0)
 
     # ------------------------------------------------------------ reading
     async def meta(self, request_id: str) -> JournalMeta | None:
@@ -322,48 +331,6 @@ class Journal:
 def _entry(stream_id: bytes, fields: dict) -> Entry:
     return Entry(stream_id=stream_id, message=fields[b"m"], seq=int(fields[b"s"]), chars=int(fields[b"c"]),
                  terminal=fields[b"t"] == b"1")
-
-
-class WorkerLiveness:
-    """A front-end worker's heartbeat key: a resume moves a request only when its owner has stopped beating."""
-
-    def __init__(self, redis, key_prefix: str, worker_id: str, ttl_s: float):
-        self._redis = redis
-        self._prefix = key_prefix
-        self._worker_id = worker_id
-        self._ttl_s = ttl_s
-        self._task: asyncio.Task | None = None
-
-    def key(self, worker_id: str) -> str:
-        return f"{self._prefix}:worker:{worker_id}:alive"
-
-    async def start(self) -> None:
-        await self._beat()
-        self._task = asyncio.create_task(self._loop(), name=f"liveness {self._worker_id}")
-
-    async def _beat(self) -> None:
-        await self._redis.set(self.key(self._worker_id), b"1", px=int(self._ttl_s * 1000))
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._ttl_s / 3)
-            try:
-                await self._beat()
-            except Exception as exc:  # noqa: BLE001 - keep beating through Redis blips
-                log.warning("worker %s liveness heartbeat failed: %s", self._worker_id, exc)
-
-    async def alive(self, worker_id: str) -> bool:
-        return bool(await self._redis.exists(self.key(worker_id)))
-
-    async def stop(self) -> None:
-        """Stop beating and drop the key now, so resumes of this worker's requests move at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        with contextlib.suppress(Exception):
-            await self._redis.delete(self.key(self._worker_id))
 
 
 class RequestJournal:

@@ -23,7 +23,8 @@ from dataclasses import replace
 
 from flint.errors import NotFound
 from flint.frontend import events as ev
-from flint.frontend.journal import Journal, RequestJournal, WorkerLiveness
+from flint.frontend.heartbeat import WorkerLiveness
+from flint.frontend.journal import Journal, RequestJournal
 from flint.frontend.outbox import BufferBudget, Outbox
 from flint.frontend.owner import LocalRequests, RequestOwner, ResumePoint
 from flint.frontend.render import from_message

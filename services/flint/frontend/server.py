@@ -40,6 +40,8 @@ class FrontendWorker:
         self.worker_id = config.worker_id or f"worker-{secrets.token_hex(4)}"
         self.port = 0
         self._redis = None
+        self._claims = None             # flint.respconn connections of the two hot writers: request claims,
+        self._journal_writes = None     # and the journal's batches (everything else goes through redis-py)
         self._bus: InterruptBus | None = None
         self._pool: ReplicaPool | None = None
         self._server: grpc.aio.Server | None = None
@@ -81,8 +83,9 @@ class FrontendWorker:
         self._redis = aioredis.Redis.from_url(cfg.redis_url)
         try:
             await check_redis_async(self._redis, cfg.redis_url)
+            self._claims = await _connected(cfg.redis_url)
             store = Store(self._redis, cfg.key_prefix, session_ttl_s=cfg.session_ttl_s,
-                          request_ttl_s=cfg.request_ttl_s)
+                          request_ttl_s=cfg.request_ttl_s, claims=self._claims)
             local = LocalRequests()
             self._bus = InterruptBus(cfg.redis_url, store, self.worker_id, local,
                                      poll_interval_s=cfg.flag_poll_interval_ms / 1000.0,
@@ -145,7 +148,8 @@ class FrontendWorker:
 
     async def _start_journal(self, store: Store, local: LocalRequests):
         """The resume journal and this worker's liveness key (None, None when disabled)."""
-        from flint.frontend.journal import Journal, JournalConfig, WorkerLiveness
+        from flint.frontend.heartbeat import WorkerLiveness
+        from flint.frontend.journal import Journal, JournalConfig
         from flint.frontend.resume import Resumer
 
         config = JournalConfig.from_dict(self.config.journal)
@@ -159,7 +163,8 @@ class FrontendWorker:
         self._liveness = WorkerLiveness(self._liveness_redis, self.config.key_prefix, self.worker_id,
                                         config.worker_ttl_s)
         await self._liveness.start()
-        self.journal = Journal(self._redis, self.config.key_prefix, config)
+        self._journal_writes = await _connected(self.config.redis_url)
+        self.journal = Journal(self._redis, self.config.key_prefix, config, batches=self._journal_writes)
         self.resumer = Resumer(worker_id=self.worker_id, store=store, journal=self.journal,
                                liveness=self._liveness, pool=self._pool, local=local)
         return self.journal, self.resumer
@@ -211,9 +216,27 @@ class FrontendWorker:
         if self._pool is not None:
             await _bounded(self._pool.close(), "the replica channels")
             self._pool = None
+        for name, what in (("_claims", "the claims' Redis connection"),
+                           ("_journal_writes", "the journal's Redis connection")):
+            if getattr(self, name) is not None:
+                await _bounded(getattr(self, name).close(), what)
+                setattr(self, name, None)
         if self._redis is not None:
             await _bounded(self._redis.aclose(), "the Redis connection")
             self._redis = None
+
+
+async def _connected(redis_url: str):
+    """A flint.respconn connection to `redis_url`, open (so the first request does not pay for the connect)."""
+    from flint.respconn import RespConnection
+
+    connection = RespConnection.from_url(redis_url)
+    try:
+        await connection.call(b"PING")
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
 
 
 STOP_PART_S = 5.0   # how long past its grace one part of a worker's stop may take before it is left behind
