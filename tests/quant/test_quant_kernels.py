@@ -204,3 +204,20 @@ def test_the_tiled_copy_is_made_at_load_not_in_the_first_request(kernel):
         pytest.skip("this CPU has no AVX512-VNNI: no tiled copy")
     lin = modules.QuantLinear(weights(40, 64, 4, 32, seed=14))
     assert lin._op is not None and lin._tiled is not None
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 128)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits, group, with_bias):
+    """Decode (1 row), verification (a few) and batched decode (8, 16 rows: each its own pass of the kernel) give
+    a row the same bits: speculative verification reproduces plain decoding, and a step's rows may be split
+    between threads. (A biased Linear broke this once: the compiler fused the bias add into the last product in
+    some of the passes only.)"""
+    w = weights(200, 256, bits, group, seed=9)
+    g = torch.Generator().manual_seed(9)
+    x, bias = torch.randn(16, 256, generator=g), torch.randn(200, generator=g) if with_bias else None
+    layer = modules.QuantLinear(w, bias)
+    whole = layer(x)
+    for rows in (1, 2, 3, 4, 8):
+        parts = torch.cat([layer(x[i : i + rows].contiguous()) for i in range(0, 16, rows)])
+        assert torch.equal(parts, whole), f"{rows} rows per call"

@@ -154,9 +154,15 @@ inline __m512i bcast(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// (The empty asm keeps v's product apart from the bias add: under -ffast-math GCC fused the two into one FMA in
+// some of the kernels' instantiations and not in others, so a row's result depended on how many rows shared the
+// call; tests/quant/test_quant_kernels.py caught it on the 1- / 8- / 16-row passes of a biased Linear.)
 inline void store_tile(float* y, int64_t o, int64_t n, __m512 v, const float* bias) {
   const __mmask16 live = n - o >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - o)) - 1);
-  if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + o));
+  if (bias) {
+    asm("" : "+v"(v));
+    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + o));
+  }
   _mm512_mask_storeu_ps(y + o, live, v);
 }
 
