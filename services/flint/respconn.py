@@ -111,10 +111,14 @@ class RespConnection:
         if self._closed:
             future.set_exception(rex.ConnectionError(f"the connection to Redis at {self.address} is closed"))
             return future
+        if not commands:
+            future.set_result([])
+            return future
+        data = encode(commands)
         link = self._link
         if link is None or link.lost is not None:
             link = self._link = self._open(loop)
-        link.write(encode(commands), future, len(commands))
+        link.write(data, future, len(commands))
         return future
 
     async def call(self, *command):

@@ -268,3 +268,10 @@ async def test_rediss_connects_over_tls_and_verifies_the_server(valkey_url, tmp_
             await untrusted.close()
     finally:
         server.close()
+
+
+async def test_an_argument_redis_cannot_take_is_refused_before_anything_is_written(conn):
+    with pytest.raises(rex.DataError, match="not dict"):
+        conn.send([("SET", "k", {"a": 1})])
+    assert await conn.send([]) == []
+    assert await conn.call("PING") == b"PONG"

@@ -232,7 +232,11 @@ class Journal:
             return
         batch, self._pending = self._pending, []
         done, self._batch = self._batch, None
-        sent = self.batches.send(self._commands(batch))
+        try:
+            sent = self.batches.send(self._commands(batch))
+        except Exception as exc:  # noqa: BLE001 - a value Redis cannot take: these journals are incomplete
+            sent = asyncio.get_running_loop().create_future()
+            sent.set_exception(exc)
         self._in_flight.add(sent)
         self._in_flight_entries += len(batch)
         timer = metrics().time_redis("journal_flush").__enter__()
