@@ -29,6 +29,10 @@ def test_quick_bench_writes_all_figures(tmp_path, monkeypatch):
         read = r["precisions"][precision]["weight_bytes_read_per_token"]
         assert read < fp32["weight_bytes_read_per_token"] * (bits + 4) / 32      # packed weights + scales
     assert fp32["pct_of_bound"] > 0 and fp32["aggregate_tok_s"]["16"] > 0 and fp32["step_profile"]
+    for n in ("1", "16"):        # a decode step of 1 and of 16 streams split into its model and host parts
+        step = fp32["decode_step_ms"][n]
+        assert step["step_ms"] > 0 and 0 < step["forward_ms"] < step["step_ms"] and step["host_ms"] > 0
+    assert fp32["decode_step_ms"]["16"]["forward_ms"] > fp32["decode_step_ms"]["1"]["forward_ms"]
     for precision, instruction in (("fp32", "fma256"), ("int8", "vpdpbusd512"), ("int4", "vpdpbusd512")):
         pass16 = r["precisions"][precision]["linear_16_rows"]     # the 16-row pass against the instruction's peak
         assert pass16["instruction"] == instruction and pass16["instructions"] > 0 and pass16["per_s"] > 0
@@ -55,3 +59,16 @@ def test_a_missed_16_stream_budget_states_the_ceiling_at_the_instruction_peak():
     why = precision_budgets(r)["aggregate_16_vs_1_int4"]["bound_by"]
     # 1600 us at 50% of the peak is 800 us at the peak; 16 x 200 / 800 = 4.0
     assert "at that peak the 16-row pass would take 800 us" in why and "allow at most 4.0x" in why
+
+
+def test_a_missed_16_stream_budget_splits_the_decode_step_into_model_and_host():
+    from flint.bench.engine_report import precision_budgets
+
+    int8 = {"weight_bytes_read_per_token": 21 << 20, "pct_of_bound": 20.0, "read_bandwidth_gb_s_at_weight_size": 90.0,
+            "step_profile": [], "aggregate_16_vs_1": 3.5, "linear_pass_us": {"1": 250.0, "16": 1400.0},
+            "decode_step_ms": {"1": {"step_ms": 0.5, "forward_ms": 0.4, "host_ms": 0.1},
+                               "16": {"step_ms": 2.0, "forward_ms": 1.6, "host_ms": 0.4}}}
+    r = {"decode_tok_s": {"flint_int8": 2000.0}, "precisions": {"int8": int8}, "llamacpp": {}}
+    why = precision_budgets(r)["aggregate_16_vs_1_int8"]["bound_by"]
+    assert ("a decode step of 16 streams took 2.00 ms (1.60 model, 0.40 host) against one stream's 0.50 ms "
+            "(0.40 model, 0.10 host): 4.0x per decode step, the model part 4.0x and the host part 4.0x") in why

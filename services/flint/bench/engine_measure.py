@@ -281,8 +281,9 @@ def linear_macs(engine: Engine) -> int:
     return sum(mod.in_features * mod.out_features for mod in _linears(engine))
 
 
-def host_overhead_ms(engine: Engine, steps: int) -> dict:
-    """Per-step time at batch 1 outside the model's forward pass and logits projection.
+def host_overhead_ms(engine: Engine, steps: int, streams: int = 1) -> dict:
+    """Per-step time of `streams` decoding streams (batch 1 by default) outside the model's forward pass and
+    logits projection.
 
     Host work = everything else in `Engine.step`: scheduling, building the step's index tensors
     (`PagedAttention.begin_step`), sampling's host transfer, detokenizing, events, metrics.
@@ -306,7 +307,8 @@ def host_overhead_ms(engine: Engine, steps: int) -> dict:
 
     runner.execute, runner.attn.begin_step = timed_execute, timed_begin
     try:
-        token_request(engine, "overhead", prompt_ids(engine, 16), steps + 8)
+        for i in range(streams):
+            token_request(engine, f"overhead-{streams}-{i}", prompt_ids(engine, 16, seed=i), steps + 8)
         for _ in range(8):                            # warm-up: prefill and first decode steps
             engine.step()
         host, step, model = [], [], []

@@ -126,6 +126,8 @@ def precision_figures(path: Path, gguf_dir: Path, *, threads: int, tokens: int, 
             "linear_pass_us": linear_us,
             "linear_16_rows": _against_peak(precision, 16 * m.linear_macs(engine), linear_us["16"], peaks),
             "step_profile": m.step_profile(engine, profile_steps),
+            # a decode step of 1 and of 16 streams, its model part (forward + logits) and host part, medians
+            "decode_step_ms": {str(n): m.host_overhead_ms(engine, 48, streams=n) for n in (1, 16)},
         }
     for precision, note in flint_notes.items():
         per[precision] = {"decode_tok_s": None, "note": note}

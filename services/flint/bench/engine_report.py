@@ -93,6 +93,15 @@ def precision_budgets(r: dict) -> dict:
                     at_peak = lp["16"] * peak["pct_of_peak"] / 100
                     why += (f"; at that peak the 16-row pass would take {at_peak:.0f} us, so against this run's "
                             f"one-row pass the Linears alone allow at most {16 * lp['1'] / at_peak:.1f}x")
+            steps = p.get("decode_step_ms") or {}
+            if steps.get("1") and steps.get("16"):   # where the 16-stream step's time goes, beside one stream's
+                one, six = steps["1"], steps["16"]
+                why += (f"; a decode step of 16 streams took {six['step_ms']:.2f} ms ({six['forward_ms']:.2f} model, "
+                        f"{six['host_ms']:.2f} host) against one stream's {one['step_ms']:.2f} ms "
+                        f"({one['forward_ms']:.2f} model, {one['host_ms']:.2f} host): "
+                        f"{16 * one['step_ms'] / six['step_ms']:.1f}x per decode step, the model part "
+                        f"{six['forward_ms'] / one['forward_ms']:.1f}x and the host part "
+                        f"{six['host_ms'] / one['host_ms']:.1f}x one stream's")
             i8, i4 = (per.get(q, {}).get("linear_pass_us", {}).get("16") for q in ("int8", "int4"))
             if precision != "fp32" and i8 and i4:
                 why += (f"; 16-row passes: int8 {i8:.0f} us, int4 {i4:.0f} us for half the bytes, so reading the "
