@@ -91,8 +91,10 @@ async def test_request_error_does_not_end_the_session(flint_stub):
 async def test_a_request_id_in_use_on_the_same_stream_is_refused_and_the_running_one_still_finishes(flint_stub):
     # The refusal comes from the new request's owner (its claim), which the stream tracks beside the running
     # one: a half-close still waits for the request that holds the id, so its Final arrives before the end.
+    # (The held request runs long enough that the second one's claim meets it running on a loaded machine
+    # too: at 200 tokens it once finished first in a full CI run, and the refusal then came after its Final.)
     conv = Conversation(flint_stub)
-    conv.send(edit=long_edit("held", 200))
+    conv.send(edit=long_edit("held", 900))
     assert [(await conv.read()).WhichOneof("kind") for _ in range(2)] == ["accepted", "delta"]
     conv.send(complete=pb.CompleteRequest(request_id="held", prefix="x", sampling=pb.Sampling(max_tokens=2)))
     conv.close()
