@@ -146,7 +146,7 @@ async def test_the_ends_batch_goes_to_redis_while_a_batch_before_it_awaits_its_r
     journal, request = journal_of(redis, start_delay_ms=0)
     client_id = await redis.batches.call("CLIENT", "ID")
     record = f"{journal.prefix}:req:r-1"
-    await redis.client_pause(1000, all=False)            # writes wait in Valkey: the first batch has no reply
+    await redis.client_pause(10_000, all=False)            # writes wait in Valkey: the first batch has no reply
     try:
         request.write(ev.Accepted("r-1", 3))               # goes at once
         async with asyncio.timeout(5):
@@ -167,7 +167,7 @@ async def test_a_batch_on_a_killed_connection_marks_its_requests_incomplete_and_
     journal = Journal(redis, f"jb-{secrets.token_hex(4)}", JournalConfig(start_delay_ms=0), batches=redis.batches)
     lost, later = RequestJournal(journal, "r-1", begun=True), RequestJournal(journal, "r-2", begun=True)
     client_id = await redis.batches.call("CLIENT", "ID")
-    await redis.client_pause(1000, all=False)
+    await redis.client_pause(10_000, all=False)
     try:
         lost.write(ev.Accepted("r-1", 3))
         async with asyncio.timeout(5):

@@ -42,7 +42,7 @@ async def client_info(redis, client_id: int) -> dict:
 async def test_a_second_batch_is_written_while_the_first_awaits_its_reply_and_replies_keep_the_order(redis, conn):
     counter = key("n")
     client_id = await conn.call("CLIENT", "ID")
-    await redis.client_pause(1000, all=False)   # writes wait in Valkey: the first INCR has no reply yet
+    await redis.client_pause(10_000, all=False)   # writes wait in Valkey: the first INCR has no reply yet
     try:
         first = conn.send([("INCR", counter)])
         second = conn.send([("INCR", counter), ("INCR", counter)])

@@ -37,7 +37,7 @@ async def test_a_claim_after_script_flush_loads_the_script_again(store):
 async def test_a_claim_whose_connection_is_lost_fails_as_redis_unavailable_and_the_next_claim_works(store):
     claims = store._claims
     client_id = await claims.call("CLIENT", "ID")
-    await store.redis.client_pause(1000, all=False)        # the claim waits in Valkey, unanswered
+    await store.redis.client_pause(10_000, all=False)        # the claim waits in Valkey, unanswered
     try:
         claim = asyncio.ensure_future(store.claim_request(RequestRecord(request_id="r-1", owner="w")))
         async with asyncio.timeout(5):
