@@ -161,6 +161,7 @@ class ReplicaConfig:
                                        # "node" = the node IP Ray reports (never a wildcard such as 0.0.0.0)
     advertise_host: str = ""           # address published in Redis; "" = host
     port: int = 0                      # 0 = any free port
+    link_port: int = 0                 # the engine link (flint.link) on the same host; 0 = any free port
     key_prefix: str = "flint"
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0       # a replica that misses heartbeats this long drops out of routing
@@ -182,6 +183,7 @@ class ReplicaConfig:
                "(one machine), the node's private IP, or 'node' (the node IP Ray reports)")
         _check_id("replica_id", self.replica_id)
         _check_port("replica port", self.port)
+        _check_port("replica link_port", self.link_port)
         _check_positive("heartbeat_interval_s", self.heartbeat_interval_s)
         _check(
             self.heartbeat_ttl_s > self.heartbeat_interval_s,

@@ -30,6 +30,7 @@ class ReplicaInfo:
     max_token_bytes: int = 0           # UTF-8 bytes of the longest vocabulary entry (0 = unknown): a prompt of
                                        # N bytes is at least N / max_token_bytes tokens (the front-end's cheap check)
     updated_unix_s: float = 0.0
+    link_address: str = ""             # host:port of its engine link (flint.link); "" = none (gRPC only)
 
     @property
     def load(self) -> float:

@@ -2,8 +2,10 @@
 
 `ReplicaServer` wraps a started `AsyncEngine`: it serves
 flint.internal.v1.Engine (Generate, Load) on its own `grpc.aio`
-server, so tokens stream straight to front-end workers with no Ray call per
-token, and publishes its address, health and load to Redis every heartbeat.
+server and `Generate` also on the engine link (flint.link, a plain framed
+connection per front-end worker, the workers' default hop), so tokens stream
+straight to front-end workers with no Ray call per token, and publishes both
+addresses, its health and load to Redis every heartbeat.
 Built from an address (port 0 in tests); `stop()` drains gracefully.
 
 Health means "can serve": every heartbeat first asks the engine
@@ -38,6 +40,7 @@ from flint.observability import tracing
 from flint.observability.metrics import metrics
 from flint.observability.setup import start_metrics
 from flint.internal.v1 import engine_pb2_grpc
+from flint.link.server import LinkServer
 from flint.replica.convert import batch_to_protos, request_from_proto
 from flint.replica.documents import DocumentTokens
 from flint.replica.prepare_pool import FairPreparePool
@@ -124,12 +127,14 @@ class ReplicaServer:
         self.config = config
         self.replica_id = config.replica_id or f"replica-{secrets.token_hex(4)}"
         self.address = ""
+        self.link_address = ""       # host:port of the engine link (flint.link), beside the gRPC server
         self._engine = engine
         self._draining = asyncio.Event()
         self._servicer = EngineServicer(engine, self.replica_id, self._draining,
                                         AdmissionConfig.from_dict(config.admission))
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._link: LinkServer | None = None
         self._redis = None
         self._registry: ReplicaRegistry | None = None
         self._heartbeat: asyncio.Task | None = None
@@ -164,6 +169,11 @@ class ReplicaServer:
         await server.start()
         self._server = server
         self.address = f"{self.config.advertise_host or host}:{port}"
+        # The engine link: the same servicer on a plain framed connection per worker (flint.link), on the same
+        # private interface, checking the same token.
+        self._link = LinkServer(self._servicer, token)
+        link_port = await self._link.start(host, self.config.link_port)
+        self.link_address = f"{self.config.advertise_host or host}:{link_port}"
         self.metrics_port = start_metrics(self.config.observability, engine_load=self._engine.load,
                                           replica_id=lambda: self.replica_id)
         await self._health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -175,7 +185,8 @@ class ReplicaServer:
     def info(self) -> ReplicaInfo:
         load = self._engine.load()
         return ReplicaInfo(
-            replica_id=self.replica_id, address=self.address, model=self._engine.model_name,
+            replica_id=self.replica_id, address=self.address, link_address=self.link_address,
+            model=self._engine.model_name,
             max_context_tokens=load.max_context_tokens or self._engine.max_context_tokens,
             running=load.running, waiting=load.waiting, kv_used_fraction=load.kv_used_fraction,
             healthy=not self.broken, draining=self._draining.is_set(), cancelled_total=self._servicer.cancelled_total,
@@ -238,8 +249,8 @@ class ReplicaServer:
             await asyncio.sleep(min(self.config.deregister_delay_s, grace_s))
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
-            await self._server.stop(grace_s)
-            self._server = None
+            await asyncio.gather(self._server.stop(grace_s), self._link.stop(grace_s))
+            self._server = self._link = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -1,0 +1,228 @@
+"""The engine link (flint.link) on its own: a real replica (real engine, tiny checkpoint) and its link server on
+127.0.0.1 port 0, reached by the worker's `LinkClient` as a front-end worker reaches it.
+
+Framing, the token, cancellation reaching the engine, the call's deadline, a replica killed mid-stream, a
+stopped replica found by the pings, the frame-size bound, and many requests on one connection.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+
+import grpc
+import pytest
+
+from rel_support import engine_freed_everything, eventually
+from flint.frontend.liveness import LivenessConfig
+from flint.internal.v1 import engine_pb2 as ipb
+from flint.link import frames as fr
+from flint.link.client import LinkClient
+from flint.security.internal import resolve_token
+
+
+def generate(request_id: str, prefix: str, max_tokens: int) -> ipb.GenerateRequest:
+    return ipb.GenerateRequest(request_id=request_id, prefix=prefix, sampling=ipb.SamplingParams(max_tokens=max_tokens))
+
+
+async def read_all(call) -> tuple[str, ipb.Final]:
+    text, final = [], None
+    async for event in call:
+        kind = event.WhichOneof("kind")
+        if kind == "delta":
+            text.append(event.delta.text)
+        elif kind == "deltas":
+            text.extend(d.text for d in event.deltas.items)
+        elif kind == "final":
+            final = event.final
+    return "".join(text), final
+
+
+async def first_delta(call) -> None:
+    async for event in call:
+        if event.WhichOneof("kind") in ("delta", "deltas"):
+            return
+
+
+@pytest.fixture
+async def link(cluster):
+    server, engine = await cluster.add_replica("link")
+    client = LinkClient(server.link_address, resolve_token(), LivenessConfig())
+    try:
+        yield server, engine, client
+    finally:
+        await client.close()
+
+
+def test_frames_are_cut_wherever_the_bytes_split():
+    stream = (fr.frame(fr.HELLO, 0, b"token") + fr.frame(fr.REQUEST, 7, fr.request_payload(b"body", [("k", "v")]))
+              + fr.frame(fr.PING, 0))
+    reader = fr.FrameReader()
+    frames = [f for i in range(0, len(stream), 3) for f in reader.feed(stream[i:i + 3])]
+    assert [(kind, rid) for kind, rid, _ in frames] == [(fr.HELLO, 0), (fr.REQUEST, 7), (fr.PING, 0)]
+    assert frames[0][2] == b"token"
+    assert fr.split_request(frames[1][2]) == ((("k", "v"),), b"body")
+    assert fr.split_request(fr.request_payload(b"x", ())) == ((), b"x")
+    assert fr.split_end(fr.end_payload(14, "gone", 100)) == (14, "gone", 100)
+
+
+def test_a_frame_past_the_bound_or_of_an_unknown_kind_breaks_the_framing():
+    with pytest.raises(fr.FrameError, match="at most 1024"):
+        fr.FrameReader(1024).feed(fr.HEADER.pack(1025, fr.EVENT, 1))
+    with pytest.raises(fr.FrameError, match="unknown frame kind"):
+        fr.FrameReader().feed(fr.HEADER.pack(0, 99, 1))
+
+
+async def test_a_request_streams_its_events_and_final_over_the_link(link, reference):
+    _, engine, client = link
+    want = await asyncio.to_thread(reference.run, "over the link", 12)
+    text, final = await read_all(client.Generate(generate("l-1", "over the link", 12), timeout=60))
+    assert text == want.text and final.completion_tokens == 12
+    await eventually(lambda: engine_freed_everything(engine))
+
+
+async def test_many_requests_on_one_connection_each_get_their_own_events_in_order(link, reference):
+    _, _, client = link
+    prompts = [f"request {i} " for i in range(12)]
+    wants = await asyncio.gather(*(asyncio.to_thread(reference.run, p, 20 + i) for i, p in enumerate(prompts)))
+    calls = [client.Generate(generate(f"m-{i}", p, 20 + i), timeout=120) for i, p in enumerate(prompts)]
+    assert len({id(call._connection) for call in calls}) == 1   # one connection carries them all
+    results = await asyncio.gather(*(read_all(call) for call in calls))
+    for (text, final), want, i in zip(results, wants, range(len(prompts))):
+        assert text == want.text
+        assert final.completion_tokens == 20 + i
+
+
+async def test_engine_errors_come_back_with_their_status_and_details(link):
+    _, _, client = link
+    call = client.Generate(ipb.GenerateRequest(request_id="bad", prefix="x",
+                                               sampling=ipb.SamplingParams(max_tokens=1, temperature=-1.0)))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read_all(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "temperature" in err.value.details()
+    assert call.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("token", ["", "not-the-token-of-this-deployment"])
+async def test_a_connection_without_the_token_is_refused_unauthenticated(link, token):
+    server, engine, _ = link
+    client = LinkClient(server.link_address, token, LivenessConfig())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await read_all(client.Generate(generate("no-token", "x", 4), timeout=30))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "internal token" in err.value.details()
+    finally:
+        await client.close()
+    assert engine.load().running == 0
+
+
+async def test_cancel_reaches_the_engine_which_frees_the_request(link):
+    server, engine, client = link
+    call = client.Generate(generate("c-1", "cancel me", 8000), timeout=120)
+    done = []
+    call.add_done_callback(done.append)
+    await first_delta(call)
+    assert engine.load().running == 1
+    assert call.cancel() and not call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call.__anext__()
+    assert done == [call] and call.code() == grpc.StatusCode.CANCELLED
+    await eventually(lambda: engine_freed_everything(engine))
+    await eventually(lambda: server.info().cancelled_total == 1)
+
+
+async def test_the_calls_deadline_ends_it_deadline_exceeded_and_frees_the_engine(link):
+    _, engine, client = link
+    call = client.Generate(generate("d-1", "deadline", 8000), timeout=0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read_all(call)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await eventually(lambda: engine_freed_everything(engine))
+
+
+async def test_a_request_past_the_frame_bound_is_not_sent(cluster):
+    server, engine = await cluster.add_replica("bound")
+    client = LinkClient(server.link_address, resolve_token(), LivenessConfig(), max_frame_bytes=4096)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await read_all(client.Generate(generate("big", "x" * 5000, 1)))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        text, _ = await read_all(client.Generate(generate("small", "x" * 100, 2), timeout=60))  # the link goes on
+        assert text
+    finally:
+        await client.close()
+
+
+async def test_a_frame_past_the_replicas_bound_closes_that_connection(link):
+    server, _, client = link
+    host, port = server.link_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(fr.frame(fr.HELLO, 0, resolve_token().encode()) + fr.HEADER.pack(fr.MAX_FRAME_BYTES + 1, fr.REQUEST, 1))
+    assert await asyncio.wait_for(reader.read(), 10) == b""    # closed, nothing answered
+    writer.close()
+    text, _ = await read_all(client.Generate(generate("after", "still serving", 2), timeout=60))
+    assert text
+
+
+async def test_a_connect_failure_is_unavailable_before_any_event():
+    with socket.socket() as s:   # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = LinkClient(f"127.0.0.1:{port}", "t" * 20, LivenessConfig())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read_all(client.Generate(generate("nowhere", "x", 1)))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    await client.close()
+
+
+async def test_a_replica_killed_mid_stream_fails_its_calls_unavailable_and_the_next_call_reconnects(cluster):
+    await cluster.add_replica_process("doomed")
+    await cluster.add_replica("survivor")
+    from flint.replica.registry import ReplicaRegistry
+
+    infos = {r.replica_id: r for r in await ReplicaRegistry(cluster_redis(cluster), cluster.key_prefix).list()}
+    client = LinkClient(infos["doomed"].link_address, resolve_token(), LivenessConfig())
+    try:
+        calls = [client.Generate(generate(f"k-{i}", f"killed {i}", 8000), timeout=120) for i in range(3)]
+        await asyncio.gather(*(first_delta(call) for call in calls))
+        cluster.kill_process("doomed")
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await read_all(call)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as err:   # a new connection, refused: UNAVAILABLE too
+            await read_all(client.Generate(generate("k-next", "x", 1)))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await client.close()
+
+
+async def test_a_stopped_replica_is_found_by_the_pings_and_its_calls_end_unavailable(cluster):
+    await cluster.add_replica_process("frozen")
+    from flint.replica.registry import ReplicaRegistry
+
+    [info] = await ReplicaRegistry(cluster_redis(cluster), cluster.key_prefix).list()
+    liveness = LivenessConfig(engine_keepalive_time_s=0.5, engine_keepalive_timeout_s=0.5)
+    client = LinkClient(info.link_address, resolve_token(), liveness)
+    pid = cluster.pids()["frozen"]
+    try:
+        call = client.Generate(generate("f-1", "frozen", 8000), timeout=120)
+        await first_delta(call)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(read_all(call), 30)   # no per-call watch here: only the pings end it
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "did not answer a ping" in err.value.details()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        await client.close()
+
+
+def cluster_redis(cluster):
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(cluster.redis_url)
