@@ -60,6 +60,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--replica-num-cpus", type=float, help="Ray CPUs held by each replica (default 1)")
     p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--routing", choices=["affinity", "least_loaded"], help="replica routing policy")
+    p.add_argument("--engine-transport", choices=["link", "grpc"],
+                   help="the workers' hop to the replicas: the engine link (one framed connection per replica) or "
+                   "a gRPC Generate call per request (default grpc)")
     p.add_argument("--quantization", choices=["none", "int8", "int4"],
                    help="weight-only quantization at load: int8 per output channel, int4 in groups of "
                    "engine.quant_group_size (default 128) columns; every Linear and the embedding (default none)")
@@ -166,7 +169,7 @@ def serve_config(args: argparse.Namespace):
     values.setdefault("redis_url", env.redis_url() or "")
     values.setdefault("ray_address", env.ray_address() or "")
     for name in ("model", "redis_url", "ray_address", "host", "port", "http_port", "workers", "replicas", "replica_num_cpus",
-                 "ray_num_cpus", "routing"):
+                 "ray_num_cpus", "routing", "engine_transport"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value

@@ -26,6 +26,7 @@ T = TypeVar("T")
 DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8000               # the OpenAI-compatible HTTP door, /health and /metrics (vLLM's port)
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")
+ENGINE_TRANSPORTS = ("link", "grpc")   # the front-end -> replica hop (README: the token path)
 _ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 
 
@@ -118,6 +119,11 @@ def _check(ok: bool, message: str) -> None:
 
 def _check_port(name: str, port: int) -> None:
     _check(isinstance(port, int) and 0 <= port <= 65535, f"{name} must be an integer in [0, 65535], got {port!r}")
+
+
+def _check_transport(transport: str) -> None:
+    _check(transport in ENGINE_TRANSPORTS,
+           f"engine_transport must be 'link' or 'grpc', got {transport!r}")
 
 
 def _check_http_port(port: int) -> None:
@@ -223,6 +229,7 @@ class FrontendConfig:
     replica_wait_s: float = 5.0        # a request waits this long for a replica to appear in Redis
     grace_period_s: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
+    engine_transport: str = "grpc"     # the hop to replicas: "link" (flint.link) | "grpc" (a Generate call each)
     # Nested tables validated by their owners (unknown keys / bad values fail here, at start-up):
     journal: dict[str, Any] = field(default_factory=dict)        # flint.frontend.journal.JournalConfig
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
@@ -248,6 +255,7 @@ class FrontendConfig:
                      "replica_wait_s"):
             _check_positive(name, getattr(self, name))
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+        _check_transport(self.engine_transport)
 
 
 @dataclass(frozen=True)
@@ -266,6 +274,7 @@ class ServeConfig:
     replica_max_restarts: int = 3      # Ray restarts a crashed replica this often (-1: always, 0: never)
     ray_num_cpus: int = 0              # CPUs of the local Ray instance; 0 = Ray's default
     routing: str = "affinity"
+    engine_transport: str = "grpc"     # front-end -> replica hop: "link" | "grpc" (see FrontendConfig)
     startup_timeout_s: float = 300.0
     engine: dict[str, Any] = field(default_factory=dict)  # extra EngineConfig keys
     # Front-end tables (see FrontendConfig); admission also applies to the replicas.
@@ -291,6 +300,7 @@ class ServeConfig:
         _check(self.routing in ("affinity", "least_loaded"),
                f"routing must be 'affinity' or 'least_loaded', got {self.routing!r}")
         _check_positive("startup_timeout_s", self.startup_timeout_s)
+        _check_transport(self.engine_transport)
         _check(isinstance(self.engine, dict), "engine must be a table of EngineConfig keys")
         _check_tables(self, ("journal", "admission", "security", "observability", "buffers", "liveness"))
         if self.model:  # checked here so a typo fails before Ray starts

@@ -166,7 +166,7 @@ class Server:
             if observability.get("metrics_port", -1) > 0:  # one /metrics port per worker process
                 observability["metrics_port"] += i
             frontend = FrontendConfig(redis_url=self.redis_url, host=cfg.host, port=port, http_port=http_port,
-                                      routing=cfg.routing,
+                                      routing=cfg.routing, engine_transport=cfg.engine_transport,
                                       reuse_port=cfg.workers > 1, journal=cfg.journal, admission=cfg.admission,
                                       security=cfg.security, observability=observability, buffers=cfg.buffers,
                                       liveness=cfg.liveness)

@@ -1,8 +1,9 @@
 """A frozen engine replica (SIGSTOP of its real process) mid-stream: the front-end notices within seconds, the
 stream ends UNAVAILABLE, and the client resumes the request on a live replica with nothing lost or repeated.
 
-Each of the two watches is tested alone: the channel's keepalive pings (the probe effectively off), and the
-stall probe (keepalive effectively off). Before them the stream stayed silent for as long as the replica
+Each of the two watches is tested alone: the hop's keepalive pings (the probe effectively off), and the
+stall probe (keepalive effectively off), on both engine transports (the engine link's pings, the gRPC
+channel's keepalive). Before them the stream stayed silent for as long as the replica
 was stopped (38 s in the issue's run). The timing budget (3 s) is measured by `flint bench cluster`.
 """
 
@@ -25,14 +26,15 @@ WATCHES = {
 }
 
 
+@pytest.mark.parametrize("transport", ["link", "grpc"])
 @pytest.mark.parametrize("watch", list(WATCHES))
 async def test_a_frozen_replica_ends_its_streams_unavailable_and_the_client_resumes_elsewhere(
-        cluster, reference, watch):
+        cluster, reference, watch, transport):
     tokens = 600
     want = await asyncio.to_thread(reference.run, "frozen", tokens)
     await cluster.add_replica_process("frozen")
     pid = cluster.pids()["frozen"]
-    worker = await cluster.add_worker("watch", liveness=WATCHES[watch])
+    worker = await cluster.add_worker("watch", liveness=WATCHES[watch], engine_transport=transport)
     async with grpc.aio.insecure_channel(worker.address) as channel:
         stub = flint_pb2_grpc.FlintStub(channel)
         call = stub.Complete(pb.CompleteRequest(request_id="frozen-1", prefix="frozen",

@@ -1,4 +1,5 @@
-"""The request owner against a scripted engine stream (a real gRPC server) and real Redis (Valkey).
+"""The request owner against a scripted engine stream (a real gRPC server, or the engine link's server) and real
+Redis (Valkey). Every test runs over both engine transports (`engine_transport`: the link, and a gRPC call).
 
 Each test scripts what the engine replica sends and checks what the owner
 delivers, journals and records: seq numbering, every kind of ending, cancel
@@ -25,6 +26,7 @@ from flint.frontend.routing import PowerOfTwoChoices
 from flint.frontend.store import RequestRecord, Store
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.internal.v1 import engine_pb2_grpc
+from flint.link.server import LinkServer
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.respconn import RespConnection
 from flint.v1 import flint_pb2 as pb
@@ -71,18 +73,24 @@ class ScriptedEngine(engine_pb2_grpc.EngineServicer):
             raise
 
 
-@pytest.fixture
-async def engine():
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(params=["link", "grpc"])
+async def engine(request):
     servicer = ScriptedEngine()
+    servicer.transport = request.param
     server = grpc.aio.server()
     engine_pb2_grpc.add_EngineServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     servicer.address = f"127.0.0.1:{port}"
+    link = LinkServer(servicer, TOKEN)
+    servicer.link_address = f"127.0.0.1:{await link.start('127.0.0.1')}"
     try:
         yield servicer
     finally:
-        await server.stop(0)
+        await asyncio.gather(server.stop(0), link.stop(0))
 
 
 class Harness:
@@ -95,9 +103,11 @@ class Harness:
         self.store = Store(redis, prefix, session_ttl_s=60, request_ttl_s=60, claims=self.claims)
         self.journal = Journal(redis, prefix, JournalConfig(), batches=self.batches)
         self.registry = ReplicaRegistry(redis, prefix)
-        self.pool = ReplicaPool(self.registry, PowerOfTwoChoices(seed=0), wait_s=0.5, internal_token="test-token")
+        self.pool = ReplicaPool(self.registry, PowerOfTwoChoices(seed=0), wait_s=0.5, internal_token=TOKEN,
+                                engine_transport=engine.transport)
         self.local = LocalRequests()
-        self.replica = ReplicaInfo(replica_id="scripted", address=engine.address, model="m", max_context_tokens=64)
+        self.replica = ReplicaInfo(replica_id="scripted", address=engine.address, link_address=engine.link_address,
+                                   model="m", max_context_tokens=64)
         self.events: list = []
 
     async def start(self, request_id="r-1", *, replica=None, resume_from=ResumePoint(), pause_writes_ms=0,
@@ -162,6 +172,7 @@ async def test_live_request_numbers_deltas_and_ends_with_one_final_journaled_in_
     assert await harness.journaled() == harness.events  # the journal holds exactly what the client got
     record = await harness.store.get_request("r-1")
     assert (record.state, record.last_seq) == ("finished", 2)
+    assert list(harness.pool._links) == ([harness.engine.link_address] if harness.engine.transport == "link" else [])
 
 
 async def test_an_engine_call_that_sent_its_final_is_left_to_end_not_cancelled(harness):
@@ -427,7 +438,8 @@ async def test_takeover_that_regenerates_different_text_fails_instead_of_sending
 
 
 async def test_replica_refusing_the_connection_is_dropped_and_another_serves(harness):
-    dead = ReplicaInfo(replica_id="dead", address="127.0.0.1:1", model="m", max_context_tokens=64)
+    dead = ReplicaInfo(replica_id="dead", address="127.0.0.1:1", link_address="127.0.0.1:1", model="m",
+                       max_context_tokens=64)
     await harness.registry.publish(dead, ttl_s=60)
     await harness.registry.publish(harness.replica, ttl_s=60)
     harness.engine.scripts.append([started(), delta("a"), final(1)])

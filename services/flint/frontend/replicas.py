@@ -4,7 +4,11 @@ The registry is re-read at most every `refresh_interval_s` (loads in it are
 one heartbeat old anyway), behind the request that finds the view that old:
 a request waits for the read (two Redis round trips) only when the view is
 older than twice that, or there is none yet, so routing stays off Redis on a
-busy worker. One gRPC channel is kept per replica address.
+busy worker. One gRPC channel is kept per replica address, and with
+`engine_transport = "link"` (the default) one engine link (flint.link) per
+replica that publishes a link address: `Generate` goes on the link, the stall
+probe's `Load` on the gRPC channel. A replica that publishes no link address
+(an older version during a rolling upgrade) is called over gRPC.
 
 The pool also keeps this worker's own in-flight count per replica, which
 the routing policy weighs: an engine call opened through `stub()` counts
@@ -27,6 +31,7 @@ from flint.frontend.routing import RoutingPolicy
 from flint.replica.registry import ReplicaInfo, ReplicaRegistry
 from flint.security.internal import EngineClient
 from flint.frontend.liveness import LivenessConfig, engine_channel_options
+from flint.link.client import LinkClient
 from flint.security.limits import unknown_model
 
 log = logging.getLogger(__name__)
@@ -36,19 +41,22 @@ RESERVATION_S = 2.0   # a pick counts as in flight this long at most before its 
 
 class ReplicaPool:
     def __init__(self, registry: ReplicaRegistry, policy: RoutingPolicy, *, wait_s: float, internal_token: str,
-                 refresh_interval_s: float = 0.25, drop_s: float = 5.0, liveness: LivenessConfig | None = None):
+                 refresh_interval_s: float = 0.25, drop_s: float = 5.0, liveness: LivenessConfig | None = None,
+                 engine_transport: str = "grpc"):
         self._registry = registry
         self.liveness = liveness or LivenessConfig()   # keepalive of the channels, the owners' engine watch
         self._policy = policy
         self._wait_s = wait_s
         self._refresh_interval_s = refresh_interval_s
         self._internal_token = internal_token
+        self._use_link = engine_transport == "link"
         self._cached: list[ReplicaInfo] = []
         self._cached_at = -1e9
         self._refreshing: asyncio.Task | None = None   # the read behind a request that found the view stale
         self._drop_s = drop_s
         self._dropped: dict[str, float] = {}   # address -> monotonic time it may be routed to again
         self._channels: dict[str, tuple[grpc.aio.Channel, EngineClient]] = {}
+        self._links: dict[str, LinkClient] = {}                  # link address -> this worker's link to it
         self._open: dict[str, int] = defaultdict(int)            # replica id -> engine calls open now
         self._reserved: dict[str, deque] = defaultdict(deque)    # replica id -> expiry times of picks not started
 
@@ -145,26 +153,37 @@ class ReplicaPool:
             ])
             entry = (channel, EngineClient(channel, self._internal_token))  # calls carry the internal token
             self._channels[replica.address] = entry
-        return _CountingClient(entry[1], self, replica.replica_id)  # open Generates count in `inflight()`
+        generate = entry[1]
+        if self._use_link and replica.link_address:
+            generate = self._links.get(replica.link_address)
+            if generate is None:
+                generate = self._links[replica.link_address] = LinkClient(replica.link_address, self._internal_token,
+                                                                          self.liveness)
+        return _CountingClient(generate, entry[1], self, replica.replica_id)  # open Generates count in `inflight()`
 
     async def close(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
         channels, self._channels = self._channels, {}
+        links, self._links = self._links, {}
+        for link in links.values():
+            await link.close()
         for channel, _ in channels.values():
             await channel.close()
 
 
 class _CountingClient:
-    """An `EngineClient` whose Generate calls count in the pool's in-flight while they are open."""
+    """A replica's engine client (Generate on the link or gRPC, Load on gRPC) whose Generate calls count in the
+    pool's in-flight while they are open."""
 
-    def __init__(self, client: EngineClient, pool: ReplicaPool, replica_id: str):
+    def __init__(self, generate: "LinkClient | EngineClient", client: EngineClient, pool: ReplicaPool, replica_id: str):
+        self._generate = generate
         self._client = client
         self._pool = pool
         self._replica_id = replica_id
 
     def Generate(self, request, **kwargs):  # noqa: N802 - the RPC's name
-        call = self._client.Generate(request, **kwargs)
+        call = self._generate.Generate(request, **kwargs)
         self._pool._opened(self._replica_id)
         call.add_done_callback(lambda _call: self._pool._closed(self._replica_id))
         return call

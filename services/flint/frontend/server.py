@@ -93,7 +93,7 @@ class FrontendWorker:
             await self._bus.start()
             self._pool = ReplicaPool(ReplicaRegistry(self._redis, cfg.key_prefix), make_policy(cfg.routing),
                                      wait_s=cfg.replica_wait_s, internal_token=internal_token,
-                                     liveness=self._liveness_config)
+                                     liveness=self._liveness_config, engine_transport=cfg.engine_transport)
             journal, resumer = await self._start_journal(store, local)
             servicer = FlintServicer(worker_id=self.worker_id, store=store, pool=self._pool, bus=self._bus,
                                      local=local, journal=journal, resumer=resumer, guard=self._guard(),
