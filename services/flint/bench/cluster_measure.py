@@ -84,10 +84,12 @@ def step_overhead(checkpoint: str, *, decode_steps: int, layouts: list[tuple[str
 
 # -- front-end workers as processes --------------------------------------------------------------
 
-def start_worker(redis_url: str, worker_id: str, key_prefix: str) -> tuple[subprocess.Popen, str]:
+def start_worker(redis_url: str, worker_id: str, key_prefix: str, **overrides) -> tuple[subprocess.Popen, str]:
+    """A front-end worker process (FrontendConfig defaults, plus `overrides` such as engine_transport)."""
     from flint.config import FrontendConfig
 
-    cfg = FrontendConfig(redis_url=redis_url, worker_id=worker_id, port=0, reuse_port=False, key_prefix=key_prefix)
+    cfg = FrontendConfig(redis_url=redis_url, worker_id=worker_id, port=0, reuse_port=False, key_prefix=key_prefix,
+                         **overrides)
     proc = subprocess.Popen([sys.executable, "-m", "flint.frontend.worker", "--config", json.dumps(asdict(cfg))],
                             stdout=subprocess.PIPE, text=True)
     ready = json.loads(proc.stdout.readline() or "{}")
