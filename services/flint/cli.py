@@ -62,7 +62,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--routing", choices=["affinity", "least_loaded"], help="replica routing policy")
     p.add_argument("--engine-transport", choices=["link", "grpc"],
                    help="the workers' hop to the replicas: the engine link (one framed connection per replica) or "
-                   "a gRPC Generate call per request (default grpc)")
+                   "a gRPC Generate call per request (default link)")
     p.add_argument("--quantization", choices=["none", "int8", "int4"],
                    help="weight-only quantization at load: int8 per output channel, int4 in groups of "
                    "engine.quant_group_size (default 128) columns; every Linear and the embedding (default none)")

@@ -229,7 +229,7 @@ class FrontendConfig:
     replica_wait_s: float = 5.0        # a request waits this long for a replica to appear in Redis
     grace_period_s: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
-    engine_transport: str = "grpc"     # the hop to replicas: "link" (flint.link) | "grpc" (a Generate call each)
+    engine_transport: str = "link"     # the hop to replicas: "link" (flint.link) | "grpc" (a Generate call each)
     # Nested tables validated by their owners (unknown keys / bad values fail here, at start-up):
     journal: dict[str, Any] = field(default_factory=dict)        # flint.frontend.journal.JournalConfig
     admission: dict[str, Any] = field(default_factory=dict)      # flint.admission.AdmissionConfig
@@ -274,7 +274,7 @@ class ServeConfig:
     replica_max_restarts: int = 3      # Ray restarts a crashed replica this often (-1: always, 0: never)
     ray_num_cpus: int = 0              # CPUs of the local Ray instance; 0 = Ray's default
     routing: str = "affinity"
-    engine_transport: str = "grpc"     # front-end -> replica hop: "link" | "grpc" (see FrontendConfig)
+    engine_transport: str = "link"     # front-end -> replica hop: "link" | "grpc" (see FrontendConfig)
     startup_timeout_s: float = 300.0
     engine: dict[str, Any] = field(default_factory=dict)  # extra EngineConfig keys
     # Front-end tables (see FrontendConfig); admission also applies to the replicas.

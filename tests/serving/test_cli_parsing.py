@@ -47,3 +47,13 @@ def test_quantization_flag_sets_the_engine_key_and_keeps_the_files_other_engine_
     assert serve_config(args).engine == {"quant_group_size": 128, "quantization": "int4"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--quantization", "int3"])
+
+
+def test_the_engine_transport_is_the_link_unless_the_flag_or_the_file_says_grpc(tmp_path):
+    assert serve_config(build_parser().parse_args(["serve"])).engine_transport == "link"
+    assert serve_config(build_parser().parse_args(["serve", "--engine-transport", "grpc"])).engine_transport == "grpc"
+    config = tmp_path / "serve.toml"
+    config.write_text('engine_transport = "grpc"\n')
+    assert serve_config(build_parser().parse_args(["serve", "--config", str(config)])).engine_transport == "grpc"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--engine-transport", "http"])

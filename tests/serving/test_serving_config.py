@@ -35,6 +35,7 @@ def test_json_config_file_and_bad_json_message(tmp_path):
     ({"port": 70000}, r"port must be an integer in \[0, 65535\]"),
     ({"model": "/no/such/dir"}, "is not an HF checkpoint directory"),
     ({"routing": "random"}, "routing must be"),
+    ({"engine_transport": "quic"}, "engine_transport must be 'link' or 'grpc'"),
 ])
 def test_serve_config_says_what_to_change(kwargs, message):
     with pytest.raises(InvalidArgument, match=message):

@@ -42,7 +42,7 @@ RESERVATION_S = 2.0   # a pick counts as in flight this long at most before its 
 class ReplicaPool:
     def __init__(self, registry: ReplicaRegistry, policy: RoutingPolicy, *, wait_s: float, internal_token: str,
                  refresh_interval_s: float = 0.25, drop_s: float = 5.0, liveness: LivenessConfig | None = None,
-                 engine_transport: str = "grpc"):
+                 engine_transport: str = "link"):
         self._registry = registry
         self.liveness = liveness or LivenessConfig()   # keepalive of the channels, the owners' engine watch
         self._policy = policy
