@@ -17,7 +17,7 @@ from rel_support import engine_freed_everything, eventually
 from flint.frontend.liveness import LivenessConfig
 from flint.internal.v1 import engine_pb2 as ipb
 from flint.link import frames as fr
-from flint.link.client import LinkClient
+from flint.link.client import MAX_QUEUED_EVENTS, LinkClient
 from flint.security.internal import resolve_token
 
 
@@ -59,6 +59,7 @@ def test_frames_are_cut_wherever_the_bytes_split():
               + fr.frame(fr.PING, 0))
     reader = fr.FrameReader()
     frames = [f for i in range(0, len(stream), 3) for f in reader.feed(stream[i:i + 3])]
+    assert reader.feed(b"") == [] and reader._buffer == b""
     assert [(kind, rid) for kind, rid, _ in frames] == [(fr.HELLO, 0), (fr.REQUEST, 7), (fr.PING, 0)]
     assert frames[0][2] == b"token"
     assert fr.split_request(frames[1][2]) == ((("k", "v"),), b"body")
@@ -91,6 +92,17 @@ async def test_many_requests_on_one_connection_each_get_their_own_events_in_orde
     for (text, final), want, i in zip(results, wants, range(len(prompts))):
         assert text == want.text
         assert final.completion_tokens == 20 + i
+
+
+async def test_a_call_nobody_reads_holds_a_bounded_queue_and_loses_nothing_once_read(link, reference):
+    _, engine, client = link
+    want = await asyncio.to_thread(reference.run, "unread", 3000)
+    unread = client.Generate(generate("unread", "unread", 3000), timeout=120)
+    await eventually(lambda: unread._held or unread.done(), timeout_s=60)
+    assert unread._held and len(unread._events) == MAX_QUEUED_EVENTS   # the connection stopped there
+    text, final = await read_all(unread)                                 # then everything, in order
+    assert text == want.text and final.completion_tokens == 3000
+    await eventually(lambda: engine_freed_everything(engine))
 
 
 async def test_engine_errors_come_back_with_their_status_and_details(link):

@@ -16,8 +16,9 @@ engine errors and its cancellation hold unchanged on the link.
 - Liveness, as the gRPC channel's keepalive (flint.frontend.liveness): a connection that heard nothing for
   `engine_keepalive_time_s` sends PING; nothing heard `engine_keepalive_timeout_s` after it (or no connection
   made within the sum of the two) declares it dead and fails its calls UNAVAILABLE.
-- Backpressure: a call holding `MAX_QUEUED_EVENTS` unread events pauses reading on the connection until its
-  reader takes them (the replica's writes then wait on TCP); the liveness clock does not run meanwhile.
+- Backpressure: a call holding `MAX_QUEUED_EVENTS` unread events stops the connection (no more frames handed
+  out, no more reading) until its reader takes half of them; what was read meanwhile waits as bytes (at most
+  one read), the replica's writes wait on TCP, and the liveness clock does not run.
 """
 
 from __future__ import annotations
@@ -236,8 +237,16 @@ class _Connection(asyncio.Protocol):
     def release(self, call: LinkCall) -> None:
         self._held.discard(call)
         if not self._held and self._transport is not None and not self.closed:
-            self._transport.resume_reading()
             self._heard, self._ping_sent = self.loop.time(), None
+            self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        """Hand out the frames received while held, then read again (unless a call filled up meanwhile)."""
+        if self.closed or self._held:
+            return
+        self._dispatch()
+        if not self._held and not self.closed:
+            self._transport.resume_reading()
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None:
@@ -280,12 +289,20 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._heard, self._ping_sent = self.loop.time(), None
-        try:
-            received = self._reader.feed(data)
-        except fr.FrameError as exc:
-            self.fail(grpc.StatusCode.UNAVAILABLE, f"the engine link to {self._address} broke: {exc}")
-            return
-        for kind, rid, payload in received:
+        self._reader.push(data)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand each whole frame received to its call, until a call's queue is full (the rest waits as bytes)."""
+        while not self._held and not self.closed:
+            try:
+                received = self._reader.next()
+            except fr.FrameError as exc:
+                self.fail(grpc.StatusCode.UNAVAILABLE, f"the engine link to {self._address} broke: {exc}")
+                return
+            if received is None:
+                return
+            kind, rid, payload = received
             if kind == fr.EVENT:
                 call = self._calls.get(rid)
                 if call is not None:

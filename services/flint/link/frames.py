@@ -59,28 +59,40 @@ def split_end(payload: bytes) -> tuple[int, str, int]:
 
 
 class FrameReader:
-    """Cuts a byte stream into frames: `feed(data)` returns the (kind, request id, payload) it completes."""
+    """Cuts a byte stream into frames: `push(data)`, then `next()` until it returns None (no whole frame left).
+    Frames not taken yet stay in the buffer as bytes, so a reader that stops taking them holds at most what
+    was pushed."""
 
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES):
         self._buffer = bytearray()
+        self._start = 0
         self._max = max_frame_bytes
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        buffer = self._buffer
-        buffer += data
-        frames = []
-        start, size = 0, len(buffer)
-        while size - start >= HEADER.size:
+    def push(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next(self) -> tuple[int, int, bytes] | None:
+        """The next whole frame (kind, request id, payload), or None."""
+        buffer, start = self._buffer, self._start
+        if len(buffer) - start >= HEADER.size:
             length, kind, request_id = HEADER.unpack_from(buffer, start)
             if kind not in KINDS:
                 raise FrameError(f"unknown frame kind {kind}")
             if length > self._max:
                 raise FrameError(f"a frame of {length} bytes (at most {self._max})")
             end = start + HEADER.size + length
-            if end > size:
-                break
-            frames.append((kind, request_id, bytes(buffer[start + HEADER.size:end])))
-            start = end
+            if end <= len(buffer):
+                self._start = end
+                return kind, request_id, bytes(buffer[start + HEADER.size:end])
         if start:
             del buffer[:start]
+            self._start = 0
+        return None
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        """`push(data)` and every whole frame there is."""
+        self.push(data)
+        frames = []
+        while (frame := self.next()) is not None:
+            frames.append(frame)
         return frames

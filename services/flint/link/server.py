@@ -11,8 +11,9 @@ CANCEL cancels that request's task, which closes the engine's iterator: the engi
 next step, as when a gRPC caller cancels. A connection that goes away cancels all of its requests.
 
 Backpressure: a request whose events fill the connection's write buffer past the transport's high-water
-mark waits (`drain`) before its next event, so a worker that stops reading stops the request's engine
-output from piling up here; the engine's own bounded queue then holds it, as behind a gRPC stream.
+mark waits (`drain`) before its next event, so the link's buffer does not grow for a worker that stops
+reading; the request's output then waits in the engine's queue for it (bounded by its max_tokens), as behind a
+gRPC stream whose flow-control window is full.
 """
 
 from __future__ import annotations
