@@ -75,7 +75,8 @@ def test_a_frame_past_the_bound_or_of_an_unknown_kind_breaks_the_framing():
 
 
 async def test_a_request_streams_its_events_and_final_over_the_link(link, reference):
-    _, engine, client = link
+    server, engine, client = link
+    assert server.link_address.rsplit(":", 1)[0] == server.address.rsplit(":", 1)[0]   # the same private interface
     want = await asyncio.to_thread(reference.run, "over the link", 12)
     text, final = await read_all(client.Generate(generate("l-1", "over the link", 12), timeout=60))
     assert text == want.text and final.completion_tokens == 12
@@ -176,6 +177,30 @@ async def test_a_frame_past_the_replicas_bound_closes_that_connection(link):
     writer.close()
     text, _ = await read_all(client.Generate(generate("after", "still serving", 2), timeout=60))
     assert text
+
+
+async def test_an_unauthenticated_peer_cannot_send_more_than_a_small_first_frame(link):
+    server, _, _ = link
+    host, port = server.link_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(fr.HEADER.pack(fr.MAX_HELLO_BYTES + 1, fr.HELLO, 0))
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+
+async def test_a_lost_connection_fails_its_calls_unavailable_and_the_next_call_reconnects(link, reference):
+    _, engine, client = link
+    calls = [client.Generate(generate(f"lost-{i}", f"lost {i}", 8000), timeout=120) for i in range(2)]
+    await asyncio.gather(*(first_delta(call) for call in calls))
+    client._connection._transport.abort()    # the connection breaks (as a network fault would), both ends live
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await read_all(call)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    await eventually(lambda: engine_freed_everything(engine))   # the replica cancelled both with the connection
+    want = await asyncio.to_thread(reference.run, "again", 5)
+    text, _ = await read_all(client.Generate(generate("again", "again", 5), timeout=60))
+    assert text == want.text
 
 
 async def test_a_connect_failure_is_unavailable_before_any_event():

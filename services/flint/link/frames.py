@@ -20,6 +20,7 @@ import msgpack
 
 HEADER = struct.Struct(">IBQ")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_HELLO_BYTES = 1024   # a connection's first frame: nobody unauthenticated gets to send more
 
 HELLO, REQUEST, CANCEL, EVENT, END, PING, PONG = range(1, 8)
 KINDS = frozenset((HELLO, REQUEST, CANCEL, EVENT, END, PING, PONG))
@@ -66,7 +67,7 @@ class FrameReader:
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES):
         self._buffer = bytearray()
         self._start = 0
-        self._max = max_frame_bytes
+        self.max_frame_bytes = max_frame_bytes
 
     def push(self, data: bytes) -> None:
         self._buffer += data
@@ -78,8 +79,8 @@ class FrameReader:
             length, kind, request_id = HEADER.unpack_from(buffer, start)
             if kind not in KINDS:
                 raise FrameError(f"unknown frame kind {kind}")
-            if length > self._max:
-                raise FrameError(f"a frame of {length} bytes (at most {self._max})")
+            if length > self.max_frame_bytes:
+                raise FrameError(f"a frame of {length} bytes (at most {self.max_frame_bytes})")
             end = start + HEADER.size + length
             if end <= len(buffer):
                 self._start = end

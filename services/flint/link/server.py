@@ -121,7 +121,7 @@ class _ReplicaConnection(asyncio.Protocol):
 
     def __init__(self, server: LinkServer):
         self._server = server
-        self._reader = fr.FrameReader(server._max_frame_bytes)
+        self._reader = fr.FrameReader(fr.MAX_HELLO_BYTES)   # the full bound once the token is checked
         self._transport: asyncio.Transport | None = None
         self._peer = ""
         self._authenticated = False
@@ -153,16 +153,21 @@ class _ReplicaConnection(asyncio.Protocol):
         self._wake_writers()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            received = self._reader.feed(data)
-        except fr.FrameError as exc:
-            log.warning("engine link from %s: %s; closing the connection", self._peer, exc)
-            self.close()
-            return
-        for kind, rid, payload in received:
+        self._reader.push(data)
+        while self._transport is not None and not self._transport.is_closing():
+            try:
+                received = self._reader.next()
+            except fr.FrameError as exc:
+                log.warning("engine link from %s: %s; closing the connection", self._peer, exc)
+                self.close()
+                return
+            if received is None:
+                return
+            kind, rid, payload = received
             if not self._authenticated:
                 if kind == fr.HELLO and self._server.token_matches(payload):
                     self._authenticated = True
+                    self._reader.max_frame_bytes = self._server._max_frame_bytes
                     continue
                 self._refuse()
                 return
