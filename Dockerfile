@@ -41,7 +41,7 @@ RUN useradd --uid 1000 --create-home flint && mkdir -p /var/cache/flint && chown
 USER 1000
 WORKDIR /home/flint
 # gRPC API; HTTP API (OpenAI-compatible), /health and /metrics; engine replica port in cluster/
-EXPOSE 50051 8000 50060
+EXPOSE 50051 8000 50060 50061
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s \
     CMD wget -q -O /dev/null http://127.0.0.1:8000/health || exit 1
 ENTRYPOINT ["flint"]

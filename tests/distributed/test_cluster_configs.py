@@ -142,10 +142,13 @@ def test_ray_pods_have_shared_memory_secrets_and_named_ports():
     worker = pod_templates(service)[1]["spec"]
     engine_port = next(p for p in worker["containers"][0]["ports"] if p["name"] == "engine")
     assert cfg.replica_config().port == engine_port["containerPort"] and cfg.max_replicas_per_node == 1
+    link_port = next(p for p in worker["containers"][0]["ports"] if p["name"] == "engine-link")
+    assert cfg.replica_config().link_port == link_port["containerPort"]   # the front-ends' default hop
     # the pod outlives Serve's drain of its replica
     assert worker["terminationGracePeriodSeconds"] > deployment_options(cfg)["graceful_shutdown_timeout_s"]
     policy = one("NetworkPolicy")
-    assert any(p["port"] == "engine" for rule in policy["spec"]["ingress"] for p in rule.get("ports", ()))
+    for port in ("engine", "engine-link"):
+        assert any(p["port"] == port for rule in policy["spec"]["ingress"] for p in rule.get("ports", ()))
     assert "redis://" not in json.dumps(manifests())      # no credentials in the manifests
 
 
