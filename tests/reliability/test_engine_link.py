@@ -106,6 +106,39 @@ async def test_a_call_nobody_reads_holds_a_bounded_queue_and_loses_nothing_once_
     await eventually(lambda: engine_freed_everything(engine))
 
 
+async def test_a_worker_that_stops_reading_stops_the_replicas_writes_at_the_buffer_mark(link, reference):
+    """The replica's request waits for the connection to drain: its output waits in the engine's queue, not in an
+    ever-growing link buffer; all of it arrives, in order, once the worker reads. (A plain socket that reads
+    nothing until told, with small socket buffers and a small high-water mark set before the request, so the
+    test's stream is big enough to reach the mark.)"""
+    server, engine, _ = link
+    tokens = 6000
+    want = await asyncio.to_thread(reference.run, "stalled", tokens)
+    host, port = server.link_address.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # before connecting: a small window
+        sock.connect((host, int(port)))
+        sock.sendall(fr.frame(fr.HELLO, 0, resolve_token().encode()))
+        await eventually(lambda: server._link._connections)
+        [conn] = server._link._connections
+        conn._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        conn._transport.set_write_buffer_limits(high=4096)
+        sock.sendall(fr.frame(fr.REQUEST, 1, fr.request_payload(
+            generate("stalled", "stalled", tokens).SerializeToString(), ())))
+        await eventually(lambda: conn._paused, timeout_s=60)
+        await eventually(lambda: engine.load().running == 0, timeout_s=120)   # the engine finished generating
+        assert conn._paused and conn._transport.get_write_buffer_size() < 4096 + 1024   # one frame past the mark
+        frames, text, ended = fr.FrameReader(), [], None
+        while ended is None:
+            for kind, _, payload in frames.feed(await asyncio.to_thread(sock.recv, 65536)):
+                if kind == fr.EVENT:
+                    event = ipb.GenerateEvent.FromString(payload)
+                    text += [event.delta.text] if event.HasField("delta") else [d.text for d in event.deltas.items]
+                elif kind == fr.END:
+                    ended = fr.split_end(payload)
+    assert ended[0] == fr.OK and "".join(text) == want.text
+
+
 async def test_engine_errors_come_back_with_their_status_and_details(link):
     _, _, client = link
     call = client.Generate(ipb.GenerateRequest(request_id="bad", prefix="x",
