@@ -53,3 +53,21 @@ async def test_a_view_older_than_twice_its_interval_is_read_before_routing(regis
     await asyncio.sleep(INTERVAL_S * 2.5)
     await pool.pick()
     assert {r.replica_id for r in pool._cached} == {"a", "bb"}
+
+
+async def test_generate_goes_on_the_engine_link_of_a_replica_that_publishes_one_else_on_grpc(registry):
+    from dataclasses import replace
+
+    from flint.link.client import LinkClient
+    from flint.security.internal import EngineClient
+
+    _, _, pool = registry
+    linked = replace(replica("a"), link_address="127.0.0.1:1999")
+    assert isinstance(pool.stub(linked)._generate, LinkClient)
+    assert pool.stub(linked)._generate is pool.stub(linked)._generate      # one link per replica
+    assert isinstance(pool.stub(replica("older"))._generate, EngineClient)  # no link address (an older replica)
+    assert isinstance(pool.stub(linked)._client, EngineClient)              # the stall probe's Load stays on gRPC
+    grpc_only = ReplicaPool(pool._registry, PowerOfTwoChoices(seed=0), wait_s=0.5, internal_token="t",
+                            engine_transport="grpc")
+    assert isinstance(grpc_only.stub(linked)._generate, EngineClient)
+    await grpc_only.close()
