@@ -179,6 +179,17 @@ async def test_cancel_reaches_the_engine_which_frees_the_request(link):
     await eventually(lambda: server.info().cancelled_total == 1)
 
 
+async def test_a_cancel_that_arrives_with_its_request_leaves_nothing_behind_on_the_replica(link):
+    server, engine, client = link
+    for i in range(3):   # cancelled before the connection is up: REQUEST and CANCEL reach the replica together
+        client.Generate(generate(f"gone-{i}", "never run", 8000), timeout=60).cancel()
+    text, _ = await read_all(client.Generate(generate("after-cancels", "runs", 2), timeout=60))
+    assert text
+    [conn] = server._link._connections
+    assert conn.tasks == {} and conn._contexts == {}
+    await eventually(lambda: engine_freed_everything(engine))
+
+
 async def test_the_calls_deadline_ends_it_deadline_exceeded_and_frees_the_engine(link):
     _, engine, client = link
     call = client.Generate(generate("d-1", "deadline", 8000), timeout=0.5)

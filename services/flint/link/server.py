@@ -191,7 +191,11 @@ class _ReplicaConnection(asyncio.Protocol):
             return
         metadata, body = fr.split_request(payload)
         context = self._contexts[rid] = LinkContext(metadata, self._peer)
-        self.tasks[rid] = asyncio.get_running_loop().create_task(self._run(rid, body, context))
+        task = self.tasks[rid] = asyncio.get_running_loop().create_task(self._run(rid, body, context))
+        task.add_done_callback(lambda _task: self._forget(rid))   # also for a task cancelled before it ran
+
+    def _forget(self, rid: int) -> None:
+        del self.tasks[rid], self._contexts[rid]
 
     async def _run(self, rid: int, body: bytes, context: LinkContext) -> None:
         try:
@@ -207,8 +211,6 @@ class _ReplicaConnection(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - mapped to a status, as the gRPC server's ErrorInterceptor does
             error = as_flint_error(exc)
             code, details, retry_after_ms = code_number(status_code(error)), error.message, error.retry_after_ms
-        finally:
-            del self.tasks[rid], self._contexts[rid]
         self._end(rid, code, details, retry_after_ms)
 
     def _end(self, rid: int, code: int, details: str, retry_after_ms: int = 0) -> None:
