@@ -280,6 +280,43 @@ async def test_a_replica_killed_mid_stream_fails_its_calls_unavailable_and_the_n
         await client.close()
 
 
+async def test_a_worker_loop_busy_past_the_ping_timeout_does_not_blame_the_replica(link, reference):
+    """The worker's own event loop (uvloop, as workers run) blocked longer than the ping timeout right after a ping
+    went out: the pong that arrived meanwhile is read before the overdue check runs (uvloop polls the socket
+    first: seen in this test's trace), so the connection goes on."""
+    import threading
+    import time
+
+    import uvloop
+
+    server, _, _ = link
+    want = await asyncio.to_thread(reference.run, "busy worker", 5)
+    result = {}
+
+    async def worker() -> None:
+        client = LinkClient(server.link_address, resolve_token(),
+                            LivenessConfig(engine_keepalive_time_s=0.2, engine_keepalive_timeout_s=0.3))
+        try:
+            await read_all(client.Generate(generate("first", "first", 2), timeout=60))
+            connection = client._connection
+            connection._timer.cancel()
+            connection._heard = connection.loop.time() - 1.0
+            connection._check()          # a ping goes out now (as when the link has been quiet for a while)
+            time.sleep(1.0)              # the loop blocked past the ping timeout; the pong arrives meanwhile
+            await asyncio.sleep(0.1)
+            result["same connection"] = client._connection is connection and not connection.closed
+            result["text"], _ = await read_all(client.Generate(generate("busy", "busy worker", 5), timeout=60))
+        except grpc.aio.AioRpcError as err:
+            result["error"] = err.details()
+        finally:
+            await client.close()
+
+    thread = threading.Thread(target=uvloop.run, args=(worker(),))
+    thread.start()
+    await asyncio.to_thread(thread.join, 60)
+    assert result == {"same connection": True, "text": want.text}
+
+
 async def test_a_stopped_replica_is_found_by_the_pings_and_its_calls_end_unavailable(cluster):
     await cluster.add_replica_process("frozen")
     from flint.replica.registry import ReplicaRegistry
