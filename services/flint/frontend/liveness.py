@@ -12,6 +12,9 @@ Front-end -> replica (`engine_channel_options`, `EngineWatch`): the channel ping
 `engine_keepalive_time_s` while calls are open and drops the connection when a ping goes unanswered for
 `engine_keepalive_timeout_s`, so a frozen (SIGSTOP) or partitioned replica ends its streams UNAVAILABLE
 in about the sum of the two; the replica's server accepts pings that often (`engine_server_options`).
+On the engine link (flint.link, the default hop) the same two settings drive the link's own pings: a connection
+silent for `engine_keepalive_time_s` sends a ping, and nothing heard `engine_keepalive_timeout_s` after it fails
+every call on it UNAVAILABLE.
 Besides, when no event arrived for `engine_stall_s` the owner asks the replica for its load
 (`Load`, deadline `engine_probe_timeout_s`): no answer ends the request UNAVAILABLE too (a replica
 whose event loop is wedged still answers pings from gRPC's own threads). Each `Generate` call has a

@@ -6,7 +6,9 @@ channels to replicas add it to every call. Health checks stay open for
 probes. Without this, anyone who can reach a replica could run `Generate`
 with another tenant's `cache_namespace` (and read its prefix-cache hits):
 the tenant fields of the internal API are only trustworthy because the
-caller is an authenticated front-end.
+caller is an authenticated front-end. The replica's engine link
+(flint.link, the workers' default hop for `Generate`) checks the same
+secret, sent as the first frame of each connection.
 
 Where the secret comes from, first match wins:
   1. `internal_token` of the component's config (set by `flint serve`, which
@@ -16,7 +18,7 @@ Where the secret comes from, first match wins:
      `FLINT_INTERNAL_TOKEN_FILE` (cluster deploys: a secret mounted on every
      node, see cluster/README.md).
 A replica refuses to start without one. The secret travels in plaintext
-metadata, so replicas bind a private interface (loopback, or the node IP
+(metadata, the link's first frame), so replicas bind a private interface (loopback, or the node IP
 Ray reports), never a wildcard address.
 """
 
