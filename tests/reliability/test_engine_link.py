@@ -216,7 +216,8 @@ async def test_a_frame_past_the_replicas_bound_closes_that_connection(link):
     server, _, client = link
     host, port = server.link_address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(fr.frame(fr.HELLO, 0, resolve_token().encode()) + fr.HEADER.pack(fr.MAX_FRAME_BYTES + 1, fr.REQUEST, 1))
+    writer.write(fr.frame(fr.HELLO, 0, resolve_token().encode())
+                 + fr.HEADER.pack(fr.MAX_FRAME_BYTES + 1, fr.REQUEST, 1))
     assert await asyncio.wait_for(reader.read(), 10) == b""    # closed, nothing answered
     writer.close()
     text, _ = await read_all(client.Generate(generate("after", "still serving", 2), timeout=60))
