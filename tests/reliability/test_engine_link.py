@@ -99,10 +99,26 @@ async def test_a_call_nobody_reads_holds_a_bounded_queue_and_loses_nothing_once_
     _, engine, client = link
     want = await asyncio.to_thread(reference.run, "unread", 3000)
     unread = client.Generate(generate("unread", "unread", 3000), timeout=120)
-    await eventually(lambda: unread._held or unread.done(), timeout_s=60)
-    assert unread._held and len(unread._events) == MAX_QUEUED_EVENTS   # the connection stopped there
+    await eventually(lambda: unread._paused or unread.done(), timeout_s=60)
+    assert unread._paused, "the replica was asked to pause the request"
+    await asyncio.sleep(0.3)   # what was in flight when the replica read the PAUSE has arrived by now
+    assert MAX_QUEUED_EVENTS <= len(unread._events) <= 2 * MAX_QUEUED_EVENTS
     text, final = await read_all(unread)                                 # then everything, in order
     assert text == want.text and final.completion_tokens == 3000
+    await eventually(lambda: engine_freed_everything(engine))
+
+
+async def test_a_call_nobody_reads_does_not_hold_up_the_other_calls_on_its_connection(link, reference):
+    """The owner of a new request holds its engine call's first event until its claim holds (a slow Redis), and
+    a client may stop reading: the link's other requests must keep flowing meanwhile, as gRPC streams do."""
+    _, engine, client = link
+    want = await asyncio.to_thread(reference.run, "flowing", 400)
+    unread = client.Generate(generate("held", "held", 3000), timeout=120)
+    await eventually(lambda: len(unread._events) >= MAX_QUEUED_EVENTS or unread.done(), timeout_s=60)
+    text, final = await asyncio.wait_for(read_all(client.Generate(generate("flowing", "flowing", 400), timeout=60)), 30)
+    assert text == want.text and final.completion_tokens == 400
+    assert not unread.done() and len(unread._events) <= 2 * MAX_QUEUED_EVENTS
+    unread.cancel()
     await eventually(lambda: engine_freed_everything(engine))
 
 

@@ -16,9 +16,12 @@ engine errors and its cancellation hold unchanged on the link.
 - Liveness, as the gRPC channel's keepalive (flint.frontend.liveness): a connection that heard nothing for
   `engine_keepalive_time_s` sends PING; nothing heard `engine_keepalive_timeout_s` after it (or no connection
   made within the sum of the two) declares it dead and fails its calls UNAVAILABLE.
-- Backpressure: a call holding `MAX_QUEUED_EVENTS` unread events stops the connection (no more frames handed
-  out, no more reading) until its reader takes half of them; what was read meanwhile waits as bytes (at most
-  one read), the replica's writes wait on TCP, and the liveness clock does not run.
+- Backpressure, per call: a call holding `MAX_QUEUED_EVENTS` unread events sends PAUSE for its request (the
+  replica stops taking that request's events from the engine, where they wait, bounded by its max_tokens),
+  and RESUME once its reader has taken half of them. The call's queue therefore holds at most
+  `MAX_QUEUED_EVENTS` plus what was in flight when the replica read the PAUSE. The connection itself never
+  stops reading: one call nobody reads (an owner holding its first event until its claim holds, a stuck
+  client) must not hold up the other requests on it, as a full gRPC stream's window holds up only its own.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from flint.link import frames as fr
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_EVENTS = 64     # unread events of one call before the connection stops reading
+MAX_QUEUED_EVENTS = 64     # unread events of one call before it asks the replica to pause its request
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -78,7 +81,7 @@ class LinkCall:
         self._waiter: asyncio.Future | None = None
         self._status: tuple[int, str, int] | None = None   # (code, details, retry delay ms) once ended
         self._cancelled = False
-        self._held = False        # reading on the connection is paused for this call's queue
+        self._paused = False      # the replica was asked to pause this request (its queue is full)
         self._callbacks: list = []
         self._deadline = self._loop.call_later(timeout, self._expire) if timeout is not None else None
 
@@ -92,9 +95,9 @@ class LinkCall:
                 raise asyncio.CancelledError
             if self._events:
                 payload = self._events.popleft()
-                if self._held and len(self._events) < MAX_QUEUED_EVENTS // 2:
-                    self._held = False
-                    self._connection.release(self)
+                if self._paused and len(self._events) < MAX_QUEUED_EVENTS // 2 and self._status is None:
+                    self._paused = False
+                    self._connection.send(fr.RESUME, self._id)
                 return pb.GenerateEvent.FromString(payload)
             if self._status is not None:
                 code, details, retry_after_ms = self._status
@@ -141,9 +144,9 @@ class LinkCall:
         self._events.append(payload)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        if not self._held and len(self._events) >= MAX_QUEUED_EVENTS:
-            self._held = True
-            self._connection.hold(self)
+        if not self._paused and len(self._events) >= MAX_QUEUED_EVENTS:
+            self._paused = True
+            self._connection.send(fr.PAUSE, self._id)
 
     def end(self, code: int, details: str, retry_after_ms: int = 0) -> None:
         self._finish(code, details, retry_after_ms)
@@ -162,9 +165,6 @@ class LinkCall:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        if self._held:
-            self._held = False
-            self._connection.release(self)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         callbacks, self._callbacks = self._callbacks, []
@@ -194,7 +194,6 @@ class _Connection(asyncio.Protocol):
         self._reader = fr.FrameReader(client._max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._backlog: list[bytes] = [fr.frame(fr.HELLO, 0, client._token)]   # written once connected
-        self._held: set[LinkCall] = set()
         self._heard = self.loop.time()
         self._ping_sent: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -229,24 +228,10 @@ class _Connection(asyncio.Protocol):
         if self._calls.pop(rid, None) is not None:
             self._write(fr.frame(fr.CANCEL, rid))
 
-    def hold(self, call: LinkCall) -> None:
-        self._held.add(call)
-        if len(self._held) == 1 and self._transport is not None:
-            self._transport.pause_reading()
-
-    def release(self, call: LinkCall) -> None:
-        self._held.discard(call)
-        if not self._held and self._transport is not None and not self.closed:
-            self._heard, self._ping_sent = self.loop.time(), None
-            self.loop.call_soon(self._resume)
-
-    def _resume(self) -> None:
-        """Hand out the frames received while held, then read again (unless a call filled up meanwhile)."""
-        if self.closed or self._held:
-            return
-        self._dispatch()
-        if not self._held and not self.closed:
-            self._transport.resume_reading()
+    def send(self, kind: int, rid: int) -> None:
+        """A frame with no payload for request `rid` (PAUSE, RESUME) if it is still open on this connection."""
+        if rid in self._calls:
+            self._write(fr.frame(kind, rid))
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None:
@@ -278,8 +263,6 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         backlog, self._backlog = self._backlog, []
         transport.write(b"".join(backlog))
-        if self._held:
-            transport.pause_reading()
         self._heard = self.loop.time()
         self._arm(self._heard + self._client._keepalive_s)
 
@@ -293,8 +276,8 @@ class _Connection(asyncio.Protocol):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand each whole frame received to its call, until a call's queue is full (the rest waits as bytes)."""
-        while not self._held and not self.closed:
+        """Hand each whole frame received to its call."""
+        while not self.closed:
             try:
                 received = self._reader.next()
             except fr.FrameError as exc:
@@ -325,8 +308,6 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         now = self.loop.time()
-        if self._held:   # not reading on purpose: the silence is ours
-            self._heard, self._ping_sent = now, None
         if self._ping_sent is not None:
             if now - self._ping_sent >= self._client._timeout_s:
                 log.warning("engine link to %s: no answer to a ping within %g s; closing it", self._address,

@@ -5,7 +5,8 @@ payloads reuse the protobuf bytes of the internal API as they are: a REQUEST car
 `GenerateRequest` (after the call's metadata), an EVENT a serialized `GenerateEvent`; nothing is encoded
 twice. Request id 0 is the connection's own (HELLO, PING, PONG, a refusal).
 
-    worker -> replica: HELLO (the internal token, first frame of a connection), REQUEST, CANCEL, PING
+    worker -> replica: HELLO (the internal token, first frame of a connection), REQUEST, CANCEL, PING,
+                       PAUSE / RESUME (a request's events, while its call's queue is full)
     replica -> worker: EVENT, END (status code, details, retry delay), PONG; END with id 0 refuses the connection
 
 A payload larger than `MAX_FRAME_BYTES` (the gRPC channels' 64 MiB message limit) is never sent, and a header
@@ -22,8 +23,8 @@ HEADER = struct.Struct(">IBQ")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_HELLO_BYTES = 1024   # a connection's first frame: nobody unauthenticated gets to send more
 
-HELLO, REQUEST, CANCEL, EVENT, END, PING, PONG = range(1, 8)
-KINDS = frozenset((HELLO, REQUEST, CANCEL, EVENT, END, PING, PONG))
+HELLO, REQUEST, CANCEL, EVENT, END, PING, PONG, PAUSE, RESUME = range(1, 10)
+KINDS = frozenset((HELLO, REQUEST, CANCEL, EVENT, END, PING, PONG, PAUSE, RESUME))
 _METADATA_LENGTH = struct.Struct(">H")
 OK = 0   # END's status code of a call that finished (grpc.StatusCode.OK's number)
 

@@ -10,10 +10,11 @@ status and details the servicer's error maps to (flint.grpc_status, the mapping 
 CANCEL cancels that request's task, which closes the engine's iterator: the engine frees the request at its
 next step, as when a gRPC caller cancels. A connection that goes away cancels all of its requests.
 
-Backpressure: a request whose events fill the connection's write buffer past the transport's high-water
-mark waits (`drain`) before its next event, so the link's buffer does not grow for a worker that stops
-reading; the request's output then waits in the engine's queue for it (bounded by its max_tokens), as behind a
-gRPC stream whose flow-control window is full.
+Backpressure: a request the worker sent PAUSE for (its call's queue is full) takes no more events from the
+engine until RESUME, while the connection's other requests go on; and a request whose events fill the
+connection's write buffer past the transport's high-water mark waits (`drain`) before its next event, so the
+link's buffer does not grow for a worker that stops reading. Either way the request's output waits in the
+engine's queue for it (bounded by its max_tokens), as behind a gRPC stream whose flow-control window is full.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class LinkContext:
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self.cancelled_by_peer = False
+        self.flowing = asyncio.Event()   # cleared by the worker's PAUSE for this request, set by its RESUME
+        self.flowing.set()
 
     def invocation_metadata(self) -> tuple:
         return self._metadata
@@ -180,6 +183,13 @@ class _ReplicaConnection(asyncio.Protocol):
                     task.cancel()
             elif kind == fr.PING:
                 self._write(fr.PONG, 0, payload)
+            elif kind in (fr.PAUSE, fr.RESUME):
+                context = self._contexts.get(rid)
+                if context is not None:
+                    if kind == fr.PAUSE:
+                        context.flowing.clear()
+                    else:
+                        context.flowing.set()
 
     # ------------------------------------------------------------ requests
     def _start(self, rid: int, payload: bytes) -> None:
@@ -205,6 +215,8 @@ class _ReplicaConnection(asyncio.Protocol):
                     self._write(fr.EVENT, rid, event.SerializeToString())
                     if self._paused:
                         await self._drain()
+                    if not context.flowing.is_set():   # the worker's queue for this call is full
+                        await context.flowing.wait()
             code, details, retry_after_ms = *context.status(), 0
         except LinkAbort as abort:
             code, details, retry_after_ms = code_number(abort.code), abort.details, 0
