@@ -206,7 +206,7 @@ inline void store_tile(float* y, int64_t o, int64_t n, __m512 v, const float* bi
 // The float accumulators of a pass, one vector per (row, tile): in registers for a few rows; in memory (L1) from 8
 // rows on, where the 8-16 integer accumulators and the weights need the 32 registers (GCC otherwise shuffles and
 // spills accumulators every step: the 16-row int8 pass measured 6.5% slower). The same operations either way.
-// They start unset: the first block's product is stored, later ones added (`madd`; int4 spells it out). Zeroing them
+// They start unset: the first block's product is stored, later ones added (`madd`, below; int4 spells it out). Zeroing them
 // per tile was a 1 KiB memset call per tile of a 16-row pass (GCC turns the store loop into one): 4-7% of a
 // 16-stream int8 decode's samples in perf.
 template <int MB, int TB, bool kMem = (MB >= 8)>
@@ -214,10 +214,6 @@ struct FloatAcc {
   __m512 v[MB][TB];
   __m512 get(int r, int t) const { return v[r][t]; }
   void set(int r, int t, __m512 x) { v[r][t] = x; }
-  // (r, t) = a * b on the first block, (r, t) + a * b after it
-  void madd(int r, int t, __m512 a, __m512 b, bool first) {
-    set(r, t, first ? _mm512_mul_ps(a, b) : _mm512_fmadd_ps(a, b, get(r, t)));
-  }
 };
 
 template <int MB, int TB>
@@ -225,10 +221,13 @@ struct FloatAcc<MB, TB, true> {
   alignas(64) float v[MB][TB][16];
   __m512 get(int r, int t) const { return _mm512_load_ps(v[r][t]); }
   void set(int r, int t, __m512 x) { _mm512_store_ps(v[r][t], x); }
-  void madd(int r, int t, __m512 a, __m512 b, bool first) {
-    set(r, t, first ? _mm512_mul_ps(a, b) : _mm512_fmadd_ps(a, b, get(r, t)));
-  }
 };
+
+// acc(r, t) = a * b on the first block, acc(r, t) + a * b after it
+template <class Acc>
+inline void madd(Acc& acc, int r, int t, __m512 a, __m512 b, bool first) {
+  acc.set(r, t, first ? _mm512_mul_ps(a, b) : _mm512_fmadd_ps(a, b, acc.get(r, t)));
+}
 
 // r0 += (w0 . the 4 bytes at x) + (w1 . the 4 bytes at x + 64), r1 likewise at x + 4, ... r7 at x + 28: 8 rows of
 // two steps of a 16-row pass (Act::q16). In asm, on named locals, so the 16 accumulators keep their registers
@@ -269,7 +268,7 @@ void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
     const __m512i ev[16] = {e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15};
     for (int r = 0; r < 16; ++r) {
       const int64_t i = (r0 + r) * a.blocks + b;
-      acc.madd(r, 0, _mm512_cvtepi32_ps(ev[r]), _mm512_set1_ps(a.sx[i]), b == 0);
+      madd(acc, r, 0, _mm512_cvtepi32_ps(ev[r]), _mm512_set1_ps(a.sx[i]), b == 0);
     }
   }
   const __m512 sc = _mm512_loadu_ps(scale + t0 * 16);
@@ -396,7 +395,7 @@ void int8_tiles(const Act& a, int64_t r0, const uint8_t* w, const float* scale, 
       const __m512 sx = _mm512_set1_ps(a.sx[i]);
       for (int t = 0; t < TB; ++t) {
         const __m512i sum = kSplit<MB, TB> ? _mm512_add_epi32(ev[r][t], od[r][t]) : ev[r][t];
-        acc.madd(r, t, _mm512_cvtepi32_ps(sum), sx, b == 0);
+        madd(acc, r, t, _mm512_cvtepi32_ps(sum), sx, b == 0);
       }
     }
   }
