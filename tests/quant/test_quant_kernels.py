@@ -221,28 +221,3 @@ def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits
     for rows in (1, 2, 3, 4, 8):
         parts = torch.cat([layer(x[i : i + rows].contiguous()) for i in range(0, 16, rows)])
         assert torch.equal(parts, whole), f"{rows} rows per call"
-
-
-@pytest.mark.parametrize("bits,group", [(8, 0), (4, 128)])
-def test_many_rows_rounded_on_the_pool_get_the_bits_of_one_row_calls(kernel, bits, group):
-    """From 16 rows of 512 columns the VNNI call rounds its activations (with the folded norm), its silu and its
-    residual add on the pool's threads, split by columns and rows: each row must still get the bits of its own
-    call. (The other kernel takes a few rows only; more go to torch.mm.)"""
-    if not kernel.has_vnni:
-        pytest.skip("this CPU has no AVX512-VNNI: no tiled kernel, no pooled rounding")
-    from flint.engine.model.linear import rms_linear, silu_linear_add
-
-    g = torch.Generator().manual_seed(23)
-    up = modules.QuantLinear(weights(2 * 640, 512, bits, group, seed=23), input_scale=torch.rand(512, generator=g) + 0.5)
-    down = modules.QuantLinear(weights(512, 640, bits, group, seed=24))
-    x = torch.randn(24, 512, generator=g) * 3
-    floor = torch.tensor(0.2)
-
-    def layer(rows: torch.Tensor) -> torch.Tensor:
-        return silu_linear_add(down, rms_linear(up, rows, floor, 0.2), rows)
-
-    whole = layer(x)
-    for i in (0, 7, 15, 16, 23):
-        assert torch.equal(layer(x[i : i + 1]), whole[i : i + 1]), f"row {i}"
-    assert torch.equal(layer(x[:16]), whole[:16])
-    assert torch.equal(layer(x[8:24]), whole[8:24])

@@ -73,92 +73,55 @@ struct Act {                 // int8 activations of M rows
 // scales the row's block scales). With kQ16, the rows of each full group of 16 also go to Act::q16 as they are
 // rounded (4 columns of a row every 64 bytes). That was a second pass over Act::q: the 16-row pass's layers and
 // lm_head measured 0.85-0.96x the time without it in 3 of 4 alternated process pairs on the 2-core EPYC.
-//
-// Three phases, so that many rows are rounded by the pool's threads instead of by the caller alone while the
-// pool's worker waits: the rows' unit_rms scales (by rows), the blocks (by blocks of columns: a block of Act::q16
-// is 2 KiB of its own, where rows share every 64-byte line of it), the rows' corrections (by rows). Each value is
-// computed by the same operations in the same order whatever the split: the same bits.
-inline float row_unit_scale(const float* xr, int64_t k, double floor) {
-  if (floor < 0) return 1.f;
-  __m512 ss = _mm512_setzero_ps();
-  for (int64_t c = 0; c < k; c += 16) {
-    const __m512 v = _mm512_maskz_loadu_ps(k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1), xr + c);
-    ss = _mm512_fmadd_ps(v, v, ss);
-  }
-  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(_mm512_reduce_add_ps(ss)) + floor * floor));
-}
-
-// Block b of rows [r0, r1): rounded into q (and q16), its sx (times the row's unit_rms scale in a.corr, set by
-// phase 1), sum and sxsum.
-template <bool kQ16>
-void quantize_block(const float* x, int64_t ldx, int64_t r0, int64_t r1, int64_t m, int64_t k, const float* xscale,
-                    int64_t b, Act& a) {
-  const int64_t block = a.block, units = a.kq / 4, full = m / 16 * 16;
-  const int64_t k0 = b * block, nv = block / 16;
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* xr = x + r * ldx;
-    // this row in q16: columns [4u, 4u + 4) at ((group * units + u) * 16 + row in group) * 4 bytes
-    int32_t* q16r = kQ16 && r < full ? reinterpret_cast<int32_t*>(a.q16.data()) + r / 16 * units * 16 + r % 16 : nullptr;
-    __m512 v[8];   // blocks are at most 128 columns
-    __m512 mx = _mm512_setzero_ps();
-    for (int64_t i = 0; i < nv; ++i) {
-      const int64_t c = k0 + 16 * i;
-      const __mmask16 live = c >= k ? 0 : (k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1));
-      v[i] = _mm512_maskz_loadu_ps(live, xr + c);
-      if (xscale) v[i] = _mm512_mul_ps(v[i], _mm512_maskz_loadu_ps(live, xscale + c));
-      mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
-    }
-    const float amax = _mm512_reduce_max_ps(mx);
-    const float sx = amax / 127.f;
-    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-    __m512i total = _mm512_setzero_si512();
-    int8_t* qr = a.q.data() + r * a.kq + k0;
-    for (int64_t i = 0; i < nv; ++i) {
-      const __m512i iv = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));   // round to nearest even
-      total = _mm512_add_epi32(total, iv);
-      const __m128i bytes = _mm512_cvtsepi32_epi8(iv);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), bytes);
-      if (kQ16 && q16r != nullptr) {   // these 16 columns are 4 units, 64 bytes apart in q16
-        int32_t* dst = q16r + (k0 + 16 * i) / 4 * 16;
-        dst[0] = _mm_cvtsi128_si32(bytes);
-        dst[16] = _mm_extract_epi32(bytes, 1);
-        dst[32] = _mm_extract_epi32(bytes, 2);
-        dst[48] = _mm_extract_epi32(bytes, 3);
-      }
-    }
-    const int64_t i = r * a.blocks + b;
-    a.sx[i] = sx * a.corr[r];
-    a.sum[i] = _mm512_reduce_add_epi32(total);
-    a.sxsum[i] = a.sx[i] * static_cast<float>(a.sum[i]);
-  }
-}
-
-// Rounding work (rows x columns) from which a call's rows are rounded on the pool: 16 rows of 512 columns take
-// a few us, the cost of a job.
-constexpr int64_t kParallelRounding = 16 * 512;
-
 template <bool kQ16>
 void quantize_rows(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, double floor, Act& a) {
-  const bool pooled = m * a.kq >= kParallelRounding;
-  const auto scales = [&](int64_t r0, int64_t r1) {   // phase 1: a.corr holds each row's unit_rms scale meanwhile
-    for (int64_t r = r0; r < r1; ++r) a.corr[r] = row_unit_scale(x + r * ldx, k, floor);
-  };
-  const auto blocks = [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) quantize_block<kQ16>(x, ldx, 0, m, m, k, xscale, b, a);
-  };
-  if (pooled) {
-    if (floor >= 0) flint_pool::parallel_for(0, m, 1, scales);
-    else scales(0, m);
-    flint_pool::parallel_for(0, a.blocks, 1, blocks);
-  } else {
-    scales(0, m);
-    blocks(0, a.blocks);
-  }
-  for (int64_t r = 0; r < m; ++r) {   // phase 3: the +128 correction, the blocks' sums in block order
-    float offset = 0.f;
+  const int64_t block = a.block, units = a.kq / 4, full = m / 16 * 16;
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * ldx;
+    float row_scale = 1.f, offset = 0.f;
+    if (floor >= 0) {
+      __m512 ss = _mm512_setzero_ps();
+      for (int64_t c = 0; c < k; c += 16) {
+        const __m512 v = _mm512_maskz_loadu_ps(k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1), xr + c);
+        ss = _mm512_fmadd_ps(v, v, ss);
+      }
+      row_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(_mm512_reduce_add_ps(ss)) + floor * floor));
+    }
+    // this row in q16: columns [4u, 4u + 4) at ((group * units + u) * 16 + row in group) * 4 bytes
+    int32_t* q16r = kQ16 && r < full ? reinterpret_cast<int32_t*>(a.q16.data()) + r / 16 * units * 16 + r % 16 : nullptr;
     for (int64_t b = 0; b < a.blocks; ++b) {
+      __m512 v[8];   // blocks are at most 128 columns
+      const int64_t k0 = b * block, nv = block / 16;
+      __m512 mx = _mm512_setzero_ps();
+      for (int64_t i = 0; i < nv; ++i) {
+        const int64_t c = k0 + 16 * i;
+        const __mmask16 live = c >= k ? 0 : (k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1));
+        v[i] = _mm512_maskz_loadu_ps(live, xr + c);
+        if (xscale) v[i] = _mm512_mul_ps(v[i], _mm512_maskz_loadu_ps(live, xscale + c));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
+      }
+      const float amax = _mm512_reduce_max_ps(mx);
+      const float sx = amax / 127.f;
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+      __m512i total = _mm512_setzero_si512();
+      int8_t* qr = a.q.data() + r * a.kq + k0;
+      for (int64_t i = 0; i < nv; ++i) {
+        const __m512i iv = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));   // round to nearest even
+        total = _mm512_add_epi32(total, iv);
+        const __m128i bytes = _mm512_cvtsepi32_epi8(iv);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), bytes);
+        if (kQ16 && q16r != nullptr) {   // these 16 columns are 4 units, 64 bytes apart in q16
+          int32_t* dst = q16r + (k0 + 16 * i) / 4 * 16;
+          dst[0] = _mm_cvtsi128_si32(bytes);
+          dst[16] = _mm_extract_epi32(bytes, 1);
+          dst[32] = _mm_extract_epi32(bytes, 2);
+          dst[48] = _mm_extract_epi32(bytes, 3);
+        }
+      }
+      a.sx[r * a.blocks + b] = sx * row_scale;
+      a.sum[r * a.blocks + b] = _mm512_reduce_add_epi32(total);
+      a.sxsum[r * a.blocks + b] = a.sx[r * a.blocks + b] * static_cast<float>(a.sum[r * a.blocks + b]);
       offset += a.sxsum[r * a.blocks + b];
-      asm("" : "+v"(offset));   // a sum in block order, as before the split (-ffast-math would reorder it)
     }
     a.corr[r] = 128.f * offset;
   }
@@ -463,41 +426,6 @@ double vnni_peak_per_s(int64_t calls) {
 #endif
 }
 
-// silu_mul and the residual add of a call's rows (flint_rows), on the pool's threads when the call has many rows:
-// rows are independent, and each row goes through the same code whatever the split (the same bits).
-namespace {
-constexpr int64_t kParallelRowWork = 16 * 512;   // elements from which a job pays (its cost is a few us)
-
-template <class F>
-void rows_for(int64_t m, int64_t per_row, const F& f) {
-  if (m > 1 && m * per_row >= kParallelRowWork) flint_pool::parallel_for(0, m, 1, f);
-  else f(0, m);
-}
-
-torch::Tensor silu_mul_rows(const torch::Tensor& gate_up) {
-  TORCH_CHECK(gate_up.dim() == 2 && gate_up.scalar_type() == torch::kFloat32 && gate_up.is_contiguous() &&
-              gate_up.size(1) % 2 == 0, "silu input must be contiguous float32 [M, 2I]");
-  const int64_t m = gate_up.size(0), inter = gate_up.size(1) / 2;
-  auto h = torch::empty({m, inter}, gate_up.options());
-  const float* g = gate_up.data_ptr<float>();
-  float* out = h.data_ptr<float>();
-  rows_for(m, 2 * inter, [&](int64_t a, int64_t z) { flint_rows::silu_mul(g + a * 2 * inter, z - a, inter, out + a * inter); });
-  return h;
-}
-
-void add_residual_rows(torch::Tensor& y, const c10::optional<torch::Tensor>& residual) {
-  if (!residual.has_value()) return;
-  TORCH_CHECK(residual->scalar_type() == torch::kFloat32 && residual->is_contiguous() && residual->sizes() == y.sizes(),
-              "residual must be contiguous float32 shaped like the output ", y.sizes());
-  float* yp = y.data_ptr<float>();
-  const float* rp = residual->data_ptr<float>();
-  const int64_t m = y.size(0), n = y.numel() / std::max<int64_t>(1, m);
-  rows_for(m, n, [&](int64_t a, int64_t z) {
-    for (int64_t i = a * n; i < z * n; ++i) yp[i] += rp[i];
-  });
-}
-}  // namespace
-
 bool g_on = true;   // use_vnni(False) turns the tiled path off (A/B runs, tests of the other path)
 
 bool available() {
@@ -563,9 +491,9 @@ py::object TiledLinear::call(const torch::Tensor& x, double unit_rms_floor, cons
                              bool silu) const {
   if (!(available() && g_on)) return py::none();
   torch::Tensor xf = x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1 ? x : x.to(torch::kFloat32).contiguous();
-  if (silu) xf = silu_mul_rows(xf.contiguous());
+  if (silu) xf = flint_rows::silu_mul_tensor(xf.contiguous());
   torch::Tensor y = linear_tiled(xf, bits, w, scale, mins, n, kp, group, xscale, bias, unit_rms_floor);
-  add_residual_rows(y, residual);
+  flint_rows::add_residual(y, residual);
   return py::cast(y);
 }
 
@@ -577,10 +505,10 @@ py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const Tiled
     return linear_tiled(in, l.bits, l.w, l.scale, l.mins, l.n, l.kp, l.group, l.xscale, l.bias, floor);
   };
   torch::Tensor x1 = run(o_proj, o, -1.0);
-  add_residual_rows(x1, x);
-  const torch::Tensor h = silu_mul_rows(run(gate_up, x1, unit_rms_floor));
+  flint_rows::add_residual(x1, x);
+  const torch::Tensor h = flint_rows::silu_mul_tensor(run(gate_up, x1, unit_rms_floor));
   torch::Tensor y = run(down, h, -1.0);
-  add_residual_rows(y, x1);
+  flint_rows::add_residual(y, x1);
   return py::cast(y);
 }
 
