@@ -221,3 +221,28 @@ def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits
     for rows in (1, 2, 3, 4, 8):
         parts = torch.cat([layer(x[i : i + rows].contiguous()) for i in range(0, 16, rows)])
         assert torch.equal(parts, whole), f"{rows} rows per call"
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 128)])
+def test_a_many_row_layer_call_gives_each_row_the_bits_of_its_own_call(kernel, bits, group):
+    """The VNNI call of 16 and more rows with the folded norm (rms_linear), silu and the residual add (a decoder
+    layer's MLP in a 24-stream step) gives each row the bits of its one-row call. (The other kernel takes a few
+    rows only; more go to torch.mm.)"""
+    from flint.engine.model.linear import rms_linear, silu_linear_add
+
+    if not kernel.has_vnni:
+        pytest.skip("this CPU has no AVX512-VNNI: no tiled kernel")
+    g = torch.Generator().manual_seed(23)
+    up = modules.QuantLinear(weights(2 * 640, 512, bits, group, seed=23), input_scale=torch.rand(512, generator=g) + 0.5)
+    down = modules.QuantLinear(weights(512, 640, bits, group, seed=24))
+    x = torch.randn(24, 512, generator=g) * 3
+    floor = torch.tensor(0.2)
+
+    def layer(rows: torch.Tensor) -> torch.Tensor:
+        return silu_linear_add(down, rms_linear(up, rows, floor, 0.2), rows)
+
+    whole = layer(x)
+    for i in (0, 7, 15, 16, 23):
+        assert torch.equal(layer(x[i : i + 1]), whole[i : i + 1]), f"row {i}"
+    assert torch.equal(layer(x[:16]), whole[:16])
+    assert torch.equal(layer(x[8:24]), whole[8:24])
