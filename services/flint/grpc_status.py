@@ -53,6 +53,14 @@ def code_number(code: grpc.StatusCode) -> int:
     return code.value[0]
 
 
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def code_of(number: int) -> grpc.StatusCode:
+    """The status of a google.rpc.Code value (`code_number`'s inverse; UNKNOWN for a value gRPC has not)."""
+    return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
 # Statuses from another flint server whose message was written for the client and passes through unchanged.
 # Any other status (UNAVAILABLE, UNKNOWN, INTERNAL, CANCELLED, UNAUTHENTICATED on the internal API...) can carry
 # gRPC's own text (addresses, OS errors) and reaches clients as a generic message with an error id.
@@ -185,7 +193,7 @@ def status_details(code: grpc.StatusCode, message: str, retry_after_ms: int) -> 
 
 def error_of(error) -> errors.FlintError:
     """The flint exception for a flint.v1.RequestError (a per-request error on a Session stream)."""
-    code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+    code = code_of(error.code)
     cls = _ERRORS.get(code, errors.Internal)
     if cls is errors.FailedPrecondition:
         return cls(error.message or code.name, document_version=error.document_version,

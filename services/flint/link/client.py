@@ -33,17 +33,13 @@ from collections import deque
 
 import grpc
 
+from flint.grpc_status import RETRY_AFTER_KEY, code_of
 from flint.internal.v1 import engine_pb2 as pb
 from flint.link import frames as fr
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_EVENTS = 64     # unread events of one call before it asks the replica to pause its request
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def status_of(number: int) -> grpc.StatusCode:
-    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
 
 
 class LinkClient:
@@ -134,7 +130,7 @@ class LinkCall:
         return self._cancelled
 
     def code(self) -> grpc.StatusCode | None:
-        return None if self._status is None else status_of(self._status[0])
+        return None if self._status is None else code_of(self._status[0])
 
     def details(self) -> str | None:
         return None if self._status is None else self._status[1]
@@ -176,10 +172,8 @@ class LinkCall:
 
     @staticmethod
     def _error(code: int, details: str, retry_after_ms: int) -> grpc.aio.AioRpcError:
-        from flint.grpc_status import RETRY_AFTER_KEY
-
         trailing = ((RETRY_AFTER_KEY, str(retry_after_ms)),) if retry_after_ms else ()
-        return grpc.aio.AioRpcError(status_of(code), grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
+        return grpc.aio.AioRpcError(code_of(code), grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
 
 
 class _Connection(asyncio.Protocol):
@@ -293,7 +287,7 @@ class _Connection(asyncio.Protocol):
             elif kind == fr.END:
                 code, details, retry_after_ms = fr.split_end(payload)
                 if rid == 0:   # the replica refused the connection (the token)
-                    self.fail(status_of(code), details)
+                    self.fail(code_of(code), details)
                     return
                 call = self._calls.pop(rid, None)
                 if call is not None:
