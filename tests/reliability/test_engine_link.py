@@ -54,12 +54,21 @@ async def link(cluster):
         await client.close()
 
 
+def feed(reader: fr.FrameReader, data: bytes) -> list:
+    """Push `data` and take every whole frame there is, as the link's two ends do."""
+    reader.push(data)
+    frames = []
+    while (frame := reader.next()) is not None:
+        frames.append(frame)
+    return frames
+
+
 def test_frames_are_cut_wherever_the_bytes_split():
     stream = (fr.frame(fr.HELLO, 0, b"token") + fr.frame(fr.REQUEST, 7, fr.request_payload(b"body", [("k", "v")]))
               + fr.frame(fr.PING, 0))
     reader = fr.FrameReader()
-    frames = [f for i in range(0, len(stream), 3) for f in reader.feed(stream[i:i + 3])]
-    assert reader.feed(b"") == [] and reader._buffer == b""
+    frames = [f for i in range(0, len(stream), 3) for f in feed(reader, stream[i:i + 3])]
+    assert feed(reader, b"") == [] and reader._buffer == b""
     assert [(kind, rid) for kind, rid, _ in frames] == [(fr.HELLO, 0), (fr.REQUEST, 7), (fr.PING, 0)]
     assert frames[0][2] == b"token"
     assert fr.split_request(frames[1][2]) == ((("k", "v"),), b"body")
@@ -69,9 +78,9 @@ def test_frames_are_cut_wherever_the_bytes_split():
 
 def test_a_frame_past_the_bound_or_of_an_unknown_kind_breaks_the_framing():
     with pytest.raises(fr.FrameError, match="at most 1024"):
-        fr.FrameReader(1024).feed(fr.HEADER.pack(1025, fr.EVENT, 1))
+        feed(fr.FrameReader(1024), fr.HEADER.pack(1025, fr.EVENT, 1))
     with pytest.raises(fr.FrameError, match="unknown frame kind"):
-        fr.FrameReader().feed(fr.HEADER.pack(0, 99, 1))
+        feed(fr.FrameReader(), fr.HEADER.pack(0, 99, 1))
 
 
 async def test_a_request_streams_its_events_and_final_over_the_link(link, reference):
@@ -146,7 +155,7 @@ async def test_a_worker_that_stops_reading_stops_the_replicas_writes_at_the_buff
         assert conn._paused and conn._transport.get_write_buffer_size() < 4096 + 1024   # one frame past the mark
         frames, text, ended = fr.FrameReader(), [], None
         while ended is None:
-            for kind, _, payload in frames.feed(await asyncio.to_thread(sock.recv, 65536)):
+            for kind, _, payload in feed(frames, await asyncio.to_thread(sock.recv, 65536)):
                 if kind == fr.EVENT:
                     event = ipb.GenerateEvent.FromString(payload)
                     text += [event.delta.text] if event.HasField("delta") else [d.text for d in event.deltas.items]

@@ -90,11 +90,3 @@ class FrameReader:
             del buffer[:start]
             self._start = 0
         return None
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        """`push(data)` and every whole frame there is."""
-        self.push(data)
-        frames = []
-        while (frame := self.next()) is not None:
-            frames.append(frame)
-        return frames
