@@ -27,7 +27,6 @@ from flint.frontend.replicas import ReplicaPool
 from flint.frontend.routing import make_policy
 from flint.frontend.servicer import FlintServicer
 from flint.frontend.store import Store
-from flint.grpc_status import ErrorInterceptor
 from flint.observability.setup import start_metrics
 from flint.replica.registry import ReplicaRegistry
 
@@ -173,15 +172,15 @@ class FrontendWorker:
         from flint.security import transport
 
         cfg = self.config
-        server = grpc.aio.server(interceptors=[ErrorInterceptor(), *transport.interceptors(
-            self._security, redis=self._redis, key_prefix=cfg.key_prefix)], options=[
+        server = grpc.aio.server(interceptors=transport.interceptors(
+            self._security, redis=self._redis, key_prefix=cfg.key_prefix) or None, options=[
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             *server_options(self._liveness_config),   # keepalive, idle and age limits
             *transport.server_options(self._security),
         ])
-        server.add_generic_rpc_handlers((flint_handler(servicer),))
+        server.add_generic_rpc_handlers((flint_handler(servicer, transport.call_cap(self._security)),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         return server

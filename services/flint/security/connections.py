@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-
-import grpc
 
 from flint.errors import ResourceExhausted
-from flint.grpc_status import WrappedHandlers
 
 PUBLIC_SERVICE_PREFIX = "/flint.v1.Flint/"
 HTTP2_BACKSTOP_FACTOR = 16
@@ -40,7 +36,7 @@ async def before_refusing(requests) -> None:
             await requests.__anext__()
 
 
-class _Reads:
+class Reads:
     """A client-streaming call's request iterator, noting whether its handler has asked it for a message."""
 
     def __init__(self, requests):
@@ -55,35 +51,18 @@ class _Reads:
         return await self._requests.__anext__()
 
 
-class ConnectionCallCap(grpc.aio.ServerInterceptor):
-    """At most `limit` concurrent flint.v1.Flint calls per client connection (its peer address)."""
+class ConnectionCallCap:
+    """At most `limit` concurrent flint.v1.Flint calls per client connection (its peer address). The public
+    service's handlers take and give a call's place (flint.frontend.codec wraps each method once)."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self._held: dict[str, int] = {}
-        self._wrapped = WrappedHandlers(self._capped)
 
     def held(self, peer: str) -> int:
         return self._held.get(peer, 0)
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(PUBLIC_SERVICE_PREFIX):
-            return handler
-        return self._wrapped(handler)
-
-    def _capped(self, handler):
-        for kind, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
-                           ("unary_stream", grpc.unary_stream_rpc_method_handler),
-                           ("stream_unary", grpc.stream_unary_rpc_method_handler),
-                           ("stream_stream", grpc.stream_stream_rpc_method_handler)):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                return make(self._wrap(behavior, client_streaming=kind == "stream_stream"),
-                            handler.request_deserializer, handler.response_serializer)
-        return handler
-
-    def _take(self, peer: str) -> None:
+    def take(self, peer: str) -> None:
         held = self._held.get(peer, 0)
         if held >= self.limit:
             raise ResourceExhausted(f"this connection already has {held} calls open (security.max_streams_per_"
@@ -91,38 +70,7 @@ class ConnectionCallCap(grpc.aio.ServerInterceptor):
                                     f"after {RETRY_AFTER_MS} ms", retry_after_ms=RETRY_AFTER_MS)
         self._held[peer] = held + 1
 
-    def _give(self, peer: str) -> None:
+    def give(self, peer: str) -> None:
         self._held[peer] -= 1
         if not self._held[peer]:
             del self._held[peer]
-
-    def _wrap(self, behavior, *, client_streaming: bool):
-        if inspect.isasyncgenfunction(behavior):
-            async def streamed(request, context):
-                peer = context.peer()
-                reads = _Reads(request) if client_streaming else None   # Session, the one client-streaming call
-                try:
-                    self._take(peer)
-                    try:
-                        async for item in behavior(reads or request, context):
-                            yield item
-                    finally:
-                        self._give(peer)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception:
-                    if reads is not None and not reads.asked:   # refused before it read anything
-                        await before_refusing(reads)
-                    raise
-
-            return streamed
-
-        async def called(request, context):
-            peer = context.peer()
-            self._take(peer)
-            try:
-                return await behavior(request, context)
-            finally:
-                self._give(peer)
-
-        return called

@@ -53,14 +53,19 @@ def server_options(config: SecurityConfig) -> list[tuple[str, int]]:
 
 
 def interceptors(config: SecurityConfig, *, redis, key_prefix: str) -> list:
-    """The per-connection call cap, then the auth interceptor when API keys are configured."""
-    cap = ConnectionCallCap(config.max_streams_per_connection)
+    """The auth interceptor when API keys are configured (none otherwise: grpc.aio then skips the interceptor
+    machinery on every call)."""
     keys = key_store(config, redis=redis, key_prefix=key_prefix)
     if keys is None:
-        return [cap]
+        return []
     from flint.security.auth import AuthInterceptor
 
-    return [cap, AuthInterceptor(keys)]
+    return [AuthInterceptor(keys)]
+
+
+def call_cap(config: SecurityConfig) -> ConnectionCallCap:
+    """The public service's per-connection call cap (flint.frontend.codec holds it around each call)."""
+    return ConnectionCallCap(config.max_streams_per_connection)
 
 
 def key_store(config: SecurityConfig, *, redis, key_prefix: str):
