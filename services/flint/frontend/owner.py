@@ -390,7 +390,12 @@ class RequestOwner:
                         await self._claimed_or_stop()  # hold the first event back until the id is ours
                     heard = True
                     watch.heard()
-                    if self._on_engine_event(event):
+                    kind = event.WhichOneof("kind")
+                    if kind == "final":
+                        # The edge writes what it was given first (the last delta often comes in the same read
+                        # as the Final): the request's end work below would otherwise run before it.
+                        await asyncio.sleep(0)
+                    if self._on_engine_event(event, kind):
                         finished = True
                         return
                 raise Internal(f"engine replica {self._replica.replica_id} ended the stream of request "
@@ -447,9 +452,8 @@ class RequestOwner:
         return from_rpc_error(err, peer=f"engine replica {self._replica.address}")
 
     # ------------------------------------------------------------ engine events -> front-end events
-    def _on_engine_event(self, event: ipb.GenerateEvent) -> bool:
-        """Turn one engine event into front-end events; True at the Final."""
-        kind = event.WhichOneof("kind")
+    def _on_engine_event(self, event: ipb.GenerateEvent, kind: str) -> bool:
+        """Turn one engine event (of oneof `kind`) into front-end events; True at the Final."""
         if kind == "delta":
             self._delta(event.delta.text, event.delta.token_count)
         elif kind == "deltas":   # engine deltas the replica sent together: numbered one by one all the same
