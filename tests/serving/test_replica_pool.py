@@ -71,3 +71,38 @@ async def test_generate_goes_on_the_engine_link_of_a_replica_that_publishes_one_
                             engine_transport="grpc")
     assert isinstance(grpc_only.stub(linked)._generate, EngineClient)
     await grpc_only.close()
+
+
+async def test_the_channel_and_link_of_a_replica_gone_from_the_registry_are_closed_once_no_call_is_open(registry):
+    """A replica that left (scaled down, restarted at a new address) must not leave its gRPC channel and engine
+    link behind in every worker for the life of the process; one with a call still open keeps them until it ends."""
+    import grpc
+    from dataclasses import replace
+
+    from flint.internal.v1 import engine_pb2
+
+    _, registry, pool = registry
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)  # takes calls, never answers
+    try:
+        gone = replace(replica("a"), link_address="127.0.0.1:1")
+        busy = replace(replica("bb"), link_address=f"127.0.0.1:{silent.sockets[0].getsockname()[1]}")
+        for r in (gone, busy):
+            await registry.publish(r, ttl_s=60)
+        await pool.replicas(fresh=True)
+        link = pool.stub(gone)._generate
+        channel = pool._channels[gone.address][0]
+        open_call = pool.stub(busy).Generate(engine_pb2.GenerateRequest(request_id="x"), timeout=30)
+        await registry.remove(gone.replica_id)
+        await registry.remove(busy.replica_id)
+        await pool.replicas(fresh=True)
+        assert gone.address not in pool._channels and gone.link_address not in pool._links
+        async with asyncio.timeout(5):   # the closes run behind the read
+            while not (link.closed and channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN):
+                await asyncio.sleep(0.01)
+        assert busy.address in pool._channels and busy.link_address in pool._links   # its call is still open
+        open_call.cancel()
+        await asyncio.sleep(0)
+        await pool.replicas(fresh=True)
+        assert busy.address not in pool._channels and busy.link_address not in pool._links
+    finally:
+        silent.close()

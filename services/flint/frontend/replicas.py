@@ -8,7 +8,9 @@ busy worker. One gRPC channel is kept per replica address, and with
 `engine_transport = "link"` (the default) one engine link (flint.link) per
 replica that publishes a link address: `Generate` goes on the link, the stall
 probe's `Load` on the gRPC channel. A replica that publishes no link address
-(an older version during a rolling upgrade) is called over gRPC.
+(an older version during a rolling upgrade) is called over gRPC. The channel and link of a
+replica the registry no longer lists are closed at the next read that finds it gone and no call of
+this worker open on it (a replica that comes back gets new ones at its next pick).
 
 The pool also keeps this worker's own in-flight count per replica, which
 the routing policy weighs: an engine call opened through `stub()` counts
@@ -58,6 +60,9 @@ class ReplicaPool:
         self._channels: dict[str, tuple[grpc.aio.Channel, EngineClient]] = {}
         self._links: dict[str, LinkClient] = {}                  # link address -> this worker's link to it
         self._open: dict[str, int] = defaultdict(int)            # replica id -> engine calls open now
+        self._open_at: dict[str, int] = defaultdict(int)         # replica address -> engine calls open now
+        self._link_of: dict[str, str] = {}                       # replica address -> its link address in use
+        self._closing: set[asyncio.Task] = set()                 # closes of gone replicas' channels and links
         self._reserved: dict[str, deque] = defaultdict(deque)    # replica id -> expiry times of picks not started
 
     async def replicas(self, *, fresh: bool = False) -> list[ReplicaInfo]:
@@ -78,6 +83,18 @@ class ReplicaPool:
         self._dropped = {a: until for a, until in self._dropped.items() if until > time.monotonic()}
         self._cached = [r for r in listed if r.address not in self._dropped]
         self._cached_at = now
+        self._close_gone({r.address for r in listed})
+
+    def _close_gone(self, listed: set[str]) -> None:
+        """Close the channel and link of every replica address not in `listed` with no call of ours open."""
+        for address in [a for a in self._channels if a not in listed and not self._open_at.get(a)]:
+            channel, _ = self._channels.pop(address)
+            link = self._links.pop(self._link_of.pop(address, ""), None)
+            for closing in (channel.close(), link.close() if link is not None else None):
+                if closing is not None:
+                    task = asyncio.ensure_future(closing)
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
 
     async def _refresh_behind(self) -> None:
         try:
@@ -122,16 +139,18 @@ class ReplicaPool:
                 del self._reserved[rid]
         return counts
 
-    def _opened(self, replica_id: str) -> None:
+    def _opened(self, replica_id: str, address: str) -> None:
         self._open[replica_id] += 1
+        self._open_at[address] += 1
         reserved = self._reserved.get(replica_id)
         if reserved:
             reserved.popleft()
 
-    def _closed(self, replica_id: str) -> None:
-        self._open[replica_id] -= 1
-        if not self._open[replica_id]:
-            del self._open[replica_id]
+    def _closed(self, replica_id: str, address: str) -> None:
+        for counts, key in ((self._open, replica_id), (self._open_at, address)):
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]
 
     def drop(self, replica: ReplicaInfo) -> None:
         """Stop routing to a replica that refused a connection, for as long as its heartbeat may still
@@ -159,7 +178,8 @@ class ReplicaPool:
             if generate is None:
                 generate = self._links[replica.link_address] = LinkClient(replica.link_address, self._internal_token,
                                                                           self.liveness)
-        return _CountingClient(generate, entry[1], self, replica.replica_id)  # open Generates count in `inflight()`
+                self._link_of[replica.address] = replica.link_address
+        return _CountingClient(generate, entry[1], self, replica)  # open Generates count in `inflight()`
 
     async def close(self) -> None:
         if self._refreshing is not None:
@@ -170,22 +190,26 @@ class ReplicaPool:
             await link.close()
         for channel, _ in channels.values():
             await channel.close()
+        if self._closing:
+            await asyncio.wait(self._closing)
 
 
 class _CountingClient:
     """A replica's engine client (Generate on the link or gRPC, Load on gRPC) whose Generate calls count in the
     pool's in-flight while they are open."""
 
-    def __init__(self, generate: "LinkClient | EngineClient", client: EngineClient, pool: ReplicaPool, replica_id: str):
+    def __init__(self, generate: "LinkClient | EngineClient", client: EngineClient, pool: ReplicaPool,
+                 replica: ReplicaInfo):
         self._generate = generate
         self._client = client
         self._pool = pool
-        self._replica_id = replica_id
+        self._replica_id = replica.replica_id
+        self._address = replica.address
 
     def Generate(self, request, **kwargs):  # noqa: N802 - the RPC's name
         call = self._generate.Generate(request, **kwargs)
-        self._pool._opened(self._replica_id)
-        call.add_done_callback(lambda _call: self._pool._closed(self._replica_id))
+        self._pool._opened(self._replica_id, self._address)
+        call.add_done_callback(lambda _call: self._pool._closed(self._replica_id, self._address))
         return call
 
     def Load(self, request, **kwargs):  # noqa: N802

@@ -52,6 +52,7 @@ class LinkClient:
         self._timeout_s = liveness.engine_keepalive_timeout_s
         self._max_frame_bytes = max_frame_bytes
         self._connection: _Connection | None = None
+        self.closed = False   # by `close()`: the pool let this replica go
 
     def Generate(self, request: pb.GenerateRequest, *, metadata=None, timeout: float | None = None,  # noqa: N802
                  **_ignored) -> "LinkCall":
@@ -61,6 +62,7 @@ class LinkClient:
         return connection.call(request, metadata, timeout)
 
     async def close(self) -> None:
+        self.closed = True
         if self._connection is not None:
             self._connection.fail(grpc.StatusCode.UNAVAILABLE, "the engine link was closed by this worker")
             self._connection = None
