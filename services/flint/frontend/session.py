@@ -25,6 +25,7 @@ from flint.frontend.outbox import Outbox
 from flint.frontend.render import request_error, to_message
 from flint.frontend.store import SessionRecord
 from flint.frontend.validate import check_request_id, new_id, request_id_of, scope_request_id
+from flint.grpc_status import code_number
 from flint.security.context import current_tenant
 from flint.security.limits import check_model_name
 from flint.v1 import flint_pb2 as pb
@@ -210,7 +211,8 @@ class SessionStream:
             from flint.frontend.servicer import RESUME_DISABLED
 
             self._emit(pb.ServerMessage(error=pb.RequestError(
-                request_id=resume.request_id, code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=RESUME_DISABLED)))
+                request_id=resume.request_id, code=code_number(grpc.StatusCode.UNIMPLEMENTED),
+                message=RESUME_DISABLED)))
             return
 
         tenant = current_tenant()

@@ -33,7 +33,7 @@ from collections import deque
 
 import grpc
 
-from flint.grpc_status import RETRY_AFTER_KEY, code_of
+from flint.grpc_status import RETRY_AFTER_KEY, code_number, code_of
 from flint.internal.v1 import engine_pb2 as pb
 from flint.link import frames as fr
 
@@ -115,7 +115,7 @@ class LinkCall:
         self._cancelled = True
         self._events.clear()
         self._connection.cancel(self._id)
-        self._finish(grpc.StatusCode.CANCELLED.value[0], "Locally cancelled by application!")
+        self._finish(code_number(grpc.StatusCode.CANCELLED), "Locally cancelled by application!")
         return True
 
     def add_done_callback(self, fn) -> None:
@@ -154,7 +154,7 @@ class LinkCall:
         if self._status is None:
             self._events.clear()
             self._connection.cancel(self._id)
-            self._finish(grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+            self._finish(code_number(grpc.StatusCode.DEADLINE_EXCEEDED), "Deadline Exceeded")
 
     def _finish(self, code: int, details: str, retry_after_ms: int = 0) -> None:
         if self._status is not None:
@@ -211,9 +211,9 @@ class _Connection(asyncio.Protocol):
         call = LinkCall(self, rid, timeout)
         payload = fr.request_payload(request.SerializeToString(), metadata)
         if self.closed:
-            call.end(grpc.StatusCode.UNAVAILABLE.value[0], f"the engine link to {self._address} is closed")
+            call.end(code_number(grpc.StatusCode.UNAVAILABLE), f"the engine link to {self._address} is closed")
         elif len(payload) > self._client._max_frame_bytes:
-            call.end(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            call.end(code_number(grpc.StatusCode.RESOURCE_EXHAUSTED),
                      f"Sent message larger than max ({len(payload)} vs. {self._client._max_frame_bytes})")
         else:
             self._calls[rid] = call
@@ -247,7 +247,7 @@ class _Connection(asyncio.Protocol):
             self._connecting.cancel()
         calls, self._calls = self._calls, {}
         for call in calls.values():
-            call.end(code.value[0], details)
+            call.end(code_number(code), details)
         if self._transport is not None:
             self._transport.abort()
 
