@@ -150,11 +150,12 @@ async def test_the_ends_batch_goes_to_redis_while_a_batch_before_it_awaits_its_r
     try:
         request.write(ev.Accepted("r-1", 3))               # goes at once
         async with asyncio.timeout(5):
-            while (await client_info(redis, client_id))["cmd"] != "xadd":
+            while (info := await client_info(redis, client_id))["cmd"] != "xadd":
                 await asyncio.sleep(0.005)
+        read = int(info["tot-net-in"])
         assert request.then([(record, b"ended", 60_000)])   # the record of the end, behind it
-        async with asyncio.timeout(5):                     # its bytes wait in Valkey's query buffer
-            while int((await client_info(redis, client_id))["qbuf"]) == 0:
+        async with asyncio.timeout(5):                     # its bytes reached Valkey (they wait there)
+            while int((await client_info(redis, client_id))["tot-net-in"]) == read:
                 await asyncio.sleep(0.005)
     finally:
         await redis.client_unpause()
