@@ -198,7 +198,8 @@ inline void madd(Acc& acc, int r, int t, __m512 a, __m512 b, bool first) {
 // activation bytes are vpdpbusd's own broadcast memory operand ({1to16}), not a vpbroadcastd each: half the
 // instructions. Measured on the 2-core EPYC, 16-row int8 pass over the benchmark model: 0.97x the time at one
 // thread and the same within noise at two, in separate processes (a paired A/B of both builds loaded into one
-// process had shown 0.75-0.88x, which separate processes did not confirm).
+// process had shown 0.75-0.88x, which separate processes did not confirm). The bytes it reads are an "m" input, not
+// a "memory" clobber: that told GCC any memory may have changed, so it reloaded Act's q16 pointer and kq every step.
 #define FLINT_DP2(r, off0, off1)                                          \
   "vpdpbusd " #off0 "(%[x])%{1to16%}, %[w0], %[a" #r "]\n\t"              \
   "vpdpbusd " #off1 "(%[x])%{1to16%}, %[w1], %[a" #r "]\n\t"
@@ -207,27 +208,39 @@ inline void madd(Acc& acc, int r, int t, __m512 a, __m512 b, bool first) {
       FLINT_DP2(4, 16, 80) FLINT_DP2(5, 20, 84) FLINT_DP2(6, 24, 88) FLINT_DP2(7, 28, 92)                      \
       : [a0] "+v"(r0), [a1] "+v"(r1), [a2] "+v"(r2), [a3] "+v"(r3), [a4] "+v"(r4), [a5] "+v"(r5),               \
         [a6] "+v"(r6), [a7] "+v"(r7)                                                                           \
-      : [w0] "v"(w0_), [w1] "v"(w1_), [x] "r"(x_)                                                              \
-      : "memory")   /* it reads Act::q16 */
+      : [w0] "v"(w0_), [w1] "v"(w1_), [x] "r"(x_),                                                             \
+        [xm] "m"(*reinterpret_cast<const int8_t(*)[96]>(x_)))   /* the bytes it reads, not a "memory" clobber */
 
-// int8_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16).
+// The 16-row passes walk two pointers set up once: the tile's weights, kTiles * 64 bytes a step on in its run's
+// stream, and the 16 rows' activation bytes, 64 bytes a 4-column step on in Act::q16 (128 an int4 step); 4 steps an
+// iteration, with no remainder (Kp and int8 blocks are multiples of 16 columns, int4 groups of 32). Computed per step
+// (tile_at and Act::at, Act's fields reloaded after each asm), the step loop ran 0.45 other instructions per vpdpbusd
+// for int4 and 0.52 for int8 (which also copied accumulators between registers and the stack); now 0.19 for both.
+// One 16-row pass through the benchmark model's Linears, 34 alternated process pairs on the 2-core EPYC (shared with
+// other runs): int8 median 0.87x the time at one thread, 0.89x at two; int4 0.94x at one thread, at two no clear
+// change (0.97x, faster in 20 of 34 pairs). One int4 Linear called over and over on its own (lm_head, gate_up) takes
+// the same time as before or up to 1% more (int8 0.98x): the gain shows in the pass over every Linear in turn, as in
+// a decode step. The same bits (loadtests/results/tile16-loop-20261201.md).
+
+// int8_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16), two steps (w0, w1) at a time.
 void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* bias, float* y,
                  int64_t ldy, int64_t n, int64_t kp, int64_t t0) {
   const int64_t steps = kp / 4, bsteps = kInt8Block / 4;
+  const uint8_t* wp = tile_at(w, t0, 0, steps);
+  const int8_t* xp = a.at<16>(r0, 0, 0);
   FloatAcc<16, 1> acc;
   for (int64_t b = 0; b < a.blocks; ++b) {
     __m512i e0 = _mm512_setzero_si512(), e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0, e8 = e0,
             e9 = e0, e10 = e0, e11 = e0, e12 = e0, e13 = e0, e14 = e0, e15 = e0;
     const int64_t s1 = std::min(steps, (b + 1) * bsteps);
-#pragma GCC unroll 8
-    for (int64_t s = b * bsteps; s + 2 <= s1; s += 2) {
-      const __m512i w0 = _mm512_loadu_si512(tile_at(w, t0, s, steps));
-      const __m512i w1 = _mm512_loadu_si512(tile_at(w, t0, s + 1, steps));
-      const int8_t* x = a.at<16>(r0, 0, s);
-      const int8_t* x8 = x + 32;
-      FLINT_DP8X2(x, w0, w1, e0, e1, e2, e3, e4, e5, e6, e7);
-      FLINT_DP8X2(x8, w0, w1, e8, e9, e10, e11, e12, e13, e14, e15);
-    }
+    for (int64_t s = b * bsteps; s < s1; s += 4)   // s1 - s is a multiple of 4: Kp and blocks are of 16 columns
+#pragma GCC unroll 2
+      for (int u = 0; u < 2; ++u, wp += 2 * kTiles * 64, xp += 2 * 64) {
+        const __m512i w0 = _mm512_loadu_si512(wp);
+        const __m512i w1 = _mm512_loadu_si512(wp + kTiles * 64);
+        FLINT_DP8X2(xp, w0, w1, e0, e1, e2, e3, e4, e5, e6, e7);
+        FLINT_DP8X2(xp + 32, w0, w1, e8, e9, e10, e11, e12, e13, e14, e15);
+      }
     const __m512i ev[16] = {e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15};
     for (int r = 0; r < 16; ++r) {
       const int64_t i = (r0 + r) * a.blocks + b;
@@ -246,20 +259,21 @@ void int4_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale,
                  int64_t group, const float* bias, float* y, int64_t ldy, int64_t n, int64_t t0) {
   const int64_t steps = kp / 8, groups = kp / group, gsteps = group / 8;
   const __m512i low = _mm512_set1_epi8(0x0F);
+  const uint8_t* wp = tile_at(w, t0, 0, steps);
+  const int8_t* xp = a.at<16>(r0, 0, 0);
   FloatAcc<16, 1> acc;
   for (int64_t g = 0; g < groups; ++g) {
     __m512i e0 = _mm512_setzero_si512(), e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0, e8 = e0,
             e9 = e0, e10 = e0, e11 = e0, e12 = e0, e13 = e0, e14 = e0, e15 = e0;
-#pragma GCC unroll 8
-    for (int64_t s = g * gsteps; s < (g + 1) * gsteps; ++s) {
-      const __m512i raw = _mm512_loadu_si512(tile_at(w, t0, s, steps));
-      const __m512i wl = _mm512_and_si512(raw, low);
-      const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
-      const int8_t* x = a.at<16>(r0, 0, 2 * s);
-      const int8_t* x8 = x + 32;
-      FLINT_DP8X2(x, wl, wh, e0, e1, e2, e3, e4, e5, e6, e7);
-      FLINT_DP8X2(x8, wl, wh, e8, e9, e10, e11, e12, e13, e14, e15);
-    }
+    for (int64_t s = 0; s < gsteps; s += 4)   // gsteps is a multiple of 4: groups are of 32 columns
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u, wp += kTiles * 64, xp += 2 * 64) {
+        const __m512i raw = _mm512_loadu_si512(wp);
+        const __m512i wl = _mm512_and_si512(raw, low);
+        const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+        FLINT_DP8X2(xp, wl, wh, e0, e1, e2, e3, e4, e5, e6, e7);
+        FLINT_DP8X2(xp + 32, wl, wh, e8, e9, e10, e11, e12, e13, e14, e15);
+      }
     const __m512i ev[16] = {e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15};
     const __m512 sc = _mm512_loadu_ps(scale + (t0 * groups + g) * 16);
     const __m512 mn = _mm512_loadu_ps(mins + (t0 * groups + g) * 16);
