@@ -216,11 +216,11 @@ inline void madd(Acc& acc, int r, int t, __m512 a, __m512 b, bool first) {
 // iteration, with no remainder (Kp and int8 blocks are multiples of 16 columns, int4 groups of 32). Computed per step
 // (tile_at and Act::at, Act's fields reloaded after each asm), the step loop ran 0.45 other instructions per vpdpbusd
 // for int4 and 0.52 for int8 (which also copied accumulators between registers and the stack); now 0.19 for both.
-// One 16-row pass through the benchmark model's Linears, 34 alternated process pairs on the 2-core EPYC (shared with
-// other runs): int8 median 0.87x the time at one thread, 0.89x at two; int4 0.94x at one thread, at two no clear
-// change (0.97x, faster in 20 of 34 pairs). One int4 Linear called over and over on its own (lm_head, gate_up) takes
-// the same time as before or up to 1% more (int8 0.98x): the gain shows in the pass over every Linear in turn, as in
-// a decode step. The same bits (loadtests/results/tile16-loop-20261201.md).
+// One 16-row pass through the benchmark model's Linears, 40 alternated process pairs on the 2-core EPYC (12 of them
+// quiet, the rest beside other runs): at one thread int8 0.89x the time (quiet 0.90x), int4 0.96x (quiet 0.96x); at
+// two threads int8 0.91x (quiet 0.95x), int4 unchanged (quiet 1.01x). One int4 Linear called over and over on its
+// own takes the same time as before or up to 1% more (int8 0.98x): the gain is in the pass over every Linear in
+// turn, as in a decode step. The same bits (loadtests/results/tile16-loop-20261201.md).
 
 // int8_tiles<16, 1>: one tile for the 16 rows [r0, r0 + 16), two steps (w0, w1) at a time.
 void int8_tile16(const Act& a, int64_t r0, const uint8_t* w, const float* scale, const float* bias, float* y,
