@@ -53,14 +53,16 @@ def server_options(config: SecurityConfig) -> list[tuple[str, int]]:
 
 
 def interceptors(config: SecurityConfig, *, redis, key_prefix: str) -> list:
-    """The auth interceptor when API keys are configured (none otherwise: grpc.aio then skips the interceptor
-    machinery on every call)."""
+    """The auth interceptor when API keys are configured, behind the error mapping its own exceptions need (the
+    handlers inside map theirs: flint.frontend.codec); none otherwise, so grpc.aio skips the interceptor
+    machinery on every call."""
     keys = key_store(config, redis=redis, key_prefix=key_prefix)
     if keys is None:
         return []
+    from flint.grpc_status import ErrorInterceptor
     from flint.security.auth import AuthInterceptor
 
-    return [AuthInterceptor(keys)]
+    return [ErrorInterceptor(), AuthInterceptor(keys)]
 
 
 def call_cap(config: SecurityConfig) -> ConnectionCallCap:
