@@ -22,7 +22,6 @@ import contextlib
 
 from flint.errors import ResourceExhausted
 
-PUBLIC_SERVICE_PREFIX = "/flint.v1.Flint/"
 HTTP2_BACKSTOP_FACTOR = 16
 RETRY_AFTER_MS = 1000
 FIRST_MESSAGE_WAIT_S = 1.0
