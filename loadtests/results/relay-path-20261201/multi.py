@@ -6,6 +6,7 @@ from flint.bench import cluster_measure as m, floor
 from flint.internal.v1 import engine_pb2
 from flint.security.internal import EngineClient, resolve_token
 from flint.v1 import flint_pb2 as pb, flint_pb2_grpc
+from pf import timed
 
 async def main(samples, trees):
     async with floor.demo_replica() as (host, url, replica):
@@ -27,14 +28,9 @@ async def main(samples, trees):
                                        cache_namespace="bench-direct", sampling=engine_pb2.SamplingParams(max_tokens=1)))
                         else:
                             call = stubs[k].Complete(pb.CompleteRequest(prefix="#" + k + "\n" + prefix, sampling=pb.Sampling(max_tokens=1)))
-                        t0 = time.perf_counter(); first = None; fin = None
-                        async for msg in call:
-                            kind = msg.WhichOneof("kind")
-                            if first is None and kind in ("delta", "final"): first = time.perf_counter() - t0
-                            if kind == "final": fin = msg.final
+                        row = await timed(call, k != "D")
                         if i >= 20:
-                            t = fin if k == "D" else fin.timings
-                            res[k].append((first * 1e3, t.queue_ms, t.prefill_ms, t.first_token_ms))
+                            res[k].append(row)
                 d = np.array(res["D"])
                 print(f"load {os.getloadavg()[0]:.2f}")
                 for k, v in res.items():
