@@ -2,7 +2,7 @@
 
 Greedy outputs of the engine with the fused layer and with it turned off are the same tokens, for fp32 and
 int4 weights, with and without speculative verification (several rows per sequence); and the fused call is
-what ran (for int4 on VNNI CPUs; on others its layers run call by call).
+what ran (for int4 where the tiled kernel is: AVX2 or AVX512-VNNI CPUs; on others its layers run call by call).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def _outputs(checkpoint, **overrides) -> list[int]:
 @pytest.mark.parametrize("speculation", ["off", "edit"])
 def test_the_fused_layer_gives_the_tokens_of_the_layer_call_by_call(demo_checkpoint, monkeypatch, quantization,
                                                                        speculation):
-    # int4 takes the fused layer on the VNNI kernel; elsewhere (AVX2) its layers run call by call
-    fused_expected = quantization == "none" or quant_modules.kernel().vnni_on()
+    # int4 takes the fused layer on the tiled kernel; without it (no AVX2) its layers run call by call
+    fused_expected = quantization == "none" or quant_modules.kernel().tiled_on()
     fused_calls = []
     real = linear.decode_layer
 

@@ -25,13 +25,13 @@ def gptq_pair(trained_checkpoint, tmp_path_factory):
 
 @pytest.fixture
 def fp32_activations():
-    """The register-dequantization path: exact up to float rounding (VNNI rounds activations to int8)."""
+    """The register-dequantization path: exact up to float rounding (the tiled kernel rounds activations to int8)."""
     k = modules.kernel()
     if k is not None:
-        k.use_vnni(False)
+        k.use_tiled(False)
     yield
     if k is not None:
-        k.use_vnni(True)
+        k.use_tiled(True)
 
 
 def logits_pair(gptq, reference, ids):
@@ -56,7 +56,7 @@ def test_gptq_checkpoint_gives_the_logits_of_its_dequantized_weights(gptq_pair, 
     torch.testing.assert_close(got, ref, atol=2e-3, rtol=1e-3)
 
 
-def test_gptq_with_vnni_kernels_and_int4_embedding_stays_within_the_int4_bound(gptq_pair):
+def test_gptq_with_tiled_kernels_and_int4_embedding_stays_within_the_int4_bound(gptq_pair):
     gptq, reference = gptq_pair
     model = load_model(gptq, quantization="int4")
     assert model.layers[0].qkv.qweight.group_size == 64            # the checkpoint's own grid, not re-quantized
@@ -69,8 +69,10 @@ def test_act_order_checkpoint_is_requantized_and_stays_close(trained_checkpoint,
     write_gptq(trained_checkpoint, tmp_path / "gptq", tmp_path / "reference", group_size=32, act_order=True)
     got, ref = logits_pair(tmp_path / "gptq", tmp_path / "reference", IDS)
     cosine = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
-    # A second int4 rounding on top of GPTQ's (measured: mean 0.9985, lowest token 0.990)
-    assert cosine.mean().item() >= 0.995 and cosine.min().item() >= 0.98
+    # A second int4 rounding on top of GPTQ's. Measured: mean 0.9985, lowest of the 20 tokens 0.990 on the
+    # AVX-512 EPYC; mean 0.9978, lowest 0.976 on an AVX2 one (Zen 3), the same with or without the tiled kernel:
+    # the checkpoint is trained on the machine, and float rounding there changes the weights it ends with.
+    assert cosine.mean().item() >= 0.995 and cosine.min().item() >= 0.97
 
 
 def test_other_quantization_methods_and_bit_widths_are_refused(gptq_pair, tmp_path):

@@ -26,14 +26,15 @@ SHAPES = [  # (M, K, N): decode, verification, odd sizes that need padding, one 
 ]
 
 
-@pytest.fixture(params=["fp32-dequant", "vnni"])
+@pytest.fixture(params=["fp32-dequant", "tiled"])
 def kernel_path(request, kernel):
-    """Both small-M paths: weights dequantized in registers (fp32 activations), and VNNI (int8 activations)."""
-    if request.param == "vnni" and not kernel.has_vnni:
-        pytest.skip("this CPU has no AVX512-VNNI (the fp32-dequant case covers its kernel)")
-    kernel.use_vnni(request.param == "vnni")
+    """Both small-M paths: weights dequantized in registers (fp32 activations), and the tiled kernel (int8
+    activations; AVX512-VNNI, or AVX2 as this CPU has it: test_quant_kernels_avx2.py builds the AVX2 one anywhere)."""
+    if request.param == "tiled" and not kernel.has_tiled:
+        pytest.skip("this CPU has neither AVX2 nor AVX512-VNNI (the fp32-dequant case covers its kernel)")
+    kernel.use_tiled(request.param == "tiled")
     yield request.param
-    kernel.use_vnni(True)
+    kernel.use_tiled(True)
 
 
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 64), (4, 128)])
@@ -44,7 +45,7 @@ def test_small_m_kernel_matches_reference(kernel_path, bits, group, m, k, n):
     x, bias, scale = torch.randn(m, k, generator=g), torch.randn(n, generator=g), torch.rand(k, generator=g) + 0.5
     ref = (x * scale) @ w.dequantize().T + bias
     got = modules.QuantLinear(w, bias, input_scale=scale)(x)
-    if kernel_path == "vnni":   # activations rounded to int8 per block: ~0.4% of |x| per element
+    if kernel_path == "tiled":   # activations rounded to int8 per block: ~0.4% of |x| per element
         assert (got - ref).norm() <= 0.015 * (ref - bias).norm()
     else:
         torch.testing.assert_close(got, ref, atol=1e-4 * k**0.5, rtol=1e-4)
@@ -52,12 +53,12 @@ def test_small_m_kernel_matches_reference(kernel_path, bits, group, m, k, n):
 
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 64)])
 def test_large_m_and_other_dtypes(kernel_path, bits, group):
-    """More rows than SMALL_M_ROWS: the tiled kernel on VNNI (prefill too), dequantize + torch.mm otherwise."""
+    """More rows than SMALL_M_ROWS: the tiled kernel (prefill too), dequantize + torch.mm otherwise."""
     w = weights(40, 200, bits, group, seed=3)
     x = torch.randn(2, 17, 200)                               # 34 rows > SMALL_M_ROWS, 3-D input
     ref = x @ w.dequantize().T
     got = modules.QuantLinear(w)(x)
-    if kernel_path == "vnni":
+    if kernel_path == "tiled":
         assert (got - ref).norm() <= 0.015 * ref.norm()
         big = torch.randn(300, 200)
         assert (modules.QuantLinear(w)(big) - big @ w.dequantize().T).norm() <= 0.015 * (big @ w.dequantize().T).norm()
@@ -66,7 +67,7 @@ def test_large_m_and_other_dtypes(kernel_path, bits, group):
     got = modules.QuantLinear(w)(x[0, :3].bfloat16())
     assert got.dtype == torch.bfloat16
     ref = x[0, :3].bfloat16().float() @ w.dequantize().T
-    assert (got.float() - ref).norm() <= 0.015 * ref.norm()      # bf16 output, int8 activations on VNNI
+    assert (got.float() - ref).norm() <= 0.015 * ref.norm()      # bf16 output, int8 activations when tiled
 
 
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])
@@ -78,11 +79,11 @@ def test_kernel_dequantize_matches_reference(kernel, bits, group):
 def test_without_the_kernel_the_pytorch_reference_gives_the_same_result(kernel, monkeypatch):
     w = weights(24, 96, 4, 32, seed=6)
     x = torch.randn(3, 96)
-    kernel.use_vnni(False)
+    kernel.use_tiled(False)
     try:
         with_kernel = modules.QuantLinear(w)(x)
     finally:
-        kernel.use_vnni(True)
+        kernel.use_tiled(True)
     monkeypatch.setattr(modules, "_kernel", None)
     monkeypatch.setattr(modules, "_kernel_tried", True)
     torch.testing.assert_close(modules.QuantLinear(w)(x), with_kernel, atol=1e-4, rtol=1e-4)
@@ -119,9 +120,9 @@ def test_rows_and_cat_fuse_along_output_channels():
 def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits, group):
     """Speculative verification (many rows) must reproduce plain decoding (one row) exactly."""
     w = weights(70, 192, bits, group, seed=11)
-    # VNNI: 45 rows, so its 16-row pass runs twice (the second group of 16 rows has its own place in the
+    # tiled: 45 rows, so its 16-row pass runs twice (the second group of 16 rows has its own place in the
     # interleaved activations) and its 8-, 4- and 1-row passes once; the other kernel takes at most SMALL_M_ROWS
-    rows = 45 if kernel_path == "vnni" else 13
+    rows = 45 if kernel_path == "tiled" else 13
     x = torch.randn(rows, 192)
     lin = modules.QuantLinear(w)
     together = lin(x)
@@ -147,7 +148,7 @@ def test_rms_linear_on_a_quant_linear_folds_the_norm_into_the_activation_scales(
     got = rms_linear(lin, x, floor, 0.3)
     ref = (normed * scale) @ w.dequantize().T + lin.bias
     assert (got - ref).norm() <= 0.015 * (ref - lin.bias).norm()
-    if kernel_path == "vnni":   # the fused call: same int8 codes, row scale folded in
+    if kernel_path == "tiled":   # the fused call: same int8 codes, row scale folded in
         torch.testing.assert_close(got, lin(normed), rtol=1e-5, atol=1e-5)
         assert lin.forward_unit_rms(x, 0.3) is not None
     else:
@@ -169,7 +170,7 @@ def test_residual_add_and_silu_fold_into_the_quant_linear_call(kernel_path, bits
     torch.testing.assert_close(silu_linear_add(lin, gate_up, residual), residual + lin(F.silu(gate) * up),
                                rtol=1e-5, atol=1e-5)
     fused = lin.forward_fused(gate_up, -1.0, residual, True)
-    assert (fused is not None) == (kernel_path == "vnni"), "one tiled call on VNNI, the ops elsewhere"
+    assert (fused is not None) == (kernel_path == "tiled"), "one tiled call on the tiled path, the ops elsewhere"
 
 
 def test_the_layer_after_attention_is_one_tiled_call(kernel_path):
@@ -182,7 +183,7 @@ def test_the_layer_after_attention_is_one_tiled_call(kernel_path):
     x1 = linear_add(o_proj, o, x)
     expected = silu_linear_add(down, rms_linear(gate_up, x1, torch.tensor(0.1), 0.1), x1)
     got = mlp_block(o_proj, gate_up, down, o, x, 0.1)
-    if kernel_path == "vnni":
+    if kernel_path == "tiled":
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     else:
         assert got is None, "without the tiled path the caller runs the three calls"
@@ -200,8 +201,8 @@ def test_embedding_rows_match_the_reference(kernel, bits, group):
 
 
 def test_the_tiled_copy_is_made_at_load_not_in_the_first_request(kernel):
-    if not kernel.has_vnni:
-        pytest.skip("this CPU has no AVX512-VNNI: no tiled copy")
+    if not kernel.has_tiled:
+        pytest.skip("this CPU has neither AVX2 nor AVX512-VNNI: no tiled copy")
     lin = modules.QuantLinear(weights(40, 64, 4, 32, seed=14))
     assert lin._op is not None and lin._tiled is not None
 
@@ -225,13 +226,13 @@ def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(kernel_path, bits
 
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 128)])
 def test_a_many_row_layer_call_gives_each_row_the_bits_of_its_own_call(kernel, bits, group):
-    """The VNNI call of 16 and more rows with the folded norm (rms_linear), silu and the residual add (a decoder
+    """The tiled call of 16 and more rows with the folded norm (rms_linear), silu and the residual add (a decoder
     layer's MLP in a 24-stream step) gives each row the bits of its one-row call. (The other kernel takes a few
     rows only; more go to torch.mm.)"""
     from flint.engine.model.linear import rms_linear, silu_linear_add
 
-    if not kernel.has_vnni:
-        pytest.skip("this CPU has no AVX512-VNNI: no tiled kernel")
+    if not kernel.has_tiled:
+        pytest.skip("this CPU has neither AVX2 nor AVX512-VNNI: no tiled kernel")
     g = torch.Generator().manual_seed(23)
     up = modules.QuantLinear(weights(2 * 640, 512, bits, group, seed=23), input_scale=torch.rand(512, generator=g) + 0.5)
     down = modules.QuantLinear(weights(512, 640, bits, group, seed=24))

@@ -88,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [int(r) for r in args.rows.split(",")]
     print("| weights | kernel | MiB | " + " | ".join(f"M={m} ms | M={m} GB/s" for m in rows) + " |")
     print("|---|---|---|" + "---|---|" * len(rows))
-    paths = [("vnni", True), ("fp32-dequant", False)] if getattr(k, "has_vnni", False) else [("fp32-dequant", False)]
-    for (name, mods), (path, vnni) in ((v, p) for v in variants.items() for p in paths):
-        if name == "fp32 F.linear" and not vnni and len(paths) > 1:
+    tiled = f"tiled-{k.tiled_isa}" if getattr(k, "has_tiled", False) else ""
+    paths = [(tiled, True), ("fp32-dequant", False)] if tiled else [("fp32-dequant", False)]
+    for (name, mods), (path, on) in ((v, p) for v in variants.items() for p in paths):
+        if name == "fp32 F.linear" and not on and len(paths) > 1:
             continue
         if k is not None:
-            k.use_vnni(vnni)
+            k.use_tiled(on)
         path = "torch" if name == "fp32 F.linear" else path
         cells = []
         for m in rows:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{ms:.3f} | {nbytes[name] / ms / 1e6:.1f}")
         print(f"| {name} | {path} | {nbytes[name] / 2**20:.1f} | " + " | ".join(cells) + " |")
     if k is not None:
-        k.use_vnni(True)
+        k.use_tiled(True)
     return 0
 
 

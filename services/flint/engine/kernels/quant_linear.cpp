@@ -7,7 +7,7 @@
 //
 // Kp is K padded to the block (16 for int8, G for int4); padded columns hold zero weights.
 // `linear_*` computes y[M, N] = (x * xscale) @ w^T + bias for small M (decode and speculative verification)
-// on CPUs without AVX512-VNNI (those run quant_vnni.cpp over tiled weights): each weight vector is
+// on CPUs without AVX2 + FMA (the others run quant_vnni.cpp over tiled weights): each weight vector is
 // dequantized in registers once and multiplied into up to 8 rows of x, so the weights stream from memory
 // once per call whatever M is. Output channels are split over torch's intra-op threads.
 // `dequant_*` writes the fp32 matrix (prefill runs torch.mm on it; embedding lookups dequantize their rows).
@@ -316,12 +316,14 @@ torch::Tensor embedding(const torch::Tensor& ids, int64_t bits, const torch::Ten
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   flint_pool::attach();
   m.attr("isa") = kIsa;
-  m.attr("has_vnni") = flint_tiled::available();
-  m.def("use_vnni", [](bool on) { flint_tiled::g_on = on; return flint_tiled::available() && on; },
-        "choose the VNNI path (tiled weights, int8 activations) or register dequantization (fp32 activations)");
+  m.attr("tiled_isa") = flint_tiled::isa();
+  m.attr("has_tiled") = flint_tiled::available();
+  m.attr("has_vnni") = std::string(flint_tiled::isa()) == "avx512-vnni";
+  m.def("use_tiled", [](bool on) { flint_tiled::g_on = on; return flint_tiled::available() && on; },
+        "choose the tiled path (int8 activations; AVX512-VNNI or AVX2) or register dequantization (fp32 activations)");
   m.def("vnni_peak_per_s", &flint_tiled::vnni_peak_per_s, py::arg("calls") = 20'000'000,
         "512-bit vpdpbusd instructions per second over the intra-op threads (0 without AVX512-VNNI)");
-  m.def("vnni_on", []() { return flint_tiled::available() && flint_tiled::g_on; }, "whether QuantLinear takes the VNNI path");
+  m.def("tiled_on", []() { return flint_tiled::available() && flint_tiled::g_on; }, "whether QuantLinear takes the tiled path");
   py::class_<flint_tiled::TiledLinear>(m, "TiledLinear", py::module_local())   // local: a second build (tests) can load beside it
       .def(py::init<int64_t, torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,
                     c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>())

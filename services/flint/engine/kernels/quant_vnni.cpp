@@ -30,6 +30,11 @@
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define FLINT_TILED 1
+#define FLINT_TILED_VNNI 1
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define FLINT_TILED 1
+#define FLINT_TILED_AVX2 1   // the same tiles through vpmaddubsw (quant_avx2.h)
 #include <immintrin.h>
 #endif
 
@@ -42,7 +47,7 @@
 
 namespace flint_tiled {
 
-#ifdef FLINT_TILED
+#ifdef FLINT_TILED_VNNI
 namespace {
 
 // int8 activations' block: 128 columns. Against 64: the 16-row int8 Linears 0.93-0.95x the time (alternated process
@@ -428,11 +433,15 @@ void linear(const Act& a, int64_t m, const uint8_t* w, const float* s, const flo
 }
 
 }  // namespace
+#elif defined(FLINT_TILED_AVX2)
+namespace {
+#include "quant_avx2.h"
+}  // namespace
 #endif
 
 // 512-bit vpdpbusd per second over the intra-op threads (the instruction of the tiled kernel): its ceiling.
 double vnni_peak_per_s(int64_t calls) {
-#ifdef FLINT_TILED
+#ifdef FLINT_TILED_VNNI
   return flint_rows::peak_rate([] { FLINT_PEAK_OPS("vpdpbusd", "zmm"); }, calls);
 #else
   (void)calls;
@@ -440,13 +449,23 @@ double vnni_peak_per_s(int64_t calls) {
 #endif
 }
 
-bool g_on = true;   // use_vnni(False) turns the tiled path off (A/B runs, tests of the other path)
+bool g_on = true;   // use_tiled(False) turns the tiled path off (A/B runs, tests of the other path)
 
 bool available() {
 #ifdef FLINT_TILED
   return true;
 #else
   return false;
+#endif
+}
+
+const char* isa() {
+#if defined(FLINT_TILED_VNNI)
+  return "avx512-vnni";
+#elif defined(FLINT_TILED_AVX2)
+  return "avx2";
+#else
+  return "";
 #endif
 }
 
@@ -488,7 +507,7 @@ torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Te
   else linear<false>(act, m, w.data_ptr<uint8_t>(), scale.data_ptr<float>(), nullptr, kp, 0, bp, y.data_ptr<float>(), n);
   return y;
 #else
-  TORCH_CHECK(false, "linear_tiled needs AVX512-VNNI (this build has none)");
+  TORCH_CHECK(false, "linear_tiled needs AVX2 + FMA or AVX512-VNNI (this build has neither)");
   return x;
 #endif
 }

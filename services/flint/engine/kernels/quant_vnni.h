@@ -1,4 +1,4 @@
-// The tiled VNNI Linear of quant_vnni.cpp, bound in quant_linear.cpp's module.
+// The tiled Linear of quant_vnni.cpp (AVX512-VNNI, or AVX2 through quant_avx2.h), bound in quant_linear.cpp's module.
 #pragma once
 #include <torch/extension.h>
 
@@ -6,6 +6,7 @@ namespace flint_tiled {
 
 extern bool g_on;
 bool available();
+const char* isa();   // "avx512-vnni", "avx2" or "" (no tiled path in this build)
 double vnni_peak_per_s(int64_t calls);
 torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Tensor& w, const torch::Tensor& scale,
                            const c10::optional<torch::Tensor>& mins, int64_t n, int64_t kp, int64_t group,

@@ -129,7 +129,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TiledWeight:
-    """A QuantWeight repacked for the VNNI kernel (kernels/quant_vnni.cpp): 16 output channels per tile,
+    """A QuantWeight repacked for the tiled kernel (kernels/quant_vnni.cpp, quant_avx2.h): 16 output channels per tile,
     each 64-byte vector 16 lanes x 4 bytes of one output each; runs of TILE_RUN tiles store their steps
     interleaved (one sequential stream per run); N padded to 16 x TILE_RUN with zero scales."""
     data: torch.Tensor            # uint8 [T/4, Kp/4, 4, 16, 4] (int8, codes + 128) or [T/4, Kp/8, 4, 16, 4] (int4)
@@ -153,7 +153,7 @@ def _interleave(data: torch.Tensor) -> torch.Tensor:
 
 
 def tile(w: QuantWeight) -> TiledWeight:
-    """`w` in the VNNI kernel's tile layout (see TiledWeight)."""
+    """`w` in the tiled kernel's layout (see TiledWeight)."""
     n, kp = w.out_features, w.padded_in_features
     tiles = -(-n // (16 * TILE_RUN)) * TILE_RUN
     if w.bits == 8:

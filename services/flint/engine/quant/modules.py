@@ -1,10 +1,12 @@
 """`QuantLinear` and `QuantEmbedding`: drop-in modules over a `QuantWeight`.
 
 QuantLinear.forward(x [..., K]) -> [..., N] in x's dtype:
-- with AVX512-VNNI, any number of rows (decode, speculative verification and prefill): the tiled
-  kernel (kernels/quant_vnni.cpp) with int8 activations. Measured against dequantize + torch.mm on
-  the 3072x512 gate_up, 1 thread: 6x faster at 16-64 rows, 4x at 128 and 512 (the VNNI dot product
-  does 64 multiply-adds per instruction, an fp32 FMA 16, and nothing writes an fp32 weight copy);
+- with AVX512-VNNI or AVX2 + FMA, any number of rows (decode, speculative verification and prefill): the
+  tiled kernel (kernels/quant_vnni.cpp; quant_avx2.h on AVX2) with int8 activations. Measured against
+  dequantize + torch.mm on the 3072x512 gate_up, 1 thread, VNNI: 6x faster at 16-64 rows, 4x at 128 and 512
+  (the VNNI dot product does 64 multiply-adds per instruction, an fp32 FMA 16, and nothing writes an fp32
+  weight copy); AVX2 (Zen 3): one pass over the benchmark model's int4 Linears 0.46 against 3.4 ms at one
+  row, 7.3 against 13.6 ms at 16 (README, quantization);
 - otherwise up to `SMALL_M_ROWS` rows: the native kernel (kernels/quant_linear.cpp) dequantizes each
   weight vector in registers once for all rows; more rows: the kernel writes the fp32 weight and
   torch.mm multiplies (compute bound there, the dequantization a small part of it);
@@ -28,7 +30,7 @@ from flint.engine.quant.formats import QuantWeight, TiledWeight, tile
 
 log = logging.getLogger(__name__)
 
-# Rows the register-dequantization kernel takes (no VNNI); more dequantize and call torch.mm (README, quantization).
+# Rows the register-dequantization kernel takes (no tiled kernel); more dequantize and call torch.mm (README, quantization).
 SMALL_M_ROWS = 16
 
 _kernel = None
@@ -68,10 +70,10 @@ class QuantLinear(nn.Module):
         device = weight.data.device
         self.bias = None if bias is None else bias.detach().to(device, torch.float32).contiguous()
         self.input_scale = None if input_scale is None else input_scale.detach().to(device, torch.float32).contiguous()
-        self._tiled: TiledWeight | None = None   # the VNNI kernel's layout
+        self._tiled: TiledWeight | None = None   # the tiled kernel's layout
         self._op = None                          # the kernel's TiledLinear over it (the fast path)
         k = kernel() if device.type == "cpu" else None
-        if k is not None and k.vnni_on():   # at load, not in the first request (~30 ms for a 16,000 x 512 matrix)
+        if k is not None and k.tiled_on():   # at load, not in the first request (~30 ms for a 16,000 x 512 matrix)
             self._bind(k)
 
     def rebind(self) -> None:
@@ -94,7 +96,7 @@ class QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int{w.bits}{group}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # decode and verification: one call into the kernel's bound TiledLinear (None when VNNI is off)
+        # decode and verification: one call into the kernel's bound TiledLinear (None when the tiled path is off)
         if self._op is not None and x.dim() == 2 and x.dtype == torch.float32:
             y = self._op(x)
             if y is not None:
@@ -139,8 +141,8 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         w = self.qweight
         k = kernel() if x.device.type == "cpu" else None
-        if k is not None and (k.vnni_on() or x2.shape[0] <= SMALL_M_ROWS):
-            if k.vnni_on():
+        if k is not None and (k.tiled_on() or x2.shape[0] <= SMALL_M_ROWS):
+            if k.tiled_on():
                 if self._op is None:
                     self._bind(k)
                 y = self._op(x2)
