@@ -18,8 +18,7 @@
 // integer accumulators (16 ymm registers: the rest hold a weight vector, its unpacked halves, activations and the
 // constants); an item's bytes come from memory on its first pass and from L1 / L2 after it.
 
-constexpr int64_t kInt8Block = 128;   // int8 activations' block, as on the VNNI path
-constexpr int64_t kTiles = 4;         // tiles per work item and per interleaved run (formats.TILE_RUN)
+// kInt8Block and kTiles: quant_vnni.cpp's, shared by both forms.
 
 struct Act {                 // int8 activations of M rows
   int64_t kq = 0, blocks = 0, block = 0;

@@ -47,14 +47,17 @@
 
 namespace flint_tiled {
 
-#ifdef FLINT_TILED_VNNI
 namespace {
-
+// Both tiled forms (VNNI here, AVX2 in quant_avx2.h):
 // int8 activations' block: 128 columns. Against 64: the 16-row int8 Linears 0.93-0.95x the time (alternated process
 // pairs, benchmark model, 2-core EPYC; one row the same), logits vs fp32 on the test checkpoints min cosine
 // 0.9995-0.9996 either way (tests/quant/test_quantized_model.py, bound 0.999).
-constexpr int64_t kInt8Block = 128;
-constexpr int64_t kTiles = 4;   // tiles per work item and per interleaved run (formats.TILE_RUN)
+[[maybe_unused]] constexpr int64_t kInt8Block = 128;
+[[maybe_unused]] constexpr int64_t kTiles = 4;   // tiles per work item and per interleaved run (formats.TILE_RUN)
+}  // namespace
+
+#ifdef FLINT_TILED_VNNI
+namespace {
 
 struct Act {                 // int8 activations of M rows
   int64_t kq = 0, blocks = 0, block = 0;
