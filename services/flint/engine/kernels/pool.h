@@ -3,11 +3,17 @@
 // An OpenMP region splits its range into one fixed share per thread and ends at a barrier every thread must reach.
 // On a machine where another process holds one of the two cores, the share of a thread that is not running waits
 // for the scheduler's next time slice, and a decode step makes about 25 regions: `flint bench engine` measured 2
-// threads several times slower than 1 under a CPU burner. Here the caller and the workers claim chunks of the
-// range from one counter (large chunks first, smaller as the range runs out), so whoever runs does the work; the
-// caller then waits only for chunks a worker has already started, never for a worker that has not shown up. A
-// worker that finds the job done leaves it. The same chunks give the same results: every kernel's work items are
-// independent of which thread runs them.
+// threads several times slower than 1 under a CPU burner. Here the range is split into one share per thread, each
+// with its own counter: a thread claims chunks of its own share first (half of what is left of it at a time), then
+// of the others' (the same counters), so whoever runs does the work; the caller then waits only for chunks a
+// worker has already started, never for a worker that has not shown up. A worker that finds the job done leaves
+// it. The same chunks give the same results: every kernel's work items are independent of which thread runs them.
+//
+// Why shares and not one counter for all: a thread that gets the same share of a Linear's outputs at every call
+// keeps that share's weights in its own core's caches from one decode step to the next. On the 2-core Zen 5 VM
+// the two vCPUs sit ~195 ns apart one way (a cache-line round trip measured 387-396 ns, as between CCDs, which
+// do not share an L3), and 16-stream int4 decode layers took twice as long with their weights and KV swept out
+// of cache as hot (loadtests/results/engine-zen5-20261201/README.md).
 //
 // Between jobs a worker polls for the next one, yielding its core at every poll (so it never holds a core another
 // runnable thread wants), for kSpin, then sleeps until woken. One pool serves every flint extension in the process
@@ -44,8 +50,15 @@ using Body = void (*)(const void* ctx, int64_t a, int64_t z);
 using Clock = std::chrono::steady_clock;
 constexpr auto kSpin = std::chrono::microseconds(2000);   // polling after a job before sleeping
 
+constexpr int kMaxShares = 64;   // a job's shares: one per thread, at most this many (more threads share them)
+
+struct alignas(64) Share {         // [next, stop) of one thread's share of a job, on a cache line of its own
+  std::atomic<int64_t> next{0};
+  int64_t stop = 0;
+};
+
 struct Pool {
-  static constexpr int kVersion = 1;   // the layout of this struct: pools of other builds are not shared
+  static constexpr int kVersion = 2;   // the layout of this struct: pools of other builds are not shared
   int version = kVersion;
 
   alignas(64) std::atomic<uint64_t> gen{0};   // odd while a job is being written, even once it is published
@@ -55,9 +68,9 @@ struct Pool {
   std::atomic<int64_t> worker_chunks{0};       // chunks the workers have run (tests)
   Body body = nullptr;
   const void* ctx = nullptr;
-  int64_t end = 0, grain = 1, threads = 1;
-  alignas(64) std::atomic<int64_t> next{0};    // the first unclaimed index
-  std::atomic<int64_t> left{0};                // indices not yet done
+  int64_t grain = 1, threads = 1, shares_n = 1;
+  Share shares[kMaxShares];                    // the job's range split in shares_n shares
+  alignas(64) std::atomic<int64_t> left{0};    // indices not yet done
   std::mutex error_mu;
   std::exception_ptr error;
 
@@ -66,24 +79,29 @@ struct Pool {
   std::atomic<int> sleepers{0};
   std::vector<std::thread*> workers;           // never joined: the pool lives as long as the process
 
-  // Claim the next chunk: about 1 / (2 * threads) of what is left, at least `grain`.
-  bool claim(int64_t& a, int64_t& z) {
-    int64_t cur = next.load(std::memory_order_relaxed);
-    for (;;) {
-      if (cur >= end) return false;
-      const int64_t rest = end - cur;
-      const int64_t chunk = std::min(rest, std::max(grain, rest / (2 * threads)));
-      if (next.compare_exchange_weak(cur, cur + chunk, std::memory_order_acq_rel)) {
-        a = cur;
-        z = cur + chunk;
-        return true;
+  // Claim the next chunk, from share `me` first, then from the others in turn: half of what is left of the share
+  // and at most 1 / (2 * threads) of what is left of the job, at least `grain` (a worker that joins late, as a
+  // descheduled one does, takes a small chunk: the caller waits for the chunks a worker has started).
+  bool claim(int64_t me, int64_t& a, int64_t& z) {
+    for (int64_t k = 0; k < shares_n; ++k) {
+      Share& sh = shares[(me + k) % shares_n];
+      int64_t cur = sh.next.load(std::memory_order_relaxed);
+      while (cur < sh.stop) {
+        const int64_t rest = sh.stop - cur, job = left.load(std::memory_order_relaxed) / (2 * threads);
+        const int64_t chunk = std::min(rest, std::max(grain, std::min(rest / 2, job)));
+        if (sh.next.compare_exchange_weak(cur, cur + chunk, std::memory_order_acq_rel)) {
+          a = cur;
+          z = cur + chunk;
+          return true;
+        }
       }
     }
+    return false;
   }
 
-  void drain(bool worker) {
+  void drain(bool worker, int64_t me) {
     int64_t a, z;
-    while (claim(a, z)) {
+    while (claim(me, a, z)) {
       if (worker) worker_chunks.fetch_add(1, std::memory_order_relaxed);
       try {
         body(ctx, a, z);
@@ -118,7 +136,7 @@ struct Pool {
       seen = gen.load();
       if (seen & 1) continue;                    // a new job is being written already
       inside.fetch_add(1);
-      if (gen.load() == seen && id < threads - 1 && !held.load()) drain(true);   // workers 0 .. threads - 2
+      if (gen.load() == seen && id < threads - 1 && !held.load()) drain(true, id % shares_n);   // workers 0 .. threads - 2
       inside.fetch_sub(1);
     }
   }
@@ -162,19 +180,22 @@ inline void Pool::run(int64_t begin, int64_t stop, int64_t grain_, int64_t threa
   }
   body = body_;
   ctx = ctx_;
-  end = stop;
   grain = std::max<int64_t>(1, grain_);
   threads = threads_;
+  shares_n = std::min<int64_t>(threads_, kMaxShares);
+  for (int64_t t = 0; t < shares_n; ++t) {   // share t: [begin + t * n / shares_n, begin + (t + 1) * n / shares_n)
+    shares[t].next.store(begin + (stop - begin) * t / shares_n, std::memory_order_relaxed);
+    shares[t].stop = begin + (stop - begin) * (t + 1) / shares_n;
+  }
   error = nullptr;
   left.store(stop - begin, std::memory_order_relaxed);
-  next.store(begin, std::memory_order_relaxed);
   gen.fetch_add(1);   // even: published (seq_cst, as the sleepers count and the sleeping worker's check of gen)
   if (sleepers.load() > 0) {
     std::lock_guard<std::mutex> lock(mu);
     cv.notify_all();
   }
   t_in_job = true;
-  drain(false);
+  drain(false, (threads_ - 1) % shares_n);   // the caller's share is the last one
   for (int spins = 0; left.load(std::memory_order_acquire) != 0; ++spins) {   // chunks a worker has started
     FLINT_POOL_PAUSE();
     if (spins % 64 == 63) sched_yield();
