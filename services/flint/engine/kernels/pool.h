@@ -4,16 +4,16 @@
 // On a machine where another process holds one of the two cores, the share of a thread that is not running waits
 // for the scheduler's next time slice, and a decode step makes about 25 regions: `flint bench engine` measured 2
 // threads several times slower than 1 under a CPU burner. Here the range is split into one share per thread, each
-// with its own counter: a thread claims chunks of its own share first (half of what is left of it at a time), then
+// with its own counter: a thread claims chunks of its own share first (see `claim` for their size), then
 // of the others' (the same counters), so whoever runs does the work; the caller then waits only for chunks a
 // worker has already started, never for a worker that has not shown up. A worker that finds the job done leaves
 // it. The same chunks give the same results: every kernel's work items are independent of which thread runs them.
 //
 // Why shares and not one counter for all: a thread that gets the same share of a Linear's outputs at every call
 // keeps that share's weights in its own core's caches from one decode step to the next. On the 2-core Zen 5 VM
-// the two vCPUs sit ~195 ns apart one way (a cache-line round trip measured 387-396 ns, as between CCDs, which
-// do not share an L3), and 16-stream int4 decode layers took twice as long with their weights and KV swept out
-// of cache as hot (loadtests/results/engine-zen5-20261201/README.md).
+// the two vCPUs sit ~195 ns apart one way (a cache-line round trip measured 387-396 ns, the distance between CCDs,
+// which do not share an L3; the VM does not show its host's topology), and 16-stream int4 decode layers took twice as long with their weights and KV swept out
+// of cache as hot (loadtests/results/pool-shares-20261201.md).
 //
 // Between jobs a worker polls for the next one, yielding its core at every poll (so it never holds a core another
 // runnable thread wants), for kSpin, then sleeps until woken. One pool serves every flint extension in the process
