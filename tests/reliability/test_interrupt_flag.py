@@ -6,8 +6,6 @@ model's greedy output never stops before max_tokens and its context holds 16,000
 decoding (rel_support.py).
 """
 
-import redis.asyncio as aioredis
-
 from flint.client import FlintClient, RetryPolicy
 from flint.v1 import flint_pb2 as pb
 from rel_support import engine_freed_everything, eventually
@@ -18,17 +16,13 @@ LONG = 16_000
 async def test_flag_key_stops_the_stream_when_the_pubsub_message_is_lost(cluster):
     _, engine = await cluster.add_replica("r1")
     worker = await cluster.add_worker("w1", flag_poll_interval_ms=50.0)
-    redis = aioredis.Redis.from_url(cluster.redis_url)
-    try:
-        async with FlintClient(worker.address, retry=RetryPolicy(max_attempts=1)) as client:
-            stream = client.complete("flagged", max_tokens=LONG, request_id="flagged")
-            messages = [await stream.__anext__(), await stream.__anext__()]
-            assert [m.WhichOneof("kind") for m in messages] == ["accepted", "delta"]
-            # What an interrupting worker writes besides its pub/sub message; no message is published here.
-            await redis.set(f"{cluster.key_prefix}:req:flagged:interrupt", b"1", px=60_000)
-            messages += [m async for m in stream]
-    finally:
-        await redis.aclose()
+    async with FlintClient(worker.address, retry=RetryPolicy(max_attempts=1)) as client:
+        stream = client.complete("flagged", max_tokens=LONG, request_id="flagged")
+        messages = [await stream.__anext__(), await stream.__anext__()]
+        assert [m.WhichOneof("kind") for m in messages] == ["accepted", "delta"]
+        # What an interrupting worker writes besides its pub/sub message; no message is published here.
+        await worker.servicer.store.set_interrupt_flag("flagged")
+        messages += [m async for m in stream]
     final = messages[-1].final
     assert final.finish_reason == pb.FINISH_REASON_INTERRUPTED
     assert final.completion_tokens < LONG

@@ -11,9 +11,9 @@
 //
 // Why shares and not one counter for all: a thread that gets the same share of a Linear's outputs at every call
 // keeps that share's weights in its own core's caches from one decode step to the next. On the 2-core Zen 5 VM
-// the two vCPUs sit ~195 ns apart one way (a cache-line round trip measured 387-396 ns, the distance between CCDs,
-// which do not share an L3; the VM does not show its host's topology), and 16-stream int4 decode layers took twice as long with their weights and KV swept out
-// of cache as hot (loadtests/results/pool-shares-20261201.md).
+// the two vCPUs sit ~195 ns apart one way (a cache-line round trip measured 387-396 ns, the distance between
+// CCDs, which do not share an L3; the VM does not show its host's topology), and 16-stream int4 decode layers
+// took twice as long with their weights and KV swept out of cache as hot (loadtests/results/pool-shares-20261201.md).
 //
 // Between jobs a worker polls for the next one, yielding its core at every poll (so it never holds a core another
 // runnable thread wants), for kSpin, then sleeps until woken. One pool serves every flint extension in the process
