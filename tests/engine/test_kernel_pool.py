@@ -23,8 +23,15 @@ def two_threads():
         torch.set_num_threads(threads)
 
 
+_packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id(w) -> (w, its panels)
+
+
 def _linear_f32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return kernels.load("skinny_f32").linear_f32(x, w, None)
+    """x @ w^T on the fp32 kernel (a job of the pool over w's panels)."""
+    k = kernels.load("skinny_f32")
+    if id(w) not in _packed or _packed[id(w)][0] is not w:
+        _packed[id(w)] = (w, k.pack_f32(w))
+    return k.linear_packed(x, _packed[id(w)][1], w.shape[0], None)
 
 
 def test_one_pool_for_every_extension():
@@ -79,11 +86,11 @@ def test_a_forked_child_computes_with_the_pool():
         from flint.engine import kernels
         torch.set_num_threads(2)
         k = kernels.load("skinny_f32")
-        x, w = torch.randn(3, 256), torch.randn(4096, 256)
-        y = k.linear_f32(x, w, None)                     # the pool and its worker exist now
+        x, w = torch.randn(3, 256), k.pack_f32(torch.randn(4096, 256))
+        y = k.linear_packed(x, w, 4096, None)            # the pool and its worker exist now
         pid = os.fork()
         if pid == 0:
-            ok = all(torch.equal(k.linear_f32(x, w, None), y) for _ in range(50))
+            ok = all(torch.equal(k.linear_packed(x, w, 4096, None), y) for _ in range(50))
             os._exit(0 if ok else 3)
         _, status = os.waitpid(pid, 0)
         sys.exit(os.waitstatus_to_exitcode(status))

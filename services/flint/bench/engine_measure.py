@@ -49,24 +49,49 @@ def weight_bytes(model) -> tuple[int, int]:
 
     Read per step: every Linear's weight once, quantized or not, tied ones once
     (`flint.engine.quant.weight_bytes`); the embedding table only through the tied lm_head.
-    All: the unique tensors of the state dict plus the quantized matrices (held outside it).
+    All: the unique tensors of the state dict (a packed matrix without its last panel's zero padding) plus the
+    quantized matrices (held outside it).
     """
+    from flint.engine.model.packed import PackedLinear
     from flint.engine.quant import weight_bytes as read_per_step
 
+    unpadded = {m.packed.data_ptr(): m.in_features * m.out_features * m.packed.element_size()
+                for m in model.modules() if isinstance(m, PackedLinear)}
     seen: set[int] = set()
     total = 0
     for t in model.state_dict(keep_vars=True).values():   # (views into one mapping: flint.engine.hugepages)
         if t.device.type != "meta" and t.numel() and t.data_ptr() not in seen:
             seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
+            total += unpadded.get(t.data_ptr(), t.numel() * t.element_size())
     quantized = {id(m.qweight): m.qweight for m in model.modules() if hasattr(m, "qweight")}
     total += sum(w.nbytes for w in quantized.values())
     return total, read_per_step(model)
 
 
+def param_count(model) -> int:
+    """Parameters of the model: its nn.Parameters and its packed matrices' elements (padding not counted), tied
+    tensors once."""
+    from flint.engine.model.packed import PackedLinear
+
+    seen: set[int] = set()
+    n = 0
+    for mod in model.modules():
+        tensors = list(mod.parameters(recurse=False))
+        if isinstance(mod, PackedLinear):
+            if id(mod.packed) not in seen:
+                seen.add(id(mod.packed))
+                n += mod.in_features * mod.out_features
+            tensors += [] if mod.bias is None else [mod.bias]
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                n += t.numel()
+    return n
+
+
 def model_info(engine: Engine) -> dict:
     model = engine.runner.model
-    params = sum(p.numel() for p in model.parameters())
+    params = param_count(model)
     bytes_, read = weight_bytes(model)
     c = model.config
     return {"params": params, "bytes": bytes_, "weight_bytes_read_per_token": read, "layers": c.num_layers,
@@ -218,12 +243,17 @@ def flint_vs_hf(engine: Engine, path: Path, tokens: int, hf_tokens: int, rounds:
 
 def skinny_gemm_us(d_in: int, d_out: int, rows=(1, 2, 4, 16), repeats: int = 50) -> dict:
     """Time of one fp32 Linear [rows, d_in] x [d_out, d_in]^T on the engine's own kernel (as a decode step
-    calls it): how batching / draft verification scales here. Best of `repeats` (a busy machine adds noise)."""
-    from flint.engine.model.linear import Linear
+    calls it: `PackedLinear` where the kernel builds): how batching / draft verification scales here. Best of
+    `repeats` (a busy machine adds noise)."""
+    from flint.engine.model.linear import Linear, native_available
+    from flint.engine.model.packed import PackedLinear
 
-    layer = Linear(d_in, d_out, bias=False).requires_grad_(False)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(d_out, d_in))
+    if native_available():
+        layer = PackedLinear(torch.randn(d_out, d_in))
+    else:
+        layer = Linear(d_in, d_out, bias=False).requires_grad_(False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(d_out, d_in))
     out = {}
     for m_rows in rows:
         x = torch.randn(m_rows, d_in)
@@ -255,18 +285,23 @@ def linear_pass_us(engine: Engine, rows=(1, 16), repeats: int = 20) -> dict:
 
 
 def instruction_peaks() -> dict:
-    """Per second over the intra-op threads: 256-bit FMAs (the fp32 kernel's instruction) and 512-bit vpdpbusd
-    (the VNNI kernel's), 12 independent ones in a loop: what a Linear pass on them cannot beat. 0 where the CPU
-    or build lacks the instruction; None where the kernels did not build."""
+    """Per second over the intra-op threads: the fp32 kernel's FMA (512-bit with AVX-512, else 256-bit; key
+    `fma512_per_s` or `fma256_per_s`) and the VNNI kernel's 512-bit vpdpbusd, 12 independent ones in a loop: what
+    a Linear pass on them cannot beat. 0 where the CPU or build lacks the instruction; None where the kernels
+    did not build."""
     from flint.engine import kernels
 
     out = {}
-    for key, module, fn in (("fma256_per_s", "skinny_f32", "fma_peak_per_s"),
-                            ("vpdpbusd512_per_s", "flint_quant_linear", "vnni_peak_per_s")):
-        try:
-            out[key] = max(getattr(kernels.load(module), fn)(20_000_000) for _ in range(3))
-        except (kernels.KernelUnavailable, AttributeError):
-            out[key] = None
+    try:
+        f32 = kernels.load("skinny_f32")
+        out[f"fma{32 * max(8, f32.fma_width())}_per_s"] = max(f32.fma_peak_per_s(20_000_000) for _ in range(3))
+    except kernels.KernelUnavailable:
+        out["fma256_per_s"] = None
+    try:
+        out["vpdpbusd512_per_s"] = max(kernels.load("flint_quant_linear").vnni_peak_per_s(20_000_000)
+                                       for _ in range(3))
+    except (kernels.KernelUnavailable, AttributeError):
+        out["vpdpbusd512_per_s"] = None
     return out
 
 

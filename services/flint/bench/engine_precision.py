@@ -139,9 +139,13 @@ def precision_figures(path: Path, gguf_dir: Path, *, threads: int, tokens: int, 
 
 def _against_peak(precision: str, macs: int, us: float, peaks: dict) -> dict:
     """A 16-row Linear pass as instructions per second of its kernel's multiply-add instruction, and that rate
-    as a share of the machine's peak for the instruction (8 fp32 multiply-adds per 256-bit FMA, 64 int8 ones
-    per 512-bit vpdpbusd)."""
-    key, width = ("fma256_per_s", 8) if precision == "fp32" else ("vpdpbusd512_per_s", 64)
+    as a share of the machine's peak for the instruction (16 fp32 multiply-adds per 512-bit FMA, 8 per 256-bit
+    one, 64 int8 ones per 512-bit vpdpbusd)."""
+    if precision == "fp32":
+        key = "fma512_per_s" if "fma512_per_s" in peaks else "fma256_per_s"
+        width = 16 if key == "fma512_per_s" else 8
+    else:
+        key, width = "vpdpbusd512_per_s", 64
     rate = macs / width / (us * 1e-6)
     peak = peaks.get(key)
     return {"instruction": key.removesuffix("_per_s"), "instructions": macs // width, "per_s": rate,

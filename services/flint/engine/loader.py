@@ -67,6 +67,7 @@ def load_model(
     quant_group_size: int = 128,
 ) -> CausalLM:
     from flint.engine import hugepages, quant
+    from flint.engine.model.packed import pack_model
 
     path = Path(path)
     config = load_config(path)
@@ -82,6 +83,7 @@ def load_model(
         model.load_state({name: t.to(device=device, dtype=dtype).contiguous() for name, t in tensors.items()})
         del tensors
     model = quant.quantize_model(model, quantization, quant_group_size)
+    pack_model(model)               # fp32 CPU Linears onto the panel-packed kernel (flint.engine.model.packed)
     hugepages.move_weights(model)   # the decode step streams them: no 4 KiB page walls (flint.engine.hugepages)
     return model
 

@@ -1,19 +1,17 @@
-"""`Linear`, `unit_rms`, `silu_mul`: the decode step's few-row float32 CPU work on flint's native kernels.
+"""The model's Linear and the decode step's fused calls; `unit_rms`, `silu_mul`, `rms_norm`, `argmax_rows`.
 
-Decode (one row per sequence) and speculative verification (k + 1 rows) multiply a handful of rows
-by every weight matrix; torch's F.linear (MKL on CPU) reaches about half of what the CPU can read
-there. `flint/engine/kernels/skinny_f32.cpp` reads each weight row once for up to `MAX_ROWS` rows.
-`unit_rms` (3 torch ops) and `silu_mul` (3) are one call each there, and `rms_linear` folds unit_rms
-into the Linear that follows it (one call for norm + qkv, one for norm + gate_up); `linear_add` and
-`silu_linear_add` fold the residual adds (and the MLP's silu_mul) into o_proj and down, so a decode layer
-is four Linear calls and one attention call. `rms_norm` (the final norm) is one native call too;
-`argmax_rows` (greedy choice) is numpy's vectorised argmax over the logits' memory. Everything else (more rows:
-prefill; other dtypes and devices; inside torch.compile) runs the plain torch ops.
-The kernel is built on first use and cached per machine (`flint.engine.kernels`); without a C++
-compiler the model runs F.linear and says so once in the log. `FLINT_NATIVE_LINEAR=0` turns it off
-(for A/B measurements).
-
-Being an nn.Linear subclass, it is what a post-load pass that replaces Linears (quantization) sees.
+`Linear` is what the model is built with (an nn.Linear running F.linear). After loading, the loader turns
+every float32 CPU Linear into a `PackedLinear` (`flint.engine.model.packed`: weights in 64-column panels,
+`flint/engine/kernels/skinny_f32.cpp`), the same way quantization turns them into `QuantLinear`s. The functions
+below run a decoder layer's calls through whatever the Linear is: `rms_linear` folds unit_rms into the Linear
+that follows it (one call for norm + qkv, one for norm + gate_up), `linear_add` and `silu_linear_add` fold the
+residual adds (and the MLP's silu_mul) into o_proj and down, `mlp_block` and `decode_layer` run the layer after
+attention or the whole layer in one native call. A Linear without those methods (another device or dtype, no
+C++ compiler) runs the plain torch ops. `unit_rms` (3 torch ops), `silu_mul` (3) and `rms_norm` (the final norm)
+are one native call each for a few float32 rows; `argmax_rows` (greedy choice) is numpy's vectorised argmax
+over the logits' memory. The kernel is built on first use and cached per machine (`flint.engine.kernels`);
+without a C++ compiler the model runs torch ops and says so once in the log. `FLINT_NATIVE_LINEAR=0` turns it
+off (for A/B measurements).
 """
 
 from __future__ import annotations
@@ -25,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Rows up to which the kernel beats F.linear. Measured on the 2-core EPYC (2 threads, the 17 matrices of
-# the benchmark model, 83 MB, streamed from DRAM), ms per pass, F.linear vs kernel: 1 row 7.7 vs 2.0,
-# 16 rows 14.9 vs 9.3, 24 rows 16.3 vs 12.6, 48 rows 24.2 vs 22.7. 16 decode streams used to take F.linear.
+# Rows up to which unit_rms, silu_mul and the final norm run on the kernel (decode, verification, batched decode);
+# more rows (prefill) run the torch ops, whose per-call cost is then small against the work.
 MAX_ROWS = 32
 
 
@@ -44,7 +41,7 @@ def _kernel():
 
 
 def native_available() -> bool:
-    """True when few-row float32 CPU products run flint's kernel (building it now if needed)."""
+    """True when float32 CPU Linears run flint's kernel (building it now if needed)."""
     return _kernel() is not None
 
 
@@ -57,51 +54,11 @@ def _few_rows(x: torch.Tensor):
 
 
 class Linear(nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = _few_rows(x)
-        if kernel is not None and self.weight.dtype == torch.float32:
-            return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias)
-        return F.linear(x, self.weight, self.bias)
-
-    def forward_unit_rms(self, x: torch.Tensor, floor_value: float) -> torch.Tensor | None:
-        """self(unit_rms(x)) in one kernel call, or None where the kernel does not take x."""
-        return self.forward_fused(x, floor_value)
-
-    def forward_fused(self, x: torch.Tensor, floor_value: float = -1.0, residual: torch.Tensor | None = None,
-                      silu: bool = False) -> torch.Tensor | None:
-        """residual + self(f(x)) in one kernel call, f being unit_rms (floor_value >= 0) or silu_mul (silu, x the
-        [T, 2I] gate_up), or None where the kernel does not take x."""
-        kernel = _few_rows(x)
-        if kernel is not None and self.weight.dtype == torch.float32:
-            return kernel.linear_f32(x.contiguous(), self.weight.contiguous(), self.bias, floor_value, residual, silu)
-        return None
-
-    def decode_layer(self, layer: nn.Module, x: torch.Tensor, rotation: torch.Tensor, args: tuple) -> torch.Tensor | None:
-        """`decode_layer` with self as the layer's qkv: one kernel call when its o_proj, gate_up and down are
-        bias-free fp32 `Linear`s (qkv may have a bias: Qwen2)."""
-        kernel = _few_rows(x)
-        mods = layer._modules
-        rest = (mods["o_proj"], mods["gate_up"], mods["down"])
-        if (kernel is None or self.weight.dtype != torch.float32
-                or not all(isinstance(m, Linear) and m.bias is None and m.weight.dtype == torch.float32 for m in rest)):
-            return None
-        return kernel.decode_layer_f32(x.contiguous(), self.weight.contiguous(), self.bias,
-                                       *(m.weight.contiguous() for m in rest), layer.floor_value, rotation, *args)
-
-    def mlp_block(self, gate_up: nn.Module, down: nn.Module, o: torch.Tensor, x: torch.Tensor,
-                  floor_value: float) -> torch.Tensor | None:
-        """`mlp_block` with self as o_proj: one kernel call when all three are bias-free fp32 `Linear`s."""
-        kernel = _few_rows(o)
-        layers = (self, gate_up, down)
-        if (kernel is None or not all(isinstance(m, Linear) and m.bias is None and m.weight.dtype == torch.float32
-                                      for m in layers) or x.dtype != torch.float32):
-            return None
-        return kernel.mlp_block_f32(o.contiguous(), x.contiguous(), *(m.weight.contiguous() for m in layers),
-                                    floor_value)
+    """nn.Linear as the model is built; the loader replaces float32 CPU ones by `PackedLinear`s."""
 
 
 def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_value: float) -> torch.Tensor:
-    """linear(unit_rms(x)): one fused call when the Linear's kernel takes x (fp32 `Linear`, quantized
+    """linear(unit_rms(x)): one fused call when the Linear's kernel takes x (`PackedLinear`, quantized
     `QuantLinear`), the two ops otherwise."""
     fused = getattr(linear, "forward_unit_rms", None)
     y = fused(x, floor_value) if fused is not None else None
@@ -111,7 +68,7 @@ def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_va
 def decode_layer(layer: nn.Module, x: torch.Tensor, rotation: torch.Tensor, attn, layer_idx: int) -> torch.Tensor | None:
     """A whole decoder layer (norm + qkv, rotary + KV write + attention, o_proj + residual, norm + gate_up,
     silu + down + residual) in ONE native call, when the step's sequences all attend in place
-    (`PagedAttention.in_place_plan`) and the layer's four Linears are on the fp32 or the tiled quantized kernel; None
+    (`PagedAttention.in_place_plan`) and the layer's four Linears are on the packed fp32 or the tiled quantized kernel; None
     otherwise (the layer then runs its calls one by one)."""
     fused = getattr(layer._modules["qkv"], "decode_layer", None)   # (_modules: nn.Module.__getattr__ is ~0.7 us)
     plan = getattr(attn, "in_place_plan", None)

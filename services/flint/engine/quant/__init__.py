@@ -48,7 +48,9 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of weights one decode step reads: every Linear / quantized matrix once (tied ones once)."""
+    """Bytes of weights one decode step reads: every Linear / quantized / packed matrix once (tied ones once)."""
+    from flint.engine.model.packed import PackedLinear
+
     seen: set[int] = set()
     total = 0
     for module in model.modules():
@@ -57,6 +59,9 @@ def weight_bytes(model: nn.Module) -> int:
             if id(w) not in seen and isinstance(module, QuantLinear):
                 seen.add(id(w))
                 total += w.nbytes
+        elif isinstance(module, PackedLinear) and id(module.packed) not in seen:
+            seen.add(id(module.packed))
+            total += module.packed.nbytes
         elif isinstance(module, nn.Linear) and id(module.weight) not in seen:
             seen.add(id(module.weight))
             total += module.weight.numel() * module.weight.element_size()
