@@ -24,12 +24,12 @@ struct TiledLinear {
   c10::optional<torch::Tensor> mins, xscale, bias;
 };
 
-// The rest of a decoder layer after attention in one call (see skinny_f32.cpp's mlp_block_f32); None when the
+// The rest of a decoder layer after attention in one call (see skinny_f32.cpp's mlp_block_packed); None when the
 // tiled path is off.
 py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
                      const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor);
 
-// One decoder layer of an in-place-attention step in one call (see skinny_f32.cpp's decode_layer_f32); None when
+// One decoder layer of an in-place-attention step in one call (see skinny_f32.cpp's decode_layer_packed); None when
 // the tiled path is off.
 py::object decode_layer(const torch::Tensor& x, const TiledLinear& qkv, const TiledLinear& o_proj,
                         const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor,
