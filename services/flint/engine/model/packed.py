@@ -4,9 +4,9 @@ After loading, `pack_model` turns every float32 CPU `nn.Linear` into a `PackedLi
 as panels of 64 output channels, [ceil(N / 64), K, 64] (`kernels/skinny_f32.cpp`: pack_f32, linear_packed). The
 kernel multiplies any number of rows (decode, speculative verification, prefill) as outer products: each weight
 vector is loaded once for up to 6 rows and the accumulators stay in registers for the whole K. Measured on the
-2-core Zen 5 EPYC (loadtests/results/packed-f32-20261201.md): at 16 rows 2.4-3.4x faster than the row-dot-product
-kernel the model used before (which kept the [N, K] layout), as fast or faster at one row, and 2.3x faster
-than F.linear at 512 rows. Each output is summed in k order, whatever the row count, so a row gets the same
+2-core Zen 5 EPYC (loadtests/results/packed-f32-20261201.md): at 16 rows 2.6-3.4x faster on one thread (1.7-2.9x
+on two) than the row-dot-product kernel the model used before (which kept the [N, K] layout), as fast or faster
+at one row, and 2.3x faster than F.linear at 512 rows. Each output is summed in k order, whatever the row count, so a row gets the same
 bits decoded alone or beside others.
 
 The packed matrix replaces the [N, K] one (no second copy). A tied embedding reads its rows from the lm_head's
@@ -42,11 +42,10 @@ def _(x, packed, n, bias):
 class PackedLinear(nn.Module):
     """y = x @ W^T + b with W held as 64-column panels (see the module docstring); drop-in for an fp32 Linear."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, packed: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        k = _kernel()
-        self.register_buffer("packed", packed if packed is not None else k.pack_f32(weight.detach()))
+        self.register_buffer("packed", _kernel().pack_f32(weight.detach()))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     @property
