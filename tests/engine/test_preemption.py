@@ -16,6 +16,7 @@ from flint.errors import ResourceExhausted
 
 CODE = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n"
 BLOCK_BYTES = 8 * 512           # block_size 8 x the tiny checkpoint's 512 bytes of KV per token
+HOG_TOKENS = 64
 
 
 @pytest.fixture
@@ -114,15 +115,17 @@ def test_async_engine_raises_resource_exhausted_on_the_stream(make_engine):
         try:
             async def consume(req):
                 return [e async for e in engine.generate(req)]
+            # the hog holds the KV until it ends: long enough (its prompt and output fill the 24 blocks) that it is
+            # still running when "late" arrives on a fast CPU (40 tokens once ended first in the clean-clone CI)
             hog = asyncio.create_task(consume(GenerateRequest("hog", prefix=CODE * 2,
-                                                              sampling=SamplingParams(max_tokens=40))))
+                                                              sampling=SamplingParams(max_tokens=HOG_TOKENS))))
             while not engine.engine.scheduler.running:
                 await asyncio.sleep(0.001)
             with pytest.raises(ResourceExhausted) as err:
                 await consume(GenerateRequest("late", prefix=CODE * 2, sampling=SamplingParams(max_tokens=20)))
             assert err.value.retry_after_ms > 0
             events = await hog
-            assert isinstance(events[-1], Final) and events[-1].completion_tokens == 40
+            assert isinstance(events[-1], Final) and events[-1].completion_tokens == HOG_TOKENS
         finally:
             await engine.stop()
 
