@@ -182,6 +182,12 @@ torch::Tensor linear_packed(const torch::Tensor& x_in, const torch::Tensor& pack
     bp = bias->data_ptr<float>();
   }
   float* yp = y.data_ptr<float>();
+  const float* rp = nullptr;   // the residual, added in each work item's epilogue (no serial pass after the job)
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->is_contiguous() && residual->sizes() == y.sizes(),
+                "linear_packed: residual must be contiguous float32 shaped like the output ", y.sizes());
+    rp = residual->data_ptr<float>();
+  }
   std::vector<float> row_scale(m, 1.f);   // unit_rms fused: x / hypot(|x|, floor) == x * row_scale
   if (unit_rms_floor >= 0)
     for (int64_t r = 0; r < m; ++r)
@@ -202,11 +208,14 @@ torch::Tensor linear_packed(const torch::Tensor& x_in, const torch::Tensor& pack
           float* yr = yp + (r + q) * n + c0;
           const float s = row_scale[r + q];
           for (int64_t c = 0; c < cols; ++c) yr[c] = std::fma(acc[q * kPanel + c], s, bp ? bp[c0 + c] : 0.f);
+          if (rp != nullptr) {
+            const float* res = rp + (r + q) * n + c0;
+            for (int64_t c = 0; c < cols; ++c) yr[c] += res[c];
+          }
         }
       }
     }
   });
-  flint_rows::add_residual(y, residual);
   return y;
 }
 
