@@ -54,6 +54,9 @@ namespace {
 // 0.9995-0.9996 either way (tests/quant/test_quantized_model.py, bound 0.999).
 [[maybe_unused]] constexpr int64_t kInt8Block = 128;
 [[maybe_unused]] constexpr int64_t kTiles = 4;   // tiles per work item and per interleaved run (formats.TILE_RUN)
+// Rows from which a call's activations are rounded (and the MLP's silu_mul runs) on the pool, not on the caller
+// alone: a batched decode step's. Fewer rows are a few us of work, less than handing them out.
+[[maybe_unused]] constexpr int64_t kSplitRows = 8;
 }  // namespace
 
 #ifdef FLINT_TILED_VNNI
@@ -66,6 +69,9 @@ struct Act {                 // int8 activations of M rows
   std::vector<int32_t> sum;  // [M, blocks]
   std::vector<float> sxsum;  // [M, blocks]: sx * sum, the int4 mins' factor (one product per block, not per tile)
   std::vector<float> corr;   // [M]: 128 * (sum over blocks of sxsum): the int8 codes' +128, taken off a row once
+  std::vector<float> raw_sx;      // [blocks, M]: a block's amax / 127 before the row's norm (quantize's scratch,
+  std::vector<int32_t> raw_sum;   // [blocks, M]  block-major: a block's entries are one thread's)
+  std::vector<float> raw_ss;      // [blocks, M, 16]: the row's squares over the block, per lane (with a norm)
   std::vector<int8_t> q16;   // [M / 16, kq / 4, 16, 4]: q of each full group of 16 rows, 4 columns of all 16 at a
                              // time, so the 16-row pass broadcasts them from one pointer (16 pointers spill)
   // The 4 bytes of columns [4u, 4u + 4) of row r0 + r, r0 a multiple of 16 when MB == 16.
@@ -78,60 +84,57 @@ struct Act {                 // int8 activations of M rows
 
 // Rows of x [M, K] (row stride ldx), times xscale [K] if given, zero past K, rounded to int8 per block.
 // With floor >= 0 each row is first divided by hypot(|row|, floor) (llama.py's unit_rms, fused here: it only
-// scales the row's block scales). With kQ16, the rows of each full group of 16 also go to Act::q16 as they are
-// rounded (4 columns of a row every 64 bytes). That was a second pass over Act::q: the 16-row pass's layers and
-// lm_head measured 0.85-0.96x the time without it in 3 of 4 alternated process pairs on the 2-core EPYC.
+// scales the row's block scales). With kQ16, the rows of each full group of 16 go to Act::q16 as they are rounded
+// (4 columns of a row every 64 bytes; the 16-row pass reads nothing else, so those rows skip Act::q). That was a
+// second pass over Act::q: the 16-row pass's layers and lm_head measured 0.85-0.96x the time without it in 3 of
+// 4 alternated process pairs on the 2-core EPYC.
+//
+// Two phases, the same for every M: each block of columns is rounded for all rows on its own (its raw scale,
+// code sum and the row's sum of squares over the block, in block-major scratch), then each row's blocks are
+// finished in order (the row's norm from its blocks' sums of squares, the block scales, the int8 correction).
+// Blocks are independent, so from kSplitRows rows on they go to the pool: rounding 16 rows on the caller alone
+// was ~4% of a 16-stream decode step with the pool's worker idle (loadtests/results/int4-16-profile-20261201.md).
+// Not rows: q16 puts 4 columns of all 16 rows in one 64-byte line, and two threads writing alternate rows of the
+// same lines (vCPUs ~400 ns apart on the Zen 5 VM) made 16-stream decode 1.4x slower.
 template <bool kQ16>
-void quantize_rows(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, double floor, Act& a) {
-  const int64_t block = a.block, units = a.kq / 4, full = m / 16 * 16;
+void quantize_block(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xscale, bool norm, int64_t b,
+                    Act& a) {
+  const int64_t block = a.block, units = a.kq / 4, full = kQ16 ? m / 16 * 16 : 0, k0 = b * block, nv = block / 16;
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * ldx;
-    float row_scale = 1.f, offset = 0.f;
-    if (floor >= 0) {
-      __m512 ss = _mm512_setzero_ps();
-      for (int64_t c = 0; c < k; c += 16) {
-        const __m512 v = _mm512_maskz_loadu_ps(k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1), xr + c);
-        ss = _mm512_fmadd_ps(v, v, ss);
-      }
-      row_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(_mm512_reduce_add_ps(ss)) + floor * floor));
+    __m512 v[8];   // blocks are at most 128 columns
+    __m512 mx = _mm512_setzero_ps(), ss = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nv; ++i) {
+      const int64_t c = k0 + 16 * i;
+      const __mmask16 live = c >= k ? 0 : (k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1));
+      v[i] = _mm512_maskz_loadu_ps(live, xr + c);
+      if (norm) ss = _mm512_fmadd_ps(v[i], v[i], ss);
+      if (xscale) v[i] = _mm512_mul_ps(v[i], _mm512_maskz_loadu_ps(live, xscale + c));
+      mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
     }
+    const float amax = _mm512_reduce_max_ps(mx);
+    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    __m512i total = _mm512_setzero_si512();
     // this row in q16: columns [4u, 4u + 4) at ((group * units + u) * 16 + row in group) * 4 bytes
-    int32_t* q16r = kQ16 && r < full ? reinterpret_cast<int32_t*>(a.q16.data()) + r / 16 * units * 16 + r % 16 : nullptr;
-    for (int64_t b = 0; b < a.blocks; ++b) {
-      __m512 v[8];   // blocks are at most 128 columns
-      const int64_t k0 = b * block, nv = block / 16;
-      __m512 mx = _mm512_setzero_ps();
-      for (int64_t i = 0; i < nv; ++i) {
-        const int64_t c = k0 + 16 * i;
-        const __mmask16 live = c >= k ? 0 : (k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1));
-        v[i] = _mm512_maskz_loadu_ps(live, xr + c);
-        if (xscale) v[i] = _mm512_mul_ps(v[i], _mm512_maskz_loadu_ps(live, xscale + c));
-        mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
-      }
-      const float amax = _mm512_reduce_max_ps(mx);
-      const float sx = amax / 127.f;
-      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-      __m512i total = _mm512_setzero_si512();
-      int8_t* qr = a.q.data() + r * a.kq + k0;
-      for (int64_t i = 0; i < nv; ++i) {
-        const __m512i iv = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));   // round to nearest even
-        total = _mm512_add_epi32(total, iv);
-        const __m128i bytes = _mm512_cvtsepi32_epi8(iv);
+    int32_t* q16r = r < full ? reinterpret_cast<int32_t*>(a.q16.data()) + r / 16 * units * 16 + r % 16 : nullptr;
+    int8_t* qr = a.q.data() + r * a.kq + k0;
+    for (int64_t i = 0; i < nv; ++i) {
+      const __m512i iv = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));   // round to nearest even
+      total = _mm512_add_epi32(total, iv);
+      const __m128i bytes = _mm512_cvtsepi32_epi8(iv);
+      if (q16r != nullptr) {   // these 16 columns are 4 units, 64 bytes apart in q16
+        int32_t* dst = q16r + (k0 + 16 * i) / 4 * 16;
+        dst[0] = _mm_cvtsi128_si32(bytes);
+        dst[16] = _mm_extract_epi32(bytes, 1);
+        dst[32] = _mm_extract_epi32(bytes, 2);
+        dst[48] = _mm_extract_epi32(bytes, 3);
+      } else {
         _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), bytes);
-        if (kQ16 && q16r != nullptr) {   // these 16 columns are 4 units, 64 bytes apart in q16
-          int32_t* dst = q16r + (k0 + 16 * i) / 4 * 16;
-          dst[0] = _mm_cvtsi128_si32(bytes);
-          dst[16] = _mm_extract_epi32(bytes, 1);
-          dst[32] = _mm_extract_epi32(bytes, 2);
-          dst[48] = _mm_extract_epi32(bytes, 3);
-        }
       }
-      a.sx[r * a.blocks + b] = sx * row_scale;
-      a.sum[r * a.blocks + b] = _mm512_reduce_add_epi32(total);
-      a.sxsum[r * a.blocks + b] = a.sx[r * a.blocks + b] * static_cast<float>(a.sum[r * a.blocks + b]);
-      offset += a.sxsum[r * a.blocks + b];
     }
-    a.corr[r] = 128.f * offset;
+    a.raw_sx[b * m + r] = amax / 127.f;
+    a.raw_sum[b * m + r] = _mm512_reduce_add_epi32(total);
+    if (norm) _mm512_storeu_ps(a.raw_ss.data() + (b * m + r) * 16, ss);
   }
 }
 
@@ -146,8 +149,35 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
   a.sum.resize(m * a.blocks);
   a.sxsum.resize(m * a.blocks);
   a.corr.resize(m);
-  if (m >= 16) quantize_rows<true>(x, ldx, m, k, xscale, floor, a);
-  else quantize_rows<false>(x, ldx, m, k, xscale, floor, a);
+  a.raw_sx.resize(m * a.blocks);
+  a.raw_sum.resize(m * a.blocks);
+  const bool norm = floor >= 0;
+  if (norm) a.raw_ss.resize(m * a.blocks * 16);
+  const auto blocks = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (m >= 16) quantize_block<true>(x, ldx, m, k, xscale, norm, b, a);
+      else quantize_block<false>(x, ldx, m, k, xscale, norm, b, a);
+    }
+  };
+  // chunks of at least 64 columns, so two threads never write the same line of a row of Act::q
+  if (m >= kSplitRows) flint_pool::parallel_for(0, a.blocks, std::max<int64_t>(1, 64 / block), blocks);
+  else blocks(0, a.blocks);
+  for (int64_t r = 0; r < m; ++r) {
+    float row_scale = 1.f, offset = 0.f;
+    if (norm) {
+      __m512 ss = _mm512_setzero_ps();
+      for (int64_t b = 0; b < a.blocks; ++b) ss = _mm512_add_ps(ss, _mm512_loadu_ps(a.raw_ss.data() + (b * m + r) * 16));
+      row_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(_mm512_reduce_add_ps(ss)) + floor * floor));
+    }
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      const int64_t i = r * a.blocks + b;
+      a.sx[i] = a.raw_sx[b * m + r] * row_scale;
+      a.sum[i] = a.raw_sum[b * m + r];
+      a.sxsum[i] = a.sx[i] * static_cast<float>(a.sum[i]);
+      offset += a.sxsum[i];
+    }
+    a.corr[r] = 128.f * offset;
+  }
 }
 
 // The 64 bytes of tile t at step s: tiles come in runs of kTiles whose steps are interleaved (step s of

@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "pool.h"
+
 namespace flint_rows {
 
 // out[r, :] = silu(g[r, :inter]) * g[r, inter:] for a [m, 2 * inter] gate_up (the MLP's activation).
@@ -28,7 +30,11 @@ inline torch::Tensor silu_mul_tensor(const torch::Tensor& gate_up) {
               gate_up.size(1) % 2 == 0, "silu input must be contiguous float32 [M, 2I]");
   const int64_t m = gate_up.size(0), inter = gate_up.size(1) / 2;
   auto h = torch::empty({m, inter}, gate_up.options());
-  silu_mul(gate_up.data_ptr<float>(), m, inter, h.data_ptr<float>());
+  const float* g = gate_up.data_ptr<float>();
+  float* o = h.data_ptr<float>();
+  // a batched decode step's rows (8 or more) on the pool, a row's result the same whoever runs it
+  if (m >= 8) flint_pool::parallel_for(0, m, 2, [&](int64_t a, int64_t z) { silu_mul(g + a * 2 * inter, z - a, inter, o + a * inter); });
+  else silu_mul(g, m, inter, o);
   return h;
 }
 
