@@ -1,9 +1,10 @@
 """`AsyncEngine`: the engine core stepped in its own thread, streamed to asyncio.
 
-The step loop runs in a dedicated thread (PyTorch releases the GIL in its
-kernels, so the event loop keeps serving gRPC while a step computes). Events
-of one step are handed to each request's asyncio queue with ONE
-`call_soon_threadsafe` per event loop per step, not one per token.
+The step loop runs in a dedicated thread (PyTorch's kernels and flint's own
+release the GIL, so the event loop keeps serving gRPC while a step computes:
+tests/engine/test_kernels_release_gil.py). Events of one step are handed to
+each request's asyncio queue with ONE `call_soon_threadsafe` per event loop
+per step, not one per token.
 
     engine = AsyncEngine.from_config(EngineConfig(...))
     await engine.start()

@@ -905,11 +905,14 @@ void rope_attend(at::Tensor out, at::Tensor qkv, const at::Tensor& rope, at::Ten
 #ifndef FLINT_PA_NO_MODULE   // skinny_f32.cpp and quant_vnni.cpp include this file for their decode_layer
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   flint_pool::attach();
+  // The computing calls run without the GIL (their arguments are converted before, the result after): a step's
+  // kernels are most of its time, and the event loop that streams tokens to clients runs meanwhile.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("pool_hold_workers", &flint_pool::hold_workers, "tests: keep the kernel pool's workers out of jobs (or let them in)");
   m.def("pool_worker_chunks", &flint_pool::worker_chunks, "tests: chunks the kernel pool's workers have run");
-  m.def("attend", &attend, "attention of new tokens over the paged KV cache, read in place");
+  m.def("attend", &attend, "attention of new tokens over the paged KV cache, read in place", nogil);
   m.def("rope_table", &rope_table, "per-token rotary (cos, sin) pairs [T, 1, D/2, 2]");
   m.def("rope_attend", &rope_attend,
-        "rotate q/k of a fused QKV output in place, write k/v to their cache slots, attend (one layer)");
+        "rotate q/k of a fused QKV output in place, write k/v to their cache slots, attend (one layer)", nogil);
 }
 #endif

@@ -315,6 +315,9 @@ torch::Tensor embedding(const torch::Tensor& ids, int64_t bits, const torch::Ten
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   flint_pool::attach();
+  // The computing calls run without the GIL (their arguments are converted before, the result after): a step's
+  // kernels are most of its time, and the event loop that streams tokens to clients runs meanwhile.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.attr("isa") = kIsa;
   m.attr("tiled_isa") = flint_tiled::isa();
   m.attr("has_tiled") = flint_tiled::available();
@@ -322,7 +325,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("use_tiled", [](bool on) { flint_tiled::g_on = on; return flint_tiled::available() && on; },
         "choose the tiled path (int8 activations; AVX512-VNNI or AVX2) or register dequantization (fp32 activations)");
   m.def("vnni_peak_per_s", &flint_tiled::vnni_peak_per_s, py::arg("calls") = 20'000'000,
-        "512-bit vpdpbusd instructions per second over the intra-op threads (0 without AVX512-VNNI)");
+        "512-bit vpdpbusd instructions per second over the intra-op threads (0 without AVX512-VNNI)", nogil);
   m.def("tiled_on", []() { return flint_tiled::available() && flint_tiled::g_on; }, "whether QuantLinear takes the tiled path");
   py::class_<flint_tiled::TiledLinear>(m, "TiledLinear", py::module_local())   // local: a second build (tests) can load beside it
       .def(py::init<int64_t, torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,
@@ -330,19 +333,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("__call__", &flint_tiled::TiledLinear::call, py::arg("x"), py::arg("unit_rms_floor") = -1.0,
            py::arg("residual") = py::none(), py::arg("silu") = false,
            "y [M, N] for x [M, K] float32 (x / hypot(|x|, floor) per row with floor >= 0; silu(gate) * up of a "
-           "[M, 2K] x with silu; plus residual [M, N]), or None when the path is off");
+           "[M, 2K] x with silu; plus residual [M, N]), or None when the path is off", nogil);
   m.def("decode_layer", &flint_tiled::decode_layer,
-        "a decoder layer of an in-place-attention step in one call over four TiledLinears, or None when off");
+        "a decoder layer of an in-place-attention step in one call over four TiledLinears, or None when off", nogil);
   m.def("mlp_block", &flint_tiled::mlp_block, py::arg("o"), py::arg("x"), py::arg("o_proj"), py::arg("gate_up"),
         py::arg("down"), py::arg("unit_rms_floor"),
-        "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) over three TiledLinears, or None when off");
+        "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) over three TiledLinears, or None when off", nogil);
   m.def("linear_tiled", &flint_tiled::linear_tiled, py::arg("x"), py::arg("bits"), py::arg("w"), py::arg("scale"),
         py::arg("mins"), py::arg("n"), py::arg("kp"), py::arg("group"), py::arg("xscale"), py::arg("bias"),
         py::arg("unit_rms_floor") = -1.0,
-        "y = (x * xscale) @ w^T + bias over 16-output tiles of int8/int4 weights (quant_vnni.cpp), small M");
-  m.def("linear_int8", &linear_int8, "y = (x * xscale) @ dequant(int8 w)^T + bias, small M");
-  m.def("linear_int4", &linear_int4, "y = (x * xscale) @ dequant(int4 w)^T + bias, small M");
+        "y = (x * xscale) @ w^T + bias over 16-output tiles of int8/int4 weights (quant_vnni.cpp), small M", nogil);
+  m.def("linear_int8", &linear_int8, "y = (x * xscale) @ dequant(int8 w)^T + bias, small M", nogil);
+  m.def("linear_int4", &linear_int4, "y = (x * xscale) @ dequant(int4 w)^T + bias, small M", nogil);
   m.def("embedding", &embedding, "fp32 rows `ids` of quantized int8/int4 weights");
-  m.def("dequant_int8", &dequant_int8, "fp32 [N, Kp] from int8 weights");
-  m.def("dequant_int4", &dequant_int4, "fp32 [N, Kp] from packed int4 weights");
+  m.def("dequant_int8", &dequant_int8, "fp32 [N, Kp] from int8 weights", nogil);
+  m.def("dequant_int4", &dequant_int4, "fp32 [N, Kp] from packed int4 weights", nogil);
 }

@@ -553,19 +553,19 @@ TiledLinear::TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10
     : bits(bits), n(n), kp(kp), group(group), w(std::move(w)), scale(std::move(scale)), mins(std::move(mins)),
       xscale(std::move(xscale)), bias(std::move(bias)) {}
 
-py::object TiledLinear::call(const torch::Tensor& x, double unit_rms_floor, const c10::optional<torch::Tensor>& residual,
-                             bool silu) const {
-  if (!(available() && g_on)) return py::none();
+c10::optional<torch::Tensor> TiledLinear::call(const torch::Tensor& x, double unit_rms_floor,
+                                               const c10::optional<torch::Tensor>& residual, bool silu) const {
+  if (!(available() && g_on)) return c10::nullopt;
   torch::Tensor xf = x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1 ? x : x.to(torch::kFloat32).contiguous();
   if (silu) xf = flint_rows::silu_mul_tensor(xf.contiguous());
   torch::Tensor y = linear_tiled(xf, bits, w, scale, mins, n, kp, group, xscale, bias, unit_rms_floor);
   flint_rows::add_residual(y, residual);
-  return py::cast(y);
+  return y;
 }
 
-py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
-                     const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor) {
-  if (!(available() && g_on)) return py::none();
+c10::optional<torch::Tensor> mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
+                                       const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor) {
+  if (!(available() && g_on)) return c10::nullopt;
   TORCH_CHECK(o.scalar_type() == torch::kFloat32 && o.stride(-1) == 1, "mlp_block: o must be float32 with unit stride");
   const auto run = [](const TiledLinear& l, const torch::Tensor& in, double floor) {
     return linear_tiled(in, l.bits, l.w, l.scale, l.mins, l.n, l.kp, l.group, l.xscale, l.bias, floor);
@@ -575,15 +575,16 @@ py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const Tiled
   const torch::Tensor h = flint_rows::silu_mul_tensor(run(gate_up, x1, unit_rms_floor));
   torch::Tensor y = run(down, h, -1.0);
   flint_rows::add_residual(y, x1);
-  return py::cast(y);
+  return y;
 }
 
-py::object decode_layer(const torch::Tensor& x, const TiledLinear& qkv, const TiledLinear& o_proj,
-                        const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor,
-                        const torch::Tensor& rope, at::Tensor kc, at::Tensor vc, const at::Tensor& write_slots,
-                        int64_t heads, const std::vector<at::Tensor>& slots, const at::Tensor& meta, int64_t window,
-                        double scale) {
-  if (!(available() && g_on)) return py::none();
+c10::optional<torch::Tensor> decode_layer(const torch::Tensor& x, const TiledLinear& qkv, const TiledLinear& o_proj,
+                                          const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor,
+                                          const torch::Tensor& rope, at::Tensor kc, at::Tensor vc,
+                                          const at::Tensor& write_slots, int64_t heads,
+                                          const std::vector<at::Tensor>& slots, const at::Tensor& meta, int64_t window,
+                                          double scale) {
+  if (!(available() && g_on)) return c10::nullopt;
   TORCH_CHECK(!slots.empty(), "decode_layer: the step's sequences must all attend in place");
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.stride(-1) == 1, "decode_layer: x must be float32 with unit stride");
   const torch::Tensor q = linear_tiled(x, qkv.bits, qkv.w, qkv.scale, qkv.mins, qkv.n, qkv.kp, qkv.group, qkv.xscale,

@@ -16,8 +16,10 @@ torch::Tensor linear_tiled(const torch::Tensor& x, int64_t bits, const torch::Te
 struct TiledLinear {
   TiledLinear(int64_t bits, torch::Tensor w, torch::Tensor scale, c10::optional<torch::Tensor> mins, int64_t n,
               int64_t kp, int64_t group, c10::optional<torch::Tensor> xscale, c10::optional<torch::Tensor> bias);
-  // residual: y += residual; silu: x is a gate_up [M, 2K], multiplied as silu(gate) * up (the MLP's down)
-  py::object call(const torch::Tensor& x, double unit_rms_floor, const c10::optional<torch::Tensor>& residual,
+  // residual: y += residual; silu: x is a gate_up [M, 2K], multiplied as silu(gate) * up (the MLP's down).
+  // These calls return nullopt (None) when the tiled path is off and touch no Python object: the module runs them
+  // with the GIL released.
+  c10::optional<torch::Tensor> call(const torch::Tensor& x, double unit_rms_floor, const c10::optional<torch::Tensor>& residual,
                   bool silu) const;
   int64_t bits, n, kp, group;
   torch::Tensor w, scale;
@@ -26,15 +28,16 @@ struct TiledLinear {
 
 // The rest of a decoder layer after attention in one call (see skinny_f32.cpp's mlp_block_packed); None when the
 // tiled path is off.
-py::object mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
-                     const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor);
+c10::optional<torch::Tensor> mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
+                               const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor);
 
 // One decoder layer of an in-place-attention step in one call (see skinny_f32.cpp's decode_layer_packed); None when
 // the tiled path is off.
-py::object decode_layer(const torch::Tensor& x, const TiledLinear& qkv, const TiledLinear& o_proj,
-                        const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor,
-                        const torch::Tensor& rope, at::Tensor kc, at::Tensor vc, const at::Tensor& write_slots,
-                        int64_t heads, const std::vector<at::Tensor>& slots, const at::Tensor& meta, int64_t window,
-                        double scale);
+c10::optional<torch::Tensor> decode_layer(const torch::Tensor& x, const TiledLinear& qkv, const TiledLinear& o_proj,
+                                          const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor,
+                                          const torch::Tensor& rope, at::Tensor kc, at::Tensor vc,
+                                          const at::Tensor& write_slots, int64_t heads,
+                                          const std::vector<at::Tensor>& slots, const at::Tensor& meta, int64_t window,
+                                          double scale);
 
 }  // namespace flint_tiled

@@ -338,17 +338,22 @@ double fma_peak_per_s(int64_t calls) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   flint_pool::attach();
+  // The computing calls run without the GIL (their arguments are converted before, the result after): a step's
+  // kernels are most of its time, and the event loop that streams tokens to clients runs meanwhile.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("fma_peak_per_s", &fma_peak_per_s, py::arg("calls") = 20'000'000,
-        "FMA instructions of fma_width() floats per second over the intra-op threads (0 without AVX2/FMA)");
+        "FMA instructions of fma_width() floats per second over the intra-op threads (0 without AVX2/FMA)", nogil);
   m.def("fma_width", &fma_width, "floats per FMA instruction of linear_packed (16, 8, or 0 for scalar code)");
-  m.def("pack_f32", &pack_f32, "w [N, K] -> panels [ceil(N / 64), K, 64] (linear_packed's layout)");
+  m.def("pack_f32", &pack_f32, "w [N, K] -> panels [ceil(N / 64), K, 64] (linear_packed's layout)", nogil);
   m.def("unpack_f32", &unpack_f32, py::arg("packed"), py::arg("n"), "panels -> w [n, K]");
   m.def("linear_packed", &linear_packed, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("bias"),
         py::arg("unit_rms_floor") = -1.0, py::arg("residual") = py::none(), py::arg("silu") = false,
-        "y = x @ w^T + bias (+ residual) over packed weights, any number of float32 rows");
+        "y = x @ w^T + bias (+ residual) over packed weights, any number of float32 rows", nogil);
   m.def("embedding_packed", &embedding_packed, "rows of the [n, K] matrix held as packed panels");
-  m.def("mlp_block_packed", &mlp_block_packed, "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) in one call");
-  m.def("decode_layer_packed", &decode_layer_packed, "a decoder layer of an in-place-attention step in one call");
+  m.def("mlp_block_packed", &mlp_block_packed, "x + o_proj(o), then + down(silu_mul(gate_up(unit_rms(.)))) in one call",
+        nogil);
+  m.def("decode_layer_packed", &decode_layer_packed, "a decoder layer of an in-place-attention step in one call",
+        nogil);
   m.def("unit_rms_f32", &unit_rms_f32, py::arg("x"), py::arg("floor"), py::arg("weight") = py::none(),
         "x / hypot(|x|, floor) per row (times weight if given)");
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up from [T, 2I]");
