@@ -119,8 +119,10 @@ def test_async_engine_raises_resource_exhausted_on_the_stream(make_engine):
             # still running when "late" arrives on a fast CPU (40 tokens once ended first in the clean-clone CI)
             hog = asyncio.create_task(consume(GenerateRequest("hog", prefix=CODE * 2,
                                                               sampling=SamplingParams(max_tokens=HOG_TOKENS))))
-            while not engine.engine.scheduler.running:
+            while not engine.engine.scheduler.running and not hog.done():   # (a refused hog: raised below)
                 await asyncio.sleep(0.001)
+            if hog.done():
+                await hog
             with pytest.raises(ResourceExhausted) as err:
                 await consume(GenerateRequest("late", prefix=CODE * 2, sampling=SamplingParams(max_tokens=20)))
             assert err.value.retry_after_ms > 0
