@@ -166,7 +166,8 @@ void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, const float* xs
     float row_scale = 1.f, offset = 0.f;
     if (norm) {
       __m512 ss = _mm512_setzero_ps();
-      for (int64_t b = 0; b < a.blocks; ++b) ss = _mm512_add_ps(ss, _mm512_loadu_ps(a.raw_ss.data() + (b * m + r) * 16));
+      for (int64_t b = 0; b < a.blocks; ++b)
+        ss = _mm512_add_ps(ss, _mm512_loadu_ps(a.raw_ss.data() + (b * m + r) * 16));
       row_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(_mm512_reduce_add_ps(ss)) + floor * floor));
     }
     for (int64_t b = 0; b < a.blocks; ++b) {

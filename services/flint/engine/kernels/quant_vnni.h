@@ -19,8 +19,8 @@ struct TiledLinear {
   // residual: y += residual; silu: x is a gate_up [M, 2K], multiplied as silu(gate) * up (the MLP's down).
   // These calls return nullopt (None) when the tiled path is off and touch no Python object: the module runs them
   // with the GIL released.
-  c10::optional<torch::Tensor> call(const torch::Tensor& x, double unit_rms_floor, const c10::optional<torch::Tensor>& residual,
-                  bool silu) const;
+  c10::optional<torch::Tensor> call(const torch::Tensor& x, double unit_rms_floor,
+                                    const c10::optional<torch::Tensor>& residual, bool silu) const;
   int64_t bits, n, kp, group;
   torch::Tensor w, scale;
   c10::optional<torch::Tensor> mins, xscale, bias;
@@ -29,7 +29,7 @@ struct TiledLinear {
 // The rest of a decoder layer after attention in one call (see skinny_f32.cpp's mlp_block_packed); None when the
 // tiled path is off.
 c10::optional<torch::Tensor> mlp_block(const torch::Tensor& o, const torch::Tensor& x, const TiledLinear& o_proj,
-                               const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor);
+                                       const TiledLinear& gate_up, const TiledLinear& down, double unit_rms_floor);
 
 // One decoder layer of an in-place-attention step in one call (see skinny_f32.cpp's decode_layer_packed); None when
 // the tiled path is off.

@@ -33,8 +33,9 @@ inline torch::Tensor silu_mul_tensor(const torch::Tensor& gate_up) {
   const float* g = gate_up.data_ptr<float>();
   float* o = h.data_ptr<float>();
   // a batched decode step's rows (8 or more) on the pool, a row's result the same whoever runs it
-  if (m >= 8) flint_pool::parallel_for(0, m, 2, [&](int64_t a, int64_t z) { silu_mul(g + a * 2 * inter, z - a, inter, o + a * inter); });
-  else silu_mul(g, m, inter, o);
+  const auto rows = [&](int64_t a, int64_t z) { silu_mul(g + a * 2 * inter, z - a, inter, o + a * inter); };
+  if (m >= 8) flint_pool::parallel_for(0, m, 2, rows);
+  else rows(0, m);
   return h;
 }
 
