@@ -266,21 +266,9 @@ torch::Tensor unit_rms_f32(const torch::Tensor& x, double floor, const c10::opti
   return y;
 }
 
-// gate_up [T, 2I] -> silu(gate) * up [T, I]: one call instead of chunk, silu and mul.
-torch::Tensor silu_mul_f32(const torch::Tensor& gate_up) {
-  TORCH_CHECK(gate_up.dim() == 2 && gate_up.scalar_type() == at::kFloat && gate_up.is_contiguous() &&
-              gate_up.size(1) % 2 == 0, "silu_mul_f32: contiguous [T, 2I]");
-  const int64_t t = gate_up.size(0), inter = gate_up.size(1) / 2;
-  auto y = torch::empty({t, inter}, gate_up.options());
-  const float* gp = gate_up.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  for (int64_t r = 0; r < t; ++r) {
-    const float* g = gp + r * 2 * inter;
-    const float* u = g + inter;
-    for (int64_t i = 0; i < inter; ++i) yp[r * inter + i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  }
-  return y;
-}
+// gate_up [T, 2I] -> silu(gate) * up [T, I]: one call instead of chunk, silu and mul (rowops.h's, which the
+// tiled quantized kernel's down runs too).
+torch::Tensor silu_mul_f32(const torch::Tensor& gate_up) { return flint_rows::silu_mul_tensor(gate_up); }
 
 // The rest of a decoder layer after attention, three Linears back to back in one call (no Python between
 // them, so the weight streams follow each other): x1 = x + o @ Wo^T; returns x1 + Wd @ silu_mul(Wgu @

@@ -68,8 +68,8 @@ def rms_linear(linear: nn.Module, x: torch.Tensor, floor: torch.Tensor, floor_va
 def decode_layer(layer: nn.Module, x: torch.Tensor, rotation: torch.Tensor, attn, layer_idx: int) -> torch.Tensor | None:
     """A whole decoder layer (norm + qkv, rotary + KV write + attention, o_proj + residual, norm + gate_up,
     silu + down + residual) in ONE native call, when the step's sequences all attend in place
-    (`PagedAttention.in_place_plan`) and the layer's four Linears are on the packed fp32 or the tiled quantized kernel; None
-    otherwise (the layer then runs its calls one by one)."""
+    (`PagedAttention.in_place_plan`) and the layer's four Linears are on the packed fp32 or the tiled quantized
+    kernel; None otherwise (the layer then runs its calls one by one)."""
     fused = getattr(layer._modules["qkv"], "decode_layer", None)   # (_modules: nn.Module.__getattr__ is ~0.7 us)
     plan = getattr(attn, "in_place_plan", None)
     if fused is None or plan is None or rotation.dtype != torch.float32:

@@ -6,8 +6,8 @@ kernel multiplies any number of rows (decode, speculative verification, prefill)
 vector is loaded once for up to 6 rows and the accumulators stay in registers for the whole K. Measured on the
 2-core Zen 5 EPYC (loadtests/results/packed-f32-20261201.md): at 16 rows 2.6-3.4x faster on one thread (1.7-2.9x
 on two) than the row-dot-product kernel the model used before (which kept the [N, K] layout), as fast or faster
-at one row, and 2.3x faster than F.linear at 512 rows. Each output is summed in k order, whatever the row count, so a row gets the same
-bits decoded alone or beside others.
+at one row, and 2.3x faster than F.linear at 512 rows. Each output is summed in k order, whatever the row count,
+so a row gets the same bits decoded alone or beside others.
 
 The packed matrix replaces the [N, K] one (no second copy). A tied embedding reads its rows from the lm_head's
 panels (`PackedEmbedding`; a strided read of K floats per token). Under torch.compile the kernel runs as the
